@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up a virtual environment from the repo's own files and run the test suite:
+# fast unit tests plus the bounded set of slow (Ray / end-to-end) tests marked `ci`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow` for every slow test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+if [ $# -eq 0 ]; then set -- -m "not slow or ci"; fi
+exec .venv/bin/python -m pytest "$@"
