@@ -1,0 +1,138 @@
+"""Character-level tokenization with exact char <-> token offsets.
+
+As in the reference recipe, every character is one token (the brightmart vocab is Chinese
+characters plus lower-case single Latin letters and digits).  Unlike it, whitespace produces no
+token but keeps its place in the offsets, and every token remembers the character it came from,
+so spans predicted over tokens map back onto the original text exactly.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """A tokenized text (or window of it).
+
+    Attributes:
+        token_ids: ``[CLS] t1 ... tn [SEP]`` ids.
+        char_index: for each token, the index of its character in the original text; -1 for
+            ``[CLS]`` / ``[SEP]``.
+    """
+
+    token_ids: list[int]
+    char_index: list[int]
+
+
+class Vocab:
+    """A ``vocab.txt`` (one token per line, line number = id)."""
+
+    def __init__(self, tokens: list[str]):
+        self.tokens = list(tokens)
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        for special in (PAD, UNK, CLS, SEP):
+            if special not in self.index:
+                raise ValueError(f"vocab has no {special} token; is this a BERT / ALBERT vocab.txt?")
+        if self.index[PAD] != 0:
+            raise ValueError(f"{PAD} must have id 0 (the encoder masks id 0), it has id {self.index[PAD]}")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Vocab":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"vocab file not found: {path}")
+        with path.open(encoding="utf-8") as f:
+            return cls([line.rstrip("\n") for line in f])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text("\n".join(self.tokens) + "\n", encoding="utf-8")
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def unk_id(self) -> int:
+        return self.index[UNK]
+
+    @property
+    def cls_id(self) -> int:
+        return self.index[CLS]
+
+    @property
+    def sep_id(self) -> int:
+        return self.index[SEP]
+
+
+class CharTokenizer:
+    """One token per non-whitespace character.
+
+    Lookup order for a character: as is, lower-cased (the vocab is lower-case only), then its
+    NFKC form lower-cased (full-width ``Ａ`` -> ``a``, ``１`` -> ``1``), else ``[UNK]``.
+    """
+
+    def __init__(self, vocab: Vocab):
+        self.vocab = vocab
+        self._cache: dict[str, int] = {}
+
+    def char_id(self, ch: str) -> int:
+        cached = self._cache.get(ch)
+        if cached is not None:
+            return cached
+        index = self.vocab.index
+        token_id = index.get(ch)
+        if token_id is None:
+            token_id = index.get(ch.lower())
+        if token_id is None:
+            norm = unicodedata.normalize("NFKC", ch).lower()
+            token_id = index.get(norm) if len(norm) == 1 else None
+        if token_id is None or token_id == 0:
+            token_id = self.vocab.unk_id
+        self._cache[ch] = token_id
+        return token_id
+
+    def token_chars(self, text: str) -> list[int]:
+        """Indices of the characters of ``text`` that become tokens (whitespace is skipped)."""
+        return [i for i, ch in enumerate(text) if not ch.isspace()]
+
+    def encode(self, text: str, start: int = 0, end: int | None = None) -> Encoding:
+        """Tokenize the characters ``text[start:end]`` (char indices stay those of ``text``)."""
+        end = len(text) if end is None else end
+        chars = [i for i in range(start, end) if not text[i].isspace()]
+        ids = [self.vocab.cls_id] + [self.char_id(text[i]) for i in chars] + [self.vocab.sep_id]
+        return Encoding(token_ids=ids, char_index=[-1] + chars + [-1])
+
+    def windows(self, text: str, max_len: int, stride: int | None = None) -> list[Encoding]:
+        """Split ``text`` into encodings of at most ``max_len`` tokens (special tokens included).
+
+        Consecutive windows overlap by ``max_len - 2 - stride`` characters so an entity that
+        crosses one window's border lies whole inside the next; ``stride`` defaults to half the
+        window.
+        """
+        body = max_len - 2
+        if body < 1:
+            raise ValueError(f"max_len={max_len} leaves no room for text between [CLS] and [SEP]")
+        stride = stride or max(1, body // 2)
+        if not 0 < stride <= body:
+            raise ValueError(f"stride={stride} must be in [1, {body}] for max_len={max_len}")
+        chars = self.token_chars(text)
+        if len(chars) <= body:
+            return [self._from_chars(text, chars)]
+        out = []
+        for s in range(0, len(chars), stride):
+            out.append(self._from_chars(text, chars[s:s + body]))
+            if s + body >= len(chars):
+                break
+        return out
+
+    def _from_chars(self, text: str, chars: list[int]) -> Encoding:
+        ids = [self.vocab.cls_id] + [self.char_id(text[i]) for i in chars] + [self.vocab.sep_id]
+        return Encoding(token_ids=ids, char_index=[-1] + list(chars) + [-1])
