@@ -27,6 +27,48 @@ def _cmd_params(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from albert_ray.jobconfig import load_job_config
+    from albert_ray.training import train, train_in_process
+
+    job = load_job_config(args.config, args.overrides)
+    summary = (train_in_process if args.no_ray else train)(job)
+    print(Path(summary["model_dir"], "report.txt").read_text(encoding="utf-8"))
+    print(f"model saved to {summary['model_dir']} ({summary['seconds']} s); best dev score {summary['best_dev_score']:.4f}")
+    if args.predict:
+        _print_predictions(summary["model_dir"], args.predict)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from albert_ray.evaluate import evaluate_file
+
+    text, _ = evaluate_file(args.model, args.data, fmt=args.format, on_bad_records=args.on_bad_records,
+                            output=args.output)
+    print(text)
+    return 0
+
+
+def _print_predictions(model_dir, texts) -> None:
+    import json
+
+    from albert_ray.predict import Labeler
+
+    labeler = Labeler.from_dir(model_dir)
+    for text, result in zip(texts, labeler.predict(texts)):
+        print(json.dumps({"text": text, **result}, ensure_ascii=False))
+
+
+def _cmd_predict(args) -> int:
+    texts = list(args.texts)
+    if args.file:
+        texts += [line.rstrip("\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError("nothing to predict: give texts as arguments or --file")
+    _print_predictions(args.model, texts)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -38,6 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=5, help="classes of the [CLS] softmax head (default: 5)")
     p.add_argument("--seq-len", type=int, default=512, help="sequence length (default: 512)")
     p.set_defaults(func=_cmd_params)
+
+    p = sub.add_parser("train", help="fine-tune a model from a YAML job config")
+    p.add_argument("--config", required=True, help="job config YAML (see jobs/configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2 model.max_len=64")
+    p.add_argument("--no-ray", action="store_true", help="run the worker loop in this process, without Ray")
+    p.add_argument("--predict", nargs="*", default=[], help="texts to label with the trained model afterwards")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model directory on labelled data")
+    p.add_argument("--model", required=True, help="model directory written by train")
+    p.add_argument("--data", required=True, help="labelled file in any supported format")
+    p.add_argument("--format", default="auto", help="csv | bio | cluener | jsonl | auto (default)")
+    p.add_argument("--on-bad-records", default="error", help="error (default) | skip")
+    p.add_argument("--output", help="folder for report.txt and metrics.json")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label texts with a model directory (one JSON line per text)")
+    p.add_argument("--model", required=True, help="model directory written by train")
+    p.add_argument("texts", nargs="*", help="texts to label")
+    p.add_argument("--file", help="a UTF-8 file with one text per line")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

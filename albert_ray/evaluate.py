@@ -1,0 +1,41 @@
+"""Evaluate a model directory on labelled data with the reference's reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from albert_ray.data import Example, read_examples
+from albert_ray.predict import Labeler
+from albert_ray.tasks import task_for
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_examples(model_dir: str | Path, examples: Sequence[Example], labeler: Labeler | None = None) -> tuple[str, dict]:
+    """Report text and metrics dict of a model on examples."""
+    labeler = labeler or Labeler.from_dir(model_dir)
+    if not examples:
+        raise ValueError("no examples to evaluate on")
+    predictions = labeler.predict([e.text for e in examples])
+    return task_for(labeler.spec).report(examples, predictions, labeler.spec)
+
+
+def evaluate_file(model_dir: str | Path, data: str | Path, fmt: str = "auto", on_bad_records: str = "error",
+                  output: str | Path | None = None) -> tuple[str, dict]:
+    """Read ``data`` in the model's task format, evaluate, and optionally write ``report.txt`` /
+    ``metrics.json`` into ``output``."""
+    labeler = Labeler.from_dir(model_dir)
+    spec = labeler.spec
+    res = read_examples(data, fmt=fmt, multilabel=spec.task == "multilabel", scheme=spec.scheme,
+                        on_bad_records=on_bad_records)
+    text, report = evaluate_examples(model_dir, res.examples, labeler)
+    report["skipped_records"] = len(res.skipped)
+    if output:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.txt").write_text(text, encoding="utf-8")
+        (out / "metrics.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    return text, report

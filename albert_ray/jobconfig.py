@@ -1,0 +1,212 @@
+"""Typed job configs: frozen dataclasses loaded from YAML, dotted overrides, validated on load.
+
+Relative paths in a config are resolved against the current working directory (the repository
+root locally, the job's ``working_dir`` on a cluster).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from albert_ray.data import BAD_RECORD_POLICIES, FORMATS
+from albert_ray.labels import SCHEMES
+from albert_ray.spec import TASKS, TRUNCATIONS
+
+
+class JobConfigError(ValueError):
+    """A config value that is missing, unknown or out of range; names the field."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str
+    dev: str | None = None
+    test: str | None = None
+    format: str = "auto"
+    on_bad_records: str = "error"
+    dev_fraction: float = 0.1          # carved from train when no dev file is given
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder_config: str = "data/albert_config_sample.json"
+    vocab: str = "auto"                # a vocab.txt, or "auto": characters of the training data
+    init: str = "none"                 # "none" (random) or "checkpoint"
+    checkpoint: str | None = None
+    max_len: int = 128
+    stride: int | None = None
+    truncation: str = "head"
+    scheme: str = "BIO"
+    bilstm_units: int = 0
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32               # per worker
+    learning_rate: float = 5e-5        # for the reference global batch `lr_reference_batch`
+    lr_scaling: str = "linear"         # "linear": lr * global_batch / lr_reference_batch; "none"
+    lr_reference_batch: int = 32
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    patience: int = 2                  # epochs without dev improvement before stopping
+    seed: int = 42
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    tf_threads: int = 0                # 0: the CPUs of the worker's node divided by local workers
+    log_every: int = 20                # steps between progress lines
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    name: str
+    task: str
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs"
+    storage_path: str | None = None    # Ray Train storage (shared FS / s3://...); default <output_dir>/ray
+    ray_address: str | None = None     # None: $RAY_ADDRESS if set (inside a Ray job), else a local Ray
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.output_dir) / self.name / "model"
+
+
+_CHOICES = {
+    "task": TASKS,
+    "data.format": FORMATS + ("auto",),
+    "data.on_bad_records": BAD_RECORD_POLICIES,
+    "model.init": ("none", "checkpoint"),
+    "model.truncation": TRUNCATIONS,
+    "model.scheme": SCHEMES,
+    "train.lr_scaling": ("linear", "none"),
+}
+_POSITIVE = {"model.max_len", "train.epochs", "train.batch_size", "train.num_workers", "train.lr_reference_batch",
+             "train.log_every", "train.learning_rate", "train.cpus_per_worker"}
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise JobConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise JobConfigError(f"{prefix}{unknown[0]}: unknown field; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise JobConfigError(f"{key}: required field is missing")
+            continue
+        hint = hints[name]
+        value = data[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{key}.")
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint, key: str):
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise JobConfigError(f"{key}: must not be empty")
+    for t in args:
+        if t is type(None):
+            continue
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in args)
+    raise JobConfigError(f"{key}={value!r}: must be {names}")
+
+
+def _validate(cfg: JobConfig) -> None:
+    flat = _flatten(cfg.to_dict())
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise JobConfigError(f"{key}={flat[key]!r}: must be one of {list(allowed)}")
+    for key in _POSITIVE:
+        if not flat[key] > 0:
+            raise JobConfigError(f"{key}={flat[key]!r}: must be > 0")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise JobConfigError(f"model.dropout={cfg.model.dropout!r}: must be in [0, 1)")
+    if not 0.0 <= cfg.train.warmup_ratio < 1.0:
+        raise JobConfigError(f"train.warmup_ratio={cfg.train.warmup_ratio!r}: must be in [0, 1)")
+    if not 0.0 < cfg.data.dev_fraction < 1.0:
+        raise JobConfigError(f"data.dev_fraction={cfg.data.dev_fraction!r}: must be in (0, 1)")
+    if cfg.model.max_len < 3:
+        raise JobConfigError(f"model.max_len={cfg.model.max_len}: must be >= 3 ([CLS] + text + [SEP])")
+    if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:
+        raise JobConfigError("model.checkpoint: required when model.init is 'checkpoint'")
+    if cfg.model.init == "checkpoint" and cfg.model.vocab == "auto":
+        raise JobConfigError("model.vocab: a pretrained checkpoint needs its own vocab.txt, not 'auto'")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML scalars) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise JobConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise JobConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return data
+
+
+def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                    data: dict | None = None) -> JobConfig:
+    """Load a YAML job config (or a dict), apply overrides, validate.
+
+    Raises:
+        FileNotFoundError, JobConfigError.
+    """
+    if data is None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"job config not found: {path}")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = apply_overrides(copy.deepcopy(data), list(overrides or []))
+    cfg = _build(JobConfig, data, "")
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,244 @@
+"""Tasks as a registry (classify / multilabel / ner): head, loss, training targets, decoding and
+reports. Nothing outside this module asks which task it is dealing with."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+import albert_ray  # noqa: F401
+from tensorflow import keras
+
+from albert_ray import metrics
+from albert_ray.crf import CRF, marginals, viterbi_decode
+from albert_ray.data import Example
+from albert_ray.labels import (entity_tags, multi_hot, spans_to_tags, stitch_windows, tags_to_spans,
+                               token_spans_to_char_spans)
+from albert_ray.spec import ModelSpec
+from albert_ray.tokenization import CharTokenizer, Encoding
+
+
+class Task:
+    """Base: sentence-level tasks on the [CLS] vector."""
+
+    name = ""
+
+    # ---- model --------------------------------------------------------------------------
+    def num_outputs(self, spec: ModelSpec) -> int:
+        return len(spec.labels)
+
+    def head(self, spec: ModelSpec, sequence, cls):
+        raise NotImplementedError
+
+    def loss(self, model: keras.Model):
+        """A per-example loss ``(y_true, y_pred) -> (B,)``."""
+        raise NotImplementedError
+
+    def target_signature(self, spec: ModelSpec):
+        """``tf.TensorSpec`` of a batch of targets (for a retrace-free training step)."""
+        import tensorflow as tf
+
+        return tf.TensorSpec([None], tf.int32)
+
+    def pad_targets(self, targets: list) -> np.ndarray:
+        return np.asarray(targets, dtype=np.int32)
+
+    # ---- data ---------------------------------------------------------------------------
+    def label_vocab(self, examples: Sequence[Example]) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def windows(self, tokenizer: CharTokenizer, text: str, spec: ModelSpec) -> list[Encoding]:
+        """Windows a text is predicted on: the head (reference behaviour) or every chunk."""
+        if spec.truncation == "chunks":
+            return tokenizer.windows(text, spec.max_len, stride=spec.body_len)
+        return tokenizer.windows(text, spec.max_len, stride=spec.body_len)[:1]
+
+    def training_windows(self, tokenizer: CharTokenizer, example: Example, spec: ModelSpec) -> list[tuple[list[int], object]]:
+        """``(token_ids, target)`` pairs; sentence tasks train on the head window."""
+        enc = self.windows(tokenizer, example.text, spec)[0]
+        return [(enc.token_ids, self.target(example, spec))]
+
+    def target(self, example: Example, spec: ModelSpec):
+        raise NotImplementedError
+
+    # ---- decoding and reports -----------------------------------------------------------
+    def decode(self, text: str, windows: list[Encoding], outputs: list[np.ndarray], spec: ModelSpec,
+               model: keras.Model) -> dict:
+        raise NotImplementedError
+
+    def report(self, examples: Sequence[Example], predictions: Sequence[dict], spec: ModelSpec) -> tuple[str, dict]:
+        raise NotImplementedError
+
+    def dev_score(self, report: dict) -> float:
+        """The number early stopping and checkpoint ranking maximise."""
+        raise NotImplementedError
+
+
+class ClassifyTask(Task):
+    name = "classify"
+
+    def head(self, spec, sequence, cls):
+        x = keras.layers.Dropout(spec.dropout, name="Head-Dropout")(cls) if spec.dropout else cls
+        return keras.layers.Dense(len(spec.labels), activation="softmax", name="Head-Softmax")(x)
+
+    def loss(self, model):
+        return keras.losses.SparseCategoricalCrossentropy(reduction=keras.losses.Reduction.NONE)
+
+    def label_vocab(self, examples):
+        return tuple(sorted({e.label for e in examples if e.label is not None}))
+
+    def target(self, example, spec):
+        try:
+            return spec.labels.index(example.label)
+        except ValueError:
+            raise ValueError(f"{example.source}: label {example.label!r} is not one of the {len(spec.labels)} "
+                             f"training labels") from None
+
+    def decode(self, text, windows, outputs, spec, model):
+        probs = np.mean(np.stack(outputs), axis=0)
+        best = int(probs.argmax())
+        return {"label": spec.labels[best], "score": float(probs[best]),
+                "probs": {label: float(p) for label, p in zip(spec.labels, probs)}}
+
+    def report(self, examples, predictions, spec):
+        return metrics.classification_reports([e.label for e in examples], [p["label"] for p in predictions])
+
+    def dev_score(self, report):
+        return report["accuracy"]
+
+
+class MultiLabelTask(ClassifyTask):
+    name = "multilabel"
+
+    def head(self, spec, sequence, cls):
+        x = keras.layers.Dropout(spec.dropout, name="Head-Dropout")(cls) if spec.dropout else cls
+        return keras.layers.Dense(len(spec.labels), activation="sigmoid", name="Head-Sigmoid")(x)
+
+    def loss(self, model):
+        return keras.losses.BinaryCrossentropy(reduction=keras.losses.Reduction.NONE)
+
+    def label_vocab(self, examples):
+        return tuple(sorted({label for e in examples for label in (e.labels or ())}))
+
+    def target_signature(self, spec):
+        import tensorflow as tf
+
+        return tf.TensorSpec([None, len(spec.labels)], tf.float32)
+
+    def pad_targets(self, targets):
+        return np.asarray(targets, dtype=np.float32)
+
+    def target(self, example, spec):
+        try:
+            return np.array(multi_hot(example.labels or (), spec.labels), dtype=np.float32)
+        except ValueError as exc:
+            raise ValueError(f"{example.source}: {exc}") from None
+
+    def decode(self, text, windows, outputs, spec, model):
+        probs = np.mean(np.stack(outputs), axis=0)
+        chosen = [label for label, p in zip(spec.labels, probs) if p >= spec.threshold]
+        return {"labels": chosen, "scores": {label: float(p) for label, p in zip(spec.labels, probs)}}
+
+    def report(self, examples, predictions, spec):
+        gold = np.array([multi_hot([x for x in e.labels if x in spec.labels], spec.labels) for e in examples])
+        pred = np.array([multi_hot(p["labels"], spec.labels) for p in predictions])
+        return metrics.multilabel_reports(gold, pred, spec.labels)
+
+    def dev_score(self, report):
+        return report["micro avg"]["f1-score"]
+
+
+class NerTask(Task):
+    name = "ner"
+
+    def num_outputs(self, spec):
+        return len(entity_tags(spec.labels, spec.scheme))
+
+    def head(self, spec, sequence, cls):
+        x = keras.layers.Dropout(spec.dropout, name="Head-Dropout")(sequence) if spec.dropout else sequence
+        if spec.bilstm_units:
+            x = keras.layers.Bidirectional(keras.layers.LSTM(spec.bilstm_units, return_sequences=True),
+                                           name="Head-BiLSTM")(x)
+        x = keras.layers.Dense(self.num_outputs(spec), name="Head-Emissions")(x)
+        return CRF(self.num_outputs(spec), name="CRF")(x)
+
+    def loss(self, model):
+        return model.get_layer("CRF").loss
+
+    def label_vocab(self, examples):
+        return tuple(sorted({s[2] for e in examples for s in (e.spans or ())}))
+
+    def target_signature(self, spec):
+        import tensorflow as tf
+
+        return tf.TensorSpec([None, None], tf.int32)
+
+    def pad_targets(self, targets):
+        from albert_ray.predict import pad_batch
+
+        return pad_batch(targets, value=-1)  # -1 marks padding for the CRF mask
+
+    def windows(self, tokenizer, text, spec):
+        return tokenizer.windows(text, spec.max_len, stride=spec.window_stride)
+
+    def training_windows(self, tokenizer, example, spec):
+        tags = entity_tags(spec.labels, spec.scheme)
+        index = {t: i for i, t in enumerate(tags)}
+        unknown = {s[2] for s in example.spans or ()} - set(spec.labels)
+        if unknown:
+            raise ValueError(f"{example.source}: entity types {sorted(unknown)} are not among the training types")
+        char_tags = spans_to_tags(len(example.text), example.spans or (), spec.scheme)
+        out = []
+        for enc in self.windows(tokenizer, example.text, spec):
+            out.append((enc.token_ids, np.array([index[char_tags[c]] if c >= 0 else 0 for c in enc.char_index],
+                                                dtype=np.int32)))
+        return out
+
+    def decode(self, text, windows, outputs, spec, model):
+        transitions, start, end = model.get_layer("CRF").params()
+        tags = entity_tags(spec.labels, spec.scheme)
+        per_window, spans_chars, scores = [], [], {}
+        for enc, emissions in zip(windows, outputs):
+            path, _ = viterbi_decode(emissions, transitions, start, end)
+            token_spans = tags_to_spans([tags[i] for i in path], spec.scheme)
+            probs = marginals(emissions, transitions, start, end)
+            char_spans = token_spans_to_char_spans(token_spans, enc.char_index)
+            for (ts, te, _), cs in zip(token_spans, char_spans):
+                # entity score: mean marginal probability of the decoded tags over its tokens
+                scores.setdefault(cs, float(np.mean([probs[i, path[i]] for i in range(ts, te)])))
+            per_window.append(char_spans)
+            chars = [c for c in enc.char_index if c >= 0]
+            spans_chars.append((chars[0], chars[-1] + 1) if chars else (0, 0))
+        spans = stitch_windows(per_window, spans_chars)
+        return {"entities": [{"start": s, "end": e, "label": label, "text": text[s:e], "score": scores.get((s, e, label), 0.0)}
+                             for s, e, label in spans]}
+
+    def report(self, examples, predictions, spec):
+        gold = [spans_to_tags(len(e.text), e.spans or (), spec.scheme) for e in examples]
+        pred = [spans_to_tags(len(e.text), [(x["start"], x["end"], x["label"]) for x in p["entities"]], spec.scheme)
+                for e, p in zip(examples, predictions)]
+        return metrics.ner_reports(gold, pred, spec.scheme, strict=bool(spec.extra.get("strict_eval", False)))
+
+    def dev_score(self, report):
+        return report["micro avg"]["f1-score"]
+
+
+TASK_REGISTRY: dict[str, Task] = {t.name: t for t in (ClassifyTask(), MultiLabelTask(), NerTask())}
+
+
+def task_for(spec_or_name) -> Task:
+    name = spec_or_name if isinstance(spec_or_name, str) else spec_or_name.task
+    if name not in TASK_REGISTRY:
+        raise ValueError(f"task={name!r}: must be one of {sorted(TASK_REGISTRY)}")
+    return TASK_REGISTRY[name]
+
+
+def build_task_model(spec: ModelSpec, seq_len: int | None = None) -> keras.Model:
+    """Pure factory: spec in, ``keras.Model`` ``[token_ids, segment_ids] -> head output`` out."""
+    from albert_ray.encoder import build_encoder
+
+    encoder = build_encoder(spec.encoder_config(), seq_len=seq_len, dropout=spec.dropout)
+    sequence, cls = encoder.outputs
+    output = task_for(spec).head(spec, sequence, cls)
+    return keras.Model(encoder.inputs, output, name=f"{spec.task}_model")

@@ -1,0 +1,444 @@
+"""Fine-tuning: data preparation on the driver, ``train_loop_per_worker`` under Ray Train's
+``TensorflowTrainer`` (``MultiWorkerMirroredStrategy``), evaluation of the best model.
+
+One code path for one worker or many: the loop reads its rows from ``get_dataset_shard``,
+builds and compiles under ``strategy.scope()``, and reports metrics and checkpoints to Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from albert_ray.config import EncoderConfig
+from albert_ray.data import Example, read_examples
+from albert_ray.jobconfig import JobConfig
+from albert_ray.spec import ModelSpec
+from albert_ray.tasks import task_for
+from albert_ray.tokenization import CLS, MASK, PAD, SEP, UNK, CharTokenizer, Vocab
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.json"
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+# ---- driver-side preparation ------------------------------------------------------------
+@dataclass
+class Prepared:
+    spec: ModelSpec
+    vocab: Vocab
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+    skipped: dict[str, int]
+
+
+def build_char_vocab(texts: Sequence[str]) -> Vocab:
+    """A character vocabulary for training from scratch (``model.vocab: auto``): the special
+    tokens, then every normalised character of the texts by frequency."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        for ch in text:
+            if ch.isspace():
+                continue
+            norm = unicodedata.normalize("NFKC", ch).lower()
+            counts[norm if len(norm) == 1 else ch.lower()] += 1
+    chars = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c not in (PAD, UNK, CLS, SEP, MASK)]
+    return Vocab([PAD, UNK, CLS, SEP, MASK] + chars)
+
+
+def prepare(job: JobConfig) -> Prepared:
+    """Read the splits, derive label and token vocabularies, and describe the model."""
+    task = task_for(job.task)
+    read = dict(fmt=job.data.format, multilabel=job.task == "multilabel", scheme=job.model.scheme,
+                on_bad_records=job.data.on_bad_records)
+    skipped = {}
+    train_res = read_examples(job.data.train, **read)
+    train, skipped["train"] = train_res.examples, len(train_res.skipped)
+    if job.data.dev:
+        dev_res = read_examples(job.data.dev, **read)
+        dev, skipped["dev"] = dev_res.examples, len(dev_res.skipped)
+    else:
+        rng = random.Random(job.train.seed)
+        shuffled = train[:]
+        rng.shuffle(shuffled)
+        n_dev = max(1, int(len(shuffled) * job.data.dev_fraction))
+        dev, train = shuffled[:n_dev], shuffled[n_dev:]
+        log.info("no dev file: using %d of the training examples as dev", n_dev)
+    test: list[Example] = []
+    if job.data.test:
+        test_res = read_examples(job.data.test, **read)
+        test, skipped["test"] = test_res.examples, len(test_res.skipped)
+    if job.data.max_train_examples:
+        train = train[: job.data.max_train_examples]
+    if job.data.max_eval_examples:
+        dev, test = dev[: job.data.max_eval_examples], test[: job.data.max_eval_examples]
+    if not train:
+        raise ValueError(f"{job.data.train}: no training examples")
+
+    if job.model.vocab == "auto":
+        vocab = build_char_vocab([e.text for e in train])
+    else:
+        vocab = Vocab.from_file(job.model.vocab)
+    encoder = EncoderConfig.from_json_file(job.model.encoder_config)
+    if job.model.vocab == "auto" and encoder.vocab_size != len(vocab):
+        log.info("vocab: auto -> %d characters from the training data (vocab_size of %s overridden)",
+                 len(vocab), job.model.encoder_config)
+        encoder = replace(encoder, vocab_size=len(vocab))
+    elif encoder.vocab_size != len(vocab):
+        raise ValueError(f"{job.model.vocab} has {len(vocab)} tokens but {job.model.encoder_config} says "
+                         f"vocab_size={encoder.vocab_size}; use the vocab.txt that came with the checkpoint")
+    if job.model.max_len > encoder.max_position_embeddings:
+        raise ValueError(f"model.max_len={job.model.max_len} exceeds max_position_embeddings="
+                         f"{encoder.max_position_embeddings} of {job.model.encoder_config}")
+    labels = task.label_vocab(train)
+    spec = ModelSpec(
+        task=job.task, labels=labels, encoder={**encoder.to_dict(), "layout": encoder.layout},
+        max_len=job.model.max_len, stride=job.model.stride, truncation=job.model.truncation,
+        scheme=job.model.scheme, bilstm_units=job.model.bilstm_units, dropout=job.model.dropout, name=job.name,
+    )
+    return Prepared(spec=spec, vocab=vocab, train=train, dev=dev, test=test, skipped=skipped)
+
+
+def featurize(spec: ModelSpec, vocab: Vocab, examples: Sequence[Example]) -> list[dict]:
+    """Training rows ``{"token_ids": [...], "target": ...}``; long NER texts give several windows."""
+    task, tokenizer = task_for(spec), CharTokenizer(vocab)
+    rows = []
+    for example in examples:
+        for ids, target in task.training_windows(tokenizer, example, spec):
+            rows.append({"token_ids": list(ids), "target": np.asarray(target).tolist()})
+    return rows
+
+
+def make_batches(rows: Sequence[dict], batch_size: int, seed: int, epoch: int, pad_targets,
+                 bucket: int = 50) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled, length-bucketed, per-batch padded batches for one epoch.
+
+    Rows are shuffled, cut into pools of ``bucket`` batches, sorted by length inside each pool
+    and batched, and the batch order is shuffled: little padding, still random.
+    """
+    from albert_ray.predict import pad_batch
+
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(rows))
+    pool = batch_size * bucket
+    batches = []
+    for p in range(0, len(order), pool):
+        chunk = sorted(order[p : p + pool], key=lambda i: len(rows[i]["token_ids"]))
+        for b in range(0, len(chunk), batch_size):
+            idx = chunk[b : b + batch_size]
+            batches.append((pad_batch([rows[i]["token_ids"] for i in idx]),
+                            pad_targets([rows[i]["target"] for i in idx])))
+    rng.shuffle(batches)
+    return batches
+
+
+def learning_rate(job: JobConfig) -> float:
+    """Peak learning rate for the global batch (explicit policy: ``train.lr_scaling``)."""
+    t = job.train
+    if t.lr_scaling == "linear":
+        return t.learning_rate * t.batch_size * t.num_workers / t.lr_reference_batch
+    return t.learning_rate
+
+
+# ---- the worker loop ---------------------------------------------------------------------
+def _configure_tf(threads: int) -> None:
+    import tensorflow as tf
+
+    if threads > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+        except RuntimeError:  # already initialised in this process
+            pass
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def _rows_from_shard(shard) -> list[dict]:
+    rows = []
+    for row in shard.iter_rows():
+        rows.append({"token_ids": np.asarray(row["token_ids"]).tolist(), "target": np.asarray(row["target"]).tolist()})
+    return rows
+
+
+class WarmupLinearDecay:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
+    def __new__(cls, peak: float, warmup: int, total: int):
+        import tensorflow as tf
+        from tensorflow import keras
+
+        class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
+            def __call__(self, step):
+                step = tf.cast(step, tf.float32)
+                warm = peak * step / max(1, warmup)
+                decay = peak * tf.maximum(0.0, (total - step) / max(1, total - warmup))
+                return tf.where(step < warmup, warm, decay)
+
+            def get_config(self):
+                return {"peak": peak, "warmup": warmup, "total": total}
+
+        return _Schedule()
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker entry point (also callable in-process with ``config["ray"] = False``)."""
+    import albert_ray  # noqa: F401
+
+    _configure_tf(config["tf_threads"])
+    import tensorflow as tf
+    from tensorflow import keras
+
+    from albert_ray.checkpoint import load_checkpoint
+    from albert_ray.encoder import initialize_encoder
+    from albert_ray.predict import Labeler, save_model_dir
+    from albert_ray.tasks import build_task_model
+
+    job: JobConfig = config["job"]
+    spec: ModelSpec = config["spec"]
+    vocab: Vocab = config["vocab"]
+    use_ray = config.get("ray", True)
+    task = task_for(spec)
+    if use_ray:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        rows = _rows_from_shard(ray.train.get_dataset_shard("train"))
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        resume = ray.train.get_checkpoint()
+    else:
+        rank, world, rows = 0, 1, config["rows"]
+        strategy = tf.distribute.get_strategy()
+        resume = None
+    keras.utils.set_random_seed(job.train.seed)
+    t = job.train
+    steps_per_epoch = math.ceil(len(rows) / t.batch_size)
+    total_steps = max(1, steps_per_epoch * t.epochs)
+    warmup = int(total_steps * t.warmup_ratio)
+    peak = learning_rate(job)
+    if rank == 0:
+        log.info("run %s: task=%s, %d training rows on this worker, %d workers, per-worker batch %d, global batch %d, "
+                 "%d steps/epoch, %d epochs, peak lr %.2e, warmup %d steps", job.name, spec.task, len(rows), world,
+                 t.batch_size, t.batch_size * world, steps_per_epoch, t.epochs, peak, warmup)
+
+    with strategy.scope():
+        model = build_task_model(spec)
+        encoder_config = spec.encoder_config()
+        if job.model.init == "checkpoint":
+            load_checkpoint(model, encoder_config, job.model.checkpoint)
+        else:
+            initialize_encoder(model, encoder_config, seed=t.seed)
+        optimizer = keras.optimizers.AdamW(learning_rate=WarmupLinearDecay(peak, warmup, total_steps),
+                                           weight_decay=t.weight_decay, epsilon=1e-6)
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "_b[qkvo12]", "embeddings"])
+        optimizer.build(model.trainable_variables)
+    loss_fn = task.loss(model)
+
+    start_epoch, best_score, best_weights, bad_epochs = 0, -1.0, None, 0
+    if resume is not None:
+        with resume.as_directory() as d:
+            model.load_weights(str(Path(d) / "model.weights.h5"))
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+        start_epoch, best_score, bad_epochs = state["epoch"] + 1, state["best_score"], state["bad_epochs"]
+        optimizer.iterations.assign(state["step"])
+        best_weights = model.get_weights() if state.get("is_best") else None
+        log.info("resumed from checkpoint after epoch %d (best dev %.4f, step %d)", state["epoch"], best_score, state["step"])
+
+    sig = [tf.TensorSpec([None, None], tf.int32), task.target_signature(spec)]
+
+    @tf.function(input_signature=sig)
+    def train_step(ids, y):
+        def step_fn(ids, y):
+            with tf.GradientTape() as tape:
+                pred = model([ids, tf.zeros_like(ids)], training=True)
+                per_example = loss_fn(y, pred)
+                n = tf.cast(tf.shape(per_example)[0], tf.float32)
+                total_n = tf.distribute.get_replica_context().all_reduce("sum", n)
+                loss = tf.reduce_sum(per_example) / total_n
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        return strategy.reduce("sum", strategy.run(step_fn, args=(ids, y)), axis=None)
+
+    labeler = Labeler(model, spec, vocab, batch_size=max(32, t.batch_size))
+    dev: list[Example] = config["dev"]
+    history = []
+    for epoch in range(start_epoch, t.epochs):
+        began, losses = time.time(), []
+        batches = make_batches(rows, t.batch_size, t.seed, epoch, task.pad_targets)
+        # every worker must run the same number of steps (collectives): the smallest shard decides
+        n_steps = _min_across_workers(strategy, len(batches)) if world > 1 else len(batches)
+        examples = 0
+        for i, (ids, y) in enumerate(batches[:n_steps]):
+            losses.append(float(train_step(tf.constant(ids), tf.constant(y))))
+            examples += len(ids)
+            if rank == 0 and t.log_every and (i + 1) % t.log_every == 0:
+                log.info("epoch %d step %d/%d loss %.4f (%.1f ex/s per worker)", epoch + 1, i + 1, n_steps,
+                         np.mean(losses[-t.log_every:]), examples / (time.time() - began))
+        train_seconds = time.time() - began
+        score = -1.0
+        report: dict[str, Any] = {}
+        if rank == 0 and dev:
+            _, report = task.report(dev, labeler.predict([e.text for e in dev]), spec)
+            score = task.dev_score(report)
+        if world > 1:
+            score = _broadcast_from_rank0(strategy, score)
+        improved = score > best_score
+        if improved:
+            best_score, best_weights, bad_epochs = score, model.get_weights(), 0
+        else:
+            bad_epochs += 1
+        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   "dev_score": score, "best_dev_score": best_score, "examples_per_second": examples / max(train_seconds, 1e-9),
+                   "steps": int(optimizer.iterations.numpy())}
+        history.append(metrics)
+        if rank == 0:
+            log.info("epoch %d/%d: loss %.4f, dev %s %.4f (best %.4f), %.1f ex/s", epoch + 1, t.epochs,
+                     metrics["train_loss"], task.name, score, best_score, metrics["examples_per_second"])
+        state = {"epoch": epoch, "best_score": best_score, "bad_epochs": bad_epochs,
+                 "step": int(optimizer.iterations.numpy()), "is_best": improved}
+        _report(use_ray, rank, metrics, model, spec, vocab, job, state, config)
+        if bad_epochs > t.patience:
+            if rank == 0:
+                log.info("early stopping: no dev improvement for %d epochs", bad_epochs)
+            break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    final = {"epoch": len(history) + start_epoch, "dev_score": best_score, "best_dev_score": best_score, "final": True,
+             "steps": int(optimizer.iterations.numpy())}
+    _report(use_ray, rank, final, model, spec, vocab, job,
+            {"epoch": t.epochs, "best_score": best_score, "bad_epochs": 0, "step": final["steps"], "is_best": True,
+             "final": True, "history": history}, config)
+
+
+def _min_across_workers(strategy, n: int) -> int:
+    import tensorflow as tf
+
+    value = strategy.run(lambda: tf.constant(-float(n)))
+    return int(-strategy.reduce("max", value, axis=None).numpy())
+
+
+def _broadcast_from_rank0(strategy, score: float) -> float:
+    """Rank 0 evaluated dev; every worker needs the same early-stopping decision."""
+    import tensorflow as tf
+
+    value = strategy.run(lambda: tf.constant(score if score > -1.0 else -1e9))
+    return float(strategy.reduce("max", value, axis=None).numpy())
+
+
+def _report(use_ray, rank, metrics, model, spec, vocab, job, state, config) -> None:
+    from albert_ray.predict import save_model_dir
+
+    if not use_ray:
+        if rank == 0 and state.get("final"):
+            out = Path(config["local_output"])
+            save_model_dir(out, model, spec, vocab, job.to_dict())
+            (out / STATE_FILE).write_text(json.dumps(state, indent=2))
+        return
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model_dir(tmp, model, spec, vocab, job.to_dict())
+        Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=2))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+# ---- driver ------------------------------------------------------------------------------
+def init_ray(job: JobConfig) -> None:
+    """Attach to Ray: a given address, the job's cluster (``$RAY_ADDRESS``), or a new local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = job.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # inside `ray job submit` the job's runtime_env already carries TF_USE_LEGACY_KERAS
+        ray.init(address=address if job.ray_address else None, log_to_driver=True)
+    else:
+        # the dashboard (127.0.0.1 only) also serves the state API that Ray Train's controller polls
+        ray.init(address="local", dashboard_host="127.0.0.1", runtime_env={"env_vars": WORKER_ENV},
+                 configure_logging=False)
+
+
+def train(job: JobConfig) -> dict:
+    """Train, keep the best model in ``<output_dir>/<name>/model``, evaluate it, return a summary."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    began = time.time()
+    prep = prepare(job)
+    rows = featurize(prep.spec, prep.vocab, prep.train)
+    log.info("prepared %s: %d train examples -> %d rows, %d dev, %d test, labels %s", job.name, len(prep.train),
+             len(rows), len(prep.dev), len(prep.test), list(prep.spec.labels)[:12])
+    init_ray(job)
+    cpus = os.cpu_count() or 1
+    threads = job.train.tf_threads or max(1, cpus // max(1, job.train.num_workers))
+    storage = job.storage_path or str(Path(job.output_dir, "ray").resolve())
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job, "spec": prep.spec, "vocab": prep.vocab, "dev": prep.dev, "tf_threads": threads},
+        scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
+                                     resources_per_worker={"CPU": job.train.cpus_per_worker}),
+        datasets={"train": ray.data.from_items(rows)},
+        run_config=RunConfig(name=job.name, storage_path=storage,
+                             checkpoint_config=CheckpointConfig(num_to_keep=None),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {job.name} ended without a checkpoint; see the log above")
+    out = job.model_dir
+    if out.exists():
+        shutil.rmtree(out)
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(d, out)
+    return finish(job, prep, out, time.time() - began)
+
+
+def train_in_process(job: JobConfig) -> dict:
+    """The same worker loop without Ray (one process, default strategy): for tests and debugging."""
+    began = time.time()
+    prep = prepare(job)
+    rows = featurize(prep.spec, prep.vocab, prep.train)
+    out = job.model_dir
+    train_loop_per_worker({"job": job, "spec": prep.spec, "vocab": prep.vocab, "dev": prep.dev, "rows": rows,
+                           "tf_threads": job.train.tf_threads, "ray": False, "local_output": str(out)})
+    return finish(job, prep, out, time.time() - began)
+
+
+def finish(job: JobConfig, prep: Prepared, model_dir: Path, seconds: float) -> dict:
+    """Evaluate the saved model on test (or dev) from its directory and write the reports."""
+    from albert_ray.evaluate import evaluate_examples
+
+    state = json.loads((model_dir / STATE_FILE).read_text())
+    split, examples = ("test", prep.test) if prep.test else ("dev", prep.dev)
+    text, report = evaluate_examples(model_dir, examples)
+    summary = {"name": job.name, "task": job.task, "model_dir": str(model_dir), "eval_split": split,
+               "eval_examples": len(examples), "train_examples": len(prep.train), "skipped_records": prep.skipped,
+               "best_dev_score": state["best_score"], "history": state.get("history", []),
+               "seconds": round(seconds, 1), "metrics": report}
+    (model_dir / "metrics.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
+    (model_dir / "report.txt").write_text(text, encoding="utf-8")
+    log.info("%s: evaluated on %d %s examples; report in %s", job.name, len(examples), split, model_dir / "report.txt")
+    return summary
