@@ -74,6 +74,10 @@ class Task:
         """The number early stopping and checkpoint ranking maximise."""
         raise NotImplementedError
 
+    def tune(self, spec: ModelSpec, predictions: Sequence[dict], examples: Sequence[Example]) -> ModelSpec:
+        """Settings chosen on dev after training (saved with the model); none by default."""
+        return spec
+
 
 class ClassifyTask(Task):
     name = "classify"
@@ -139,6 +143,15 @@ class MultiLabelTask(ClassifyTask):
         probs = np.mean(np.stack(outputs), axis=0)
         chosen = [label for label, p in zip(spec.labels, probs) if p >= spec.threshold]
         return {"labels": chosen, "scores": {label: float(p) for label, p in zip(spec.labels, probs)}}
+
+    def tune(self, spec, predictions, examples):
+        """Pick the decision threshold with the best dev micro-F1."""
+        import dataclasses
+
+        gold = np.array([multi_hot([x for x in e.labels if x in spec.labels], spec.labels) for e in examples])
+        probs = np.array([[p["scores"][label] for label in spec.labels] for p in predictions])
+        threshold, f1 = metrics.best_threshold(gold, probs)
+        return dataclasses.replace(spec, threshold=threshold, extra={**spec.extra, "threshold_dev_micro_f1": f1})
 
     def report(self, examples, predictions, spec):
         gold = np.array([multi_hot([x for x in e.labels if x in spec.labels], spec.labels) for e in examples])

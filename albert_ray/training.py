@@ -321,6 +321,11 @@ def train_loop_per_worker(config: dict) -> None:
             break
     if best_weights is not None:
         model.set_weights(best_weights)
+    if rank == 0 and dev:
+        tuned = task.tune(spec, labeler.predict([e.text for e in dev]), dev)
+        if tuned != spec:
+            log.info("tuned on dev: %s", {k: v for k, v in tuned.to_dict().items() if v != spec.to_dict()[k]})
+            spec = tuned
     final = {"epoch": len(history) + start_epoch, "dev_score": best_score, "best_dev_score": best_score, "final": True,
              "steps": int(optimizer.iterations.numpy())}
     _report(use_ray, rank, final, model, spec, vocab, job,
