@@ -66,7 +66,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     tf_threads: int = 0                # 0: the CPUs of the worker's node divided by local workers
-    log_every: int = 20                # steps between progress lines
+    log_every: int = 20                # steps between progress lines (0: none)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ _CHOICES = {
     "train.lr_scaling": ("linear", "none"),
 }
 _POSITIVE = {"model.max_len", "train.epochs", "train.batch_size", "train.num_workers", "train.lr_reference_batch",
-             "train.log_every", "train.learning_rate", "train.cpus_per_worker"}
+             "train.learning_rate", "train.cpus_per_worker"}
 
 
 def _build(cls, data: Any, prefix: str):
@@ -140,6 +140,11 @@ def _coerce(value: Any, hint, key: str):
             return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if t is float and isinstance(value, str):
+            try:  # YAML 1.1 reads "3e-3" (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
         if t is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     names = " or ".join(getattr(t, "__name__", str(t)) for t in args)

@@ -1,0 +1,44 @@
+import pytest
+
+from albert_ray.jobconfig import JobConfigError, load_job_config
+
+BASE = {"name": "x", "task": "ner", "data": {"train": "t.bio"}}
+
+
+def test_defaults_and_dotted_overrides():
+    cfg = load_job_config(data=BASE, overrides=["train.epochs=7", "model.max_len=64", "data.dev=d.bio", "model.stride="])
+    assert (cfg.train.epochs, cfg.model.max_len, cfg.data.dev, cfg.model.stride) == (7, 64, "d.bio", None)
+    assert cfg.train.learning_rate == 5e-5 and cfg.model_dir.as_posix() == "runs/x/model"
+    assert BASE["data"] == {"train": "t.bio"}  # the input dict is not mutated
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["task=tagging"], "task='tagging': must be one of ['classify', 'multilabel', 'ner']"),
+    (["model.scheme=IOB"], "model.scheme='IOB': must be one of ['BIO', 'BIOES']"),
+    (["train.epochs=0"], "train.epochs=0: must be > 0"),
+    (["train.epochs=two"], "train.epochs='two': must be int"),
+    (["train.epoch=2"], "train.epoch: unknown field; allowed:"),
+    (["model.init=checkpoint"], "model.checkpoint: required when model.init is 'checkpoint'"),
+    (["model.dropout=1.5"], "model.dropout=1.5: must be in [0, 1)"),
+    (["data.on_bad_records=ignore"], "data.on_bad_records='ignore': must be one of ['error', 'skip']"),
+    (["epochs"], "override 'epochs': expected key=value"),
+])
+def test_validation_names_field_and_allowed_values(overrides, message):
+    with pytest.raises(JobConfigError) as err:
+        load_job_config(data=BASE, overrides=overrides)
+    assert message in str(err.value)
+
+
+def test_missing_required_and_missing_file(tmp_path):
+    with pytest.raises(JobConfigError, match="data.train: required field is missing"):
+        load_job_config(data={"name": "x", "task": "ner", "data": {}})
+    with pytest.raises(FileNotFoundError, match="job config not found"):
+        load_job_config(tmp_path / "nope.yaml")
+
+
+def test_bundled_configs_load():
+    from pathlib import Path
+
+    for path in sorted(Path("jobs/configs").glob("*.yaml")):
+        cfg = load_job_config(path)
+        assert cfg.name == path.stem

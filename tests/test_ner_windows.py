@@ -1,0 +1,45 @@
+"""Long texts: an entity across a window border in a 1,000-character text is found once."""
+
+import numpy as np
+
+from albert_ray.labels import entity_tags
+from albert_ray.spec import ModelSpec
+from albert_ray.tasks import NerTask, build_task_model
+from albert_ray.tokenization import CharTokenizer, Vocab
+
+ENCODER = dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+               embedding_size=8, max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu",
+               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, ln_type="postln", layout="albert_brightmart")
+
+
+def test_entity_across_window_border_found_once_with_exact_offsets():
+    text = "".join("今天天气很好我们出去走走" for _ in range(84))[:1000]
+    entities = {(124, 128, "PER"), (90, 93, "LOC"), (600, 602, "PER"), (995, 1000, "LOC")}
+    text = list(text)
+    for s, e, _ in entities:
+        text[s:e] = "欧阳建国华"[: e - s]
+    text = "".join(text)
+    spec = ModelSpec(task="ner", labels=("LOC", "PER"), encoder=ENCODER, max_len=128, dropout=0.0)
+    tags = entity_tags(spec.labels, "BIO")
+    model = build_task_model(spec)
+    crf = model.get_layer("CRF")
+    crf.transitions.assign(np.zeros_like(crf.transitions.numpy()))
+    tok = CharTokenizer(Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    windows = NerTask().windows(tok, text, spec)
+    assert len(windows) == 15 and windows[1].char_index[1] == 63  # half-window stride
+    gold_tag = {}
+    for s, e, label in entities:
+        for i in range(s, e):
+            gold_tag[i] = tags.index(("B-" if i == s else "I-") + label)
+    outputs = []
+    for w in windows:  # emissions that spell out exactly the gold tags visible in each window
+        em = np.zeros((len(w.token_ids), len(tags)))
+        for t, c in enumerate(w.char_index):
+            em[t, gold_tag.get(c, 0)] = 10.0
+        outputs.append(em)
+    # window 0 sees only "欧阳" of the entity at 124..128: it must not leak a truncated span
+    result = NerTask().decode(text, windows, outputs, spec, model)
+    found = [(x["start"], x["end"], x["label"]) for x in result["entities"]]
+    assert sorted(found) == sorted(entities)
+    assert all(text[x["start"]:x["end"]] == x["text"] for x in result["entities"])
+    assert all(x["score"] > 0.99 for x in result["entities"])
