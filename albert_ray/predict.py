@@ -89,11 +89,7 @@ class Labeler:
         windows = [self.task.windows(self.tokenizer, t, self.spec) for t in texts]
         flat = [w.token_ids for ws in windows for w in ws]
         outputs = self.forward(flat) if flat else []
-        results, k = [], 0
-        for text, ws in zip(texts, windows):
-            results.append(self.task.decode(text, ws, outputs[k : k + len(ws)], self.spec, self.model))
-            k += len(ws)
-        return results
+        return self.task.decode_batch(texts, windows, outputs, self.spec, self.model)
 
 
 def save_model_dir(path: str | Path, model: keras.Model, spec: ModelSpec, vocab: Vocab,

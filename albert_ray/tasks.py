@@ -11,7 +11,7 @@ import albert_ray  # noqa: F401
 from tensorflow import keras
 
 from albert_ray import metrics
-from albert_ray.crf import CRF, marginals, viterbi_decode
+from albert_ray.crf import CRF
 from albert_ray.data import Example
 from albert_ray.labels import (entity_tags, multi_hot, spans_to_tags, stitch_windows, tags_to_spans,
                                token_spans_to_char_spans)
@@ -66,6 +66,15 @@ class Task:
     def decode(self, text: str, windows: list[Encoding], outputs: list[np.ndarray], spec: ModelSpec,
                model: keras.Model) -> dict:
         raise NotImplementedError
+
+    def decode_batch(self, texts: Sequence[str], windows: Sequence[list[Encoding]], outputs: list[np.ndarray],
+                     spec: ModelSpec, model: keras.Model) -> list[dict]:
+        """Decode many texts; ``outputs`` are the model outputs of all windows, text after text."""
+        results, k = [], 0
+        for text, ws in zip(texts, windows):
+            results.append(self.decode(text, ws, outputs[k : k + len(ws)], spec, model))
+            k += len(ws)
+        return results
 
     def report(self, examples: Sequence[Example], predictions: Sequence[dict], spec: ModelSpec) -> tuple[str, dict]:
         raise NotImplementedError
@@ -209,23 +218,40 @@ class NerTask(Task):
         return out
 
     def decode(self, text, windows, outputs, spec, model):
+        return self.decode_batch([text], [windows], outputs, spec, model)[0]
+
+    def decode_batch(self, texts, windows, outputs, spec, model):
+        """Viterbi paths and marginals for all windows at once, then spans per text."""
+        from albert_ray.crf import marginals_batch, viterbi_batch
+
         transitions, start, end = model.get_layer("CRF").params()
         tags = entity_tags(spec.labels, spec.scheme)
-        per_window, spans_chars, scores = [], [], {}
-        for enc, emissions in zip(windows, outputs):
-            path, _ = viterbi_decode(emissions, transitions, start, end)
-            token_spans = tags_to_spans([tags[i] for i in path], spec.scheme)
-            probs = marginals(emissions, transitions, start, end)
-            char_spans = token_spans_to_char_spans(token_spans, enc.char_index)
-            for (ts, te, _), cs in zip(token_spans, char_spans):
-                # entity score: mean marginal probability of the decoded tags over its tokens
-                scores.setdefault(cs, float(np.mean([probs[i, path[i]] for i in range(ts, te)])))
-            per_window.append(char_spans)
-            chars = [c for c in enc.char_index if c >= 0]
-            spans_chars.append((chars[0], chars[-1] + 1) if chars else (0, 0))
-        spans = stitch_windows(per_window, spans_chars)
-        return {"entities": [{"start": s, "end": e, "label": label, "text": text[s:e], "score": scores.get((s, e, label), 0.0)}
-                             for s, e, label in spans]}
+        if not outputs:
+            return [{"entities": []} for _ in texts]
+        lengths = np.array([len(o) for o in outputs])
+        padded = np.zeros((len(outputs), lengths.max(), len(tags)))
+        for i, o in enumerate(outputs):
+            padded[i, : len(o)] = o
+        paths = viterbi_batch(padded, lengths, transitions, start, end)
+        probs = marginals_batch(padded, lengths, transitions, start, end)
+        results, k = [], 0
+        for text, ws in zip(texts, windows):
+            per_window, window_chars, scores = [], [], {}
+            for enc in ws:
+                path, prob = paths[k], probs[k]
+                k += 1
+                token_spans = tags_to_spans([tags[i] for i in path], spec.scheme)
+                char_spans = token_spans_to_char_spans(token_spans, enc.char_index)
+                for (ts, te, _), cs in zip(token_spans, char_spans):
+                    # entity score: mean marginal probability of the decoded tags over its tokens
+                    scores.setdefault(cs, float(np.mean([prob[i, path[i]] for i in range(ts, te)])))
+                per_window.append(char_spans)
+                chars = [c for c in enc.char_index if c >= 0]
+                window_chars.append((chars[0], chars[-1] + 1) if chars else (0, 0))
+            spans = stitch_windows(per_window, window_chars)
+            results.append({"entities": [{"start": s, "end": e, "label": label, "text": text[s:e],
+                                          "score": scores.get((s, e, label), 0.0)} for s, e, label in spans]})
+        return results
 
     def report(self, examples, predictions, spec):
         gold = [spans_to_tags(len(e.text), e.spans or (), spec.scheme) for e in examples]

@@ -15,3 +15,16 @@ def corpora() -> Path:
     if not CORPORA.is_dir():
         pytest.skip(f"real corpora not present at {CORPORA}")
     return CORPORA
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A Ray instance of this test session's own (never an already running cluster)."""
+    import ray
+
+    from albert_ray.training import WORKER_ENV
+
+    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", runtime_env={"env_vars": WORKER_ENV},
+             configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -49,3 +49,18 @@ def test_log_likelihood_equals_brute_force_with_padding():
         gold = path_score(e, tr, st, en, list(tags[b, :length]))
         assert got[b] == pytest.approx(gold - np.logaddexp.reduce(scores), abs=1e-4)
     assert np.all(crf.loss(tags, em).numpy() > 0)
+
+
+def test_batched_viterbi_and_marginals_equal_per_sequence():
+    from albert_ray.crf import marginals_batch, viterbi_batch
+
+    rng = np.random.default_rng(3)
+    k = 4
+    tr, st, en = rng.normal(size=(k, k)), rng.normal(size=k), rng.normal(size=k)
+    lengths = np.array([6, 1, 3, 6])
+    em = rng.normal(size=(4, 6, k))
+    paths = viterbi_batch(em, lengths, tr, st, en)
+    probs = marginals_batch(em, lengths, tr, st, en)
+    for i, n in enumerate(lengths):
+        assert paths[i] == viterbi_decode(em[i, :n], tr, st, en)[0]
+        np.testing.assert_allclose(probs[i, :n], marginals(em[i, :n], tr, st, en), atol=1e-10)
