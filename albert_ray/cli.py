@@ -69,6 +69,23 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_label(args) -> int:
+    from albert_ray.labeling import LabelConfig, label_corpus
+    from albert_ray.runtime import init_ray
+
+    cfg = LabelConfig(model=args.model, inputs=tuple(args.input), output=args.output, format=args.format,
+                      text_field=args.text_field, id_field=args.id_field, include_text=args.include_text,
+                      include_probs=args.include_probs, max_chars=args.max_chars, batch_size=args.batch_size,
+                      concurrency=args.concurrency, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    init_ray(args.address)
+    m = label_corpus(cfg)
+    counts = m.get("entity_counts") or m.get("label_counts") or {}
+    print(f"rows in {m['rows_in']} = out {m['rows_out']} + quarantined {m['rows_quarantined']} "
+          f"({m['quarantine_reasons']}); {m['rows_per_second']} rows/s; output {m['output']}")
+    print(f"counts: {dict(list(counts.items())[:20])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -101,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to label")
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("label", help="label a corpus with Ray Data, writing Parquet")
+    p.add_argument("--model", required=True, help="model directory written by train")
+    p.add_argument("--input", required=True, nargs="+", help="files, directories or globs (local or s3:// gs:// hdfs://)")
+    p.add_argument("--output", required=True, help="output folder (local or URI); re-running resumes")
+    p.add_argument("--format", default="auto", help="text | jsonl | csv | parquet | auto (by extension)")
+    p.add_argument("--text-field", default="text", help="JSONL/CSV/Parquet text column (default: text)")
+    p.add_argument("--id-field", help="column to keep as the row id")
+    p.add_argument("--include-text", action="store_true", help="copy the text into the output")
+    p.add_argument("--include-probs", action="store_true", help="classification: all class probabilities")
+    p.add_argument("--max-chars", type=int, default=100_000, help="longer texts are quarantined")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per prediction batch")
+    p.add_argument("--concurrency", type=int, default=1, help="predictor actors")
+    p.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per predictor actor (fractional)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per predictor actor")
+    p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
+    p.set_defaults(func=_cmd_label)
     return parser
 
 

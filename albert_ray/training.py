@@ -26,6 +26,7 @@ import numpy as np
 from albert_ray.config import EncoderConfig
 from albert_ray.data import Example, read_examples
 from albert_ray.jobconfig import JobConfig
+from albert_ray.runtime import init_ray
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks import task_for
 from albert_ray.tokenization import CLS, MASK, PAD, SEP, UNK, CharTokenizer, Vocab
@@ -33,7 +34,6 @@ from albert_ray.tokenization import CLS, MASK, PAD, SEP, UNK, CharTokenizer, Voc
 log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.json"
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 # ---- driver-side preparation ------------------------------------------------------------
@@ -369,22 +369,6 @@ def _report(use_ray, rank, metrics, model, spec, vocab, job, state, config) -> N
 
 
 # ---- driver ------------------------------------------------------------------------------
-def init_ray(job: JobConfig) -> None:
-    """Attach to Ray: a given address, the job's cluster (``$RAY_ADDRESS``), or a new local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = job.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # inside `ray job submit` the job's runtime_env already carries TF_USE_LEGACY_KERAS
-        ray.init(address=address if job.ray_address else None, log_to_driver=True)
-    else:
-        # the dashboard (127.0.0.1 only) also serves the state API that Ray Train's controller polls
-        ray.init(address="local", dashboard_host="127.0.0.1", runtime_env={"env_vars": WORKER_ENV},
-                 configure_logging=False)
-
-
 def train(job: JobConfig) -> dict:
     """Train, keep the best model in ``<output_dir>/<name>/model``, evaluate it, return a summary."""
     import ray
@@ -396,7 +380,7 @@ def train(job: JobConfig) -> dict:
     rows = featurize(prep.spec, prep.vocab, prep.train)
     log.info("prepared %s: %d train examples -> %d rows, %d dev, %d test, labels %s", job.name, len(prep.train),
              len(rows), len(prep.dev), len(prep.test), list(prep.spec.labels)[:12])
-    init_ray(job)
+    init_ray(job.ray_address)
     cpus = os.cpu_count() or 1
     threads = job.train.tf_threads or max(1, cpus // max(1, job.train.num_workers))
     storage = job.storage_path or str(Path(job.output_dir, "ray").resolve())

@@ -22,7 +22,7 @@ def local_ray():
     """A Ray instance of this test session's own (never an already running cluster)."""
     import ray
 
-    from albert_ray.training import WORKER_ENV
+    from albert_ray.runtime import WORKER_ENV
 
     ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", runtime_env={"env_vars": WORKER_ENV},
              configure_logging=False)
