@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -86,6 +87,33 @@ def _cmd_label(args) -> int:
     return 0
 
 
+def _cmd_cluster(args) -> int:
+    from albert_ray.localcluster import LocalCluster, start_local_cluster
+
+    state = Path(args.state_dir) / "cluster.json"
+    if args.action == "start":
+        if state.exists():
+            raise ValueError(f"{state} exists: a cluster was started from here; run 'albert-ray cluster stop' first")
+        c = start_local_cluster(num_cpus=args.num_cpus, state_dir=args.state_dir)
+        print(f"Ray head at {c.address}; dashboard and job server at {c.dashboard_url} (127.0.0.1 only)")
+        print("Clients need token authentication; in your shell:")
+        for k, v in c.client_env().items():
+            print(f"  export {k}={v}")
+        print("then e.g.: ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- "
+              "python jobs/train.py --config jobs/configs/sample_ner.yaml")
+        return 0
+    if not state.exists():
+        raise FileNotFoundError(f"no cluster state at {state}; start one with 'albert-ray cluster start'")
+    c = LocalCluster.load(state)
+    if args.action == "stop":
+        c.stop()
+        state.unlink()
+        print(f"stopped the cluster at {c.address} ({len(c.pids)} processes)")
+    else:
+        print(json.dumps(c.__dict__, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -135,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per predictor actor")
     p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
     p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser("cluster", help="start / stop a single-node Ray cluster on 127.0.0.1 (token auth on)")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--num-cpus", type=int, help="CPUs the node offers (default: all)")
+    p.add_argument("--state-dir", default=".ray-local", help="where the cluster's state and token live")
+    p.set_defaults(func=_cmd_cluster)
     return parser
 
 

@@ -1,0 +1,94 @@
+"""Cluster configs checked offline, and a real job submission to a local Ray head."""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path):
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def test_runtime_env_sets_legacy_keras_and_excludes_the_venv():
+    for name in ("cluster/runtime_env.yaml", "cluster/runtime_env_pip.yaml"):
+        env = load(name)
+        assert env["env_vars"]["TF_USE_LEGACY_KERAS"] == "1"
+        assert ".venv" in env["excludes"] and ".git" in env["excludes"]
+    pins = load("cluster/runtime_env_pip.yaml")["pip"]["packages"]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for pin in pins:  # the pip runtime env installs exactly the project's pins
+        assert f'"{pin}"' in pyproject, pin
+
+
+def test_kuberay_manifests():
+    cluster, job = load("cluster/kuberay/raycluster.yaml"), load("cluster/kuberay/rayjob.yaml")
+    assert cluster["apiVersion"] == job["apiVersion"] == "ray.io/v1"
+    assert (cluster["kind"], job["kind"]) == ("RayCluster", "RayJob")
+    assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] > 0
+    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        assert spec["rayVersion"] == "2.60.0"
+        gpu = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert gpu["nvidia.com/gpu"] == "1"
+    script = re.search(r"python (\S+)", job["spec"]["entrypoint"]).group(1)
+    config = re.search(r"--config (\S+)", job["spec"]["entrypoint"]).group(1)
+    assert (ROOT / script).is_file() and (ROOT / config).is_file()
+
+
+def test_ray_up_config_has_cpu_head_and_gpu_workers():
+    cfg = load("cluster/ray_up.yaml")
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"]["CPU"] == 0
+    assert {t for t, v in types.items() if v["resources"].get("GPU")} == {"gpu_16g", "gpu_24g", "gpu_80g_x8"}
+    docker = (ROOT / "cluster/Dockerfile").read_text()
+    assert "rayproject/ray:2.60.0-py311" in docker and "TF_USE_LEGACY_KERAS=1" in docker
+
+
+def test_job_entry_points_are_thin():
+    for name in ("train", "evaluate", "params", "label_corpus"):
+        text = (ROOT / "jobs" / f"{name}.py").read_text()
+        assert "from albert_ray.cli import main" in text and len(text.splitlines()) < 20
+
+
+def _submit(cluster, entrypoint):
+    import json
+    import subprocess
+
+    env = {**os.environ, **cluster.client_env()}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "job_client.py"), cluster.dashboard_url, str(ROOT),
+                           str(ROOT / "cluster" / "runtime_env.yaml"), entrypoint],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_submit_train_then_label_to_a_real_local_cluster(tmp_path):
+    from albert_ray.localcluster import _alive, start_local_cluster
+
+    cluster = start_local_cluster(num_cpus=2, state_dir=tmp_path / "cluster")
+    try:
+        out = tmp_path / "out"
+        job = _submit(cluster, f"python jobs/train.py --config jobs/configs/sample_ner.yaml output_dir={out} "
+                               "train.epochs=1 data.max_train_examples=64 train.log_every=0")
+        assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
+        assert f"model saved to {out}/sample_ner/model" in job["logs"] and "micro avg" in job["logs"]
+        lines = ["张伟昨天在北京会见了新华社代表团。", "据人民日报社报道，王芳已经抵达上海。"] * 10
+        (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        job = _submit(cluster, f"python jobs/label_corpus.py --model {out}/sample_ner/model "
+                               f"--input {tmp_path / 'corpus.txt'} --output {out}/labels")
+        assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
+        assert "rows in 20 = out 20 + quarantined 0" in job["logs"]
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out / "labels")
+        assert table.num_rows == 20 and sorted(table.column("line").to_pylist()) == list(range(1, 21))
+    finally:
+        cluster.stop()
+    assert not [p for p in cluster.pids if _alive(p)]
