@@ -65,6 +65,15 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0       # with use_gpu
+    placement_strategy: str = "PACK"   # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    shard: str = "ray"                 # "ray": Ray Data shards; "deterministic": exact N-worker = 1-worker steps
+    grad_accum_steps: int = 1          # micro-batches per optimizer step
+    mixed_precision: bool = False      # mixed_float16 with loss scaling (GPU)
+    xla: bool = False                  # jit-compile the training step
+    checkpoint_every_steps: int = 0    # 0: checkpoint at epoch ends only
+    keep_checkpoints: int = 3          # best k by dev score (the latest is always kept too)
+    max_failures: int = 1              # worker failures Ray Train recovers from (resume from checkpoint)
     tf_threads: int = 0                # 0: the CPUs of the worker's node divided by local workers
     log_every: int = 20                # steps between progress lines (0: none)
 
@@ -96,9 +105,12 @@ _CHOICES = {
     "model.truncation": TRUNCATIONS,
     "model.scheme": SCHEMES,
     "train.lr_scaling": ("linear", "none"),
+    "train.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+    "train.shard": ("ray", "deterministic"),
 }
 _POSITIVE = {"model.max_len", "train.epochs", "train.batch_size", "train.num_workers", "train.lr_reference_batch",
-             "train.learning_rate", "train.cpus_per_worker"}
+             "train.learning_rate", "train.cpus_per_worker",
+             "train.grad_accum_steps", "train.keep_checkpoints"}
 
 
 def _build(cls, data: Any, prefix: str):

@@ -124,8 +124,30 @@ def featurize(spec: ModelSpec, vocab: Vocab, examples: Sequence[Example]) -> lis
     return rows
 
 
+def _featurize_batch(batch: dict, spec: ModelSpec, vocab: Vocab) -> dict:
+    """Ray Data ``map_batches`` UDF: serialised examples in, training rows out (NER: one per window)."""
+    examples = []
+    for raw in batch["example"]:
+        d = json.loads(raw)
+        examples.append(Example(text=d["text"], source=d["source"], label=d["label"],
+                                labels=tuple(d["labels"]) if d["labels"] is not None else None,
+                                spans=tuple(tuple(x) for x in d["spans"]) if d["spans"] is not None else None))
+    rows = featurize(spec, vocab, examples)
+    return {"token_ids": [r["token_ids"] for r in rows], "target": [r["target"] for r in rows]}
+
+
+def training_dataset(spec: ModelSpec, vocab: Vocab, examples: Sequence[Example]):
+    """A Ray dataset of training rows; featurisation runs in Ray Data tasks, not on the driver."""
+    import ray
+
+    items = [{"example": json.dumps({"text": e.text, "source": e.source, "label": e.label, "labels": e.labels,
+                                     "spans": e.spans}, ensure_ascii=False)} for e in examples]
+    return ray.data.from_items(items).map_batches(_featurize_batch, fn_kwargs={"spec": spec, "vocab": vocab},
+                                                  batch_size=256, num_cpus=0.5)
+
+
 def make_batches(rows: Sequence[dict], batch_size: int, seed: int, epoch: int, pad_targets,
-                 bucket: int = 50) -> list[tuple[np.ndarray, np.ndarray]]:
+                 bucket: int = 50, unpadded: bool = False) -> list[tuple]:
     """Shuffled, length-bucketed, per-batch padded batches for one epoch.
 
     Rows are shuffled, cut into pools of ``bucket`` batches, sorted by length inside each pool
@@ -136,22 +158,22 @@ def make_batches(rows: Sequence[dict], batch_size: int, seed: int, epoch: int, p
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(rows))
     pool = batch_size * bucket
-    batches = []
+    batches: list[tuple] = []
     for p in range(0, len(order), pool):
         chunk = sorted(order[p : p + pool], key=lambda i: len(rows[i]["token_ids"]))
         for b in range(0, len(chunk), batch_size):
             idx = chunk[b : b + batch_size]
-            batches.append((pad_batch([rows[i]["token_ids"] for i in idx]),
-                            pad_targets([rows[i]["target"] for i in idx])))
-    rng.shuffle(batches)
-    return batches
+            ids = [rows[i]["token_ids"] for i in idx]
+            batches.append((ids if unpadded else pad_batch(ids), pad_targets([rows[i]["target"] for i in idx])))
+    shuffled = rng.permutation(len(batches))
+    return [batches[i] for i in shuffled]
 
 
 def learning_rate(job: JobConfig) -> float:
     """Peak learning rate for the global batch (explicit policy: ``train.lr_scaling``)."""
     t = job.train
     if t.lr_scaling == "linear":
-        return t.learning_rate * t.batch_size * t.num_workers / t.lr_reference_batch
+        return t.learning_rate * t.batch_size * t.num_workers * t.grad_accum_steps / t.lr_reference_batch
     return t.learning_rate
 
 
@@ -197,7 +219,11 @@ class WarmupLinearDecay:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker entry point (also callable in-process with ``config["ray"] = False``)."""
+    """Ray Train worker entry point (also callable in-process with ``config["ray"] = False``).
+
+    Data order is a function of (seed, epoch) only, so a run resumed from a checkpoint taken
+    after ``k`` steps continues with exactly the batches an uninterrupted run would have seen.
+    """
     import albert_ray  # noqa: F401
 
     _configure_tf(config["tf_threads"])
@@ -206,7 +232,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from albert_ray.checkpoint import load_checkpoint
     from albert_ray.encoder import initialize_encoder
-    from albert_ray.predict import Labeler, save_model_dir
+    from albert_ray.predict import Labeler
     from albert_ray.tasks import build_task_model
 
     job: JobConfig = config["job"]
@@ -214,28 +240,35 @@ def train_loop_per_worker(config: dict) -> None:
     vocab: Vocab = config["vocab"]
     use_ray = config.get("ray", True)
     task = task_for(spec)
+    t = job.train
     if use_ray:
         import ray.train
 
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
         rows = _rows_from_shard(ray.train.get_dataset_shard("train"))
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
         resume = ray.train.get_checkpoint()
     else:
         rank, world, rows = 0, 1, config["rows"]
         strategy = tf.distribute.get_strategy()
         resume = None
-    keras.utils.set_random_seed(job.train.seed)
-    t = job.train
-    steps_per_epoch = math.ceil(len(rows) / t.batch_size)
+    if t.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(t.seed)
+    # "deterministic": every worker holds all rows and takes its slice of each global batch, so N
+    # workers at batch b follow exactly the steps of 1 worker at batch N*b; "ray": each worker
+    # trains on its own Ray Data shard.
+    global_rows = len(rows) * (world if t.shard == "ray" else 1)
+    steps_per_epoch = math.ceil(global_rows / (t.batch_size * world * t.grad_accum_steps))
     total_steps = max(1, steps_per_epoch * t.epochs)
     warmup = int(total_steps * t.warmup_ratio)
     peak = learning_rate(job)
     if rank == 0:
-        log.info("run %s: task=%s, %d training rows on this worker, %d workers, per-worker batch %d, global batch %d, "
-                 "%d steps/epoch, %d epochs, peak lr %.2e, warmup %d steps", job.name, spec.task, len(rows), world,
-                 t.batch_size, t.batch_size * world, steps_per_epoch, t.epochs, peak, warmup)
+        log.info("run %s: task=%s, %d training rows, %d workers (%s shards), per-worker batch %d x %d accumulation, "
+                 "global batch %d, %d optimizer steps/epoch, %d epochs, peak lr %.2e, warmup %d steps", job.name,
+                 spec.task, global_rows, world, t.shard, t.batch_size, t.grad_accum_steps,
+                 t.batch_size * world * t.grad_accum_steps, steps_per_epoch, t.epochs, peak, warmup)
 
     with strategy.scope():
         model = build_task_model(spec)
@@ -247,77 +280,113 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer = keras.optimizers.AdamW(learning_rate=WarmupLinearDecay(peak, warmup, total_steps),
                                            weight_decay=t.weight_decay, epsilon=1e-6)
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "_b[qkvo12]", "embeddings"])
+        if t.mixed_precision:
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
+        accumulators = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables] \
+            if t.grad_accum_steps > 1 else []
     loss_fn = task.loss(model)
 
-    start_epoch, best_score, best_weights, bad_epochs = 0, -1.0, None, 0
+    state = {"epoch": 0, "batch": 0, "best_score": -1.0, "bad_epochs": 0, "history": [], "resumes": []}
+    best_weights = None
     if resume is not None:
         with resume.as_directory() as d:
             model.load_weights(str(Path(d) / "model.weights.h5"))
             state = json.loads((Path(d) / STATE_FILE).read_text())
-        start_epoch, best_score, bad_epochs = state["epoch"] + 1, state["best_score"], state["bad_epochs"]
-        optimizer.iterations.assign(state["step"])
+            opt_file = Path(d) / "optimizer.npz"
+            if opt_file.exists():
+                saved = np.load(opt_file)
+                for i, var in enumerate(optimizer.variables):
+                    var.assign(saved[f"v{i}"])
         best_weights = model.get_weights() if state.get("is_best") else None
-        log.info("resumed from checkpoint after epoch %d (best dev %.4f, step %d)", state["epoch"], best_score, state["step"])
+        state["resumes"] = state.get("resumes", []) + [{"epoch": state["epoch"], "batch": state["batch"],
+                                                        "step": int(optimizer.iterations.numpy())}]
+        log.info("resumed from checkpoint at epoch %d, batch %d (optimizer step %d, best dev %.4f)",
+                 state["epoch"] + 1, state["batch"], int(optimizer.iterations.numpy()), state["best_score"])
 
-    sig = [tf.TensorSpec([None, None], tf.int32), task.target_signature(spec)]
+    sig = [tf.TensorSpec([None, None], tf.int32), task.target_signature(spec), tf.TensorSpec([], tf.bool)]
 
-    @tf.function(input_signature=sig)
-    def train_step(ids, y):
-        def step_fn(ids, y):
-            with tf.GradientTape() as tape:
-                pred = model([ids, tf.zeros_like(ids)], training=True)
-                per_example = loss_fn(y, pred)
-                n = tf.cast(tf.shape(per_example)[0], tf.float32)
-                total_n = tf.distribute.get_replica_context().all_reduce("sum", n)
-                loss = tf.reduce_sum(per_example) / total_n
-            grads = tape.gradient(loss, model.trainable_variables)
+    def step_fn(ids, y, apply):
+        with tf.GradientTape() as tape:
+            pred = model([ids, tf.zeros_like(ids)], training=True)
+            per_example = tf.cast(loss_fn(y, pred), tf.float32)
+            n = tf.cast(tf.shape(per_example)[0], tf.float32)
+            total_n = tf.distribute.get_replica_context().all_reduce("sum", n)
+            loss = tf.reduce_sum(per_example) / total_n
+            scaled = optimizer.get_scaled_loss(loss) if t.mixed_precision else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if t.mixed_precision:
+            grads = optimizer.get_unscaled_gradients(grads)
+        if not accumulators:
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss
+        for acc, g in zip(accumulators, grads):
+            acc.assign_add(g / t.grad_accum_steps)
 
-        return strategy.reduce("sum", strategy.run(step_fn, args=(ids, y)), axis=None)
+        def apply_and_reset():
+            optimizer.apply_gradients(zip([tf.identity(a) for a in accumulators], model.trainable_variables))
+            for acc in accumulators:
+                acc.assign(tf.zeros_like(acc))
+            return tf.constant(0)
+
+        tf.cond(apply, apply_and_reset, lambda: tf.constant(0))
+        return loss
+
+    @tf.function(input_signature=sig, jit_compile=t.xla or None)
+    def train_step(ids, y, apply):
+        return strategy.reduce("sum", strategy.run(step_fn, args=(ids, y, apply)), axis=None)
 
     labeler = Labeler(model, spec, vocab, batch_size=max(32, t.batch_size))
     dev: list[Example] = config["dev"]
-    history = []
-    for epoch in range(start_epoch, t.epochs):
-        began, losses = time.time(), []
-        batches = make_batches(rows, t.batch_size, t.seed, epoch, task.pad_targets)
+    last_score = state["history"][-1]["dev_score"] if state["history"] else -1.0
+    for epoch in range(state["epoch"], t.epochs):
+        began, losses, examples = time.time(), [], 0
+        batches = _epoch_batches(rows, t, epoch, task.pad_targets, rank, world)
         # every worker must run the same number of steps (collectives): the smallest shard decides
-        n_steps = _min_across_workers(strategy, len(batches)) if world > 1 else len(batches)
-        examples = 0
-        for i, (ids, y) in enumerate(batches[:n_steps]):
-            losses.append(float(train_step(tf.constant(ids), tf.constant(y))))
+        n_batches = _min_across_workers(strategy, len(batches)) if world > 1 and t.shard == "ray" else len(batches)
+        n_batches -= n_batches % t.grad_accum_steps if n_batches >= t.grad_accum_steps else 0
+        first = state["batch"] if epoch == state["epoch"] else 0
+        for i in range(first, n_batches):
+            ids, y = batches[i]
+            apply = (i + 1) % t.grad_accum_steps == 0
+            losses.append(float(train_step(tf.constant(ids), tf.constant(y), tf.constant(apply))))
             examples += len(ids)
             if rank == 0 and t.log_every and (i + 1) % t.log_every == 0:
-                log.info("epoch %d step %d/%d loss %.4f (%.1f ex/s per worker)", epoch + 1, i + 1, n_steps,
+                log.info("epoch %d batch %d/%d loss %.4f (%.1f ex/s per worker)", epoch + 1, i + 1, n_batches,
                          np.mean(losses[-t.log_every:]), examples / (time.time() - began))
+            if t.checkpoint_every_steps and apply and (i + 1) < n_batches and \
+                    int(optimizer.iterations.numpy()) % t.checkpoint_every_steps == 0:
+                state.update(epoch=epoch, batch=i + 1, is_best=False)
+                _report(use_ray, rank, {"epoch": epoch + 1, "dev_score": last_score,
+                                        "steps": int(optimizer.iterations.numpy())},
+                        model, optimizer, spec, vocab, job, state, config)
         train_seconds = time.time() - began
         score = -1.0
-        report: dict[str, Any] = {}
         if rank == 0 and dev:
             _, report = task.report(dev, labeler.predict([e.text for e in dev]), spec)
             score = task.dev_score(report)
         if world > 1:
             score = _broadcast_from_rank0(strategy, score)
-        improved = score > best_score
+        last_score = score
+        improved = score > state["best_score"]
         if improved:
-            best_score, best_weights, bad_epochs = score, model.get_weights(), 0
+            state["best_score"], best_weights, state["bad_epochs"] = score, model.get_weights(), 0
         else:
-            bad_epochs += 1
+            state["bad_epochs"] += 1
         metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                   "dev_score": score, "best_dev_score": best_score, "examples_per_second": examples / max(train_seconds, 1e-9),
+                   "dev_score": score, "best_dev_score": state["best_score"],
+                   "examples_per_second": examples / max(train_seconds, 1e-9),
                    "steps": int(optimizer.iterations.numpy())}
-        history.append(metrics)
+        state["history"].append(metrics)
         if rank == 0:
-            log.info("epoch %d/%d: loss %.4f, dev %s %.4f (best %.4f), %.1f ex/s", epoch + 1, t.epochs,
-                     metrics["train_loss"], task.name, score, best_score, metrics["examples_per_second"])
-        state = {"epoch": epoch, "best_score": best_score, "bad_epochs": bad_epochs,
-                 "step": int(optimizer.iterations.numpy()), "is_best": improved}
-        _report(use_ray, rank, metrics, model, spec, vocab, job, state, config)
-        if bad_epochs > t.patience:
+            log.info("epoch %d/%d: loss %.4f, dev %s %.4f (best %.4f), %.1f ex/s per worker", epoch + 1, t.epochs,
+                     metrics["train_loss"], task.name, score, state["best_score"], metrics["examples_per_second"])
+        stop = state["bad_epochs"] > t.patience
+        state.update(epoch=epoch + 1, batch=0, is_best=improved)
+        _report(use_ray, rank, metrics, model, optimizer, spec, vocab, job, state, config)
+        if stop:
             if rank == 0:
-                log.info("early stopping: no dev improvement for %d epochs", bad_epochs)
+                log.info("early stopping: no dev improvement for %d epochs", state["bad_epochs"])
             break
     if best_weights is not None:
         model.set_weights(best_weights)
@@ -326,36 +395,54 @@ def train_loop_per_worker(config: dict) -> None:
         if tuned != spec:
             log.info("tuned on dev: %s", {k: v for k, v in tuned.to_dict().items() if v != spec.to_dict()[k]})
             spec = tuned
-    final = {"epoch": len(history) + start_epoch, "dev_score": best_score, "best_dev_score": best_score, "final": True,
-             "steps": int(optimizer.iterations.numpy())}
-    _report(use_ray, rank, final, model, spec, vocab, job,
-            {"epoch": t.epochs, "best_score": best_score, "bad_epochs": 0, "step": final["steps"], "is_best": True,
-             "final": True, "history": history}, config)
+    state.update(final=True, is_best=True, steps=int(optimizer.iterations.numpy()))
+    _report(use_ray, rank, {"epoch": state["epoch"], "dev_score": state["best_score"],
+                            "best_dev_score": state["best_score"], "final": True, "steps": state["steps"]},
+            model, optimizer, spec, vocab, job, state, config)
+
+
+def _epoch_batches(rows, t, epoch, pad_targets, rank, world):
+    """This worker's batches for an epoch (see ``train.shard``)."""
+    if t.shard == "ray" or world == 1:
+        return make_batches(rows, t.batch_size, t.seed, epoch, pad_targets)
+    plan = make_batches(rows, t.batch_size * world, t.seed, epoch, lambda targets: list(targets), unpadded=True)
+    mine = []
+    for ids_rows, targets in plan:
+        part = slice(rank * t.batch_size, (rank + 1) * t.batch_size)
+        if ids_rows[part]:
+            from albert_ray.predict import pad_batch
+
+            mine.append((pad_batch(ids_rows[part]), pad_targets(targets[part])))
+    return mine
 
 
 def _min_across_workers(strategy, n: int) -> int:
     import tensorflow as tf
 
-    value = strategy.run(lambda: tf.constant(-float(n)))
-    return int(-strategy.reduce("max", value, axis=None).numpy())
+    value = strategy.run(lambda: tf.constant([float(n)]))
+    return int(tf.reduce_min(strategy.gather(value, axis=0)).numpy())
 
 
 def _broadcast_from_rank0(strategy, score: float) -> float:
     """Rank 0 evaluated dev; every worker needs the same early-stopping decision."""
     import tensorflow as tf
 
-    value = strategy.run(lambda: tf.constant(score if score > -1.0 else -1e9))
-    return float(strategy.reduce("max", value, axis=None).numpy())
+    value = strategy.run(lambda: tf.constant([score]))
+    return float(strategy.gather(value, axis=0).numpy()[0])  # worker 0's value
 
 
-def _report(use_ray, rank, metrics, model, spec, vocab, job, state, config) -> None:
+def _report(use_ray, rank, metrics, model, optimizer, spec, vocab, job, state, config) -> None:
+    """Report metrics; rank 0 attaches a checkpoint (model directory + optimizer + loop state)."""
     from albert_ray.predict import save_model_dir
+
+    def write(folder):
+        save_model_dir(folder, model, spec, vocab, job.to_dict())
+        Path(folder, STATE_FILE).write_text(json.dumps(state, indent=2))
+        np.savez(Path(folder, "optimizer.npz"), **{f"v{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
 
     if not use_ray:
         if rank == 0 and state.get("final"):
-            out = Path(config["local_output"])
-            save_model_dir(out, model, spec, vocab, job.to_dict())
-            (out / STATE_FILE).write_text(json.dumps(state, indent=2))
+            write(config["local_output"])
         return
     import ray.train
 
@@ -363,8 +450,7 @@ def _report(use_ray, rank, metrics, model, spec, vocab, job, state, config) -> N
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_model_dir(tmp, model, spec, vocab, job.to_dict())
-        Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=2))
+        write(tmp)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -375,24 +461,31 @@ def train(job: JobConfig) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
+    from ray.train import DataConfig
+
     began = time.time()
     prep = prepare(job)
-    rows = featurize(prep.spec, prep.vocab, prep.train)
-    log.info("prepared %s: %d train examples -> %d rows, %d dev, %d test, labels %s", job.name, len(prep.train),
-             len(rows), len(prep.dev), len(prep.test), list(prep.spec.labels)[:12])
+    log.info("prepared %s: %d train, %d dev, %d test examples, labels %s", job.name, len(prep.train),
+             len(prep.dev), len(prep.test), list(prep.spec.labels)[:12])
     init_ray(job.ray_address)
+    t = job.train
     cpus = os.cpu_count() or 1
-    threads = job.train.tf_threads or max(1, cpus // max(1, job.train.num_workers))
+    threads = t.tf_threads or max(1, cpus // max(1, t.num_workers))
     storage = job.storage_path or str(Path(job.output_dir, "ray").resolve())
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job, "spec": prep.spec, "vocab": prep.vocab, "dev": prep.dev, "tf_threads": threads},
-        scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu,
-                                     resources_per_worker={"CPU": job.train.cpus_per_worker}),
-        datasets={"train": ray.data.from_items(rows)},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=t.placement_strategy),
+        datasets={"train": training_dataset(prep.spec, prep.vocab, prep.train)},
+        # deterministic sharding: every worker reads all rows and takes its slice of each global batch
+        dataset_config=DataConfig(datasets_to_split=[] if t.shard == "deterministic" else "all"),
         run_config=RunConfig(name=job.name, storage_path=storage,
-                             checkpoint_config=CheckpointConfig(num_to_keep=None),
-                             failure_config=FailureConfig(max_failures=0)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints,
+                                                                checkpoint_score_attribute="dev_score",
+                                                                checkpoint_score_order="max"),
+                             failure_config=FailureConfig(max_failures=t.max_failures)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -421,11 +514,13 @@ def finish(job: JobConfig, prep: Prepared, model_dir: Path, seconds: float) -> d
     from albert_ray.evaluate import evaluate_examples
 
     state = json.loads((model_dir / STATE_FILE).read_text())
+    (model_dir / "optimizer.npz").unlink(missing_ok=True)  # resume state, not part of the model
     split, examples = ("test", prep.test) if prep.test else ("dev", prep.dev)
     text, report = evaluate_examples(model_dir, examples)
     summary = {"name": job.name, "task": job.task, "model_dir": str(model_dir), "eval_split": split,
                "eval_examples": len(examples), "train_examples": len(prep.train), "skipped_records": prep.skipped,
                "best_dev_score": state["best_score"], "history": state.get("history", []),
+               "resumes": state.get("resumes", []), "steps": state.get("steps"),
                "seconds": round(seconds, 1), "metrics": report}
     (model_dir / "metrics.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
     (model_dir / "report.txt").write_text(text, encoding="utf-8")

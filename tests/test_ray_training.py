@@ -1,6 +1,7 @@
 """The Ray Train path on the bundled sample: same loop, real TensorflowTrainer, local Ray."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def test_ray_train_one_worker_matches_in_process_run(tmp_path, local_ray):
     assert [h["train_loss"] for h in summary["history"]] == pytest.approx(
         [h["train_loss"] for h in reference["history"]], rel=1e-5)
     state = json.loads((tmp_path / "ray" / "sample_ner" / "model" / "train_state.json").read_text())
-    assert state["final"] and state["step"] == 2 * 7  # 200 rows / batch 32 = 7 steps per epoch
+    assert state["final"] and state["steps"] == 2 * 7  # 200 rows / batch 32 = 7 steps per epoch
     # Ray Train kept a checkpoint per epoch plus the final one in its storage folder
     checkpoints = [p for p in (tmp_path / "ray" / "ray" / "sample_ner").glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 3
@@ -31,3 +32,54 @@ def test_ray_train_one_worker_matches_in_process_run(tmp_path, local_ray):
     b = Labeler.from_dir(reference["model_dir"]).predict(texts)
     assert [(e["start"], e["end"], e["label"]) for e in a[0]["entities"]] == \
            [(e["start"], e["end"], e["label"]) for e in b[0]["entities"]]
+
+
+def _weights(model_dir):
+    import h5py
+    import numpy as np
+
+    out = {}
+    with h5py.File(Path(model_dir) / "model.weights.h5") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, np.array(obj)) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_two_workers_at_batch_b_reach_the_weights_of_one_worker_at_2b(tmp_path, local_ray):
+    import numpy as np
+
+    common = ["data.max_train_examples=96", "train.epochs=1", "model.dropout=0", "train.log_every=0",
+              "train.shard=deterministic", "train.cpus_per_worker=0.5", "train.learning_rate=1e-3",
+              "train.lr_scaling=none"]
+    one = train(load_job_config("jobs/configs/sample_ner.yaml",
+                                [f"output_dir={tmp_path / 'one'}", "train.batch_size=16", *common]))
+    two = train(load_job_config("jobs/configs/sample_ner.yaml",
+                                [f"output_dir={tmp_path / 'two'}", "train.batch_size=8", "train.num_workers=2", *common]))
+    assert one["steps"] == two["steps"] == 6  # 96 rows / global batch 16
+    w1, w2 = _weights(one["model_dir"]), _weights(two["model_dir"])
+    assert w1.keys() == w2.keys() and len(w1) > 20
+    init = _weights_after_zero_steps(tmp_path, common)
+    moved = max(float(np.abs(w1[k] - init[k]).max()) for k in w1)
+    assert moved > 1e-3  # the weights did change...
+    for k in w1:  # ...and identically, within float tolerance
+        np.testing.assert_allclose(w1[k], w2[k], atol=2e-5, rtol=1e-4, err_msg=k)
+    # dev metrics computed with 2 workers equal the single-worker ones on the same weights
+    assert one["best_dev_score"] == pytest.approx(two["best_dev_score"], abs=0.02)
+
+
+def _weights_after_zero_steps(tmp_path, common):
+    from albert_ray.predict import save_model_dir
+    from albert_ray.tasks import build_task_model
+    from albert_ray.training import prepare
+    from albert_ray.encoder import initialize_encoder
+
+    job = load_job_config("jobs/configs/sample_ner.yaml", [f"output_dir={tmp_path / 'zero'}", *common])
+    prep = prepare(job)
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(job.train.seed)
+    model = build_task_model(prep.spec)
+    initialize_encoder(model, prep.spec.encoder_config(), seed=job.train.seed)
+    save_model_dir(tmp_path / "zero", model, prep.spec, prep.vocab)
+    return _weights(tmp_path / "zero")
