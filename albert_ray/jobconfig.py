@@ -18,7 +18,7 @@ import yaml
 
 from albert_ray.data import BAD_RECORD_POLICIES, FORMATS
 from albert_ray.labels import SCHEMES
-from albert_ray.spec import TASKS, TRUNCATIONS
+from albert_ray.spec import POOLINGS, TASKS, TRUNCATIONS
 
 
 class JobConfigError(ValueError):
@@ -49,6 +49,7 @@ class ModelConfig:
     scheme: str = "BIO"
     bilstm_units: int = 0
     dropout: float = 0.1
+    pooling: str = "cls"               # classification sentence vector: cls (reference) | mean
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ _CHOICES = {
     "data.on_bad_records": BAD_RECORD_POLICIES,
     "model.init": ("none", "checkpoint"),
     "model.truncation": TRUNCATIONS,
+    "model.pooling": POOLINGS,
     "model.scheme": SCHEMES,
     "train.lr_scaling": ("linear", "none"),
     "train.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),

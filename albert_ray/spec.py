@@ -12,6 +12,7 @@ from albert_ray.config import EncoderConfig
 
 TASKS = ("classify", "multilabel", "ner")
 TRUNCATIONS = ("head", "chunks")
+POOLINGS = ("cls", "mean")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ModelSpec:
         threshold: multi-label decision threshold (tuned on dev).
         bilstm_units: NER BiLSTM width between encoder and CRF (0 = none).
         dropout: fine-tuning dropout on the encoder and before the head.
+        pooling: sentence vector for classification: ``cls`` (the reference's [CLS]) or ``mean``
+            (masked mean of the tokens; learns far more reliably from random weights).
     """
 
     task: str
@@ -41,6 +44,7 @@ class ModelSpec:
     threshold: float = 0.5
     bilstm_units: int = 0
     dropout: float = 0.1
+    pooling: str = "cls"
     name: str = "model"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -49,6 +53,8 @@ class ModelSpec:
             raise ValueError(f"task={self.task!r}: must be one of {TASKS}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation={self.truncation!r}: must be one of {TRUNCATIONS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}: must be one of {POOLINGS}")
         if not self.labels:
             raise ValueError("labels: the label vocabulary is empty; does the training data carry labels?")
 

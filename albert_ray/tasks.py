@@ -88,11 +88,17 @@ class Task:
         return spec
 
 
+def sentence_vector(spec: ModelSpec, sequence, cls):
+    """[CLS] (reference) or the masked mean of the token vectors, then the head's dropout."""
+    x = cls if spec.pooling == "cls" else keras.layers.GlobalAveragePooling1D(name="Head-MeanPool")(sequence)
+    return keras.layers.Dropout(spec.dropout, name="Head-Dropout")(x) if spec.dropout else x
+
+
 class ClassifyTask(Task):
     name = "classify"
 
     def head(self, spec, sequence, cls):
-        x = keras.layers.Dropout(spec.dropout, name="Head-Dropout")(cls) if spec.dropout else cls
+        x = sentence_vector(spec, sequence, cls)
         return keras.layers.Dense(len(spec.labels), activation="softmax", name="Head-Softmax")(x)
 
     def loss(self, model):
@@ -125,7 +131,7 @@ class MultiLabelTask(ClassifyTask):
     name = "multilabel"
 
     def head(self, spec, sequence, cls):
-        x = keras.layers.Dropout(spec.dropout, name="Head-Dropout")(cls) if spec.dropout else cls
+        x = sentence_vector(spec, sequence, cls)
         return keras.layers.Dense(len(spec.labels), activation="sigmoid", name="Head-Sigmoid")(x)
 
     def loss(self, model):

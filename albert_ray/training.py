@@ -109,7 +109,8 @@ def prepare(job: JobConfig) -> Prepared:
     spec = ModelSpec(
         task=job.task, labels=labels, encoder={**encoder.to_dict(), "layout": encoder.layout},
         max_len=job.model.max_len, stride=job.model.stride, truncation=job.model.truncation,
-        scheme=job.model.scheme, bilstm_units=job.model.bilstm_units, dropout=job.model.dropout, name=job.name,
+        scheme=job.model.scheme, bilstm_units=job.model.bilstm_units, dropout=job.model.dropout,
+        pooling=job.model.pooling, name=job.name,
     )
     return Prepared(spec=spec, vocab=vocab, train=train, dev=dev, test=test, skipped=skipped)
 

@@ -1,6 +1,6 @@
 """From-scratch learning on the real corpora (skipped when ../shared/corpora is absent).
 
-A small encoder (data/albert_config_sample.json: brightmart layout, H=128, 4 layers) with the
+A small encoder (data/albert_config_sample.json: brightmart layout, pre-LN, H=128, 4 layers) with the
 real brightmart vocab, random init, a bounded run per task on 2 CPU cores. Trivial baselines:
 all-O NER and empty multi-label predictions score F1 0; the majority class of sogou's five
 balanced classes scores accuracy 0.2.
@@ -23,7 +23,7 @@ CASES = [
                  "train.learning_rate=2e-3", "model.bilstm_units=0"], ("micro avg", "f1-score"), 0.15),
     ("peoples_daily", ["data.max_train_examples=3000", "data.max_eval_examples=400", "train.epochs=4",
                        "train.learning_rate=2e-3", "model.bilstm_units=0"], ("micro avg", "f1-score"), 0.15),
-    ("duee_multilabel", ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=3",
+    ("duee_multilabel", ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=4",
                          "train.learning_rate=2e-3", "model.max_len=128"], ("micro avg", "f1-score"), 0.3),
     ("sogou_classify", ["train.epochs=6", "train.learning_rate=1e-3", "model.max_len=256"], ("accuracy",), 0.4),
 ]
