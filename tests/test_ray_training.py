@@ -83,3 +83,68 @@ def _weights_after_zero_steps(tmp_path, common):
     initialize_encoder(model, prep.spec.encoder_config(), seed=job.train.seed)
     save_model_dir(tmp_path / "zero", model, prep.spec, prep.vocab)
     return _weights(tmp_path / "zero")
+
+
+def _train_worker_pids():
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_killed_worker_resumes_from_checkpoint_not_from_scratch(tmp_path, local_ray):
+    import os
+    import signal
+    import threading
+    import time
+
+    job = load_job_config("jobs/configs/sample_ner.yaml", [
+        f"output_dir={tmp_path}", "data.max_train_examples=400", "train.batch_size=8", "train.epochs=4",
+        "train.checkpoint_every_steps=10", "train.max_failures=1", "train.log_every=0", "model.max_len=64"])
+    storage = tmp_path / "ray" / job.name
+    killed = []
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            # kill once Ray Train's controller has registered a checkpoint (it collects reports by polling)
+            snapshot = storage / "checkpoint_manager_snapshot.json"
+            try:
+                registered = json.loads(snapshot.read_text()).get("checkpoint_results") if snapshot.exists() else None
+            except ValueError:  # being written
+                registered = None
+            if registered:
+                for pid in _train_worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    summary = train(job)
+    thread.join(timeout=5)
+    assert killed, "no training worker was found to kill"
+    assert len(summary["resumes"]) == 1
+    resumed = summary["resumes"][0]
+    assert resumed["step"] >= 10 and resumed["step"] % 10 == 0  # from a step checkpoint, not from scratch
+    # every optimizer step ran exactly once overall: 4 epochs x 50 steps
+    assert summary["steps"] == 200 and len(summary["history"]) == 4
+    assert summary["metrics"]["micro avg"]["f1-score"] > 0.2
+
+
+@pytest.mark.slow
+def test_rerun_with_the_same_name_resumes(tmp_path, local_ray):
+    base = [f"output_dir={tmp_path}", "data.max_train_examples=200", "train.log_every=0", "train.patience=5"]
+    first = train(load_job_config("jobs/configs/sample_ner.yaml", [*base, "train.epochs=2"]))
+    assert first["steps"] == 14 and first["resumes"] == []
+    second = train(load_job_config("jobs/configs/sample_ner.yaml", [*base, "train.epochs=3"]))
+    assert [r["epoch"] for r in second["resumes"]] == [2]
+    assert second["steps"] == 21 and len(second["history"]) == 3
