@@ -114,6 +114,20 @@ def _cmd_cluster(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from albert_ray.config import EncoderConfig
+    from albert_ray.planner import estimate, format_plan, parse_size, recommend
+
+    config = EncoderConfig.from_json_file(args.model)
+    plan = recommend(config, parse_size(args.gpu_mem), args.seq_len, args.global_batch, args.gpus, args.mixed_precision)
+    print(f"{config.source}: seq_len {args.seq_len}, {args.gpus} GPU(s) of {args.gpu_mem}, target global batch "
+          f"{args.global_batch}{', mixed_float16' if args.mixed_precision else ''}")
+    print(format_plan(config, estimate(config, args.seq_len, args.mixed_precision), plan))
+    print(f"job config: train.batch_size={plan.per_gpu_batch} train.grad_accum_steps={plan.accumulation_steps} "
+          f"train.num_workers={args.gpus} train.use_gpu=true" + (" train.mixed_precision=true" if args.mixed_precision else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -163,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per predictor actor")
     p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
     p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser("plan", help="estimate per-GPU memory and recommend batch / accumulation")
+    p.add_argument("--model", required=True, help="encoder config JSON, e.g. albert_config_xlarge.json")
+    p.add_argument("--gpu-mem", required=True, help="memory per GPU, e.g. 16GiB")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--global-batch", type=int, default=32, help="target global batch (default 32)")
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (workers)")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("cluster", help="start / stop a single-node Ray cluster on 127.0.0.1 (token auth on)")
     p.add_argument("action", choices=["start", "stop", "status"])

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import resource
 import shutil
 import tempfile
 import time
@@ -377,7 +378,8 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                    "dev_score": score, "best_dev_score": state["best_score"],
                    "examples_per_second": examples / max(train_seconds, 1e-9),
-                   "steps": int(optimizer.iterations.numpy())}
+                   "steps": int(optimizer.iterations.numpy()),
+                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
         state["history"].append(metrics)
         if rank == 0:
             log.info("epoch %d/%d: loss %.4f, dev %s %.4f (best %.4f), %.1f ex/s per worker", epoch + 1, t.epochs,

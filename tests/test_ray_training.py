@@ -69,20 +69,8 @@ def test_two_workers_at_batch_b_reach_the_weights_of_one_worker_at_2b(tmp_path, 
 
 
 def _weights_after_zero_steps(tmp_path, common):
-    from albert_ray.predict import save_model_dir
-    from albert_ray.tasks import build_task_model
-    from albert_ray.training import prepare
-    from albert_ray.encoder import initialize_encoder
-
     job = load_job_config("jobs/configs/sample_ner.yaml", [f"output_dir={tmp_path / 'zero'}", *common])
-    prep = prepare(job)
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(job.train.seed)
-    model = build_task_model(prep.spec)
-    initialize_encoder(model, prep.spec.encoder_config(), seed=job.train.seed)
-    save_model_dir(tmp_path / "zero", model, prep.spec, prep.vocab)
-    return _weights(tmp_path / "zero")
+    return _initial_weights(job, tmp_path)
 
 
 def _train_worker_pids():
@@ -148,3 +136,40 @@ def test_rerun_with_the_same_name_resumes(tmp_path, local_ray):
     second = train(load_job_config("jobs/configs/sample_ner.yaml", [*base, "train.epochs=3"]))
     assert [r["epoch"] for r in second["resumes"]] == [2]
     assert second["steps"] == 21 and len(second["history"]) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.corpora
+def test_xlarge_two_steps_on_two_cpu_workers(corpora, tmp_path, local_ray):
+    import numpy as np
+
+    common = [f"output_dir={tmp_path}", f"model.encoder_config={corpora / 'albert_zh' / 'albert_config_xlarge.json'}",
+              f"model.vocab={corpora / 'albert_zh' / 'vocab.txt'}", "model.max_len=32", "data.max_train_examples=4",
+              "data.max_eval_examples=4", "train.epochs=1", "train.batch_size=1", "train.num_workers=2",
+              "train.cpus_per_worker=0.5", "train.shard=deterministic", "train.log_every=0", "model.dropout=0"]
+    job = load_job_config("jobs/configs/sample_classify.yaml", common)
+    summary = train(job)
+    assert summary["steps"] == 2  # 4 rows / (1 per worker x 2 workers)
+    epoch = summary["history"][0]
+    assert np.isfinite(epoch["train_loss"]) and epoch["peak_rss_mib"] > 800  # 54 M parameters + AdamW
+    print(f"xlarge: loss {epoch['train_loss']:.4f}, worker peak RSS {epoch['peak_rss_mib']:.0f} MiB")
+    init = _initial_weights(job, tmp_path)
+    trained = _weights(summary["model_dir"])
+    changed = [k for k in trained if not np.array_equal(trained[k], init[k])]
+    assert len(changed) > 10
+
+
+def _initial_weights(job, tmp_path):
+    import tensorflow as tf
+
+    from albert_ray.encoder import initialize_encoder
+    from albert_ray.predict import save_model_dir
+    from albert_ray.tasks import build_task_model
+    from albert_ray.training import prepare
+
+    prep = prepare(job)
+    tf.keras.utils.set_random_seed(job.train.seed)
+    model = build_task_model(prep.spec)
+    initialize_encoder(model, prep.spec.encoder_config(), seed=job.train.seed)
+    save_model_dir(tmp_path / "init", model, prep.spec, prep.vocab)
+    return _weights(tmp_path / "init")

@@ -1,0 +1,132 @@
+"""Memory planner: per-GPU memory of fine-tuning an encoder, and the per-GPU batch and gradient
+accumulation that reach a target global batch.
+
+Formula (bytes; b = bytes per activation value: 4 in float32, 2 with mixed_float16):
+
+* weights  = 4 P (+ 2 P float16 copy with mixed precision), gradients = 4 P,
+  AdamW moments = 8 P  ->  16 P (18 P mixed), P from the architecture (ALBERT counts its shared
+  block once: that is why xlarge's 54 M parameters are cheap);
+* activations kept for the backward pass, per example:
+  ``layers x (c_h L H + c_i L I + c_a A L^2) + L (E + 4 H)`` values, where L = sequence length,
+  H = hidden, I = intermediate, A = heads, E = embedding size; ALBERT shares weights, not
+  activations, so every layer counts.  c_h = 12 (Q, K, V, context, projections, residuals,
+  LayerNorms), c_i = 5 (pre-activation, GELU and its tanh intermediates), c_a = 3 (scores,
+  exp, probabilities);
+* workspace: a fixed allowance for the framework / CUDA context (default 1 GiB).
+
+``check``: ``benchmarks/planner_check.py`` measures the activation term on CPU for small shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+from albert_ray.config import EncoderConfig
+
+C_H, C_I, C_A = 17, 7, 4  # calibrated: benchmarks/planner_check.py
+GIB = 1024 ** 3
+
+
+def parse_size(text: str) -> int:
+    """``16GiB``, ``24G``, ``800MiB``, ``1.5 GiB`` -> bytes."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"size {text!r}: expected a number with a unit, e.g. 16GiB or 800MiB")
+    return int(float(m.group(1)) * 1024 ** "BKMGT".index((m.group(2) or "B").upper()))
+
+
+def count_parameters(c: EncoderConfig, num_labels: int = 2) -> int:
+    """Encoder (+ a small head) parameters, in closed form."""
+    h, i, e = c.hidden_size, c.intermediate_size, c.embedding_size or c.hidden_size
+    block = 4 * (h * h + h) + h * i + i + i * h + h + 4 * h
+    if c.layout == "bert":
+        emb = c.vocab_size * h + (c.type_vocab_size + c.max_position_embeddings + 2) * h
+        blocks = c.num_hidden_layers * block
+    elif c.layout == "albert_brightmart":
+        emb = c.vocab_size * e + e * h + (c.type_vocab_size + c.max_position_embeddings + 2) * h
+        blocks = block
+    else:
+        emb = (c.vocab_size + c.type_vocab_size + c.max_position_embeddings + 2) * e + (e * h + h if e != h else 0)
+        blocks = len(c.used_groups()) * c.inner_group_num * block
+    return emb + blocks + h * num_labels + num_labels
+
+
+def activation_values_per_example(c: EncoderConfig, seq_len: int) -> int:
+    layers = c.num_hidden_layers * (c.inner_group_num if c.layout == "albert_google" else 1)
+    per_layer = C_H * seq_len * c.hidden_size + C_I * seq_len * c.intermediate_size + \
+        C_A * c.num_attention_heads * seq_len ** 2
+    return layers * per_layer + seq_len * ((c.embedding_size or c.hidden_size) + 4 * c.hidden_size)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    parameters: int
+    weights_optimizer_bytes: int
+    activation_bytes_per_example: int
+    attention_bytes_per_example: int
+    workspace_bytes: int
+
+    def total(self, batch: int) -> int:
+        return self.weights_optimizer_bytes + self.workspace_bytes + batch * self.activation_bytes_per_example
+
+
+def estimate(c: EncoderConfig, seq_len: int, mixed_precision: bool = False, workspace: int = GIB) -> MemoryEstimate:
+    p = count_parameters(c)
+    b = 2 if mixed_precision else 4
+    layers = c.num_hidden_layers * (c.inner_group_num if c.layout == "albert_google" else 1)
+    return MemoryEstimate(
+        parameters=p,
+        weights_optimizer_bytes=(18 if mixed_precision else 16) * p,
+        activation_bytes_per_example=b * activation_values_per_example(c, seq_len),
+        attention_bytes_per_example=b * layers * C_A * c.num_attention_heads * seq_len ** 2,
+        workspace_bytes=workspace,
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    per_gpu_batch: int
+    accumulation_steps: int
+    global_batch: int
+    estimated_bytes: int
+    gpu_bytes: int
+
+
+def recommend(c: EncoderConfig, gpu_bytes: int, seq_len: int, target_global_batch: int = 32, num_gpus: int = 1,
+              mixed_precision: bool = False, headroom: float = 0.9) -> Plan:
+    """The largest power-of-two per-GPU batch that fits ``headroom`` of the card, and the
+    accumulation steps that reach ``target_global_batch`` over ``num_gpus``.
+
+    Raises:
+        ValueError: not even one example fits.
+    """
+    est = estimate(c, seq_len, mixed_precision)
+    budget = gpu_bytes * headroom - est.weights_optimizer_bytes - est.workspace_bytes
+    fit = int(budget // est.activation_bytes_per_example) if budget > 0 else 0
+    if fit < 1:
+        raise ValueError(f"{c.source} at seq_len={seq_len} does not fit in {gpu_bytes / GIB:.1f} GiB "
+                         f"(weights + optimizer alone: {est.weights_optimizer_bytes / GIB:.2f} GiB); try "
+                         f"mixed precision or a shorter sequence")
+    per_gpu_target = max(1, math.ceil(target_global_batch / num_gpus))
+    batch = 1 << int(math.log2(min(fit, per_gpu_target)))
+    accum = max(1, math.ceil(per_gpu_target / batch))
+    return Plan(batch, accum, batch * accum * num_gpus, est.total(batch), gpu_bytes)
+
+
+def format_plan(c: EncoderConfig, est: MemoryEstimate, plan: Plan) -> str:
+    rows = [("parameters", f"{est.parameters:,}"),
+            ("weights + gradients + AdamW", f"{est.weights_optimizer_bytes / GIB:.2f} GiB"),
+            ("activations per example", f"{est.activation_bytes_per_example / 2 ** 20:.1f} MiB "
+                                        f"(attention {est.attention_bytes_per_example / 2 ** 20:.1f} MiB)"),
+            ("workspace", f"{est.workspace_bytes / GIB:.2f} GiB"),
+            ("per-GPU batch", str(plan.per_gpu_batch)), ("accumulation steps", str(plan.accumulation_steps)),
+            ("global batch", str(plan.global_batch)),
+            ("estimated per-GPU memory", f"{plan.estimated_bytes / GIB:.2f} GiB of {plan.gpu_bytes / GIB:.1f} GiB")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def as_dict(est: MemoryEstimate, plan: Plan) -> dict:
+    return {**asdict(est), **asdict(plan)}
