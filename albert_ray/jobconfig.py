@@ -70,6 +70,7 @@ class TrainConfig:
     placement_strategy: str = "PACK"   # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     shard: str = "ray"                 # "ray": Ray Data shards; "deterministic": exact N-worker = 1-worker steps
     grad_accum_steps: int = 1          # micro-batches per optimizer step
+    bucket_by_length: bool = True      # sort by length in pools and pad per batch (False: pad to max_len)
     mixed_precision: bool = False      # mixed_float16 with loss scaling (GPU)
     xla: bool = False                  # jit-compile the training step
     checkpoint_every_steps: int = 0    # 0: checkpoint at epoch ends only

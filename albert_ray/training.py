@@ -149,24 +149,30 @@ def training_dataset(spec: ModelSpec, vocab: Vocab, examples: Sequence[Example])
 
 
 def make_batches(rows: Sequence[dict], batch_size: int, seed: int, epoch: int, pad_targets,
-                 bucket: int = 50, unpadded: bool = False) -> list[tuple]:
+                 bucket: int = 50, unpadded: bool = False, pad_to: int | None = None) -> list[tuple]:
     """Shuffled, length-bucketed, per-batch padded batches for one epoch.
 
     Rows are shuffled, cut into pools of ``bucket`` batches, sorted by length inside each pool
-    and batched, and the batch order is shuffled: little padding, still random.
+    and batched, and the batch order is shuffled: little padding, still random.  ``bucket=0``
+    with ``pad_to`` gives the reference's fixed padding instead.
     """
     from albert_ray.predict import pad_batch
 
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(rows))
-    pool = batch_size * bucket
+    pool = batch_size * max(bucket, 1)
     batches: list[tuple] = []
     for p in range(0, len(order), pool):
-        chunk = sorted(order[p : p + pool], key=lambda i: len(rows[i]["token_ids"]))
+        chunk = sorted(order[p : p + pool], key=lambda i: len(rows[i]["token_ids"])) if bucket else order[p : p + pool]
         for b in range(0, len(chunk), batch_size):
             idx = chunk[b : b + batch_size]
             ids = [rows[i]["token_ids"] for i in idx]
-            batches.append((ids if unpadded else pad_batch(ids), pad_targets([rows[i]["target"] for i in idx])))
+            targets = [rows[i]["target"] for i in idx]
+            if pad_to and not unpadded:  # fixed padding: ids to pad_to, sequence targets too
+                ids = [list(x) + [0] * (pad_to - len(x)) for x in ids]
+                targets = [list(y) + [-1] * (pad_to - len(y)) if isinstance(y, list) and len(y) == len(x) else y
+                           for y, x in zip(targets, [rows[i]["token_ids"] for i in idx])]
+            batches.append((ids if unpadded else pad_batch(ids), pad_targets(targets)))
     shuffled = rng.permutation(len(batches))
     return [batches[i] for i in shuffled]
 
@@ -343,7 +349,7 @@ def train_loop_per_worker(config: dict) -> None:
     last_score = state["history"][-1]["dev_score"] if state["history"] else -1.0
     for epoch in range(state["epoch"], t.epochs):
         began, losses, examples = time.time(), [], 0
-        batches = _epoch_batches(rows, t, epoch, task.pad_targets, rank, world)
+        batches = _epoch_batches(rows, t, epoch, task.pad_targets, rank, world, pad_to=spec.max_len)
         # every worker must run the same number of steps (collectives): the smallest shard decides
         n_batches = _min_across_workers(strategy, len(batches)) if world > 1 and t.shard == "ray" else len(batches)
         n_batches -= n_batches % t.grad_accum_steps if n_batches >= t.grad_accum_steps else 0
@@ -404,9 +410,11 @@ def train_loop_per_worker(config: dict) -> None:
             model, optimizer, spec, vocab, job, state, config)
 
 
-def _epoch_batches(rows, t, epoch, pad_targets, rank, world):
+def _epoch_batches(rows, t, epoch, pad_targets, rank, world, pad_to=None):
     """This worker's batches for an epoch (see ``train.shard``)."""
     if t.shard == "ray" or world == 1:
+        if not t.bucket_by_length:
+            return make_batches(rows, t.batch_size, t.seed, epoch, pad_targets, bucket=0, pad_to=pad_to)
         return make_batches(rows, t.batch_size, t.seed, epoch, pad_targets)
     plan = make_batches(rows, t.batch_size * world, t.seed, epoch, lambda targets: list(targets), unpadded=True)
     mine = []
