@@ -154,7 +154,7 @@ def main():
                     f.write(base[i % len(base)] + "\n")
         modes = [("one_at_a_time", args.one_at_a_time_rows), ("batched_predict", 0), ("labeler", 0),
                  ("ray_data", 0), ("hf_pipeline", 0)]
-        if n > 100_000:  # only the streaming job is meant for corpora larger than memory
+        if n > 20_000:  # only the streaming job is meant for corpora larger than memory
             modes = [("ray_data", 0)]
         for mode, limit in modes:
             proc = subprocess.run([sys.executable, __file__, "--child", mode, str(model_dir), str(corpus), str(limit)],

@@ -3,11 +3,7 @@
 # model on the bundled sample with a local Ray, print its report, and label a few sentences.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null || PY=python3
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+source scripts/venv.sh ""
 exec .venv/bin/albert-ray train --config jobs/configs/sample_ner.yaml "$@" --predict \
   "张伟昨天在北京会见了新华社代表团。" \
   "据人民日报社报道，王芳已经抵达上海。" \

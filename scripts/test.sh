@@ -4,10 +4,6 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow` for every slow test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null || PY=python3
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+source scripts/venv.sh "[dev]"
 if [ $# -eq 0 ]; then set -- -m "not slow or ci"; fi
 exec .venv/bin/python -m pytest "$@"
