@@ -64,7 +64,7 @@ class LabelConfig:
     include_text: bool = False
     include_probs: bool = False
     max_chars: int = 100_000         # longer texts are quarantined
-    unit_lines: int = 200_000        # lines per unit of large text / JSONL files
+    unit_lines: int = 50_000         # lines per unit of large text / JSONL files (resume granularity)
     batch_size: int = 256            # rows per prediction batch (sorted by length inside)
     model_batch_size: int = 32       # windows per forward pass
     concurrency: int = 1             # predictor actors
@@ -466,28 +466,37 @@ def _run_pipeline(cfg: LabelConfig, units: list[Unit], task: str) -> None:
 
 
 def _summaries(output: str, task: str) -> dict:
-    """Label / entity counts and quarantine reasons, read back from the written Parquet."""
+    """Label / entity counts and quarantine reasons, counted batch by batch with Arrow compute
+    from the written Parquet (the driver never holds the output)."""
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     fs, root = _fs_and_path(output)
+
+    def counts(path, column, values) -> Counter:
+        total: Counter = Counter()
+        try:
+            data = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive",
+                              ignore_prefixes=[QUARANTINE_DIR, "_", "."])
+            for batch in data.to_batches(columns=[column]):
+                for item in pc.value_counts(values(batch.column(0))).to_pylist():
+                    if item["values"] is not None:
+                        total[item["values"]] += item["counts"]
+        except (FileNotFoundError, pa.ArrowInvalid):
+            pass
+        return total
+
     out: dict = {}
-    try:
-        table = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive",
-                           exclude_invalid_files=True, ignore_prefixes=[QUARANTINE_DIR, "_", "."]).to_table(
-            columns=[{"classify": "label", "multilabel": "labels", "ner": "entities"}[task]])
-        col = table.column(0).to_pylist()
-        if task == "classify":
-            out["label_counts"] = dict(Counter(col).most_common())
-        elif task == "multilabel":
-            out["label_counts"] = dict(Counter(x for r in col for x in r).most_common())
-        else:
-            out["entity_counts"] = dict(Counter(e["label"] for r in col for e in r).most_common())
-    except (FileNotFoundError, pa.ArrowInvalid):
-        pass
-    try:
-        q = ds.dataset(_join(root, QUARANTINE_DIR), filesystem=fs, format="parquet", partitioning="hive").to_table(
-            columns=["reason"]).column(0).to_pylist()
-        out["quarantine_reasons"] = dict(Counter(r.split(" (")[0] for r in q).most_common())
-    except (FileNotFoundError, pa.ArrowInvalid):
-        out["quarantine_reasons"] = {}
+    if task == "classify":
+        out["label_counts"] = dict(counts(root, "label", lambda c: c).most_common())
+    elif task == "multilabel":
+        out["label_counts"] = dict(counts(root, "labels", pc.list_flatten).most_common())
+    else:
+        out["entity_counts"] = dict(counts(root, "entities",
+                                           lambda c: pc.struct_field(pc.list_flatten(c), "label")).most_common())
+    reasons = counts(_join(root, QUARANTINE_DIR), "reason", lambda c: c)
+    grouped: Counter = Counter()
+    for reason, n in reasons.items():  # "not valid JSON (Expecting ...)" -> "not valid JSON"
+        grouped[reason.split(" (")[0]] += n
+    out["quarantine_reasons"] = dict(grouped.most_common())
     return out

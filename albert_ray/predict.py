@@ -33,9 +33,11 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"
 
 
-def pad_batch(rows: Sequence[Sequence[int]], value: int = 0) -> np.ndarray:
-    """Right-pad int sequences to the longest one."""
-    out = np.full((len(rows), max(len(r) for r in rows)), value, dtype=np.int32)
+def pad_batch(rows: Sequence[Sequence[int]], value: int = 0, multiple: int = 1) -> np.ndarray:
+    """Right-pad int sequences to the longest one (rounded up to ``multiple``)."""
+    width = max(len(r) for r in rows)
+    width = -(-width // multiple) * multiple
+    out = np.full((len(rows), width), value, dtype=np.int32)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
@@ -77,7 +79,8 @@ class Labeler:
         out: list[np.ndarray | None] = [None] * len(token_rows)
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
-            ids = pad_batch([token_rows[i] for i in idx])
+            # widths rounded to 8: fewer distinct shapes for oneDNN to build kernels for
+            ids = pad_batch([token_rows[i] for i in idx], multiple=8)
             result = self._forward(tf.constant(ids), tf.zeros_like(ids)).numpy()
             for j, i in enumerate(idx):
                 out[i] = result[j, : len(token_rows[i])] if result.ndim == 3 else result[j]

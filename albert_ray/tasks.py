@@ -235,7 +235,7 @@ class NerTask(Task):
         if not outputs:
             return [{"entities": []} for _ in texts]
         lengths = np.array([len(o) for o in outputs])
-        padded = np.zeros((len(outputs), lengths.max(), len(tags)))
+        padded = np.zeros((len(outputs), lengths.max(), len(tags)), dtype=np.float32)
         for i, o in enumerate(outputs):
             padded[i, : len(o)] = o
         paths = viterbi_batch(padded, lengths, transitions, start, end)
