@@ -409,6 +409,11 @@ def label_corpus(cfg: LabelConfig) -> dict:
     spec = ModelSpec.load(Path(cfg.model) / "model.json") if Path(cfg.model, "model.json").is_file() else None
     if spec is None:
         raise FileNotFoundError(f"{cfg.model} is not a model directory: model.json is missing")
+    from albert_ray.runtime import alive_nodes
+
+    if "://" not in cfg.output and alive_nodes() > 1:
+        log.warning("output %s is a local path on a %d-node cluster: it must be a filesystem every node mounts "
+                    "(or use s3://...); otherwise each node writes its part to its own disk", cfg.output, alive_nodes())
     files = expand_inputs(cfg.inputs)
     units = plan_units(files, cfg.format, cfg.unit_lines)
     done, todo = pending_units(units, cfg.output)

@@ -34,3 +34,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
                  runtime_env={"env_vars": WORKER_ENV}, configure_logging=False)
     log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def alive_nodes() -> int:
+    """Nodes of the attached Ray cluster that are alive."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def require_shared_storage(path: str | None, what: str) -> None:
+    """On a multi-node cluster a default local path would land on one node's disk only.
+
+    Raises:
+        ValueError: more than one node and no explicit shared location.
+    """
+    if path is None and alive_nodes() > 1:
+        raise ValueError(f"{what} is not set and the cluster has {alive_nodes()} nodes: set it to shared storage "
+                         f"(an NFS path mounted on every node, or s3://bucket/prefix), not a node's local disk")

@@ -27,7 +27,7 @@ import numpy as np
 from albert_ray.config import EncoderConfig
 from albert_ray.data import Example, read_examples
 from albert_ray.jobconfig import JobConfig
-from albert_ray.runtime import init_ray
+from albert_ray.runtime import init_ray, require_shared_storage
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks import task_for
 from albert_ray.tokenization import CLS, MASK, PAD, SEP, UNK, CharTokenizer, Vocab
@@ -479,6 +479,7 @@ def train(job: JobConfig) -> dict:
     log.info("prepared %s: %d train, %d dev, %d test examples, labels %s", job.name, len(prep.train),
              len(prep.dev), len(prep.test), list(prep.spec.labels)[:12])
     init_ray(job.ray_address)
+    require_shared_storage(job.storage_path, "storage_path")
     t = job.train
     cpus = os.cpu_count() or 1
     threads = t.tf_threads or max(1, cpus // max(1, t.num_workers))
