@@ -79,8 +79,7 @@ class Labeler:
         out: list[np.ndarray | None] = [None] * len(token_rows)
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
-            # widths rounded to 8: fewer distinct shapes for oneDNN to build kernels for
-            ids = pad_batch([token_rows[i] for i in idx], multiple=8)
+            ids = pad_batch([token_rows[i] for i in idx])
             result = self._forward(tf.constant(ids), tf.zeros_like(ids)).numpy()
             for j, i in enumerate(idx):
                 out[i] = result[j, : len(token_rows[i])] if result.ndim == 3 else result[j]

@@ -132,6 +132,9 @@ def main():
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
     parser.add_argument("--work", default="/tmp/albert_ray_label_bench")
     parser.add_argument("--one-at-a-time-rows", type=int, default=300)
+    parser.add_argument("--hf-rows", type=int, default=3000, help="rows timed for the HF pipeline")
+    parser.add_argument("--hf-python", default=sys.executable,
+                        help="a Python with torch and transformers (e.g. a venv with `pip install torch==2.13.0 transformers`)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -153,11 +156,12 @@ def main():
                 for i in range(n):
                     f.write(base[i % len(base)] + "\n")
         modes = [("one_at_a_time", args.one_at_a_time_rows), ("batched_predict", 0), ("labeler", 0),
-                 ("ray_data", 0), ("hf_pipeline", 0)]
+                 ("ray_data", 0), ("hf_pipeline", args.hf_rows)]
         if n > 20_000:  # only the streaming job is meant for corpora larger than memory
             modes = [("ray_data", 0)]
         for mode, limit in modes:
-            proc = subprocess.run([sys.executable, __file__, "--child", mode, str(model_dir), str(corpus), str(limit)],
+            python = args.hf_python if mode == "hf_pipeline" else sys.executable
+            proc = subprocess.run([python, __file__, "--child", mode, str(model_dir), str(corpus), str(limit)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
