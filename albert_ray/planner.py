@@ -12,6 +12,11 @@ Formula (bytes; b = bytes per activation value: 4 in float32, 2 with mixed_float
   activations, so every layer counts.  c_h = 12 (Q, K, V, context, projections, residuals,
   LayerNorms), c_i = 5 (pre-activation, GELU and its tanh intermediates), c_a = 3 (scores,
   exp, probabilities);
+* shared-block gradients (ALBERT): TensorFlow's autodiff makes one gradient tensor per *use* of
+  a shared weight and sums them at the end (AddN), so a block used k times holds k - 1 extra
+  copies of its gradient, 4 x block_params x (k - 1) bytes: 4.6 GiB for xlarge's 24 uses of a
+  50 M-parameter block. Measured: an xlarge worker on CPU peaked at 7.5 GiB RSS with seq 32,
+  batch 1, where weights + AdamW are 0.9 GiB;
 * workspace: a fixed allowance for the framework / CUDA context (default 1 GiB).
 
 ``check``: ``benchmarks/planner_check.py`` measures the activation term on CPU for small shapes.
@@ -60,16 +65,34 @@ def activation_values_per_example(c: EncoderConfig, seq_len: int) -> int:
     return layers * per_layer + seq_len * ((c.embedding_size or c.hidden_size) + 4 * c.hidden_size)
 
 
+def shared_gradient_bytes(c: EncoderConfig) -> int:
+    """Extra gradient copies of ALBERT's shared blocks (one per use beyond the first)."""
+    h, i = c.hidden_size, c.intermediate_size
+    block = 4 * (h * h + h) + h * i + i + i * h + h + 4 * h
+    if c.layout == "albert_brightmart":
+        return 4 * block * (c.num_hidden_layers - 1)
+    if c.layout == "albert_google":
+        uses = [sum(1 for layer in range(c.num_hidden_layers) if c.group_of_layer(layer) == g)
+                for g in c.used_groups()]
+        return 4 * block * c.inner_group_num * sum(u - 1 for u in uses)
+    return 0
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     parameters: int
     weights_optimizer_bytes: int
+    shared_gradient_bytes: int
     activation_bytes_per_example: int
     attention_bytes_per_example: int
     workspace_bytes: int
 
     def total(self, batch: int) -> int:
-        return self.weights_optimizer_bytes + self.workspace_bytes + batch * self.activation_bytes_per_example
+        return self.fixed_bytes + batch * self.activation_bytes_per_example
+
+    @property
+    def fixed_bytes(self) -> int:
+        return self.weights_optimizer_bytes + self.shared_gradient_bytes + self.workspace_bytes
 
 
 def estimate(c: EncoderConfig, seq_len: int, mixed_precision: bool = False, workspace: int = GIB) -> MemoryEstimate:
@@ -79,6 +102,7 @@ def estimate(c: EncoderConfig, seq_len: int, mixed_precision: bool = False, work
     return MemoryEstimate(
         parameters=p,
         weights_optimizer_bytes=(18 if mixed_precision else 16) * p,
+        shared_gradient_bytes=shared_gradient_bytes(c),
         activation_bytes_per_example=b * activation_values_per_example(c, seq_len),
         attention_bytes_per_example=b * layers * C_A * c.num_attention_heads * seq_len ** 2,
         workspace_bytes=workspace,
@@ -103,11 +127,11 @@ def recommend(c: EncoderConfig, gpu_bytes: int, seq_len: int, target_global_batc
         ValueError: not even one example fits.
     """
     est = estimate(c, seq_len, mixed_precision)
-    budget = gpu_bytes * headroom - est.weights_optimizer_bytes - est.workspace_bytes
+    budget = gpu_bytes * headroom - est.fixed_bytes
     fit = int(budget // est.activation_bytes_per_example) if budget > 0 else 0
     if fit < 1:
         raise ValueError(f"{c.source} at seq_len={seq_len} does not fit in {gpu_bytes / GIB:.1f} GiB "
-                         f"(weights + optimizer alone: {est.weights_optimizer_bytes / GIB:.2f} GiB); try "
+                         f"(weights, optimizer and shared-block gradients alone: {est.fixed_bytes / GIB:.2f} GiB); try "
                          f"mixed precision or a shorter sequence")
     per_gpu_target = max(1, math.ceil(target_global_batch / num_gpus))
     batch = 1 << int(math.log2(min(fit, per_gpu_target)))
@@ -118,6 +142,7 @@ def recommend(c: EncoderConfig, gpu_bytes: int, seq_len: int, target_global_batc
 def format_plan(c: EncoderConfig, est: MemoryEstimate, plan: Plan) -> str:
     rows = [("parameters", f"{est.parameters:,}"),
             ("weights + gradients + AdamW", f"{est.weights_optimizer_bytes / GIB:.2f} GiB"),
+            ("shared-block gradient copies", f"{est.shared_gradient_bytes / GIB:.2f} GiB"),
             ("activations per example", f"{est.activation_bytes_per_example / 2 ** 20:.1f} MiB "
                                         f"(attention {est.attention_bytes_per_example / 2 ** 20:.1f} MiB)"),
             ("workspace", f"{est.workspace_bytes / GIB:.2f} GiB"),
