@@ -115,7 +115,12 @@ def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | Non
     env.pop("RAY_ADDRESS", None)
     cmd = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
-           f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
+           f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
+           # the agents' default ports (e.g. 52365) clash with any other Ray on this machine:
+           # the job server then answers "No available agent to submit job" forever
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+           f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)

@@ -46,6 +46,7 @@ class Prepared:
     dev: list[Example]
     test: list[Example]
     skipped: dict[str, int]
+    train_count: int = 0
 
 
 def build_char_vocab(texts: Sequence[str]) -> Vocab:
@@ -113,7 +114,7 @@ def prepare(job: JobConfig) -> Prepared:
         scheme=job.model.scheme, bilstm_units=job.model.bilstm_units, dropout=job.model.dropout,
         pooling=job.model.pooling, name=job.name,
     )
-    return Prepared(spec=spec, vocab=vocab, train=train, dev=dev, test=test, skipped=skipped)
+    return Prepared(spec=spec, vocab=vocab, train=train, dev=dev, test=test, skipped=skipped, train_count=len(train))
 
 
 def featurize(spec: ModelSpec, vocab: Vocab, examples: Sequence[Example]) -> list[dict]:
@@ -138,14 +139,42 @@ def _featurize_batch(batch: dict, spec: ModelSpec, vocab: Vocab) -> dict:
     return {"token_ids": [r["token_ids"] for r in rows], "target": [r["target"] for r in rows]}
 
 
-def training_dataset(spec: ModelSpec, vocab: Vocab, examples: Sequence[Example]):
-    """A Ray dataset of training rows; featurisation runs in Ray Data tasks, not on the driver."""
+_CHUNK = 5000  # examples per Arrow block handed from the reading task to Ray Data
+
+
+def _serialise(examples: Sequence[Example]) -> list[str]:
+    return [json.dumps({"text": e.text, "source": e.source, "label": e.label, "labels": e.labels, "spans": e.spans},
+                       ensure_ascii=False) for e in examples]
+
+
+def _prepare_in_task(job: JobConfig):
+    """Ray task (a streaming generator): read the splits away from the driver. Yields the
+    ``Prepared`` description without the training examples, then the training examples as Arrow
+    tables; the caller owns every yielded object, so they outlive this task."""
+    import pyarrow as pa
+
+    prep = prepare(job)
+    train = prep.train
+    prep.train = []
+    prep.train_count = len(train)
+    yield prep
+    for i in range(0, len(train), _CHUNK):
+        yield pa.table({"example": _serialise(train[i : i + _CHUNK])})
+
+
+def prepare_distributed(job: JobConfig):
+    """:func:`prepare` in a Ray task; returns ``(prepared without train examples, dataset of
+    training rows)``. The driver holds only the dev / test examples, the vocabularies and object
+    references; featurisation runs in Ray Data tasks."""
     import ray
 
-    items = [{"example": json.dumps({"text": e.text, "source": e.source, "label": e.label, "labels": e.labels,
-                                     "spans": e.spans}, ensure_ascii=False)} for e in examples]
-    return ray.data.from_items(items).map_batches(_featurize_batch, fn_kwargs={"spec": spec, "vocab": vocab},
-                                                  batch_size=256, num_cpus=0.5)
+    task = ray.remote(num_cpus=0.5, num_returns="streaming")(_prepare_in_task)
+    gen = task.remote(job)
+    prep = ray.get(next(gen))
+    refs = list(gen)
+    ds = ray.data.from_arrow_refs(refs).map_batches(
+        _featurize_batch, fn_kwargs={"spec": prep.spec, "vocab": prep.vocab}, batch_size=256, num_cpus=0.5)
+    return prep, ds
 
 
 def make_batches(rows: Sequence[dict], batch_size: int, seed: int, epoch: int, pad_targets,
@@ -475,11 +504,11 @@ def train(job: JobConfig) -> dict:
     from ray.train import DataConfig
 
     began = time.time()
-    prep = prepare(job)
-    log.info("prepared %s: %d train, %d dev, %d test examples, labels %s", job.name, len(prep.train),
-             len(prep.dev), len(prep.test), list(prep.spec.labels)[:12])
     init_ray(job.ray_address)
     require_shared_storage(job.storage_path, "storage_path")
+    prep, train_ds = prepare_distributed(job)
+    log.info("prepared %s: %d train, %d dev, %d test examples, labels %s", job.name, prep.train_count,
+             len(prep.dev), len(prep.test), list(prep.spec.labels)[:12])
     t = job.train
     cpus = os.cpu_count() or 1
     threads = t.tf_threads or max(1, cpus // max(1, t.num_workers))
@@ -490,7 +519,7 @@ def train(job: JobConfig) -> dict:
         train_loop_config={"job": job, "spec": prep.spec, "vocab": prep.vocab, "dev": prep.dev, "tf_threads": threads},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
                                      placement_strategy=t.placement_strategy),
-        datasets={"train": training_dataset(prep.spec, prep.vocab, prep.train)},
+        datasets={"train": train_ds},
         # deterministic sharding: every worker reads all rows and takes its slice of each global batch
         dataset_config=DataConfig(datasets_to_split=[] if t.shard == "deterministic" else "all"),
         run_config=RunConfig(name=job.name, storage_path=storage,
@@ -530,7 +559,7 @@ def finish(job: JobConfig, prep: Prepared, model_dir: Path, seconds: float) -> d
     split, examples = ("test", prep.test) if prep.test else ("dev", prep.dev)
     text, report = evaluate_examples(model_dir, examples)
     summary = {"name": job.name, "task": job.task, "model_dir": str(model_dir), "eval_split": split,
-               "eval_examples": len(examples), "train_examples": len(prep.train), "skipped_records": prep.skipped,
+               "eval_examples": len(examples), "train_examples": prep.train_count, "skipped_records": prep.skipped,
                "best_dev_score": state["best_score"], "history": state.get("history", []),
                "resumes": state.get("resumes", []), "steps": state.get("steps"),
                "seconds": round(seconds, 1), "metrics": report}
