@@ -53,6 +53,8 @@ class CRF(keras.layers.Layer):
         """log p(tags | emissions) per sequence; ``tags`` padded with -1."""
         emissions = tf.cast(emissions, tf.float32)
         tags = tf.cast(tags, tf.int32)
+        # plain tensors, not resource variables: XLA has no ResourceGatherNd kernel
+        transitions, start, end = (tf.convert_to_tensor(v) for v in (self.transitions, self.start, self.end))
         mask = tags >= 0
         safe = tf.maximum(tags, 0)
         maskf = tf.cast(mask, tf.float32)
@@ -60,23 +62,23 @@ class CRF(keras.layers.Layer):
 
         # score of the gold path
         emit = tf.reduce_sum(tf.gather(emissions, safe, batch_dims=2) * maskf, axis=1)
-        pair = tf.gather_nd(self.transitions, tf.stack([safe[:, :-1], safe[:, 1:]], axis=-1))
+        pair = tf.gather_nd(transitions, tf.stack([safe[:, :-1], safe[:, 1:]], axis=-1))
         trans = tf.reduce_sum(pair * maskf[:, 1:], axis=1)
-        first = tf.gather(self.start, safe[:, 0])
+        first = tf.gather(start, safe[:, 0])
         last_tag = tf.gather(safe, tf.maximum(lengths - 1, 0), batch_dims=1)
-        gold = emit + trans + first + tf.gather(self.end, last_tag)
+        gold = emit + trans + first + tf.gather(end, last_tag)
 
         # log partition by the forward algorithm
-        alpha0 = self.start[None, :] + emissions[:, 0]
+        alpha0 = start[None, :] + emissions[:, 0]
         steps = (tf.transpose(emissions[:, 1:], [1, 0, 2]), tf.transpose(mask[:, 1:]))
 
         def step(alpha, inputs):
             emission_t, mask_t = inputs
-            nxt = tf.reduce_logsumexp(alpha[:, :, None] + self.transitions[None], axis=1) + emission_t
+            nxt = tf.reduce_logsumexp(alpha[:, :, None] + transitions[None], axis=1) + emission_t
             return tf.where(mask_t[:, None], nxt, alpha)
 
         alpha = tf.foldl(step, steps, initializer=alpha0)
-        log_z = tf.reduce_logsumexp(alpha + self.end[None, :], axis=1)
+        log_z = tf.reduce_logsumexp(alpha + end[None, :], axis=1)
         return gold - log_z
 
     def loss(self, y_true, y_pred):

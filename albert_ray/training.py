@@ -358,7 +358,7 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss
         for acc, g in zip(accumulators, grads):
-            acc.assign_add(g / t.grad_accum_steps)
+            acc.assign_add(tf.convert_to_tensor(g) / t.grad_accum_steps)  # embeddings give IndexedSlices
 
         def apply_and_reset():
             optimizer.apply_gradients(zip([tf.identity(a) for a in accumulators], model.trainable_variables))

@@ -42,3 +42,8 @@ def test_bundled_configs_load():
     for path in sorted(Path("jobs/configs").glob("*.yaml")):
         cfg = load_job_config(path)
         assert cfg.name == path.stem
+
+
+def test_mixed_precision_is_refused_with_the_reason():
+    with pytest.raises(JobConfigError, match="train.mixed_precision=true: not supported with keras-bert's attention"):
+        load_job_config(data=BASE, overrides=["train.mixed_precision=true"])
