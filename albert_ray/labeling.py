@@ -30,14 +30,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
@@ -401,7 +399,6 @@ def label_corpus(cfg: LabelConfig) -> dict:
         FileNotFoundError: no model directory or no input.
         RuntimeError: rows in != rows out + rows quarantined at the end.
     """
-    import ray
 
     from albert_ray.spec import ModelSpec
 

@@ -106,9 +106,7 @@ class CharTokenizer:
     def encode(self, text: str, start: int = 0, end: int | None = None) -> Encoding:
         """Tokenize the characters ``text[start:end]`` (char indices stay those of ``text``)."""
         end = len(text) if end is None else end
-        chars = [i for i in range(start, end) if not text[i].isspace()]
-        ids = [self.vocab.cls_id] + [self.char_id(text[i]) for i in chars] + [self.vocab.sep_id]
-        return Encoding(token_ids=ids, char_index=[-1] + chars + [-1])
+        return self._from_chars(text, [i for i in range(start, end) if not text[i].isspace()])
 
     def windows(self, text: str, max_len: int, stride: int | None = None) -> list[Encoding]:
         """Split ``text`` into encodings of at most ``max_len`` tokens (special tokens included).

@@ -20,7 +20,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -497,7 +497,6 @@ def _report(use_ray, rank, metrics, model, optimizer, spec, vocab, job, state, c
 # ---- driver ------------------------------------------------------------------------------
 def train(job: JobConfig) -> dict:
     """Train, keep the best model in ``<output_dir>/<name>/model``, evaluate it, return a summary."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 

@@ -4,7 +4,6 @@ import gzip
 import json
 import shutil
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
