@@ -2,9 +2,9 @@
 
 BERT is built by keras-bert's own ``get_model``.  ALBERT is not in keras-bert, and the old
 ``albert.py`` loader no longer imports with keras-bert 0.89, so the two ALBERT layouts are
-assembled here from keras-bert's own layers (``MultiHeadAttention``, ``FeedForward``,
-``LayerNormalization``, ``PositionEmbedding``); the shared block is one set of layers called
-``num_hidden_layers`` times.
+assembled here from keras-bert's own layers (``FeedForward``, ``LayerNormalization``,
+``PositionEmbedding``, and ``MultiHeadAttention`` through the float16-safe :class:`SelfAttention`
+subclass); the shared block is one set of layers called ``num_hidden_layers`` times.
 
 Every encoder has inputs ``[Input-Token, Input-Segment]`` (int token and segment ids; token id 0
 is ``[PAD]`` and is masked) and outputs ``[sequence (B, T, H), cls (B, H)]``.  ``variable_map``
@@ -14,6 +14,7 @@ checkpoint module reads and writes through it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -60,13 +61,74 @@ def activation_for(config: EncoderConfig):
     }[config.hidden_act]
 
 
+class SelfAttention(MultiHeadAttention):
+    """keras-multi-head's ``MultiHeadAttention`` (same weights, names and order, so checkpoint
+    maps are unchanged) computing in the layer's compute dtype.
+
+    Written here because the inner ``ScaledDotProductAttention`` of keras-self-attention 0.51 casts
+    its scale and mask to ``K.floatx()`` (float32) and fails under ``mixed_float16`` ("x and y must
+    have the same dtype"); no maintained release fixes it.  Q / K / V / O run in float16 under
+    mixed precision; the logits, mask and softmax run in float32 (a float16 softmax over 512
+    positions loses too much).  In float32 the result is the reference computation.
+    """
+
+    def __init__(self, head_num, **kwargs):
+        if kwargs.get("history_only"):
+            raise ValueError("SelfAttention: history_only (causal) attention is not used by BERT / ALBERT encoders")
+        super().__init__(head_num, **kwargs)
+
+    def call(self, inputs, mask=None):
+        if isinstance(inputs, list):
+            q, k, v = inputs
+        else:
+            q = k = v = inputs
+        key_mask = mask[1] if isinstance(mask, list) else mask
+        q, k, v = (tf.matmul(x, w) for x, w in ((q, self.Wq), (k, self.Wk), (v, self.Wv)))
+        if self.use_bias:
+            q, k, v = q + self.bq, k + self.bk, v + self.bv
+        if self.activation is not None:
+            q, k, v = self.activation(q), self.activation(k), self.activation(v)
+        q, k, v = (self._reshape_to_batches(x, self.head_num) for x in (q, k, v))
+        logits = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)
+        logits = logits / tf.sqrt(tf.cast(tf.shape(q)[-1], tf.float32))
+        if key_mask is not None:
+            keep = tf.cast(self._reshape_mask(key_mask, self.head_num), tf.float32)
+            logits -= 10000.0 * (1.0 - keep[:, None, :])
+        probs = tf.nn.softmax(logits, axis=-1)
+        y = tf.matmul(tf.cast(probs, v.dtype), v)
+        y = tf.matmul(self._reshape_from_batches(y, self.head_num), self.Wo)
+        if self.use_bias:
+            y += self.bo
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+
 def custom_objects() -> dict:
     """Objects needed to deserialise a model built here."""
     from keras_bert import get_custom_objects
 
     objs = dict(get_custom_objects())
-    objs.update(gelu_erf=gelu_erf, gelu_tanh=gelu_tanh, Extract=Extract)
+    objs.update(gelu_erf=gelu_erf, gelu_tanh=gelu_tanh, Extract=Extract, SelfAttention=SelfAttention)
     return objs
+
+
+def mixed_precision_active() -> bool:
+    """True while the global Keras policy computes in float16 / bfloat16."""
+    return keras.mixed_precision.global_policy().compute_dtype != "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Build layers under a Keras dtype policy ("float32", "mixed_float16"), then restore the
+    previous global policy.  Layers keep the policy they were built with, so a mixed-precision
+    training model does not leak float16 into models built later in the same process."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 class BertEncoder:
@@ -83,6 +145,10 @@ class BertEncoder:
     def build(self, seq_len: int | None = None, name: str = "encoder") -> keras.Model:
         c = self.config
         _check_seq_len(c, seq_len)
+        if mixed_precision_active():
+            raise ValueError(f"mixed precision is not available for the BERT layout ({c.source}): it is built by "
+                             f"keras-bert's get_model, whose attention layer is float32-only; train it with "
+                             f"train.mixed_precision=false (ALBERT layouts support it)")
         inputs, sequence = get_model(
             token_num=c.vocab_size,
             pos_num=c.max_position_embeddings,
@@ -146,7 +212,7 @@ class BrightmartAlbertEncoder(BertEncoder):
         x = keras.layers.Add(name="Embedding-Token-Segment")([token, segment])
         x = PositionEmbedding(c.max_position_embeddings, c.hidden_size, mode=PositionEmbedding.MODE_ADD,
                               name="Embedding-Position")(x)
-        x = LayerNormalization(epsilon=LN_EPSILON, name="Embedding-Norm")(x)
+        x = _layer_norm("Embedding-Norm")(x)
         return _dropout(x, c.hidden_dropout_prob, "Embedding-Dropout")
 
     def _block_layers(self, group: int) -> list[dict]:
@@ -156,11 +222,11 @@ class BrightmartAlbertEncoder(BertEncoder):
             prefix = self._block_prefix(group, inner)
             out.append({
                 "name": "Shared" if self.layout == "albert_brightmart" else f"Group-{group}-{inner}",
-                "attention": MultiHeadAttention(head_num=c.num_attention_heads, activation=None, name=f"{prefix}-MultiHeadSelfAttention"),
-                "attention_norm": LayerNormalization(epsilon=LN_EPSILON, name=f"{prefix}-MultiHeadSelfAttention-Norm"),
+                "attention": SelfAttention(head_num=c.num_attention_heads, activation=None, name=f"{prefix}-MultiHeadSelfAttention"),
+                "attention_norm": _layer_norm(f"{prefix}-MultiHeadSelfAttention-Norm"),
                 "feed_forward": FeedForward(units=c.intermediate_size, activation=activation_for(c),
                                             name=f"{prefix}-FeedForward"),
-                "feed_forward_norm": LayerNormalization(epsilon=LN_EPSILON, name=f"{prefix}-FeedForward-Norm"),
+                "feed_forward_norm": _layer_norm(f"{prefix}-FeedForward-Norm"),
             })
         return out
 
@@ -195,7 +261,7 @@ class GoogleAlbertEncoder(BrightmartAlbertEncoder):
         segment = keras.layers.Embedding(c.type_vocab_size, e, name="Embedding-Segment")(inputs[1])
         x = keras.layers.Add(name="Embedding-Token-Segment")([token, segment])
         x = PositionEmbedding(c.max_position_embeddings, e, mode=PositionEmbedding.MODE_ADD, name="Embedding-Position")(x)
-        x = LayerNormalization(epsilon=LN_EPSILON, name="Embedding-Norm")(x)
+        x = _layer_norm("Embedding-Norm")(x)
         x = _dropout(x, c.hidden_dropout_prob, "Embedding-Dropout")
         if e != c.hidden_size:
             x = keras.layers.Dense(c.hidden_size, name="Embedding-Mapping")(x)
@@ -289,6 +355,12 @@ def _check_seq_len(config: EncoderConfig, seq_len: int | None) -> None:
             f"max_seq_length={seq_len} exceeds max_position_embeddings={config.max_position_embeddings} "
             f"of {config.source}; use a max length <= {config.max_position_embeddings}"
         )
+
+
+def _layer_norm(name: str):
+    # float32 even under mixed precision: epsilon 1e-12 is 0 in float16, and the variance of
+    # float16 activations loses its low bits
+    return LayerNormalization(epsilon=LN_EPSILON, name=name, dtype="float32")
 
 
 def _inputs(seq_len):

@@ -71,7 +71,7 @@ class TrainConfig:
     shard: str = "ray"                 # "ray": Ray Data shards; "deterministic": exact N-worker = 1-worker steps
     grad_accum_steps: int = 1          # micro-batches per optimizer step
     bucket_by_length: bool = True      # sort by length in pools and pad per batch (False: pad to max_len)
-    mixed_precision: bool = False      # mixed_float16: rejected for now (keras-bert's attention is float32-only)
+    mixed_precision: bool = False      # mixed_float16 with dynamic loss scaling (ALBERT layouts)
     xla: bool = False                  # jit-compile the training step
     checkpoint_every_steps: int = 0    # 0: checkpoint at epoch ends only
     keep_checkpoints: int = 3          # best k by dev score (the latest is always kept too)
@@ -182,11 +182,13 @@ def _validate(cfg: JobConfig) -> None:
         raise JobConfigError(f"data.dev_fraction={cfg.data.dev_fraction!r}: must be in (0, 1)")
     if cfg.model.max_len < 3:
         raise JobConfigError(f"model.max_len={cfg.model.max_len}: must be >= 3 ([CLS] + text + [SEP])")
-    if cfg.train.mixed_precision:
-        # keras-self-attention 0.51 (under keras-bert 0.89) casts the attention scale to
-        # K.floatx() = float32 and fails on float16 inputs ("must have the same dtype")
-        raise JobConfigError("train.mixed_precision=true: not supported with keras-bert's attention layer, which "
-                             "computes in float32 (keras-self-attention casts to K.floatx()); train in float32")
+    if cfg.train.mixed_precision and Path(cfg.model.encoder_config).is_file():
+        from albert_ray.config import EncoderConfig
+
+        if EncoderConfig.from_json_file(cfg.model.encoder_config).layout == "bert":
+            raise JobConfigError(f"train.mixed_precision=true: not available for the BERT layout of "
+                                 f"{cfg.model.encoder_config} (built by keras-bert's get_model, whose attention "
+                                 f"is float32-only); ALBERT layouts support it")
     if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:
         raise JobConfigError("model.checkpoint: required when model.init is 'checkpoint'")
     if cfg.model.init == "checkpoint" and cfg.model.vocab == "auto":

@@ -1,23 +1,32 @@
 """Memory planner: per-GPU memory of fine-tuning an encoder, and the per-GPU batch and gradient
 accumulation that reach a target global batch.
 
-Formula (bytes; b = bytes per activation value: 4 in float32, 2 with mixed_float16):
+Formula (bytes):
 
 * weights  = 4 P (+ 2 P float16 copy with mixed precision), gradients = 4 P,
   AdamW moments = 8 P  ->  16 P (18 P mixed), P from the architecture (ALBERT counts its shared
   block once: that is why xlarge's 54 M parameters are cheap);
-* activations kept for the backward pass, per example:
-  ``layers x (c_h L H + c_i L I + c_a A L^2) + L (E + 4 H)`` values, where L = sequence length,
-  H = hidden, I = intermediate, A = heads, E = embedding size; ALBERT shares weights, not
-  activations, so every layer counts.  c_h = 12 (Q, K, V, context, projections, residuals,
-  LayerNorms), c_i = 5 (pre-activation, GELU and its tanh intermediates), c_a = 3 (scores,
-  exp, probabilities);
+* activations kept for the backward pass, per example, with L = sequence length, H = hidden,
+  I = intermediate, A = heads, E = embedding size (ALBERT shares weights, not activations, so
+  every layer counts):
+
+  - H-wide: ``layers x c_h L H + L (E + 4 H)`` values at 4 bytes.  Under mixed precision too:
+    LayerNorm runs in float32 and every block boundary keeps a float32 and a float16 copy;
+  - I-wide (feed-forward): ``layers x c_i L I`` values at 4 bytes, 2 with mixed_float16;
+  - attention: ``layers x c_a A L^2`` values at 4 bytes (scores and probabilities; the softmax
+    runs in float32 under mixed precision as well);
+
+  c_h = 17, c_i = 6, c_a = 2, calibrated on CPU by ``benchmarks/planner_check.py`` (float32:
+  predicted / measured 0.96-1.06 on three shapes; mixed_float16: 1.01-1.11);
 * shared-block gradients (ALBERT): TensorFlow's autodiff makes one gradient tensor per *use* of
   a shared weight and sums them at the end (AddN), so a block used k times holds k - 1 extra
   copies of its gradient, 4 x block_params x (k - 1) bytes: 4.6 GiB for xlarge's 24 uses of a
   50 M-parameter block. Measured: an xlarge worker on CPU peaked at 7.5 GiB RSS with seq 32,
   batch 1, where weights + AdamW are 0.9 GiB;
-* workspace: a fixed allowance for the framework / CUDA context (default 1 GiB).
+* workspace: a fixed allowance for the framework / CUDA context (default 1 GiB).  Measured on
+  CPU (ALBERT-large shape, 16 M parameters, seq 32, batch 1): a training step needs 390 MiB more
+  than gradients + shared copies in float32, and mixed precision another 150 MiB (float16 copies
+  of the shared weights), both inside this allowance.
 
 ``check``: ``benchmarks/planner_check.py`` measures the activation term on CPU for small shapes.
 """
@@ -30,7 +39,7 @@ from dataclasses import asdict, dataclass
 
 from albert_ray.config import EncoderConfig
 
-C_H, C_I, C_A = 17, 7, 4  # calibrated: benchmarks/planner_check.py
+C_H, C_I, C_A = 17, 6, 2  # calibrated: benchmarks/planner_check.py
 GIB = 1024 ** 3
 
 
@@ -58,11 +67,23 @@ def count_parameters(c: EncoderConfig, num_labels: int = 2) -> int:
     return emb + blocks + h * num_labels + num_labels
 
 
-def activation_values_per_example(c: EncoderConfig, seq_len: int) -> int:
-    layers = c.num_hidden_layers * (c.inner_group_num if c.layout == "albert_google" else 1)
-    per_layer = C_H * seq_len * c.hidden_size + C_I * seq_len * c.intermediate_size + \
-        C_A * c.num_attention_heads * seq_len ** 2
-    return layers * per_layer + seq_len * ((c.embedding_size or c.hidden_size) + 4 * c.hidden_size)
+def hidden_values_per_example(c: EncoderConfig, seq_len: int) -> int:
+    """H-wide activation values (and the embeddings) kept for the backward pass."""
+    return _layers(c) * C_H * seq_len * c.hidden_size + seq_len * ((c.embedding_size or c.hidden_size) + 4 * c.hidden_size)
+
+
+def intermediate_values_per_example(c: EncoderConfig, seq_len: int) -> int:
+    """I-wide (feed-forward) activation values kept for the backward pass."""
+    return _layers(c) * C_I * seq_len * c.intermediate_size
+
+
+def attention_values_per_example(c: EncoderConfig, seq_len: int) -> int:
+    """Attention scores / probabilities kept for the backward pass (float32 in both precisions)."""
+    return _layers(c) * C_A * c.num_attention_heads * seq_len ** 2
+
+
+def _layers(c: EncoderConfig) -> int:
+    return c.num_hidden_layers * (c.inner_group_num if c.layout == "albert_google" else 1)
 
 
 def shared_gradient_bytes(c: EncoderConfig) -> int:
@@ -97,14 +118,15 @@ class MemoryEstimate:
 
 def estimate(c: EncoderConfig, seq_len: int, mixed_precision: bool = False, workspace: int = GIB) -> MemoryEstimate:
     p = count_parameters(c)
-    b = 2 if mixed_precision else 4
-    layers = c.num_hidden_layers * (c.inner_group_num if c.layout == "albert_google" else 1)
+    attention = 4 * attention_values_per_example(c, seq_len)
+    activations = 4 * hidden_values_per_example(c, seq_len) + attention + \
+        (2 if mixed_precision else 4) * intermediate_values_per_example(c, seq_len)
     return MemoryEstimate(
         parameters=p,
         weights_optimizer_bytes=(18 if mixed_precision else 16) * p,
         shared_gradient_bytes=shared_gradient_bytes(c),
-        activation_bytes_per_example=b * activation_values_per_example(c, seq_len),
-        attention_bytes_per_example=b * layers * C_A * c.num_attention_heads * seq_len ** 2,
+        activation_bytes_per_example=activations,
+        attention_bytes_per_example=attention,
         workspace_bytes=workspace,
     )
 

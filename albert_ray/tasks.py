@@ -99,7 +99,8 @@ class ClassifyTask(Task):
 
     def head(self, spec, sequence, cls):
         x = sentence_vector(spec, sequence, cls)
-        return keras.layers.Dense(len(spec.labels), activation="softmax", name="Head-Softmax")(x)
+        return keras.layers.Dense(len(spec.labels), activation="softmax", name="Head-Softmax",
+                                  dtype="float32")(x)  # float32 probabilities under mixed precision
 
     def loss(self, model):
         return keras.losses.SparseCategoricalCrossentropy(reduction=keras.losses.Reduction.NONE)
@@ -132,7 +133,8 @@ class MultiLabelTask(ClassifyTask):
 
     def head(self, spec, sequence, cls):
         x = sentence_vector(spec, sequence, cls)
-        return keras.layers.Dense(len(spec.labels), activation="sigmoid", name="Head-Sigmoid")(x)
+        return keras.layers.Dense(len(spec.labels), activation="sigmoid", name="Head-Sigmoid",
+                                  dtype="float32")(x)
 
     def loss(self, model):
         return keras.losses.BinaryCrossentropy(reduction=keras.losses.Reduction.NONE)
@@ -189,7 +191,7 @@ class NerTask(Task):
             x = keras.layers.Bidirectional(keras.layers.LSTM(spec.bilstm_units, return_sequences=True),
                                            name="Head-BiLSTM")(x)
         x = keras.layers.Dense(self.num_outputs(spec), name="Head-Emissions")(x)
-        return CRF(self.num_outputs(spec), name="CRF")(x)
+        return CRF(self.num_outputs(spec), name="CRF", dtype="float32")(x)  # float32 scores under mixed precision
 
     def loss(self, model):
         return model.get_layer("CRF").loss

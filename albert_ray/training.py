@@ -268,7 +268,7 @@ def train_loop_per_worker(config: dict) -> None:
     from tensorflow import keras
 
     from albert_ray.checkpoint import load_checkpoint
-    from albert_ray.encoder import initialize_encoder
+    from albert_ray.encoder import dtype_policy, initialize_encoder
     from albert_ray.predict import Labeler
     from albert_ray.tasks import build_task_model
 
@@ -290,8 +290,6 @@ def train_loop_per_worker(config: dict) -> None:
         rank, world, rows = 0, 1, config["rows"]
         strategy = tf.distribute.get_strategy()
         resume = None
-    if t.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(t.seed)
     # "deterministic": every worker holds all rows and takes its slice of each global batch, so N
     # workers at batch b follow exactly the steps of 1 worker at batch N*b; "ray": each worker
@@ -308,7 +306,8 @@ def train_loop_per_worker(config: dict) -> None:
                  t.batch_size * world * t.grad_accum_steps, steps_per_epoch, t.epochs, peak, warmup)
 
     with strategy.scope():
-        model = build_task_model(spec)
+        with dtype_policy("mixed_float16" if t.mixed_precision else "float32"):
+            model = build_task_model(spec)
         encoder_config = spec.encoder_config()
         if job.model.init == "checkpoint":
             load_checkpoint(model, encoder_config, job.model.checkpoint)
@@ -333,7 +332,7 @@ def train_loop_per_worker(config: dict) -> None:
             opt_file = Path(d) / "optimizer.npz"
             if opt_file.exists():
                 saved = np.load(opt_file)
-                for i, var in enumerate(optimizer.variables):
+                for i, var in enumerate(optimizer_state(optimizer)):
                     var.assign(saved[f"v{i}"])
         best_weights = model.get_weights() if state.get("is_best") else None
         state["resumes"] = state.get("resumes", []) + [{"epoch": state["epoch"], "batch": state["batch"],
@@ -386,7 +385,12 @@ def train_loop_per_worker(config: dict) -> None:
         for i in range(first, n_batches):
             ids, y = batches[i]
             apply = (i + 1) % t.grad_accum_steps == 0
+            scale = float(optimizer.loss_scale) if t.mixed_precision and apply else None
             losses.append(float(train_step(tf.constant(ids), tf.constant(y), tf.constant(apply))))
+            if scale is not None and float(optimizer.loss_scale) < scale:
+                # dynamic loss scaling: gradients overflowed in float16, the update was skipped and
+                # the scale halved (the step still counts in the learning-rate schedule)
+                state["skipped_steps"] = state.get("skipped_steps", 0) + 1
             examples += len(ids)
             if rank == 0 and t.log_every and (i + 1) % t.log_every == 0:
                 log.info("epoch %d batch %d/%d loss %.4f (%.1f ex/s per worker)", epoch + 1, i + 1, n_batches,
@@ -415,6 +419,8 @@ def train_loop_per_worker(config: dict) -> None:
                    "examples_per_second": examples / max(train_seconds, 1e-9),
                    "steps": int(optimizer.iterations.numpy()),
                    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        if t.mixed_precision:
+            metrics.update(loss_scale=float(optimizer.loss_scale), skipped_steps=state.get("skipped_steps", 0))
         state["history"].append(metrics)
         if rank == 0:
             log.info("epoch %d/%d: loss %.4f, dev %s %.4f (best %.4f), %.1f ex/s per worker", epoch + 1, t.epochs,
@@ -478,7 +484,7 @@ def _report(use_ray, rank, metrics, model, optimizer, spec, vocab, job, state, c
     def write(folder):
         save_model_dir(folder, model, spec, vocab, job.to_dict())
         Path(folder, STATE_FILE).write_text(json.dumps(state, indent=2))
-        np.savez(Path(folder, "optimizer.npz"), **{f"v{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
+        np.savez(Path(folder, "optimizer.npz"), **{f"v{i}": v.numpy() for i, v in enumerate(optimizer_state(optimizer))})
 
     if not use_ray:
         if rank == 0 and state.get("final"):
@@ -536,6 +542,15 @@ def train(job: JobConfig) -> dict:
     with result.checkpoint.as_directory() as d:
         shutil.copytree(d, out)
     return finish(job, prep, out, time.time() - began)
+
+
+def optimizer_state(optimizer) -> list:
+    """The variables a resume restores: the optimizer's slots and step, plus, under mixed precision,
+    the dynamic loss scale and its good-step counter (``LossScaleOptimizer.variables`` leaves them
+    out, and restarting at the initial scale would skip updates the uninterrupted run made)."""
+    scale = getattr(optimizer, "_loss_scale", None)
+    extra = [scale._current_loss_scale, scale._counter] if hasattr(scale, "_current_loss_scale") else []
+    return list(optimizer.variables) + extra
 
 
 def train_in_process(job: JobConfig) -> dict:

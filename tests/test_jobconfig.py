@@ -44,6 +44,13 @@ def test_bundled_configs_load():
         assert cfg.name == path.stem
 
 
-def test_mixed_precision_is_refused_with_the_reason():
-    with pytest.raises(JobConfigError, match="train.mixed_precision=true: not supported with keras-bert's attention"):
-        load_job_config(data=BASE, overrides=["train.mixed_precision=true"])
+def test_mixed_precision_is_accepted_for_albert_and_refused_for_bert_with_the_reason(tmp_path):
+    import json
+
+    assert load_job_config(data=BASE, overrides=["train.mixed_precision=true"]).train.mixed_precision is True
+    bert = tmp_path / "bert_config.json"
+    bert.write_text(json.dumps({"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 2}))
+    with pytest.raises(JobConfigError, match=r"train.mixed_precision=true: not available for the BERT layout of "
+                                             r".*bert_config.json \(built by keras-bert's get_model"):
+        load_job_config(data=BASE, overrides=["train.mixed_precision=true", f"model.encoder_config={bert}"])

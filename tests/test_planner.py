@@ -24,8 +24,11 @@ def test_closed_form_parameters_equal_the_built_model(tmp_path, layout_keys):
 def test_activation_formula_and_mixed_precision():
     c = EncoderConfig.from_dict(TINY)
     fp32, fp16 = estimate(c, 16), estimate(c, 16, mixed_precision=True)
-    values = 3 * (17 * 16 * 32 + 7 * 16 * 64 + 4 * 4 * 16 ** 2) + 16 * (16 + 4 * 32)
-    assert fp32.activation_bytes_per_example == 4 * values and fp16.activation_bytes_per_example == 2 * values
+    hidden, intermediate, attention = 3 * 17 * 16 * 32 + 16 * (16 + 4 * 32), 3 * 6 * 16 * 64, 3 * 2 * 4 * 16 ** 2
+    assert fp32.activation_bytes_per_example == 4 * (hidden + intermediate + attention)
+    # mixed_float16 halves only the feed-forward activations (LayerNorm and softmax stay float32)
+    assert fp16.activation_bytes_per_example == 4 * hidden + 2 * intermediate + 4 * attention
+    assert fp32.attention_bytes_per_example == fp16.attention_bytes_per_example == 4 * attention
     assert fp32.weights_optimizer_bytes == 16 * fp32.parameters and fp16.weights_optimizer_bytes == 18 * fp16.parameters
     block = 4 * (32 * 32 + 32) + 32 * 64 + 64 + 64 * 32 + 32 + 4 * 32
     assert fp32.shared_gradient_bytes == 4 * block * 2  # 3 uses of the shared block: 2 extra gradient copies

@@ -68,6 +68,29 @@ def test_two_workers_at_batch_b_reach_the_weights_of_one_worker_at_2b(tmp_path, 
     assert one["best_dev_score"] == pytest.approx(two["best_dev_score"], abs=0.02)
 
 
+@pytest.mark.slow
+@pytest.mark.ci
+def test_mixed_precision_on_two_workers_scales_the_loss_and_updates(tmp_path, local_ray):
+    import math
+
+    import numpy as np
+
+    common = ["data.max_train_examples=256", "train.epochs=1", "model.dropout=0", "train.log_every=0",
+              "train.cpus_per_worker=0.5", "train.learning_rate=3e-3", "train.mixed_precision=true"]
+    two = train(load_job_config("jobs/configs/sample_ner.yaml",
+                                [f"output_dir={tmp_path / 'two'}", "train.batch_size=16", "train.num_workers=2", *common]))
+    last = two["history"][-1]
+    assert two["steps"] == 8  # 256 rows / (16 x 2 workers)
+    # overflowing updates are skipped on every worker alike (the check runs on all-reduced
+    # gradients) and each halves the scale from 2**15
+    assert last["skipped_steps"] == round(math.log2(2.0 ** 15 / last["loss_scale"]))
+    assert 0 < last["skipped_steps"] < 8 and math.isfinite(last["train_loss"])
+    w = _weights(two["model_dir"])
+    init = _weights_after_zero_steps(tmp_path, common)
+    assert {v.dtype for v in w.values()} == {np.dtype("float32")}  # float32 master weights saved
+    assert max(float(np.abs(w[k] - init[k]).max()) for k in w) > 1e-3  # the applied updates moved them
+
+
 def _weights_after_zero_steps(tmp_path, common):
     job = load_job_config("jobs/configs/sample_ner.yaml", [f"output_dir={tmp_path / 'zero'}", *common])
     return _initial_weights(job, tmp_path)

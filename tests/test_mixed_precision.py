@@ -1,0 +1,106 @@
+"""Mixed precision (mixed_float16 + dynamic loss scaling): the ALBERT encoders compute in float16
+with float32 variables, LayerNorm, attention softmax and task outputs; a checkpoint loads into a
+mixed model and matches the float32 numpy reference to float16 accuracy; training runs with loss
+scaling and the loss-scale state survives a resume."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from tensorflow import keras
+
+from albert_ray.checkpoint import load_checkpoint, write_variables
+from albert_ray.config import EncoderConfig
+from albert_ray.encoder import build_encoder, dtype_policy
+from albert_ray.jobconfig import load_job_config
+from albert_ray.spec import ModelSpec
+from albert_ray.tasks import build_task_model
+from albert_ray.training import optimizer_state, train_in_process
+from test_encoder_checkpoint import V, random_variables, reference_forward, tiny
+
+
+@pytest.mark.parametrize("layout,extra", [
+    ("albert_brightmart", {}),
+    ("albert_brightmart", {"ln_type": "preln"}),
+    ("albert_google", {"num_hidden_layers": 4, "num_hidden_groups": 2, "inner_group_num": 2}),
+], ids=["brightmart", "brightmart-preln", "google-groups"])
+def test_checkpoint_in_a_mixed_model_matches_the_float32_reference(tmp_path, layout, extra):
+    rng = np.random.default_rng(3)
+    cfg = tiny(layout, **extra)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    config = EncoderConfig.from_json_file(tmp_path / "config.json")
+    variables = random_variables(layout, cfg, rng)
+    write_variables(tmp_path / "ckpt" / "model.ckpt", variables)
+
+    with dtype_policy("mixed_float16"):
+        model = build_encoder(config)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for later models
+    load_checkpoint(model, config, tmp_path / "ckpt")
+    assert {w.dtype.name for w in model.weights} == {"float32"}  # master weights stay float32
+    policies = {layer.name: layer.dtype_policy.name for layer in model.layers}
+    assert {p for name, p in policies.items() if name.endswith("MultiHeadSelfAttention")} == {"mixed_float16"}
+    assert {p for name, p in policies.items() if name.endswith("Norm")} == {"float32"}
+
+    ids = rng.integers(1, V, size=(3, 12))
+    ids[1, 7:] = 0
+    seg = np.zeros_like(ids)
+    seq, cls = (np.asarray(o, dtype=np.float32) for o in model([ids, seg]))
+    expected = reference_forward(layout, cfg, variables, ids, seg)
+    real = ids != 0
+    err = np.abs(seq[real] - expected[real])
+    # float16 keeps ~3 decimal digits; outputs are LayerNorm-scale (|x| ~ 1)
+    assert err.max() < 3e-2 and err.mean() < 5e-3, (err.max(), err.mean())
+    assert np.abs(seq[real] - expected[real]).max() > 0  # it really ran in float16
+
+
+def test_task_outputs_are_float32_under_mixed_precision():
+    config = EncoderConfig.from_json_file("data/albert_config_sample.json")
+    for task, labels, layer in [("ner", ("LOC", "PER"), "CRF"), ("classify", ("a", "b"), "Head-Softmax"),
+                                ("multilabel", ("a", "b"), "Head-Sigmoid")]:
+        spec = ModelSpec(task=task, labels=labels, encoder={**config.to_dict(), "layout": config.layout}, max_len=32)
+        with dtype_policy("mixed_float16"):
+            model = build_task_model(spec)
+        assert model.get_layer(layer).dtype_policy.name == "float32"
+        assert model.get_layer("Encoder-Shared-FeedForward").dtype_policy.name == "mixed_float16"
+        out = model([np.array([[2, 5, 7, 3, 0]]), np.zeros((1, 5), dtype=np.int64)])
+        assert out.dtype.name == "float32"
+
+
+def test_bert_layout_refuses_mixed_precision_with_the_reason(tmp_path):
+    (tmp_path / "bert.json").write_text(json.dumps(tiny("bert")))
+    config = EncoderConfig.from_json_file(tmp_path / "bert.json")
+    with dtype_policy("mixed_float16"), pytest.raises(ValueError, match="not available for the BERT layout"):
+        build_encoder(config)
+
+
+def test_loss_scale_state_is_part_of_the_resume_state():
+    import tensorflow as tf
+
+    var = tf.Variable([1.0, 2.0])
+    opt = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.AdamW(1e-3))
+    opt.build([var])
+    opt.apply_gradients([(tf.constant([np.inf, 1.0]), var)])  # overflow: skipped, scale halved
+    opt.apply_gradients([(tf.constant([0.5, 1.0]), var)])
+    assert float(opt.loss_scale) == 2.0 ** 14
+    saved = [v.numpy() for v in optimizer_state(opt)]
+    assert len(saved) == len(opt.variables) + 2
+
+    fresh = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.AdamW(1e-3))
+    fresh.build([tf.Variable([0.0, 0.0])])
+    for v, value in zip(optimizer_state(fresh), saved):
+        v.assign(value)
+    assert float(fresh.loss_scale) == 2.0 ** 14 and int(fresh.iterations.numpy()) == 2
+
+
+def test_mixed_precision_training_scales_the_loss_and_learns(tmp_path):
+    base = [f"output_dir={tmp_path}", "train.log_every=0", "train.epochs=2", "data.max_train_examples=256",
+            "train.learning_rate=3e-3"]
+    summary = train_in_process(load_job_config("jobs/configs/sample_ner.yaml", [*base, "train.mixed_precision=true"]))
+    first, last = summary["history"]
+    assert summary["steps"] == 16  # 256 rows / 32 x 2 epochs; skipped updates still count as steps
+    # every skipped (overflowing) update halved the scale, from tf-keras' initial 2**15
+    assert last["skipped_steps"] == round(math.log2(2.0 ** 15 / last["loss_scale"]))
+    assert 0 <= last["skipped_steps"] < 8
+    assert math.isfinite(first["train_loss"]) and last["train_loss"] < first["train_loss"]
+    assert summary["metrics"]["micro avg"]["f1-score"] > 0.02  # learnt something; the model reloads in float32
