@@ -17,7 +17,7 @@ Formula (bytes):
     runs in float32 under mixed precision as well);
 
   c_h = 17, c_i = 6, c_a = 2, calibrated on CPU by ``benchmarks/planner_check.py`` (float32:
-  predicted / measured 0.96-1.06 on three shapes; mixed_float16: 1.01-1.11);
+  predicted / measured 0.96-1.06 on three shapes; mixed_float16: 1.00-1.09);
 * shared-block gradients (ALBERT): TensorFlow's autodiff makes one gradient tensor per *use* of
   a shared weight and sums them at the end (AddN), so a block used k times holds k - 1 extra
   copies of its gradient, 4 x block_params x (k - 1) bytes: 4.6 GiB for xlarge's 24 uses of a
