@@ -3,8 +3,8 @@
 BERT is built by keras-bert's own ``get_model``.  ALBERT is not in keras-bert, and the old
 ``albert.py`` loader no longer imports with keras-bert 0.89, so the two ALBERT layouts are
 assembled here from keras-bert's own layers (``FeedForward``, ``LayerNormalization``,
-``PositionEmbedding``, and ``MultiHeadAttention`` through the float16-safe :class:`SelfAttention`
-subclass); the shared block is one set of layers called ``num_hidden_layers`` times.
+``PositionEmbedding``, and ``MultiHeadAttention`` through a float16-safe subclass of the same
+name); the shared block is one set of layers called ``num_hidden_layers`` times.
 
 Every encoder has inputs ``[Input-Token, Input-Segment]`` (int token and segment ids; token id 0
 is ``[PAD]`` and is masked) and outputs ``[sequence (B, T, H), cls (B, H)]``.  ``variable_map``
@@ -23,7 +23,7 @@ import tensorflow as tf
 from keras_bert import get_model
 from keras_bert.layers import Extract
 from keras_layer_normalization import LayerNormalization
-from keras_multi_head import MultiHeadAttention
+from keras_multi_head import MultiHeadAttention as KerasMultiHeadAttention
 from keras_pos_embd import PositionEmbedding
 from keras_position_wise_feed_forward import FeedForward
 from tensorflow import keras
@@ -61,9 +61,13 @@ def activation_for(config: EncoderConfig):
     }[config.hidden_act]
 
 
-class SelfAttention(MultiHeadAttention):
+class MultiHeadAttention(KerasMultiHeadAttention):
     """keras-multi-head's ``MultiHeadAttention`` (same weights, names and order, so checkpoint
     maps are unchanged) computing in the layer's compute dtype.
+
+    Named like its parent on purpose: tf-keras' ``.weights.h5`` format files a layer's weights
+    under its snake-cased *class* name (``layers/multi_head_attention/...``), so another name
+    would make every model directory saved with the parent class unloadable.
 
     Written here because the inner ``ScaledDotProductAttention`` of keras-self-attention 0.51 casts
     its scale and mask to ``K.floatx()`` (float32) and fails under ``mixed_float16`` ("x and y must
@@ -74,7 +78,7 @@ class SelfAttention(MultiHeadAttention):
 
     def __init__(self, head_num, **kwargs):
         if kwargs.get("history_only"):
-            raise ValueError("SelfAttention: history_only (causal) attention is not used by BERT / ALBERT encoders")
+            raise ValueError("MultiHeadAttention: history_only (causal) attention is not used by BERT / ALBERT encoders")
         super().__init__(head_num, **kwargs)
 
     def call(self, inputs, mask=None):
@@ -109,7 +113,7 @@ def custom_objects() -> dict:
     from keras_bert import get_custom_objects
 
     objs = dict(get_custom_objects())
-    objs.update(gelu_erf=gelu_erf, gelu_tanh=gelu_tanh, Extract=Extract, SelfAttention=SelfAttention)
+    objs.update(gelu_erf=gelu_erf, gelu_tanh=gelu_tanh, Extract=Extract)
     return objs
 
 
@@ -222,7 +226,7 @@ class BrightmartAlbertEncoder(BertEncoder):
             prefix = self._block_prefix(group, inner)
             out.append({
                 "name": "Shared" if self.layout == "albert_brightmart" else f"Group-{group}-{inner}",
-                "attention": SelfAttention(head_num=c.num_attention_heads, activation=None, name=f"{prefix}-MultiHeadSelfAttention"),
+                "attention": MultiHeadAttention(head_num=c.num_attention_heads, activation=None, name=f"{prefix}-MultiHeadSelfAttention"),
                 "attention_norm": _layer_norm(f"{prefix}-MultiHeadSelfAttention-Norm"),
                 "feed_forward": FeedForward(units=c.intermediate_size, activation=activation_for(c),
                                             name=f"{prefix}-FeedForward"),
