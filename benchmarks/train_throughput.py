@@ -3,12 +3,15 @@ in one process vs Ray Train with 1 and 2 workers — same data, same ALBERT-tiny
 
 Data: the first N sentences of CLUENER train (``../shared/corpora``), else the bundled sample.
 Prints a table and writes benchmarks/results/train_throughput.json.
-usage: python benchmarks/train_throughput.py [--rows 2000] [--corpora ../shared/corpora]
+With ``--repeat N`` every run is measured N times and the table shows the median (this 2-core
+machine varies by +-10 % between identical runs); the JSON keeps every measurement.
+usage: python benchmarks/train_throughput.py [--rows 2000] [--corpora ../shared/corpora] [--repeat 3]
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -99,28 +102,34 @@ def main():
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
     parser.add_argument("--out", default="/tmp/albert_ray_bench")
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
-    out = Path(args.out)
+    # a fresh folder per invocation: Ray Train runs resume from checkpoints of the same name, so a
+    # reused folder would report the previous invocation's epochs instead of training
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     results = []
 
-    def add(name, rate, rows, wall=None):
-        results.append({"run": name, "examples_per_second": round(rate, 1), "rows": rows,
-                        "wall_seconds": None if wall is None else round(wall, 1)})
+    def add(name, measure):
+        runs = [measure(i) for i in range(args.repeat)]
+        rates = sorted(r[0] for r in runs)
+        results.append({"run": name, "examples_per_second": round(statistics.median(rates), 1), "rows": runs[0][1],
+                        "all_examples_per_second": [round(r[0], 1) for r in runs],
+                        "wall_seconds": None if len(runs[0]) < 3 else round(statistics.median(r[2] for r in runs), 1)})
         print(results[-1], flush=True)
 
-    add("keras fit, padded to 128", *keras_fit(args, out / "fit", bucketed=False))
-    add("keras fit, length-bucketed (autotune off)", *keras_fit(args, out / "fitb", bucketed=True))
-    add("worker loop in-process, padded to 128", *loop(args, out, False, bucketed=False))
-    add("worker loop in-process, bucketed", *loop(args, out, False))
+    add("keras fit, padded to 128", lambda i: keras_fit(args, out / f"fit{i}", bucketed=False))
+    add("keras fit, length-bucketed (autotune off)", lambda i: keras_fit(args, out / f"fitb{i}", bucketed=True))
+    add("worker loop in-process, padded to 128", lambda i: loop(args, out / str(i), False, bucketed=False))
+    add("worker loop in-process, bucketed", lambda i: loop(args, out / str(i), False))
     from albert_ray.runtime import init_ray
 
     init_ray(None, num_cpus=2)
-    add("Ray Train 1 worker, padded to 128", *loop(args, out, True, bucketed=False))
-    add("Ray Train 1 worker, bucketed", *loop(args, out, True))
-    add("Ray Train 2 workers, bucketed", *loop(args, out, True, workers=2))
-    print(f"\n{'run':<46} {'ex/s':>8} {'wall s':>8}")
+    add("Ray Train 1 worker, padded to 128", lambda i: loop(args, out / str(i), True, bucketed=False))
+    add("Ray Train 1 worker, bucketed", lambda i: loop(args, out / str(i), True))
+    add("Ray Train 2 workers, bucketed", lambda i: loop(args, out / str(i), True, workers=2))
+    print(f"\n{'run':<46} {'ex/s':>8} {'wall s':>8}  all ex/s")
     for r in results:
-        print(f"{r['run']:<46} {r['examples_per_second']:>8} {r['wall_seconds'] or '':>8}")
+        print(f"{r['run']:<46} {r['examples_per_second']:>8} {r['wall_seconds'] or '':>8}  {r['all_examples_per_second']}")
     res = ROOT / "benchmarks" / "results"
     res.mkdir(exist_ok=True)
     (res / "train_throughput.json").write_text(json.dumps(results, indent=2))
