@@ -451,13 +451,13 @@ def _epoch_batches(rows, t, epoch, pad_targets, rank, world, pad_to=None):
         if not t.bucket_by_length:
             return make_batches(rows, t.batch_size, t.seed, epoch, pad_targets, bucket=0, pad_to=pad_to)
         return make_batches(rows, t.batch_size, t.seed, epoch, pad_targets)
+    from albert_ray.predict import pad_batch
+
     plan = make_batches(rows, t.batch_size * world, t.seed, epoch, lambda targets: list(targets), unpadded=True)
     mine = []
+    part = slice(rank * t.batch_size, (rank + 1) * t.batch_size)
     for ids_rows, targets in plan:
-        part = slice(rank * t.batch_size, (rank + 1) * t.batch_size)
         if ids_rows[part]:
-            from albert_ray.predict import pad_batch
-
             mine.append((pad_batch(ids_rows[part]), pad_targets(targets[part])))
     return mine
 
