@@ -71,18 +71,20 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_label(args) -> int:
+    import dataclasses
+
     from albert_ray.labeling import LabelConfig, label_corpus
     from albert_ray.runtime import init_ray
 
-    cfg = LabelConfig(model=args.model, inputs=tuple(args.input), output=args.output, format=args.format,
-                      text_field=args.text_field, id_field=args.id_field, include_text=args.include_text,
-                      include_probs=args.include_probs, max_chars=args.max_chars, batch_size=args.batch_size,
-                      concurrency=args.concurrency, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    init_ray(args.address)
+    # every LabelConfig field has a flag of the same name (dashes for underscores)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(LabelConfig) if hasattr(args, f.name)}
+    cfg = LabelConfig(**{**given, "inputs": tuple(args.inputs), "progress": not args.no_progress})
+    init_ray(args.address, dashboard=False)
     m = label_corpus(cfg)
     counts = m.get("entity_counts") or m.get("label_counts") or {}
     print(f"rows in {m['rows_in']} = out {m['rows_out']} + quarantined {m['rows_quarantined']} "
-          f"({m['quarantine_reasons']}); {m['rows_per_second']} rows/s; output {m['output']}")
+          f"({m['quarantine_reasons']}); units {m['units']} ({m['units_reused']} reused); "
+          f"{m['rows_per_second']} rows/s ({', '.join(m['precision']) or '-'}); output {m['output']}")
     print(f"counts: {dict(list(counts.items())[:20])}")
     return 0
 
@@ -128,6 +130,15 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _size(text: str) -> int:
+    from albert_ray.planner import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -163,18 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("label", help="label a corpus with Ray Data, writing Parquet")
     p.add_argument("--model", required=True, help="model directory written by train")
-    p.add_argument("--input", required=True, nargs="+", help="files, directories or globs (local or s3:// gs:// hdfs://)")
+    p.add_argument("--input", dest="inputs", required=True, nargs="+",
+                   help="files, directories or globs (local or s3:// gs:// hdfs://)")
     p.add_argument("--output", required=True, help="output folder (local or URI); re-running resumes")
     p.add_argument("--format", default="auto", help="text | jsonl | csv | parquet | auto (by extension)")
     p.add_argument("--text-field", default="text", help="JSONL/CSV/Parquet text column (default: text)")
     p.add_argument("--id-field", help="column to keep as the row id")
     p.add_argument("--include-text", action="store_true", help="copy the text into the output")
-    p.add_argument("--include-probs", action="store_true", help="classification: all class probabilities")
-    p.add_argument("--max-chars", type=int, default=100_000, help="longer texts are quarantined")
-    p.add_argument("--batch-size", type=int, default=256, help="rows per prediction batch")
-    p.add_argument("--concurrency", type=int, default=1, help="predictor actors")
-    p.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per predictor actor (fractional)")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per predictor actor")
+    p.add_argument("--include-probs", action="store_true", help="all class probabilities (classify, multilabel)")
+    p.add_argument("--max-chars", type=int, default=100_000, help="longer texts are quarantined (default 100000)")
+    p.add_argument("--unit-bytes", type=_size, default="32MiB",
+                   help="plain text / JSONL unit size, the resume granularity (default 32MiB)")
+    p.add_argument("--batch-size", type=int, default=2048, help="rows per labeling call (default 2048)")
+    p.add_argument("--model-batch-size", type=int, default=32, help="windows per forward pass (default 32)")
+    p.add_argument("--concurrency", type=int, default=1, help="labeling actors (default 1)")
+    p.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per actor, fractional (default 0.5)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (default 0)")
+    p.add_argument("--tf-threads", type=int, default=0, help="TensorFlow threads per actor (0: CPUs / concurrency)")
+    p.add_argument("--precision", default="auto", help="auto (default) | float32 | bfloat16 | float16")
+    p.add_argument("--prune", action="store_true", help="delete labels of inputs no longer given")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
     p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
     p.set_defaults(func=_cmd_label)
 
@@ -205,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         # user errors: one clear line, no TensorFlow traceback
         print(f"albert-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        from albert_ray.labeling import Interrupted
+
+        text = str(exc) if isinstance(exc, Interrupted) else "interrupted"
+        print(f"albert-ray {args.command}: {text}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -160,4 +160,5 @@ def marginals_batch(emissions: np.ndarray, lengths: np.ndarray, transitions: np.
         nxt = _logsumexp(transitions[None] + (emissions[:, t + 1] + beta[:, t + 1])[:, None, :], 2)
         beta[:, t] = np.where((t < last)[:, None], nxt, beta[:, t])
     log_z = _logsumexp(alpha[np.arange(b), last] + end[None], 1)
-    return np.exp(alpha + beta - log_z[:, None, None])
+    with np.errstate(over="ignore"):  # positions past a row's end are junk and may overflow
+        return np.exp(alpha + beta - log_z[:, None, None])

@@ -1,504 +1,553 @@
-"""Bulk corpus labeling with Ray Data: read -> validate -> featurise (CPU tasks) -> predict (actor
-pool, model loaded once per actor) -> decode -> Parquet, with a quarantine for bad rows, a
-manifest, and resume.
+"""Bulk corpus labeling with Ray Data: read + validate (one task per file, each byte once) ->
+label and write (an actor pool that loads the model once) -> commit units (the driver).
 
-Work is cut into *units* (a file, or a range of lines of a large text / JSONL file).  Outputs are
-partitioned by unit (``unit=<id>/``).  A unit is complete when its output and quarantine rows
-add up to its input rows; re-running with the same output skips complete units and redoes the
-others after deleting their partial files, so an interrupted run finishes without duplicates or
-gaps.
+Layout of ``<output>``:
 
-Output schema (``<output>/unit=<id>/*.parquet``):
+* ``unit=<id>/part-<first row>-<last row>.parquet``: labeled rows (schema: :func:`output_schema`);
+* ``_quarantine/unit=<id>/part-*.parquet``: rows that cannot be labeled (``QUARANTINE_SCHEMA``:
+  ``source``, ``line``, ``id``, ``reason``, ``raw``);
+* ``_units/<id>.json``: a unit's commit record, written last, once both its labeled and its
+  quarantined rows are on storage (rows in / out / quarantined, input identity, line numbers,
+  files, label counts, quarantine reasons);
+* ``_manifest.json``: the run's totals.
 
-* ``source`` string (file), ``line`` int64 (1-based line; record number for CSV, row for Parquet),
-  ``id`` string (when ``id_field`` is given), ``text`` string (when ``include_text``);
-* classify: ``label`` string, ``score`` float32, ``probs`` list<float32> (when ``include_probs``;
-  order = ``labels`` in the manifest);
-* multilabel: ``labels`` list<string>, ``scores`` list<float32> (scores of those labels);
-* ner: ``entities`` list<struct<start int32, end int32 (exclusive), label string, text string,
-  score float32>>, offsets into the original text;
-* ``model_name`` string, ``model_version`` string.
+Names starting with ``_`` are skipped by pandas, pyarrow, duckdb and Spark reading the folder.
 
-The manifest is ``<output>/_manifest.json``. Quarantine (``<output>/_quarantine/unit=<id>/``): ``source``, ``line``, ``reason``, ``raw`` (up to
-1,000 characters of the offending line).
+A unit is complete when its record exists, was written with the same labeling settings
+(model, text field, limits, output columns) and its files are there.  A re-run reuses complete
+units and deletes everything else of the plan's units before labeling them again: partial
+files of an interrupted unit, and the units of an input that changed (its size or modification
+time; new unit ids) — so there is never more than one version of a row.  Units of inputs not
+given any more are refused unless ``prune`` is set.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
 import os
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from albert_ray import __version__
+from albert_ray.corpus import (INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs, fs_and_path,
+                               input_roots, plan_units, read_file)
 
 log = logging.getLogger(__name__)
 
-INPUT_FORMATS = ("text", "jsonl", "csv", "parquet")
 QUARANTINE_DIR = "_quarantine"
-MANIFEST = "_manifest.json"  # leading "_": pandas / pyarrow / Spark skip it when reading the folder
-RAW_LIMIT = 1000
+UNITS_DIR = "_units"
+MANIFEST = "_manifest.json"
+STATS_SCHEMA = pa.schema([("unit", pa.string()), ("precision", pa.string()), ("rows", pa.int64()), ("out", pa.int64()),
+                          ("bad", pa.int64()), ("parts", pa.string()), ("quarantine_parts", pa.string()),
+                          ("counts", pa.string()), ("reasons", pa.string()), ("text_bytes", pa.int64()),
+                          ("meta", pa.string()), ("label_seconds", pa.float64()), ("call_seconds", pa.float64())])
+QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("id", pa.string()),
+                               ("reason", pa.string()), ("raw", pa.string())])
 
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """Settings of a labeling run (all have laptop-friendly defaults)."""
+    """Settings of a labeling run (laptop-friendly defaults)."""
 
     model: str
     inputs: tuple[str, ...]
     output: str
     format: str = "auto"             # text | jsonl | csv | parquet | auto (by extension)
     text_field: str = "text"         # JSONL / CSV / Parquet column holding the text
-    id_field: str | None = None      # column copied to `id` as the row key
+    id_field: str | None = None      # column copied to `id`
     include_text: bool = False
     include_probs: bool = False
     max_chars: int = 100_000         # longer texts are quarantined
-    unit_lines: int = 50_000         # lines per unit of large text / JSONL files (resume granularity)
-    batch_size: int = 256            # rows per prediction batch (sorted by length inside)
+    unit_bytes: int = 32 << 20       # plain text / JSONL unit size (resume granularity)
+    batch_size: int = 2048           # rows per labeling call (sorted by length inside)
     model_batch_size: int = 32       # windows per forward pass
-    concurrency: int = 1             # predictor actors
-    num_cpus: float = 0.5            # per predictor actor (fractional: leaves CPUs for read tasks)
-    num_gpus: float = 0.0            # per predictor actor
+    concurrency: int = 1             # labeling actors
+    num_cpus: float = 0.5            # per actor (fractional: leaves CPUs for the read tasks)
+    num_gpus: float = 0.0            # per actor
     tf_threads: int = 0              # per actor; 0: the node's CPUs / concurrency
+    precision: str = "auto"          # auto | float32 | bfloat16 | float16
+    prune: bool = False              # delete the labels of inputs no longer given
+    progress: bool = True
 
     def __post_init__(self):
+        from albert_ray.predict import PRECISIONS
+
         if self.format not in INPUT_FORMATS + ("auto",):
             raise ValueError(f"format={self.format!r}: must be one of {INPUT_FORMATS + ('auto',)}")
-        for name in ("max_chars", "unit_lines", "batch_size", "model_batch_size", "concurrency"):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: must be one of {PRECISIONS}")
+        for name in ("max_chars", "unit_bytes", "batch_size", "model_batch_size", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 1")
+        if self.num_cpus < 0 or self.num_gpus < 0 or self.tf_threads < 0:
+            raise ValueError("num_cpus, num_gpus and tf_threads must be >= 0")
         if not self.inputs:
             raise ValueError("inputs: give at least one file, directory or glob")
 
-
-@dataclass(frozen=True)
-class Unit:
-    uid: str
-    path: str          # URI or local path
-    fmt: str
-    start: int         # first line / record / row (0-based), inclusive
-    stop: int          # exclusive; -1: to the end
-    rows: int          # rows in this unit
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(self.format, self.text_field, self.id_field, self.max_chars)
 
 
-# ---- inputs -------------------------------------------------------------------------------
-def _fs_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+def output_schema(spec, include_text: bool = False, include_probs: bool = False) -> pa.Schema:
+    """The Parquet schema of labeled rows (``unit`` comes from the partition directory)."""
+    from albert_ray.tasks import task_for
+
+    fields = [pa.field("source", pa.string()), pa.field("line", pa.int64()), pa.field("id", pa.string())]
+    if include_text:
+        fields.append(pa.field("text", pa.string()))
+    fields += task_for(spec).output_fields(spec, include_probs)
+    return pa.schema(fields + [pa.field("model_name", pa.string()), pa.field("model_version", pa.string())])
 
 
-def expand_inputs(inputs) -> list[str]:
-    """Files named by paths, directories (recursively) and globs, local or by URI.
+# ---- the output folder ----------------------------------------------------------------------
+class OutputStore:
+    """Files of one output folder (local or URI); every write is all-or-nothing."""
+
+    def __init__(self, output: str):
+        self.output = output
+        self.fs, self.root = fs_and_path(output)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def unit_dir(self, uid: str, quarantine: bool = False) -> str:
+        return self._path(*((QUARANTINE_DIR,) if quarantine else ()), f"unit={uid}")
+
+    def _write(self, path: str, write) -> None:
+        """Write through a hidden temporary name and rename (local); object stores publish an
+        object only when its upload completes."""
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if not self.local:
+            return write(path)
+        head, name = path.rsplit("/", 1)
+        tmp = f"{head}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        write(tmp)
+        self.fs.move(tmp, path)
+
+    def write_table(self, table: pa.Table, path: str) -> None:
+        import pyarrow.parquet as pq
+
+        self._write(path, lambda p: pq.write_table(table, p, filesystem=self.fs))
+
+    def write_json(self, data: dict, *parts: str) -> None:
+        def write(p):
+            with self.fs.open_output_stream(p) as f:
+                f.write(json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
+
+        self._write(self._path(*parts), write)
+
+    def files(self, directory: str) -> list[str]:
+        if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
+            return []
+        return [i.path for i in self.fs.get_file_info(pafs.FileSelector(directory)) if i.type == pafs.FileType.File]
+
+    def records(self) -> dict[str, dict]:
+        out = {}
+        for path in self.files(self._path(UNITS_DIR)):
+            if path.endswith(".json"):
+                with self.fs.open_input_stream(path) as f:
+                    rec = json.loads(f.read().decode("utf-8"))
+                out[rec["uid"]] = rec
+        return out
+
+    def unit_dirs(self) -> set[str]:
+        """Unit ids that have a folder of labeled or quarantined rows."""
+        found = set()
+        for base in (self.root, self._path(QUARANTINE_DIR)):
+            if self.fs.get_file_info(base).type == pafs.FileType.Directory:
+                for info in self.fs.get_file_info(pafs.FileSelector(base)):
+                    name = info.path.rsplit("/", 1)[-1]
+                    if info.type == pafs.FileType.Directory and name.startswith("unit="):
+                        found.add(name[len("unit="):])
+        return found
+
+    def delete_unit(self, uid: str) -> None:
+        """The record first: a unit without a record is incomplete, whatever else is left."""
+        record = self._path(UNITS_DIR, f"{uid}.json")
+        if self.fs.get_file_info(record).type == pafs.FileType.File:
+            self.fs.delete_file(record)
+        for d in (self.unit_dir(uid), self.unit_dir(uid, quarantine=True)):
+            if self.fs.get_file_info(d).type == pafs.FileType.Directory:
+                self.fs.delete_dir(d)
+
+    def keep_only(self, uid: str, names: set[str], quarantine: bool) -> None:
+        """Delete files of a unit that its commit does not list (left by a failed attempt)."""
+        for path in self.files(self.unit_dir(uid, quarantine)):
+            if path.rsplit("/", 1)[-1] not in names:
+                self.fs.delete_file(path)
+
+    def has_parquet(self, base: str) -> bool:
+        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
+            return False
+        return any(i.path.endswith(".parquet") for i in self.fs.get_file_info(pafs.FileSelector(base, recursive=True)))
+
+
+# ---- labeling actors ------------------------------------------------------------------------
+class LabelWriter:
+    """Ray Data actor: loads the model once; labels a batch of rows and writes each unit's slice
+    of it (labeled and quarantined rows) as its own Parquet files; returns one stats row per
+    unit of the batch."""
+
+    def __init__(self, model_dir: str, output: str, include_text: bool, include_probs: bool,
+                 model_batch_size: int, tf_threads: int, precision: str):
+        import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+        from albert_ray.predict import Labeler
+        from albert_ray.tasks import task_for
+        from albert_ray.training import _configure_tf
+
+        _configure_tf(tf_threads)
+        self.labeler = Labeler.from_dir(model_dir, batch_size=model_batch_size, precision=precision)
+        self.spec, self.task = self.labeler.spec, task_for(self.labeler.spec)
+        self.store = OutputStore(output)
+        self.include_text, self.include_probs = include_text, include_probs
+        self.schema = output_schema(self.spec, include_text, include_probs)
+        self.version = self.spec.extra.get("version", __version__)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        began = time.perf_counter()
+        ends = batch.filter(pc.is_valid(batch.column("meta")))
+        rows = batch.filter(pc.is_null(batch.column("meta")))
+        good_mask = pc.is_null(rows.column("reason"))
+        good, bad = rows.filter(good_mask), rows.filter(pc.invert(good_mask))
+        labeled = self._label(good)
+        label_seconds = time.perf_counter() - began
+        stats: dict[str, dict] = defaultdict(lambda: {"rows": 0, "out": 0, "bad": 0, "parts": [], "quarantine_parts": [],
+                                                      "counts": {}, "reasons": {}, "text_bytes": 0, "meta": None})
+        for uid in pc.unique(rows.column("unit")).to_pylist():
+            s = stats[uid]
+            mine = pc.equal(rows.column("unit"), uid)
+            s["rows"] = pc.sum(mine.cast(pa.int64())).as_py()
+            name = f"part-{pc.min(rows.filter(mine).column('row')).as_py():010d}-" \
+                   f"{pc.max(rows.filter(mine).column('row')).as_py():010d}.parquet"
+            out = labeled.filter(pc.equal(good.column("unit"), uid))
+            if out.num_rows:
+                self.store.write_table(out, f"{self.store.unit_dir(uid)}/{name}")
+                s["out"], s["parts"] = out.num_rows, [name]
+                s["counts"] = _value_counts(self.task.counted_values(out))
+                s["text_bytes"] = pc.sum(pc.binary_length(good.filter(pc.equal(good.column("unit"), uid))
+                                                          .column("text"))).as_py() or 0
+            quarantined = bad.filter(pc.equal(bad.column("unit"), uid))
+            if quarantined.num_rows:
+                table = quarantined.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+                self.store.write_table(table, f"{self.store.unit_dir(uid, quarantine=True)}/{name}")
+                s["bad"], s["quarantine_parts"] = table.num_rows, [name]
+                s["reasons"] = dict(Counter(r.split(" (")[0] for r in table.column("reason").to_pylist()))
+        for uid, meta in zip(ends.column("unit").to_pylist(), ends.column("meta").to_pylist()):
+            stats[uid]["meta"] = meta
+        call_seconds = time.perf_counter() - began
+        return pa.Table.from_pylist([{"unit": uid, "precision": self.labeler.precision,
+                                      "label_seconds": label_seconds if i == 0 else 0.0,
+                                      "call_seconds": call_seconds if i == 0 else 0.0,
+                                      **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in s.items()}}
+                                     for i, (uid, s) in enumerate(stats.items())], schema=STATS_SCHEMA)
+
+    def _label(self, good: pa.Table) -> pa.Table:
+        texts = good.column("text").to_pylist()
+        results = self.labeler.predict(texts)
+        cols = {"source": good.column("source"), "line": good.column("line"), "id": good.column("id")}
+        if self.include_text:
+            cols["text"] = good.column("text")
+        cols.update(self.task.output_columns(results, self.spec, self.include_probs))
+        cols["model_name"] = [self.spec.name] * len(texts)
+        cols["model_version"] = [self.version] * len(texts)
+        return pa.table(cols, schema=self.schema)
+
+
+def _value_counts(values: pa.Array) -> dict:
+    return {item["values"]: item["counts"] for item in pc.value_counts(values).to_pylist() if item["values"] is not None}
+
+
+# ---- planning and resume (driver) -----------------------------------------------------------
+@dataclass
+class Plan:
+    files: list[InputFile]
+    units: list[Unit]
+    settings: dict
+    complete: dict[str, dict] = field(default_factory=dict)   # uid -> record
+    reused: int = 0                                            # units complete before this run
+
+    def todo(self) -> list[Unit]:
+        return [u for u in self.units if u.uid not in self.complete]
+
+    def read_tasks(self) -> list[str]:
+        """One read task per file with pending units (JSON)."""
+        by_file: dict[str, list[Unit]] = defaultdict(list)
+        for u in self.units:
+            by_file[u.path].append(u)
+        tasks = []
+        for f in self.files:
+            units = by_file[f.path]
+            if all(u.uid in self.complete for u in units):
+                continue
+            tasks.append(json.dumps({"path": f.path, "fmt": f.fmt, "units": [
+                {"uid": u.uid, "start": u.start, "stop": u.stop, "todo": u.uid not in self.complete,
+                 "resume": _resume_point(self.complete.get(u.uid))} for u in units]}))
+        return tasks
+
+    def todo_bytes(self) -> int:
+        sizes = {f.path: f.size for f in self.files}
+        return sum(sizes[u.path] if u.stop < 0 or u.fmt == "parquet" else u.stop - u.start for u in self.todo())
+
+
+def _resume_point(record: dict | None) -> dict | None:
+    return None if record is None else {"next_offset": record.get("next_offset"), "next_line": record.get("next_line")}
+
+
+def _settings(cfg: LabelConfig) -> dict:
+    """What a unit's labels depend on besides its input: a change relabels every unit."""
+    weights = Path(cfg.model, "model.weights.h5").stat()
+    return {"model": str(Path(cfg.model).resolve()), "weights": f"{weights.st_size}:{weights.st_mtime_ns}",
+            "read": asdict(cfg.read_options()), "include_text": cfg.include_text, "include_probs": cfg.include_probs}
+
+
+def check_output_location(cfg: LabelConfig, files: list[InputFile]) -> None:
+    """Refuse an output folder inside an input folder (a later run would read its own Parquet)
+    or one that holds inputs.
 
     Raises:
-        FileNotFoundError: an input matches nothing.
+        ValueError: one line naming both.
     """
-    import glob
-
-    files: list[str] = []
-    for item in inputs:
-        if "://" in item:
-            fs, path = _fs_and_path(item)
-            info = fs.get_file_info(path)
-            scheme = item.split("://", 1)[0]
-            if info.type == pafs.FileType.Directory:
-                sel = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                found = sorted(f"{scheme}://{f.path}" for f in sel if f.type == pafs.FileType.File
-                               and not Path(f.path).name.startswith((".", "_")))
-            elif info.type == pafs.FileType.File:
-                found = [item]
-            else:
-                found = []
-        elif os.path.isdir(item):
-            found = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
-        else:
-            found = sorted(glob.glob(item, recursive=True)) if any(c in item for c in "*?[") else (
-                [item] if os.path.isfile(item) else [])
-        if not found:
-            raise FileNotFoundError(f"input {item!r} matches no file")
-        files.extend(found)
-    return files
+    if "://" in cfg.output:
+        return
+    out = os.path.abspath(cfg.output)
+    for root in input_roots(cfg.inputs):
+        if out == root or out.startswith(root.rstrip(os.sep) + os.sep):
+            raise ValueError(f"output {cfg.output} lies inside input folder {root}: a later run would read its own "
+                             f"Parquet and quarantine files as input; choose an output folder outside the inputs")
+    inside = [f.path for f in files if f.path.startswith(out.rstrip(os.sep) + os.sep)]
+    if inside:
+        raise ValueError(f"input {inside[0]} lies inside output {cfg.output}; choose an output folder outside the inputs")
 
 
-def detect_input_format(path: str, default: str = "auto") -> str:
-    if default != "auto":
-        return default
-    name = path.lower().removesuffix(".gz")
-    for ext, fmt in ((".jsonl", "jsonl"), (".json", "jsonl"), (".csv", "csv"), (".parquet", "parquet")):
-        if name.endswith(ext):
-            return fmt
-    return "text"
+def plan_run(cfg: LabelConfig, store: OutputStore) -> Plan:
+    """Plan units from the inputs' metadata, reuse committed units, delete everything else.
+
+    Raises:
+        ValueError: the output holds labels of inputs not given now (and ``prune`` is off).
+    """
+    files = expand_inputs(cfg.inputs, cfg.format)
+    check_output_location(cfg, files)
+    plan = Plan(files, plan_units(files, cfg.unit_bytes), _settings(cfg))
+    planned = {u.uid for u in plan.units}
+    records = store.records()
+    given = {f.path for f in files}
+    gone = sorted({r["source"] for r in records.values() if r["source"] not in given})
+    if gone and not cfg.prune:
+        raise ValueError(f"output {cfg.output} holds labels of {len(gone)} input file(s) not given now "
+                         f"(e.g. {gone[0]}): give them again, choose another output, or pass --prune to delete them")
+    for uid, rec in records.items():
+        if uid in planned and rec.get("settings") == plan.settings and _files_present(store, rec):
+            plan.complete[uid] = rec
+    plan.reused = len(plan.complete)
+    stale = (set(records) | store.unit_dirs()) - set(plan.complete)
+    for uid in sorted(stale):
+        store.delete_unit(uid)
+    changed = {records[u]["source"] for u in stale if u in records and u not in planned and records[u]["source"] in given}
+    if changed:
+        log.info("%d input file(s) changed since they were labeled; relabeling them (e.g. %s)", len(changed),
+                 sorted(changed)[0])
+    if gone:
+        log.info("pruned the labels of %d input file(s) not given now", len(gone))
+    return plan
 
 
-def _open_binary(path: str):
-    """A binary stream of the file, decompressed when it ends in .gz (any pyarrow filesystem)."""
-    fs, p = _fs_and_path(path)
-    return fs.open_input_stream(p, compression="gzip" if path.endswith(".gz") else None)
-
-
-def _raw_lines(path: str) -> Iterator[bytes]:
-    with _open_binary(path) as f:
-        rest = b""
-        while chunk := f.read(1 << 22):
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            yield from lines
-        if rest:
-            yield rest
-
-
-def _count_records(path: str, fmt: str) -> int:
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        fs, p = _fs_and_path(path)
-        with fs.open_input_file(p) as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    if fmt == "csv":
-        return sum(1 for _ in _iter_csv(path, "text", None, 0, -1))
-    return sum(1 for _ in _raw_lines(path))
-
-
-def plan_units(files: list[str], fmt: str, unit_lines: int) -> list[Unit]:
-    """Cut the inputs into units; ids are stable for the same file and range."""
-    units = []
-    for path in files:
-        f = detect_input_format(path, fmt)
-        total = _count_records(path, f)
-        step = unit_lines if f in ("text", "jsonl") else max(total, 1)
-        for start in range(0, max(total, 1), step):
-            stop = min(total, start + step)
-            uid = hashlib.sha1(f"{path}|{start}|{stop}".encode()).hexdigest()[:16]
-            units.append(Unit(uid, path, f, start, stop, stop - start))
-    return units
-
-
-# ---- reading and validation (Ray Data CPU tasks) -------------------------------------------
-def _iter_lines(path: str, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
-    for i, line in enumerate(_raw_lines(path)):
-        if i < start:
-            continue
-        if 0 <= stop <= i:
-            break
-        yield i, line.rstrip(b"\r")
-
-
-def _iter_csv(path: str, text_field: str, id_field: str | None, start: int, stop: int):
-    text = (line.decode("utf-8", "replace") + "\n" for line in _raw_lines(path))
-    reader = csv.DictReader(text)
-    if True:
-        for i, rec in enumerate(reader):
-            if i < start:
-                continue
-            if 0 <= stop <= i:
-                break
-            yield i, reader.line_num, rec
-
-
-def read_unit(unit: dict, text_field: str, id_field: str | None, max_chars: int) -> list[dict]:
-    """All rows of one unit, each ``{source, line, id, text, reason, raw}`` (``reason`` set for
-    rows that go to quarantine)."""
-    rows = []
-
-    def add(line, text=None, rid=None, reason=None, raw=""):
-        if reason is None:
-            if text is None:
-                reason = f"missing field {text_field!r}"
-            elif not isinstance(text, str):
-                reason = f"field {text_field!r} is not a string"
-            elif not text.strip():
-                reason = "empty text"
-            elif len(text) > max_chars:
-                reason = f"text of {len(text)} characters exceeds max_chars={max_chars}"
-        rows.append({"source": unit["path"], "line": line, "id": None if rid is None else str(rid),
-                     "text": text if reason is None else None, "reason": reason,
-                     "raw": (raw if reason else "")[:RAW_LIMIT]})
-
-    fmt = unit["fmt"]
-    if fmt in ("text", "jsonl"):
-        for i, raw in _iter_lines(unit["path"], unit["start"], unit["stop"]):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                add(i + 1, reason=f"not valid UTF-8 (byte {exc.start})", raw=raw.decode("utf-8", "replace"))
-                continue
-            if fmt == "text":
-                add(i + 1, text=line, raw=line)
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                add(i + 1, reason=f"not valid JSON ({exc.msg})", raw=line)
-                continue
-            if not isinstance(rec, dict):
-                add(i + 1, reason="not a JSON object", raw=line)
-                continue
-            add(i + 1, text=rec.get(text_field), rid=rec.get(id_field) if id_field else None, raw=line)
-    elif fmt == "csv":
-        for i, _, rec in _iter_csv(unit["path"], text_field, id_field, unit["start"], unit["stop"]):
-            text = rec.get(text_field)
-            reason = "not valid UTF-8" if text and "\ufffd" in text else None
-            add(i + 1, text=text, rid=rec.get(id_field) if id_field else None, reason=reason,
-                raw=json.dumps(rec, ensure_ascii=False))
-    else:
-        import pyarrow.parquet as pq
-
-        fs, p = _fs_and_path(unit["path"])
-        with fs.open_input_file(p) as f:
-            table = pq.read_table(f)
-        if text_field not in table.column_names:
-            for i in range(table.num_rows):
-                add(i + 1, reason=f"missing field {text_field!r}")
-        else:
-            texts = table.column(text_field).to_pylist()
-            ids = table.column(id_field).to_pylist() if id_field and id_field in table.column_names else [None] * len(texts)
-            for i, (text, rid) in enumerate(zip(texts, ids)):
-                add(i + 1, text=text, rid=rid, raw=str(text))
-    for r in rows:
-        r["unit"] = unit["uid"]
-    return rows
-
-
-# ---- prediction (callable class: model loaded once per actor) ------------------------------
-class Predictor:
-    """Ray Data actor: loads the model directory once, labels batches of rows."""
-
-    def __init__(self, model_dir: str, model_batch_size: int, tf_threads: int, include_text: bool,
-                 include_probs: bool):
-        import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-
-        if tf_threads > 0:
-            import tensorflow as tf
-
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(tf_threads)
-                tf.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:
-                pass
-        from albert_ray.predict import Labeler
-
-        self.labeler = Labeler.from_dir(model_dir, batch_size=model_batch_size)
-        self.include_text, self.include_probs = include_text, include_probs
-        self.schema = output_schema(self.labeler.spec.task, include_text, include_probs)
-        self.model_name = self.labeler.spec.name
-        self.model_version = json.loads((Path(model_dir) / "model.json").read_text()).get("extra", {}).get(
-            "version", __version__)
-
-    def __call__(self, batch: dict) -> pa.Table:
-        texts = list(batch["text"])
-        results = self.labeler.predict(texts)
-        cols: dict[str, list] = {"source": list(batch["source"]), "line": [int(x) for x in batch["line"]],
-                                 "id": [x if isinstance(x, str) else None for x in batch["id"]],
-                                 "unit": list(batch["unit"])}
-        if self.include_text:
-            cols["text"] = texts
-        task = self.labeler.spec.task
-        if task == "classify":
-            cols["label"] = [r["label"] for r in results]
-            cols["score"] = [r["score"] for r in results]
-            if self.include_probs:
-                cols["probs"] = [list(r["probs"].values()) for r in results]
-        elif task == "multilabel":
-            cols["labels"] = [r["labels"] for r in results]
-            cols["scores"] = [[r["scores"][x] for x in r["labels"]] for r in results]
-            if self.include_probs:
-                cols["probs"] = [list(r["scores"].values()) for r in results]
-        else:
-            cols["entities"] = [r["entities"] for r in results]
-        cols["model_name"] = [self.model_name] * len(texts)
-        cols["model_version"] = [self.model_version] * len(texts)
-        return pa.Table.from_pydict(cols, schema=self.schema)
-
-
-def output_schema(task: str, include_text: bool = False, include_probs: bool = False) -> pa.Schema:
-    """The Parquet schema of labeled rows for a task (``unit`` becomes the partition directory)."""
-    fields = [("source", pa.string()), ("line", pa.int64()), ("id", pa.string()), ("unit", pa.string())]
-    if include_text:
-        fields.append(("text", pa.string()))
-    if task == "classify":
-        fields += [("label", pa.string()), ("score", pa.float32())]
-        if include_probs:
-            fields.append(("probs", pa.list_(pa.float32())))
-    elif task == "multilabel":
-        fields += [("labels", pa.list_(pa.string())), ("scores", pa.list_(pa.float32()))]
-        if include_probs:
-            fields.append(("probs", pa.list_(pa.float32())))
-    else:
-        entity = pa.struct([("start", pa.int32()), ("end", pa.int32()), ("label", pa.string()),
-                            ("text", pa.string()), ("score", pa.float32())])
-        fields.append(("entities", pa.list_(entity)))
-    fields += [("model_name", pa.string()), ("model_version", pa.string())]
-    return pa.schema(fields)
-
-
-QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("id", pa.string()),
-                               ("unit", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
-
-
-# ---- resume bookkeeping ---------------------------------------------------------------------
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
-def _count_partition(output: str, sub: str | None, uid: str) -> int | None:
-    """Rows in one unit's partition, or ``None`` if a file is unreadable (an interrupted write)."""
-    import pyarrow.parquet as pq
-
-    fs, root = _fs_and_path(output)
-    d = _join(root, *(x for x in (sub, f"unit={uid}") if x))
-    if fs.get_file_info(d).type != pafs.FileType.Directory:
-        return 0
-    total = 0
-    for info in fs.get_file_info(pafs.FileSelector(d)):
-        if not info.path.endswith(".parquet"):
-            continue
-        try:
-            with fs.open_input_file(info.path) as f:
-                total += pq.ParquetFile(f).metadata.num_rows
-        except (OSError, pa.ArrowInvalid):
-            return None
-    return total
-
-
-def _delete_partition(output: str, sub: str | None, uid: str) -> None:
-    fs, root = _fs_and_path(output)
-    d = _join(root, *(x for x in (sub, f"unit={uid}") if x))
-    if fs.get_file_info(d).type == pafs.FileType.Directory:
-        fs.delete_dir(d)
-
-
-def pending_units(units: list[Unit], output: str) -> tuple[list[Unit], list[Unit]]:
-    """Split units into (complete, to do); partial outputs of the latter are deleted."""
-    done, todo = [], []
-    for u in units:
-        out, bad = _count_partition(output, None, u.uid), _count_partition(output, QUARANTINE_DIR, u.uid)
-        if out is not None and bad is not None and out + bad == u.rows and u.rows > 0:
-            done.append(u)
-        else:
-            _delete_partition(output, None, u.uid)
-            _delete_partition(output, QUARANTINE_DIR, u.uid)
-            todo.append(u)
-    return done, todo
+def _files_present(store: OutputStore, rec: dict) -> bool:
+    for quarantine, names in ((False, rec.get("parts", [])), (True, rec.get("quarantine_parts", []))):
+        present = {p.rsplit("/", 1)[-1] for p in store.files(store.unit_dir(rec["uid"], quarantine))}
+        if not set(names) <= present:
+            return False
+    return True
 
 
 # ---- the job --------------------------------------------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what is committed and how to resume."""
+
+
+class _Committer:
+    """Collects the actors' stats per unit and commits a unit once all its rows are written."""
+
+    def __init__(self, plan: Plan, store: OutputStore, progress):
+        self.plan, self.store, self.progress = plan, store, progress
+        self.units = {u.uid: u for u in plan.todo()}
+        self.pending: dict[str, dict] = defaultdict(lambda: {"rows": 0, "out": 0, "bad": 0, "parts": [],
+                                                             "quarantine_parts": [], "counts": Counter(),
+                                                             "reasons": Counter(), "precision": set(), "meta": None})
+        self.committed = 0
+        self.rows_done = 0
+        self.label_seconds = self.call_seconds = 0.0
+
+    def add(self, stats: pa.Table) -> None:
+        for s in stats.to_pylist():
+            self.label_seconds += s["label_seconds"]
+            self.call_seconds += s["call_seconds"]
+            p = self.pending[s["unit"]]
+            for key in ("rows", "out", "bad"):
+                p[key] += s[key]
+            p["parts"] += json.loads(s["parts"])
+            p["quarantine_parts"] += json.loads(s["quarantine_parts"])
+            p["counts"].update(json.loads(s["counts"]))
+            p["reasons"].update(json.loads(s["reasons"]))
+            p["precision"].add(s["precision"])
+            if s["meta"]:
+                p["meta"] = json.loads(s["meta"])
+            self.rows_done += s["rows"]
+            self.progress.update(s["rows"], s["text_bytes"])
+            if p["meta"] is not None and p["rows"] >= p["meta"]["rows"]:
+                self._commit(s["unit"], self.pending.pop(s["unit"]))
+
+    def _commit(self, uid: str, p: dict) -> None:
+        unit, meta = self.units[uid], p["meta"]
+        if p["rows"] != meta["rows"] or p["rows"] != p["out"] + p["bad"]:
+            raise RuntimeError(f"unit {uid} of {unit.path}: {meta['rows']} rows read, {p['rows']} labeled "
+                               f"({p['out']} out + {p['bad']} quarantined)")
+        self.store.keep_only(uid, set(p["parts"]), quarantine=False)
+        self.store.keep_only(uid, set(p["quarantine_parts"]), quarantine=True)
+        record = {"uid": uid, "source": unit.path, "format": unit.fmt, "identity": unit.identity,
+                  "start": unit.start, "stop": unit.stop, "settings": self.plan.settings,
+                  "rows_in": meta["rows"], "rows_out": p["out"], "rows_quarantined": p["bad"],
+                  "first_line": meta.get("first_line"), "lines": meta.get("lines"),
+                  "next_offset": meta.get("next_offset"), "next_line": meta.get("next_line"),
+                  "parts": sorted(p["parts"]), "quarantine_parts": sorted(p["quarantine_parts"]),
+                  "counts": dict(p["counts"]), "reasons": dict(p["reasons"]),
+                  "precision": sorted(p["precision"]), "committed_at": time.time()}
+        self.store.write_json(record, UNITS_DIR, f"{uid}.json")
+        self.plan.complete[uid] = record
+        self.committed += 1
+        self.progress.unit_done(meta["rows"], unit)
+
+
 def label_corpus(cfg: LabelConfig) -> dict:
-    """Label every row of the inputs; return (and write) the manifest.
+    """Label every row of the inputs; return (and write) the manifest.  Needs Ray initialised
+    (``albert_ray.runtime.init_ray``).
 
     Raises:
         FileNotFoundError: no model directory or no input.
-        RuntimeError: rows in != rows out + rows quarantined at the end.
+        ValueError: an output inside the inputs, or labels of inputs not given (see ``prune``).
+        Interrupted: Ctrl-C; committed units are kept for the next run.
+        RuntimeError: rows in != rows out + rows quarantined.
     """
-
+    from albert_ray.progress import RowProgress
+    from albert_ray.runtime import alive_nodes
     from albert_ray.spec import ModelSpec
 
     began = time.time()
-    spec = ModelSpec.load(Path(cfg.model) / "model.json") if Path(cfg.model, "model.json").is_file() else None
-    if spec is None:
+    if not Path(cfg.model, "model.json").is_file():
         raise FileNotFoundError(f"{cfg.model} is not a model directory: model.json is missing")
-    from albert_ray.runtime import alive_nodes
-
-    if "://" not in cfg.output and alive_nodes() > 1:
+    spec = ModelSpec.load(Path(cfg.model) / "model.json")
+    store = OutputStore(cfg.output)
+    plan = plan_run(cfg, store)
+    plan_seconds = time.time() - began
+    todo = plan.todo()
+    log.info("labeling %d files: %d units, %d already complete, %d to do (%.1f MB) with %s (%s)", len(plan.files),
+             len(plan.units), len(plan.complete), len(todo), plan.todo_bytes() / 1e6, cfg.model, spec.task)
+    if "://" not in cfg.output and todo and alive_nodes() > 1:
         log.warning("output %s is a local path on a %d-node cluster: it must be a filesystem every node mounts "
-                    "(or use s3://...); otherwise each node writes its part to its own disk", cfg.output, alive_nodes())
-    files = expand_inputs(cfg.inputs)
-    units = plan_units(files, cfg.format, cfg.unit_lines)
-    done, todo = pending_units(units, cfg.output)
-    rows_in = sum(u.rows for u in units)
-    log.info("labeling %d rows in %d files (%d units; %d already complete, %d to do) with %s (%s)",
-             rows_in, len(files), len(units), len(done), len(todo), cfg.model, spec.task)
-    if todo:
-        _run_pipeline(cfg, todo, spec.task)
-    # count what is on disk: the manifest reports the truth, resumed or not
-    rows_out = sum(_count_partition(cfg.output, None, u.uid) or 0 for u in units)
-    rows_bad = sum(_count_partition(cfg.output, QUARANTINE_DIR, u.uid) or 0 for u in units)
-    seconds = time.time() - began
-    manifest = {
-        "model": str(cfg.model), "model_name": spec.name, "task": spec.task, "labels": list(spec.labels),
-        "albert_ray_version": __version__, "inputs": files, "output": cfg.output,
-        "rows_in": rows_in, "rows_out": rows_out, "rows_quarantined": rows_bad,
-        "units": len(units), "units_resumed_complete": len(done),
-        "seconds": round(seconds, 2), "rows_per_second": round((sum(u.rows for u in todo)) / max(seconds, 1e-9), 1),
-        "schema": str(output_schema(spec.task, cfg.include_text, cfg.include_probs)),
-        "config": asdict(cfg),
-    }
-    manifest.update(_summaries(cfg.output, spec.task))
-    fs, root = _fs_and_path(cfg.output)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(_join(root, MANIFEST)) as f:
-        f.write(json.dumps(manifest, ensure_ascii=False, indent=2).encode())
-    log.info("labeled: %d rows in = %d out + %d quarantined; %.1f rows/s; manifest %s", rows_in, rows_out, rows_bad,
-             manifest["rows_per_second"], _join(cfg.output, MANIFEST))
-    if rows_in != rows_out + rows_bad:
-        raise RuntimeError(f"row accounting failed: {rows_in} in != {rows_out} out + {rows_bad} quarantined")
+                    "(or use s3://...)", cfg.output, alive_nodes())
+    progress = RowProgress(plan.todo_bytes(), enabled=cfg.progress)
+    committer = _Committer(plan, store, progress)
+    labeled_began, first_commit = time.time(), 0.0
+    try:
+        if todo:
+            for stats in _pipeline(cfg, plan).iter_batches(batch_size=None, batch_format="pyarrow"):
+                committer.add(stats)
+                first_commit = first_commit or (committer.committed and time.time() - began)
+    except KeyboardInterrupt:
+        progress.close()
+        raise Interrupted(f"interrupted: {committer.committed} of {len(todo)} units committed this run "
+                          f"({len(plan.complete)} of {len(plan.units)} in all); run the same command again to "
+                          f"resume") from None
+    progress.close()
+    if committer.pending:
+        raise RuntimeError(f"{len(committer.pending)} units were not completely labeled: "
+                           f"{sorted(committer.pending)[:3]}")
+    labeled_seconds = time.time() - labeled_began
+    _ensure_readable(store, output_schema(spec, cfg.include_text, cfg.include_probs), plan)
+    manifest = _manifest(cfg, spec, plan, committer.rows_done, time.time() - began, labeled_seconds)
+    manifest.update(plan_seconds=round(plan_seconds, 3), first_commit_seconds=round(first_commit, 2),
+                    actor_label_seconds=round(committer.label_seconds, 2),
+                    actor_write_seconds=round(committer.call_seconds - committer.label_seconds, 2),
+                    pipeline_seconds=round(labeled_seconds, 2))
+    store.write_json(manifest, MANIFEST)
+    log.info("labeled: %d rows in = %d out + %d quarantined; %d units (%d reused); %.1f rows/s; manifest %s",
+             manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"], manifest["units"],
+             manifest["units_reused"], manifest["rows_per_second"], f"{cfg.output.rstrip('/')}/{MANIFEST}")
+    if manifest["rows_in"] != manifest["rows_out"] + manifest["rows_quarantined"]:
+        raise RuntimeError(f"row accounting failed: {manifest['rows_in']} in != {manifest['rows_out']} out + "
+                           f"{manifest['rows_quarantined']} quarantined")
     return manifest
 
 
-def _run_pipeline(cfg: LabelConfig, units: list[Unit], task: str) -> None:
+def _pipeline(cfg: LabelConfig, plan: Plan):
     import ray
 
-    cpus = os.cpu_count() or 1
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False      # ours counts rows and commits (albert_ray.progress)
+    ctx.target_max_block_size = 4 << 20   # small blocks: several labeling calls in flight, steady progress
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     threads = cfg.tf_threads or max(1, cpus // cfg.concurrency)
-    read_args = dict(text_field=cfg.text_field, id_field=cfg.id_field, max_chars=cfg.max_chars)
-    units_ds = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
-    rows = units_ds.flat_map(lambda u: read_unit(u, **read_args), num_cpus=0.25)
-    good = rows.filter(lambda r: r["reason"] is None, num_cpus=0.25).select_columns(["source", "line", "id", "unit", "text"])
-    labeled = good.map_batches(
-        Predictor,
-        fn_constructor_kwargs=dict(model_dir=str(Path(cfg.model).resolve()), model_batch_size=cfg.model_batch_size,
-                                   tf_threads=threads, include_text=cfg.include_text, include_probs=cfg.include_probs),
-        batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
-        num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None,
-    )
-    labeled.write_parquet(cfg.output, partition_cols=["unit"])
-    # the quarantine branch reads again (cheap: no model) instead of holding the corpus
-    bad = rows.filter(lambda r: r["reason"] is not None, num_cpus=0.25).select_columns(
-        ["source", "line", "id", "unit", "reason", "raw"])
-    bad.write_parquet(_join(cfg.output, QUARANTINE_DIR), partition_cols=["unit"])
+    opts, block_rows = cfg.read_options(), min(cfg.batch_size, 1024)
+    tasks = plan.read_tasks()
+
+    def read(batch: pa.Table):
+        for task in batch.column("task").to_pylist():
+            yield from read_file(json.loads(task), opts, block_rows)
+
+    rows = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map_batches(
+        read, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
+    return rows.map_batches(
+        LabelWriter, batch_size=cfg.batch_size, batch_format="pyarrow",
+        fn_constructor_kwargs=dict(model_dir=str(Path(cfg.model).resolve()), output=cfg.output,
+                                   include_text=cfg.include_text, include_probs=cfg.include_probs,
+                                   model_batch_size=cfg.model_batch_size, tf_threads=threads, precision=cfg.precision),
+        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None)
 
 
-def _summaries(output: str, task: str) -> dict:
-    """Label / entity counts and quarantine reasons, counted batch by batch with Arrow compute
-    from the written Parquet (the driver never holds the output)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+def _ensure_readable(store: OutputStore, schema: pa.Schema, plan: Plan) -> None:
+    """A folder with no Parquet file (every row quarantined, or none) still gets a zero-row
+    file with the schema, so whole-folder reads work."""
+    if not plan.units:
+        return
+    uid = plan.units[0].uid
+    for base, sch, quarantine in ((store.root, schema, False), (store.unit_dir("x", True).rsplit("/", 1)[0],
+                                                                 QUARANTINE_SCHEMA, True)):
+        if not store.has_parquet(base):
+            store.write_table(sch.empty_table(), f"{store.unit_dir(uid, quarantine)}/part-empty.parquet")
+            rec = plan.complete.get(uid)
+            if rec is not None:  # listed, so a resumed run keeps the unit
+                rec["quarantine_parts" if quarantine else "parts"].append("part-empty.parquet")
+                store.write_json(rec, UNITS_DIR, f"{uid}.json")
 
-    fs, root = _fs_and_path(output)
 
-    def counts(path, column, values) -> Counter:
-        total: Counter = Counter()
-        try:
-            data = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive",
-                              ignore_prefixes=[QUARANTINE_DIR, "_", "."])
-            for batch in data.to_batches(columns=[column]):
-                for item in pc.value_counts(values(batch.column(0))).to_pylist():
-                    if item["values"] is not None:
-                        total[item["values"]] += item["counts"]
-        except (FileNotFoundError, pa.ArrowInvalid):
-            pass
-        return total
+def _manifest(cfg: LabelConfig, spec, plan: Plan, rows_labeled: int, seconds: float, labeled_seconds: float) -> dict:
+    from albert_ray.tasks import task_for
 
-    out: dict = {}
-    if task == "classify":
-        out["label_counts"] = dict(counts(root, "label", lambda c: c).most_common())
-    elif task == "multilabel":
-        out["label_counts"] = dict(counts(root, "labels", pc.list_flatten).most_common())
-    else:
-        out["entity_counts"] = dict(counts(root, "entities",
-                                           lambda c: pc.struct_field(pc.list_flatten(c), "label")).most_common())
-    reasons = counts(_join(root, QUARANTINE_DIR), "reason", lambda c: c)
-    grouped: Counter = Counter()
-    for reason, n in reasons.items():  # "not valid JSON (Expecting ...)" -> "not valid JSON"
-        grouped[reason.split(" (")[0]] += n
-    out["quarantine_reasons"] = dict(grouped.most_common())
-    return out
+    records = [plan.complete[u.uid] for u in plan.units if u.uid in plan.complete]
+    counts, reasons, precisions = Counter(), Counter(), set()
+    for r in records:
+        counts.update(r["counts"])
+        reasons.update(r["reasons"])
+        precisions.update(r.get("precision", []))
+    return {
+        "model": str(cfg.model), "model_name": spec.name, "task": spec.task, "labels": list(spec.labels),
+        "albert_ray_version": __version__, "inputs": [f.path for f in plan.files], "output": cfg.output,
+        "rows_in": sum(r["rows_in"] for r in records), "rows_out": sum(r["rows_out"] for r in records),
+        "rows_quarantined": sum(r["rows_quarantined"] for r in records),
+        "units": len(plan.units), "units_complete": len(records), "units_reused": plan.reused,
+        "rows_labeled_this_run": rows_labeled, "seconds": round(seconds, 2),
+        "rows_per_second": round(rows_labeled / max(labeled_seconds, 1e-9), 1),
+        "precision": sorted(precisions), "schema": str(output_schema(spec, cfg.include_text, cfg.include_probs)),
+        task_for(spec).counts_key: dict(counts.most_common()),
+        "quarantine_reasons": dict(reasons.most_common()),
+        "config": asdict(cfg),
+    }

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 import albert_ray  # noqa: F401
 from tensorflow import keras
@@ -83,6 +85,21 @@ class Task:
         """The number early stopping and checkpoint ranking maximise."""
         raise NotImplementedError
 
+    # ---- bulk labeling output -----------------------------------------------------------
+    counts_key = "label_counts"   # the manifest's name for the counts of :meth:`counted_values`
+
+    def output_fields(self, spec: ModelSpec, include_probs: bool) -> list[pa.Field]:
+        """The task's Parquet columns."""
+        raise NotImplementedError
+
+    def output_columns(self, results: Sequence[dict], spec: ModelSpec, include_probs: bool) -> dict[str, list]:
+        """The task's columns for decoded results (same names and order as :meth:`output_fields`)."""
+        raise NotImplementedError
+
+    def counted_values(self, table: pa.Table) -> pa.Array:
+        """The values the manifest counts (labels, or entity types) in an output table."""
+        raise NotImplementedError
+
     def tune(self, spec: ModelSpec, predictions: Sequence[dict], examples: Sequence[Example]) -> ModelSpec:
         """Settings chosen on dev after training (saved with the model); none by default."""
         return spec
@@ -126,6 +143,19 @@ class ClassifyTask(Task):
 
     def dev_score(self, report):
         return report["accuracy"]
+
+    def output_fields(self, spec, include_probs):
+        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
+        return fields + ([pa.field("probs", pa.list_(pa.float32()))] if include_probs else [])
+
+    def output_columns(self, results, spec, include_probs):
+        cols = {"label": [r["label"] for r in results], "score": [r["score"] for r in results]}
+        if include_probs:  # in the order of spec.labels (the manifest's "labels")
+            cols["probs"] = [[r["probs"][x] for x in spec.labels] for r in results]
+        return cols
+
+    def counted_values(self, table):
+        return table.column("label").combine_chunks()
 
 
 class MultiLabelTask(ClassifyTask):
@@ -177,6 +207,24 @@ class MultiLabelTask(ClassifyTask):
 
     def dev_score(self, report):
         return report["micro avg"]["f1-score"]
+
+    def output_fields(self, spec, include_probs):
+        fields = [pa.field("labels", pa.list_(pa.string())), pa.field("scores", pa.list_(pa.float32()))]
+        return fields + ([pa.field("probs", pa.list_(pa.float32()))] if include_probs else [])
+
+    def output_columns(self, results, spec, include_probs):
+        cols = {"labels": [r["labels"] for r in results],
+                "scores": [[r["scores"][x] for x in r["labels"]] for r in results]}
+        if include_probs:
+            cols["probs"] = [[r["scores"][x] for x in spec.labels] for r in results]
+        return cols
+
+    def counted_values(self, table):
+        return pa.compute.list_flatten(table.column("labels")).combine_chunks()
+
+
+ENTITY_TYPE = pa.struct([("start", pa.int32()), ("end", pa.int32()), ("label", pa.string()), ("text", pa.string()),
+                         ("score", pa.float32())])
 
 
 class NerTask(Task):
@@ -236,12 +284,21 @@ class NerTask(Task):
         tags = entity_tags(spec.labels, spec.scheme)
         if not outputs:
             return [{"entities": []} for _ in texts]
-        lengths = np.array([len(o) for o in outputs])
-        padded = np.zeros((len(outputs), lengths.max(), len(tags)), dtype=np.float32)
-        for i, o in enumerate(outputs):
-            padded[i, : len(o)] = o
-        paths = viterbi_batch(padded, lengths, transitions, start, end)
-        probs = marginals_batch(padded, lengths, transitions, start, end)
+        # decode in length-sorted chunks: each chunk's loops run over its own longest window,
+        # not the batch's (a 2,048-row batch with one 128-token window would pad every row to 128)
+        paths: list = [None] * len(outputs)
+        probs: list = [None] * len(outputs)
+        order = sorted(range(len(outputs)), key=lambda i: len(outputs[i]))
+        for c in range(0, len(order), 256):
+            idx = order[c : c + 256]
+            lengths = np.array([len(outputs[i]) for i in idx])
+            padded = np.zeros((len(idx), lengths.max(), len(tags)), dtype=np.float32)
+            for j, i in enumerate(idx):
+                padded[j, : lengths[j]] = outputs[i]
+            chunk_paths = viterbi_batch(padded, lengths, transitions, start, end)
+            chunk_probs = marginals_batch(padded, lengths, transitions, start, end)
+            for j, i in enumerate(idx):
+                paths[i], probs[i] = chunk_paths[j], chunk_probs[j]
         results, k = [], 0
         for text, ws in zip(texts, windows):
             per_window, window_chars, scores = [], [], {}
@@ -250,9 +307,11 @@ class NerTask(Task):
                 k += 1
                 token_spans = tags_to_spans([tags[i] for i in path], spec.scheme)
                 char_spans = token_spans_to_char_spans(token_spans, enc.char_index)
+                if token_spans:  # prefix sums of the decoded tags' marginals
+                    cum = [0.0] + np.cumsum(prob[np.arange(len(path)), path], dtype=np.float64).tolist()
                 for (ts, te, _), cs in zip(token_spans, char_spans):
                     # entity score: mean marginal probability of the decoded tags over its tokens
-                    scores.setdefault(cs, float(np.mean([prob[i, path[i]] for i in range(ts, te)])))
+                    scores.setdefault(cs, (cum[te] - cum[ts]) / (te - ts))
                 per_window.append(char_spans)
                 chars = [c for c in enc.char_index if c >= 0]
                 window_chars.append((chars[0], chars[-1] + 1) if chars else (0, 0))
@@ -260,6 +319,17 @@ class NerTask(Task):
             results.append({"entities": [{"start": s, "end": e, "label": label, "text": text[s:e],
                                           "score": scores.get((s, e, label), 0.0)} for s, e, label in spans]})
         return results
+
+    counts_key = "entity_counts"
+
+    def output_fields(self, spec, include_probs):
+        return [pa.field("entities", pa.list_(ENTITY_TYPE))]
+
+    def output_columns(self, results, spec, include_probs):
+        return {"entities": [r["entities"] for r in results]}
+
+    def counted_values(self, table):
+        return pa.compute.struct_field(pa.compute.list_flatten(table.column("entities")), "label").combine_chunks()
 
     def report(self, examples, predictions, spec):
         gold = [spans_to_tags(len(e.text), e.spans or (), spec.scheme) for e in examples]

@@ -1,24 +1,29 @@
-"""Labeling throughput: rows/s and peak RSS of
-(a) the reference's way, one ``model.predict`` per sentence (timed on a sample of rows),
-(b) batched ``model.predict`` padded to 128 in one process,
-(c) this project's ``Labeler`` in one process (tf.function, length-sorted batches, batched CRF decoding),
-(d) the Ray Data job (``albert-ray label``),
-(e) HF transformers ``pipeline("token-classification")`` with an ``AlbertForTokenClassification`` of
-    the same shape, when torch and transformers are installed (they are not project dependencies).
+"""Labeling throughput, side by side in one run on the same corpus and machine:
 
-The corpus repeats real sentences from CLUENER / People's Daily (``../shared/corpora``), or the
-bundled sample. Same ALBERT-tiny shape, max length 128, batch 32; random weights (speed only).
-Each measurement runs in its own process so peak RSS is its own. Prints a table, writes
-benchmarks/results/label_throughput.json.
-usage: python benchmarks/label_throughput.py [--rows 10000] [--rows 1000000 ...]
+(a) ``one_at_a_time``: the reference's way, one ``model.predict`` per sentence (timed on a sample);
+(b) ``hf_pipeline``: HF transformers ``pipeline("token-classification")`` with an
+    ``AlbertForTokenClassification`` of the same shape, run by ``--hf-python`` (a Python with torch
+    and transformers; they are not project dependencies);
+(c) ``labeler_float32`` / ``labeler_bfloat16``: this project's in-process ``Labeler``;
+(d) ``job_float32`` / ``job_bfloat16``: ``albert-ray label`` end to end, wall clock from before
+    Ray starts to the manifest (Ray start, actor start and model load included).
+
+The corpus repeats real sentences of CLUENER / People's Daily (``../shared/corpora``), or the
+bundled sample; ALBERT-tiny shape, max length 128, random weights (speed only).  Each
+measurement runs in its own process; ``peak_pss_mib`` is the peak over time of the proportional
+set size summed over that process and all its descendants (for the job: the driver, Ray's
+daemons and every Ray worker).  Corpora over 20k rows run the job modes only.
+Prints a table, writes benchmarks/results/label_throughput.json.
+
+usage: python benchmarks/label_throughput.py [--rows 20000] [--rows 1000000 ...] [--hf-python PY]
 """
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,60 +60,91 @@ def make_model(corpora: Path, path: Path) -> None:
         vocab = build_char_vocab(sentences(corpora))
         enc = EncoderConfig.from_dict({**json.loads((ROOT / "data/albert_config_sample.json").read_text()),
                                        "vocab_size": len(vocab)})
-    labels = ("LOC", "ORG", "PER")
-    spec = ModelSpec(task="ner", labels=labels, encoder={**enc.to_dict(), "layout": enc.layout}, max_len=128,
-                     dropout=0.0, name="bench_ner")
+    spec = ModelSpec(task="ner", labels=("LOC", "ORG", "PER"), encoder={**enc.to_dict(), "layout": enc.layout},
+                     max_len=128, dropout=0.0, name="bench_ner")
     model = build_task_model(spec)
     initialize_encoder(model, enc)
     save_model_dir(path, model, spec, vocab)
+
+
+class PssSampler(threading.Thread):
+    """Peak of the proportional set size summed over this process and its descendants."""
+
+    def __init__(self, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.every, self.peak, self.stop = every, 0, threading.Event()
+
+    @staticmethod
+    def tree_pss(root: int) -> int:
+        parents = {}
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    parents[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+        tree, frontier = {root}, [root]
+        while frontier:
+            kids = [p for p, pp in parents.items() if pp in frontier and p not in tree]
+            tree.update(kids)
+            frontier = kids
+        total = 0
+        for pid in tree:
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+            except (OSError, StopIteration):
+                pass
+        return total
+
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.tree_pss(os.getpid()))
+            self.stop.wait(self.every)
 
 
 def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
     """One measurement; runs in a fresh process."""
     import numpy as np
 
+    sampler = PssSampler()
+    sampler.start()
     texts = Path(corpus).read_text(encoding="utf-8").splitlines()
     if limit:
         texts = texts[:limit]
-    began = time.time()
-    if mode in ("one_at_a_time", "batched_predict"):
+    began, extra = time.time(), {}
+    if mode == "one_at_a_time":  # the reference: model.predict per sentence
         from albert_ray.predict import Labeler, pad_batch
 
         lab = Labeler.from_dir(model_dir)
         windows = [lab.task.windows(lab.tokenizer, t, lab.spec) for t in texts]
         began = time.time()
-        if mode == "one_at_a_time":  # the reference: model.predict per sentence
-            outputs = []
-            for ws in windows:
-                ids = pad_batch([w.token_ids for w in ws])
-                outputs += list(lab.model.predict([ids, np.zeros_like(ids)], verbose=0))
-        else:
-            ids = np.zeros((sum(len(w) for w in windows), 128), np.int32)
-            flat = [w.token_ids for ws in windows for w in ws]
-            for i, r in enumerate(flat):
-                ids[i, : len(r)] = r
-            outputs = list(lab.model.predict([ids, np.zeros_like(ids)], batch_size=32, verbose=0))
-        trimmed = [o[: len(w)] for o, w in zip(outputs, [w.token_ids for ws in windows for w in ws])]
-        lab.task.decode_batch(texts, windows, trimmed, lab.spec, lab.model)
-    elif mode == "labeler":
+        outputs = []
+        for ws in windows:
+            ids = pad_batch([w.token_ids for w in ws])
+            outputs += [o[: len(w.token_ids)] for o, w in zip(lab.model.predict([ids, np.zeros_like(ids)], verbose=0), ws)]
+        lab.task.decode_batch(texts, windows, outputs, lab.spec, lab.model)
+    elif mode.startswith("labeler_"):
         from albert_ray.predict import Labeler
 
-        lab = Labeler.from_dir(model_dir)
+        lab = Labeler.from_dir(model_dir, precision=mode.split("_", 1)[1])
         began = time.time()
-        for i in range(0, len(texts), 512):
-            lab.predict(texts[i : i + 512])
-    elif mode == "ray_data":
+        for i in range(0, len(texts), 2048):
+            lab.predict(texts[i : i + 2048])
+    elif mode.startswith("job_"):
         import shutil
 
         from albert_ray.labeling import LabelConfig, label_corpus
         from albert_ray.runtime import init_ray
 
-        out = Path(corpus).with_suffix(".labels")
+        out = Path(corpus).with_suffix(f".{mode}.labels")
         shutil.rmtree(out, ignore_errors=True)
-        init_ray(None)
-        began = time.time()
-        m = label_corpus(LabelConfig(model=model_dir, inputs=(corpus,), output=str(out), batch_size=512))
+        init_ray(None, dashboard=False)  # wall clock includes starting Ray
+        m = label_corpus(LabelConfig(model=model_dir, inputs=(corpus,), output=str(out),
+                                     precision=mode.split("_", 1)[1], progress=False))
         assert m["rows_out"] == len(texts), m
+        extra = {"plan_seconds": m["plan_seconds"], "first_commit_seconds": m["first_commit_seconds"],
+                 "labeling_rows_per_second": m["rows_per_second"]}
     elif mode == "hf_pipeline":
         from transformers import AlbertConfig, AlbertForTokenClassification, BertTokenizerFast, pipeline
 
@@ -122,19 +158,22 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
         began = time.time()
         list(pipe(texts, batch_size=32))
     seconds = time.time() - began
-    return {"rows": len(texts), "seconds": seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    sampler.stop.set()
+    sampler.join()
+    return {"rows": len(texts), "seconds": seconds, "peak_pss_mib": sampler.peak / 2**20, **extra}
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, action="append", help="corpus sizes (default 10000)")
+    parser.add_argument("--rows", type=int, action="append", help="corpus sizes (default 20000)")
+    parser.add_argument("--modes", help="comma-separated subset of the modes")
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
     parser.add_argument("--work", default="/tmp/albert_ray_label_bench")
     parser.add_argument("--one-at-a-time-rows", type=int, default=300)
     parser.add_argument("--hf-rows", type=int, default=3000, help="rows timed for the HF pipeline")
     parser.add_argument("--hf-python", default=sys.executable,
                         help="a Python with torch and transformers (e.g. a venv with `pip install torch==2.13.0 transformers`)")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "label_throughput.json"))
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -149,16 +188,18 @@ def main():
         make_model(corpora, model_dir)
     base = sentences(corpora)
     results = []
-    for n in args.rows or [10000]:
+    for n in args.rows or [20000]:
         corpus = work / f"corpus_{n}.txt"
         if not corpus.exists():
             with corpus.open("w", encoding="utf-8") as f:
                 for i in range(n):
                     f.write(base[i % len(base)] + "\n")
-        modes = [("one_at_a_time", args.one_at_a_time_rows), ("batched_predict", 0), ("labeler", 0),
-                 ("ray_data", 0), ("hf_pipeline", args.hf_rows)]
+        modes = [("one_at_a_time", args.one_at_a_time_rows), ("hf_pipeline", args.hf_rows), ("labeler_float32", 0),
+                 ("labeler_bfloat16", 0), ("job_float32", 0), ("job_bfloat16", 0)]
         if n > 20_000:  # only the streaming job is meant for corpora larger than memory
-            modes = [("ray_data", 0)]
+            modes = [m for m in modes if m[0].startswith("job_")]
+        if args.modes:
+            modes = [m for m in modes if m[0] in args.modes.split(",")]
         for mode, limit in modes:
             python = args.hf_python if mode == "hf_pipeline" else sys.executable
             proc = subprocess.run([python, __file__, "--child", mode, str(model_dir), str(corpus), str(limit)],
@@ -168,24 +209,31 @@ def main():
                 results.append({"corpus_rows": n, "mode": mode, "skipped": reason[:200]})
             else:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
-                results.append({"corpus_rows": n, "mode": mode, "rows": r["rows"],
-                                "rows_per_second": round(r["rows"] / r["seconds"], 1),
-                                "peak_rss_mib": round(r["peak_rss_mib"])})
+                results.append({"corpus_rows": n, "mode": mode, **{k: round(v, 2) if isinstance(v, float) else v
+                                                                   for k, v in r.items()},
+                                "rows_per_second": round(r["rows"] / r["seconds"], 1)})
             print(results[-1], flush=True)
-    ref = {r["corpus_rows"]: r for r in results if r["mode"] == "one_at_a_time" and "rows_per_second" in r}
-    hf = {r["corpus_rows"]: r for r in results if r["mode"] == "hf_pipeline" and "rows_per_second" in r}
-    print(f"\n{'corpus':>8} {'mode':<16} {'rows/s':>9} {'peak RSS MiB':>13} {'x one-at-a-time':>16} {'x HF':>6}")
+    print_table(results)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2))
+
+
+def print_table(results: list[dict]) -> None:
+    def rate(n, mode):
+        r = next((x for x in results if x["corpus_rows"] == n and x["mode"] == mode and "rows_per_second" in x), None)
+        return r and r["rows_per_second"]
+
+    print(f"\n{'corpus':>8} {'mode':<18} {'rows/s':>8} {'x HF':>6} {'x labeler':>10} {'peak PSS MiB':>13}")
     for r in results:
         if "rows_per_second" not in r:
-            print(f"{r['corpus_rows']:>8} {r['mode']:<16} skipped: {r['skipped']}")
+            print(f"{r['corpus_rows']:>8} {r['mode']:<18} skipped: {r['skipped']}")
             continue
-        x1 = r["rows_per_second"] / ref[r["corpus_rows"]]["rows_per_second"] if r["corpus_rows"] in ref else None
-        x2 = r["rows_per_second"] / hf[r["corpus_rows"]]["rows_per_second"] if r["corpus_rows"] in hf else None
-        print(f"{r['corpus_rows']:>8} {r['mode']:<16} {r['rows_per_second']:>9} {r['peak_rss_mib']:>13} "
-              f"{'' if x1 is None else f'{x1:.1f}':>16} {'' if x2 is None else f'{x2:.1f}':>6}")
-    res = ROOT / "benchmarks" / "results"
-    res.mkdir(exist_ok=True)
-    (res / "label_throughput.json").write_text(json.dumps(results, indent=2))
+        hf = rate(r["corpus_rows"], "hf_pipeline")
+        lab = rate(r["corpus_rows"], "labeler_" + r["mode"].split("_", 1)[1]) if r["mode"].startswith("job_") else None
+        x_hf = f"{r['rows_per_second'] / hf:.2f}" if hf else ""
+        x_lab = f"{r['rows_per_second'] / lab:.2f}" if lab else ""
+        print(f"{r['corpus_rows']:>8} {r['mode']:<18} {r['rows_per_second']:>8} {x_hf:>6} {x_lab:>10} "
+              f"{round(r['peak_pss_mib']):>13}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""Progress of long runs: a tqdm bar on a terminal, a log line every ``every`` seconds elsewhere
+(CI, ``ray job logs``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+class RowProgress:
+    """Rows labeled of an estimated total, rows/s and ETA.
+
+    The total is estimated from bytes: the input bytes still to read, divided by the bytes per
+    row seen so far (exact once a unit is committed; from the texts' own bytes before that).
+    """
+
+    def __init__(self, total_bytes: int, enabled: bool = True, every: float = 30.0, stream=None):
+        self.total_bytes, self.enabled, self.every = total_bytes, enabled, every
+        self.stream = stream or sys.stderr
+        self.rows = self.text_bytes = self.unit_rows = self.unit_bytes = 0
+        self.began = self.last_log = time.time()
+        self.bar = None
+        if enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=None, unit=" rows", dynamic_ncols=True, file=self.stream, smoothing=0.1,
+                            desc="labeling")
+
+    def estimated_total(self) -> int | None:
+        if self.unit_rows and self.unit_bytes:
+            per_row = self.unit_bytes / self.unit_rows
+        elif self.rows and self.text_bytes:
+            per_row = self.text_bytes / self.rows
+        else:
+            return None
+        return max(self.rows, int(self.total_bytes / per_row))
+
+    def update(self, rows: int, text_bytes: int) -> None:
+        self.rows += rows
+        self.text_bytes += text_bytes
+        self._show(rows)
+
+    def unit_done(self, rows: int, unit) -> None:
+        self.unit_rows += rows
+        self.unit_bytes += max(0, unit.stop - unit.start) if unit.stop >= 0 and unit.fmt != "parquet" else 0
+        self._show(0)
+
+    def _show(self, added: int) -> None:
+        if not self.enabled:
+            return
+        total = self.estimated_total()
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.update(added)
+            return
+        now = time.time()
+        if now - self.last_log >= self.every:
+            self.last_log = now
+            rate = self.rows / max(now - self.began, 1e-9)
+            eta = f", ETA {(total - self.rows) / rate / 60:.1f} min" if total and rate else ""
+            of = f" of ~{total:,}" if total else ""
+            log.info("labeled %s rows%s, %.1f rows/s%s", f"{self.rows:,}", of, rate, eta)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
