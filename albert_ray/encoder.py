@@ -25,7 +25,7 @@ from keras_bert.layers import Extract
 from keras_layer_normalization import LayerNormalization
 from keras_multi_head import MultiHeadAttention as KerasMultiHeadAttention
 from keras_pos_embd import PositionEmbedding
-from keras_position_wise_feed_forward import FeedForward
+from keras_position_wise_feed_forward import FeedForward as KerasFeedForward
 from tensorflow import keras
 
 from albert_ray.config import EncoderConfig
@@ -106,6 +106,27 @@ class MultiHeadAttention(KerasMultiHeadAttention):
         if self.activation is not None:
             y = self.activation(y)
         return y
+
+
+class FeedForward(KerasFeedForward):
+    """keras-position-wise-feed-forward's ``FeedForward`` (same weights and class name, see
+    :class:`MultiHeadAttention`) computed as 2-D ``matmul + bias_add + gelu`` so grappler fuses
+    each into one oneDNN kernel.  The parent's ``K.dot`` on 3-D inputs reshapes between matmul
+    and bias and nothing fuses: measured on the ALBERT-tiny shape, inference 536 -> 763 rows/s
+    in bfloat16 and 412 -> 457 in float32.  ``tf.nn.gelu(approximate=True)`` is the same function
+    as :func:`gelu_tanh`."""
+
+    def call(self, x, mask=None, training=None):
+        if 0.0 < self.dropout_rate < 1.0 or not self.use_bias:
+            return super().call(x, mask=mask, training=training)
+        shape = tf.shape(x)
+        h = tf.nn.bias_add(tf.matmul(tf.reshape(x, [-1, shape[-1]]), self.W1), self.b1)
+        if self.activation is gelu_tanh:
+            h = tf.nn.gelu(h, approximate=True)
+        elif self.activation is not None:
+            h = self.activation(h)
+        y = tf.nn.bias_add(tf.matmul(h, self.W2), self.b2)
+        return tf.reshape(y, tf.concat([shape[:-1], [-1]], axis=0))
 
 
 def custom_objects() -> dict:
