@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-bytes", type=_size, default="32MiB",
                    help="plain text / JSONL unit size, the resume granularity (default 32MiB)")
     p.add_argument("--batch-size", type=int, default=2048, help="rows per labeling call (default 2048)")
-    p.add_argument("--model-batch-size", type=int, default=64, help="windows per forward pass (default 64)")
+    p.add_argument("--model-batch-size", type=int, default=32, help="windows per forward pass (default 32)")
     p.add_argument("--concurrency", type=int, default=0,
                    help="labeling actors (default 0: one per GPU, else up to 4 sharing the CPUs)")
     p.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per actor, fractional (default 0.5)")

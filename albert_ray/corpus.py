@@ -346,8 +346,14 @@ def _csv_rows(lines: Iterator[tuple[int, bytes, int]], opts: ReadOptions):
         except csv.Error as exc:
             if not consumed:
                 return
-            reason = (f"unterminated quote (from line {consumed[0][0]} to the end of the file; the following lines "
-                      f"are read again)" if "unexpected end of data" in str(exc) else f"malformed CSV ({exc})")
+            if "unexpected end of data" in str(exc):
+                reason = (f"unterminated quote (from line {consumed[0][0]} to the end of the file; the following "
+                          f"lines are read again)")
+            elif len(consumed) > 1:
+                reason = (f"unterminated quote (the record ran over lines {consumed[0][0]}-{consumed[-1][0]}, then: "
+                          f"{exc}; the following lines are read again)")
+            else:
+                reason = f"malformed CSV ({exc})"
             yield consumed[0][0], None, None, reason, consumed[0][1].rstrip("\n")
             pending.extendleft(reversed(consumed[1:]))
             reader = csv.reader(feed(), strict=True)
@@ -408,12 +414,17 @@ def _parquet_rows(path: str, group: int, opts: ReadOptions):
 
 
 # ---- read tasks -----------------------------------------------------------------------------
+BLOCK_BYTES = 128 << 10   # about this many bytes of text per table handed on
+
+
 class _Blocks:
-    """Collects rows into Arrow tables of at most ``block_rows`` rows (columns, not row dicts)."""
+    """Collects rows into Arrow tables of at most ``block_rows`` rows or about ``BLOCK_BYTES``
+    of text (columns, not row dicts)."""
 
     def __init__(self, path: str, block_rows: int):
         self.path, self.block_rows = path, block_rows
         self.cols: dict[str, list] = {name: [] for name in ROW_SCHEMA.names}
+        self.bytes = 0
 
     def add(self, unit: str, row: int, line, rid, text, reason, raw) -> None:
         c = self.cols
@@ -423,6 +434,7 @@ class _Blocks:
         c["reason"].append(reason)
         c["raw"].append(_clip(raw) if reason else None)
         c["meta"].append(None)
+        self.bytes += 3 * len(text) if isinstance(text, str) and not reason else 3 * min(len(raw or ""), 1000)
 
     def end(self, unit: str, meta: dict) -> None:
         for name in ROW_SCHEMA.names:
@@ -431,9 +443,10 @@ class _Blocks:
         self.cols["meta"][-1] = json.dumps(meta)
 
     def ready(self, final: bool = False) -> Iterator[pa.Table]:
-        if len(self.cols["unit"]) >= self.block_rows or (final and self.cols["unit"]):
+        if len(self.cols["unit"]) >= self.block_rows or self.bytes >= BLOCK_BYTES or (final and self.cols["unit"]):
             yield pa.Table.from_pydict(self.cols, schema=ROW_SCHEMA)
             self.cols = {name: [] for name in ROW_SCHEMA.names}
+            self.bytes = 0
 
 
 def read_file(task: dict, opts: ReadOptions, block_rows: int = 1024) -> Iterator[pa.Table]:

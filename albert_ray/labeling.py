@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from albert_ray import __version__
-from albert_ray.corpus import (INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs, fs_and_path,
+from albert_ray.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs, fs_and_path,
                                input_roots, plan_units, read_file)
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class LabelConfig:
     max_chars: int = 100_000         # longer texts are quarantined
     unit_bytes: int = 32 << 20       # plain text / JSONL unit size (resume granularity)
     batch_size: int = 2048           # rows per labeling call (sorted by length inside)
-    model_batch_size: int = 64       # windows per forward pass
+    model_batch_size: int = 32       # windows per forward pass (32 is fastest for 1-thread actors)
     concurrency: int = 0             # labeling actors; 0: auto (see actor_layout)
     num_cpus: float = 0.5            # per actor (fractional: leaves CPUs for the read tasks)
     num_gpus: float = 0.0            # per actor
@@ -189,7 +189,11 @@ class OutputStore:
     def has_parquet(self, base: str) -> bool:
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return False
-        return any(i.path.endswith(".parquet") for i in self.fs.get_file_info(pafs.FileSelector(base, recursive=True)))
+        for info in self.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+            parts = info.path[len(base):].strip("/").split("/")
+            if info.path.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts):
+                return True  # a file readers see (they skip names starting with _ or .)
+        return False
 
 
 # ---- labeling actors ------------------------------------------------------------------------
@@ -493,10 +497,13 @@ def _pipeline(cfg: LabelConfig, plan: Plan):
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False      # ours counts rows and commits (albert_ray.progress)
-    ctx.target_max_block_size = 512 << 10  # small blocks: spread over the actors, steady progress
+    # Ray Data merges a task's outputs up to this size, and an actor call gets at least a
+    # whole block: blocks of about the reader's table size keep calls near batch_size rows,
+    # spread over the actors, with commits and progress as they go
+    ctx.target_max_block_size = BLOCK_BYTES
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     actors, threads = actor_layout(cfg, ray.cluster_resources())
-    opts, block_rows = cfg.read_options(), min(cfg.batch_size, 1024)
+    opts, block_rows = cfg.read_options(), cfg.batch_size
     tasks = plan.read_tasks()
 
     def read(batch: pa.Table):

@@ -1,50 +1,56 @@
-"""Bulk labeling: reading and quarantine rules (fast), and the Ray Data job (slow)."""
+"""Bulk labeling: settings and output-location checks (fast), and the Ray Data job (slow):
+schema per task, hostile inputs, all rows quarantined, kill and resume, changed inputs."""
 
 import gzip
 import json
-import shutil
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from albert_ray.labeling import (QUARANTINE_DIR, LabelConfig, expand_inputs, label_corpus, output_schema,
-                                 plan_units, read_unit)
+from albert_ray.labeling import (QUARANTINE_DIR, QUARANTINE_SCHEMA, UNITS_DIR, LabelConfig, OutputStore, actor_layout,
+                                 label_corpus, output_schema, plan_run)
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["张伟 昨天在北京会见了新华社代表团。", "来自 Shanghai 的李明加入了清华大学（ＡＢＣ）🎓。",
          "据人民日报社报道，王芳已经抵达上海。", "“王芳”说：我很喜欢 上海 和 北京！"]
 
 
-def test_units_and_reading_with_line_numbers_gzip_and_quarantine(tmp_path):
-    raw = "好文本\n\n".encode() + b"\xff\xfe bad\n" + ("长" * 50 + "\n").encode() + "最后一行".encode()
-    with gzip.open(tmp_path / "a.txt.gz", "wb") as f:
-        f.write(raw)
-    (tmp_path / "b.jsonl").write_text('{"text": "一", "id": 5}\n{"txt": "x"}\n[1]\n{bad\n', encoding="utf-8")
-    (tmp_path / "c.csv").write_text("id,content\n1,你好\n2,\n", encoding="utf-8")
-    files = expand_inputs([str(tmp_path)])
-    assert [f.rsplit("/", 1)[1] for f in files] == ["a.txt.gz", "b.jsonl", "c.csv"]
-    units = plan_units(files, "auto", unit_lines=3)
-    assert [(u.fmt, u.start, u.stop, u.rows) for u in units] == [
-        ("text", 0, 3, 3), ("text", 3, 5, 2), ("jsonl", 0, 3, 3), ("jsonl", 3, 4, 1), ("csv", 0, 2, 2)]
-    rows = [r for u in units[:2] for r in read_unit(u.__dict__, "text", None, max_chars=40)]
-    assert [(r["line"], r["reason"]) for r in rows] == [
-        (1, None), (2, "empty text"), (3, "not valid UTF-8 (byte 0)"),
-        (4, "text of 50 characters exceeds max_chars=40"), (5, None)]
-    assert rows[4]["text"] == "最后一行" and rows[2]["raw"].endswith(" bad")
-    rows = [r for u in units[2:4] for r in read_unit(u.__dict__, "text", "id", max_chars=40)]
-    assert [(r["line"], r["id"], r["reason"]) for r in rows] == [
-        (1, "5", None), (2, None, "missing field 'text'"), (3, None, "not a JSON object"),
-        (4, None, "not valid JSON (Expecting property name enclosed in double quotes)")]
-    rows = read_unit(units[4].__dict__, "content", "id", max_chars=40)
-    assert [(r["line"], r["id"], r["text"], r["reason"]) for r in rows] == [(1, "1", "你好", None), (2, "2", None, "empty text")]
-    with pytest.raises(FileNotFoundError, match="matches no file"):
-        expand_inputs([str(tmp_path / "*.nothing")])
-
-
-def test_label_config_validation():
+def test_label_config_validation_and_actor_layout():
     with pytest.raises(ValueError, match="format='xml'"):
         LabelConfig(model="m", inputs=("a",), output="o", format="xml")
-    with pytest.raises(ValueError, match="batch_size=0: must be >= 1"):
+    with pytest.raises(ValueError, match=r"batch_size=0: must be >= 1"):
         LabelConfig(model="m", inputs=("a",), output="o", batch_size=0)
+    with pytest.raises(ValueError, match=r"precision='fp8': must be one of \('auto', 'float32', 'bfloat16', 'float16'\)"):
+        LabelConfig(model="m", inputs=("a",), output="o", precision="fp8")
+    cfg = LabelConfig(model="m", inputs=("a",), output="o")
+    assert actor_layout(cfg, {"CPU": 2.0}) == (2, 1)
+    assert actor_layout(cfg, {"CPU": 16.0}) == (4, 4)
+    assert actor_layout(LabelConfig(model="m", inputs=("a",), output="o", num_gpus=1), {"CPU": 8, "GPU": 2}) == (2, 4)
+    assert actor_layout(LabelConfig(model="m", inputs=("a",), output="o", concurrency=3, tf_threads=2), {"CPU": 2}) == (3, 2)
+
+
+def test_output_inside_an_input_folder_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("你好\n", encoding="utf-8")
+    cfg = LabelConfig(model=str(tmp_path / "no_model"), inputs=(str(tmp_path / "corpus"),),
+                      output=str(tmp_path / "corpus" / "labels"))
+    with pytest.raises(ValueError) as err:
+        plan_run(cfg, OutputStore(cfg.output))
+    assert str(err.value) == (f"output {tmp_path}/corpus/labels lies inside input folder {tmp_path}/corpus: a later "
+                              f"run would read its own Parquet and quarantine files as input; choose an output folder "
+                              f"outside the inputs")
+    cfg = LabelConfig(model="m", inputs=(str(tmp_path / "corpus" / "*.txt"),), output=str(tmp_path / "corpus" / "out"))
+    with pytest.raises(ValueError, match="lies inside input folder"):
+        plan_run(cfg, OutputStore(cfg.output))
+    assert not (tmp_path / "corpus" / "labels").exists() and not (tmp_path / "corpus" / "out").exists()
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +67,15 @@ def models(tmp_path_factory):
     return dirs
 
 
-def _read(path):
-    return pq.read_table(path).to_pylist()
+def _frames(out: Path):
+    """Whole-folder reads of the output and the quarantine with pandas and pyarrow (both must work)."""
+    good, bad = pq.read_table(out), pq.read_table(out / QUARANTINE_DIR)
+    assert len(pd.read_parquet(out)) == good.num_rows and len(pd.read_parquet(out / QUARANTINE_DIR)) == bad.num_rows
+    return good, bad
+
+
+def _config(model, inputs, out, **kw):
+    return LabelConfig(model=model, inputs=tuple(str(i) for i in inputs), output=str(out), progress=False, **kw)
 
 
 @pytest.mark.slow
@@ -71,58 +84,163 @@ def _read(path):
 def test_output_schema_offsets_and_accounting(tmp_path, local_ray, models, task):
     lines = TEXTS + ["", "x" * 300]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = LabelConfig(model=models[task], inputs=(str(tmp_path / "in.txt"),), output=str(tmp_path / "out"),
-                      include_text=True, include_probs=task != "ner", max_chars=200, batch_size=4)
-    manifest = label_corpus(cfg)
+    manifest = label_corpus(_config(models[task], [tmp_path / "in.txt"], tmp_path / "out", include_text=True,
+                                    include_probs=task != "ner", max_chars=200, precision="float32"))
     assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (6, 4, 2)
-    assert manifest["quarantine_reasons"] == {"empty text": 1, "text of 300 characters exceeds max_chars=200": 1}
-    table = pq.read_table(tmp_path / "out")
-    expected = output_schema(task, include_text=True, include_probs=task != "ner")
-    for f in expected:
-        if f.name != "unit":  # the partition directory, read back as a dictionary column
-            assert table.schema.field(f.name).type == f.type, f.name
+    assert manifest["quarantine_reasons"] == {"empty text": 1, "text too long": 1}
+    assert manifest["precision"] == ["float32"]
+    table, bad = _frames(tmp_path / "out")
+    from albert_ray.spec import ModelSpec
+
+    spec = ModelSpec.load(Path(models[task]) / "model.json")
+    for f in output_schema(spec, include_text=True, include_probs=task != "ner"):
+        assert table.schema.field(f.name).type == f.type, f.name
     rows = sorted(table.to_pylist(), key=lambda r: r["line"])
     assert [r["line"] for r in rows] == [1, 2, 3, 4] and all(r["source"].endswith("in.txt") for r in rows)
     assert [r["text"] for r in rows] == TEXTS
+    labels = json.loads((tmp_path / "out" / "_manifest.json").read_text())["labels"]
     if task == "ner":
         for r in rows:
             for e in r["entities"]:
                 assert TEXTS[r["line"] - 1][e["start"]:e["end"]] == e["text"]
+        assert sum(manifest["entity_counts"].values()) == sum(len(r["entities"]) for r in rows)
     elif task == "classify":
-        labels = json.loads((tmp_path / "out" / "_manifest.json").read_text())["labels"]
         assert all(r["label"] in labels and len(r["probs"]) == len(labels) for r in rows)
+        assert all(abs(r["score"] - max(r["probs"])) < 1e-6 for r in rows)
+        assert sum(manifest["label_counts"].values()) == 4
     else:
-        assert all(len(r["labels"]) == len(r["scores"]) for r in rows)
-    bad = sorted(_read(tmp_path / "out" / QUARANTINE_DIR), key=lambda r: r["line"])
-    assert [(r["line"], r["reason"]) for r in bad] == [(5, "empty text"), (6, "text of 300 characters exceeds max_chars=200")]
+        assert all(len(r["labels"]) == len(r["scores"]) and len(r["probs"]) == len(labels) for r in rows)
+    assert bad.schema.remove(bad.schema.get_field_index("unit")) == QUARANTINE_SCHEMA
+    assert sorted((r["line"], r["reason"]) for r in bad.to_pylist()) == [
+        (5, "empty text"), (6, "text too long (300 characters, max_chars=200)")]
 
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_interrupted_run_resumes_to_the_same_rows(tmp_path, local_ray, models):
-    lines = [TEXTS[i % 4] + str(i) for i in range(12)] + [""]
+def test_hostile_inputs_finish_with_every_bad_row_quarantined(tmp_path, local_ray, models):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    good = [TEXTS[i % 4] for i in range(40)]
+    (corpus / "a.txt").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(good).encode())           # BOM, CRLF, no final \n
+    (corpus / "b.jsonl").write_text("\n".join([json.dumps({"text": t, "id": i}, ensure_ascii=False) for i, t in
+                                               enumerate(TEXTS)] + ['{"text": "abc\\ud83d"}', '{"text": null}', "[1]",
+                                                                    "{bad", '{"text": "a\\u0000b"}']) + "\n",
+                                    encoding="utf-8")
+    (corpus / "c.csv").write_bytes(b"\xef\xbb\xbf" + "text,id\n张伟在北京。,1\n\"open,2\n王芳在上海。,3\n".encode())
+    whole = gzip.compress("\n".join(good * 50).encode())
+    (corpus / "d.txt.gz").write_bytes(whole[: len(whole) // 2])
+    (corpus / "e.txt.gz").write_bytes(gzip.compress("\n".join(good).encode()))
+    m = label_corpus(_config(models["ner"], [corpus], tmp_path / "out", id_field="id", unit_bytes=200))
+    table, bad = _frames(tmp_path / "out")
+    assert m["rows_in"] == m["rows_out"] + m["rows_quarantined"] == table.num_rows + bad.num_rows
+    by_source = {}
+    for r in table.to_pylist():
+        by_source.setdefault(Path(r["source"]).name, []).append(r["line"])
+    assert sorted(by_source["a.txt"]) == list(range(1, 41))            # the BOM took no row, CRLF no text
+    assert sorted(by_source["e.txt.gz"]) == list(range(1, 41))         # the good file beside the damaged one
+    assert sorted(by_source["b.jsonl"]) == [1, 2, 3, 4]
+    assert sorted(by_source["c.csv"]) == [2, 4]                        # the unterminated quote's line read again
+    assert len(by_source["d.txt.gz"]) > 100
+    reasons = {(Path(r["source"]).name, r["line"]): r["reason"].split(" (")[0] for r in bad.to_pylist()}
+    assert {k: v for k, v in reasons.items() if k[0] != "d.txt.gz"} == {
+        ("b.jsonl", 5): "lone surrogate", ("b.jsonl", 6): "null field 'text'", ("b.jsonl", 7): "not a JSON object",
+        ("b.jsonl", 8): "not valid JSON", ("b.jsonl", 9): "NUL character", ("c.csv", 3): "unterminated quote"}
+    damaged = [r for r in bad.to_pylist() if r["source"].endswith("d.txt.gz")]
+    assert len(damaged) == 1 and damaged[0]["line"] == len(by_source["d.txt.gz"]) + 1
+    assert "bytes decompressed, the rest is lost" in damaged[0]["reason"]
+    ids = {r["line"]: r["id"] for r in table.to_pylist() if r["source"].endswith("b.jsonl")}
+    assert ids == {1: "0", 2: "1", 3: "2", 4: "3"}
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_all_rows_quarantined_still_leaves_readable_folders(tmp_path, local_ray, models):
+    (tmp_path / "in.jsonl").write_text('{"x": 1}\n{"x": 2}\n', encoding="utf-8")
+    m = label_corpus(_config(models["classify"], [tmp_path / "in.jsonl"], tmp_path / "out"))
+    assert (m["rows_in"], m["rows_out"], m["rows_quarantined"]) == (2, 0, 2)
+    table, bad = _frames(tmp_path / "out")
+    assert table.num_rows == 0 and {"label", "score", "line", "source"} <= set(table.column_names)
+    assert [r["reason"] for r in bad.to_pylist()] == ["missing field 'text'"] * 2
+
+
+def _records(out: Path) -> dict:
+    return {p.stem: json.loads(p.read_text()) for p in (out / UNITS_DIR).glob("*.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_killed_run_resumes_reusing_committed_units(tmp_path, models):
+    """SIGKILL the real CLI (driver and its Ray) after some units are committed, units with
+    quarantined rows among them; the re-run reuses exactly those units and ends with one
+    version of each row."""
+    n = 12000
+    lines = [TEXTS[i % 4] + str(i) if i % 97 else "" for i in range(n)]   # a blank (quarantined) line every 97
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "albert_ray.cli", "label", "--model", models["ner"], "--input",
+           str(tmp_path / "in.txt"), "--output", str(out), "--unit-bytes", "4KiB", "--batch-size", "64",
+           "--no-progress", "--precision", "float32"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, killed with it
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while len(_records(out) if (out / UNITS_DIR).is_dir() else {}) < 3 and time.time() < deadline:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        _kill_group(proc.pid)
+    before = _records(out)
+    assert 3 <= len(before) and any(r["rows_quarantined"] for r in before.values())
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.loads((out / "_manifest.json").read_text())
+    assert m["units_reused"] == len(before) and m["units"] > len(before)
+    assert all(_records(out)[u]["committed_at"] == r["committed_at"] for u, r in before.items())  # not redone
+    table, bad = _frames(out)
+    got = sorted(table.column("line").to_pylist() + bad.column("line").to_pylist())
+    assert got == list(range(1, n + 1))                                  # no gap, no duplicate
+    assert sorted(bad.column("line").to_pylist()) == [i + 1 for i in range(0, n, 97)]
+    assert (m["rows_in"], m["rows_out"], m["rows_quarantined"]) == (n, n - len(range(0, n, 97)), len(range(0, n, 97)))
+    text_of = {r["line"]: r for r in table.to_pylist()}
+    for e in text_of[2]["entities"]:
+        assert lines[1][e["start"]:e["end"]] == e["text"]
 
-    def run(out):
-        return label_corpus(LabelConfig(model=models["ner"], inputs=(str(tmp_path / "in.txt"),), output=str(out),
-                                        unit_lines=4, batch_size=4))
 
-    def rows(out):
-        return sorted((r["line"], json.dumps(r["entities"], sort_keys=True)) for r in _read(out))
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
-    full = run(tmp_path / "full")
-    assert full["units"] == 4 and full["rows_in"] == 13
-    # what an interruption leaves behind: one unit never written, one with a half-written file,
-    # one whose quarantine part is missing
-    out = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "full", out)
-    units = sorted(p.name for p in out.iterdir() if p.name.startswith("unit="))
-    shutil.rmtree(out / units[0])
-    victim = next((out / units[1]).glob("*.parquet"))
-    victim.write_bytes(victim.read_bytes()[:40])
-    shutil.rmtree(out / QUARANTINE_DIR)
-    resumed = run(out)
-    assert resumed["units_resumed_complete"] == 1  # only the untouched unit without a blank line
-    assert rows(out) == rows(tmp_path / "full")
-    assert (resumed["rows_out"], resumed["rows_quarantined"]) == (12, 1)
-    assert len({r[0] for r in rows(out)}) == 12  # no duplicates
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_changed_inputs_are_relabeled_once_and_gone_inputs_refused(tmp_path, local_ray, models):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    first = [TEXTS[i % 4] + str(i) for i in range(300)]
+    (corpus / "a.txt").write_text("\n".join(first) + "\n", encoding="utf-8")
+    (corpus / "b.txt").write_text("\n".join(first[:10]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    m1 = label_corpus(_config(models["ner"], [corpus], out, unit_bytes=4096))
+    assert m1["rows_out"] == 310
+    with (corpus / "a.txt").open("a", encoding="utf-8") as f:      # a file that grows between runs
+        f.write("\n".join(TEXTS[i % 4] + "追加" for i in range(10)) + "\n")
+    m2 = label_corpus(_config(models["ner"], [corpus], out, unit_bytes=4096))
+    table, _ = _frames(out)
+    keys = list(zip(table.column("source").to_pylist(), table.column("line").to_pylist()))
+    assert len(keys) == len(set(keys)) == 320 == m2["rows_out"]       # exactly one version of each row
+    assert m2["units_reused"] == 1                                     # b.txt; a.txt changed
+    assert sorted(line for s, line in keys if s.endswith("a.txt")) == list(range(1, 311))
+    assert len(_records(out)) == m2["units"]
+
+    with pytest.raises(ValueError) as err:
+        label_corpus(_config(models["ner"], [corpus / "a.txt"], out, unit_bytes=4096))
+    assert str(err.value) == (f"output {out} holds labels of 1 input file(s) not given now (e.g. {corpus}/b.txt): give "
+                              f"them again, choose another output, or pass --prune to delete them")
+    m3 = label_corpus(_config(models["ner"], [corpus / "a.txt"], out, unit_bytes=4096, prune=True))
+    assert m3["rows_out"] == 310 and m3["units_reused"] == m3["units"]
+    assert pq.read_table(out).num_rows == 310
