@@ -405,12 +405,15 @@ def _apply_block(layers: dict, x, preln: bool, dropout: float, name: str):
     two LayerNorm variables are used, before instead of after, and there is no final LayerNorm."""
     attn_in = layers["attention_norm"](x) if preln else x
     a = _dropout(layers["attention"](attn_in), dropout, f"{name}-Attention-Dropout")
-    a = keras.layers.Add(name=f"{name}-Attention-Add")([x, a])
+    # residual sums in float32 under mixed precision: a bfloat16 residual stream rounds every
+    # layer's sum to 8 bits of mantissa (and bfloat16 elementwise ops are emulated on CPUs, so
+    # the float32 add is also faster there)
+    a = keras.layers.Add(name=f"{name}-Attention-Add", dtype="float32")([x, a])
     if not preln:
         a = layers["attention_norm"](a)
     ffn_in = layers["feed_forward_norm"](a) if preln else a
     f = _dropout(layers["feed_forward"](ffn_in), dropout, f"{name}-FeedForward-Dropout")
-    out = keras.layers.Add(name=f"{name}-FeedForward-Add")([a, f])
+    out = keras.layers.Add(name=f"{name}-FeedForward-Add", dtype="float32")([a, f])
     if not preln:
         out = layers["feed_forward_norm"](out)
     return out

@@ -238,7 +238,8 @@ class NerTask(Task):
         if spec.bilstm_units:
             x = keras.layers.Bidirectional(keras.layers.LSTM(spec.bilstm_units, return_sequences=True),
                                            name="Head-BiLSTM")(x)
-        x = keras.layers.Dense(self.num_outputs(spec), name="Head-Emissions")(x)
+        # float32 emissions: the CRF decodes on differences of these scores (bfloat16 flipped ~1 % of entities)
+        x = keras.layers.Dense(self.num_outputs(spec), name="Head-Emissions", dtype="float32")(x)
         return CRF(self.num_outputs(spec), name="CRF", dtype="float32")(x)  # float32 scores under mixed precision
 
     def loss(self, model):
