@@ -225,35 +225,37 @@ class LabelWriter:
         good, bad = rows.filter(good_mask), rows.filter(pc.invert(good_mask))
         labeled = self._label(good)
         label_seconds = time.perf_counter() - began
-        stats: dict[str, dict] = defaultdict(lambda: {"rows": 0, "out": 0, "bad": 0, "parts": [], "quarantine_parts": [],
-                                                      "counts": {}, "reasons": {}, "text_bytes": 0, "meta": None})
-        for uid in pc.unique(rows.column("unit")).to_pylist():
-            s = stats[uid]
-            mine = pc.equal(rows.column("unit"), uid)
-            s["rows"] = pc.sum(mine.cast(pa.int64())).as_py()
-            name = f"part-{pc.min(rows.filter(mine).column('row')).as_py():010d}-" \
-                   f"{pc.max(rows.filter(mine).column('row')).as_py():010d}.parquet"
-            out = labeled.filter(pc.equal(good.column("unit"), uid))
-            if out.num_rows:
-                self.store.write_table(out, f"{self.store.unit_dir(uid)}/{name}")
-                s["out"], s["parts"] = out.num_rows, [name]
-                s["counts"] = _value_counts(self.task.counted_values(out))
-                s["text_bytes"] = pc.sum(pc.binary_length(good.filter(pc.equal(good.column("unit"), uid))
-                                                          .column("text"))).as_py() or 0
-            quarantined = bad.filter(pc.equal(bad.column("unit"), uid))
-            if quarantined.num_rows:
-                table = quarantined.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
-                self.store.write_table(table, f"{self.store.unit_dir(uid, quarantine=True)}/{name}")
-                s["bad"], s["quarantine_parts"] = table.num_rows, [name]
-                s["reasons"] = dict(Counter(r.split(" (")[0] for r in table.column("reason").to_pylist()))
+        stats = {uid: self._write_unit(uid, rows, good, labeled, bad)
+                 for uid in pc.unique(rows.column("unit")).to_pylist()}
         for uid, meta in zip(ends.column("unit").to_pylist(), ends.column("meta").to_pylist()):
-            stats[uid]["meta"] = meta
+            stats.setdefault(uid, {})["meta"] = meta
         call_seconds = time.perf_counter() - began
-        return pa.Table.from_pylist([{"unit": uid, "precision": self.labeler.precision,
-                                      "label_seconds": label_seconds if i == 0 else 0.0,
-                                      "call_seconds": call_seconds if i == 0 else 0.0,
-                                      **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in s.items()}}
+        return pa.Table.from_pylist([{"unit": uid, "precision": self.labeler.precision, "rows": 0, "out": 0, "bad": 0,
+                                      "parts": "[]", "quarantine_parts": "[]", "counts": "{}", "reasons": "{}",
+                                      "text_bytes": 0, "label_seconds": 0.0 if i else label_seconds,
+                                      "call_seconds": 0.0 if i else call_seconds, **s}
                                      for i, (uid, s) in enumerate(stats.items())], schema=STATS_SCHEMA)
+
+    def _write_unit(self, uid: str, rows: pa.Table, good: pa.Table, labeled: pa.Table, bad: pa.Table) -> dict:
+        """Write one unit's slice of the batch (files named by its first and last row, so a
+        retried call rewrites the same files); its stats."""
+        mine = rows.filter(pc.equal(rows.column("unit"), uid))
+        name = f"part-{pc.min(mine.column('row')).as_py():010d}-{pc.max(mine.column('row')).as_py():010d}.parquet"
+        s = {"rows": mine.num_rows}
+        good_mask = pc.equal(good.column("unit"), uid)
+        out = labeled.filter(good_mask)
+        if out.num_rows:
+            self.store.write_table(out, f"{self.store.unit_dir(uid)}/{name}")
+            s.update(out=out.num_rows, parts=json.dumps([name]),
+                     counts=json.dumps(_value_counts(self.task.counted_values(out))),
+                     text_bytes=pc.sum(pc.binary_length(good.filter(good_mask).column("text"))).as_py() or 0)
+        quarantined = bad.filter(pc.equal(bad.column("unit"), uid))
+        if quarantined.num_rows:
+            table = quarantined.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+            self.store.write_table(table, f"{self.store.unit_dir(uid, quarantine=True)}/{name}")
+            reasons = Counter(r.split(" (")[0] for r in table.column("reason").to_pylist())
+            s.update(bad=table.num_rows, quarantine_parts=json.dumps([name]), reasons=json.dumps(reasons))
+        return s
 
     def _label(self, good: pa.Table) -> pa.Table:
         texts = good.column("text").to_pylist()
