@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 QUARANTINE_DIR = "_quarantine"
 UNITS_DIR = "_units"
 MANIFEST = "_manifest.json"
+READ_AHEAD_BYTES = 64 << 20   # object store bytes the pipeline may hold (blocks read ahead of the actors)
 STATS_SCHEMA = pa.schema([("unit", pa.string()), ("precision", pa.string()), ("rows", pa.int64()), ("out", pa.int64()),
                           ("bad", pa.int64()), ("parts", pa.string()), ("quarantine_parts", pa.string()),
                           ("counts", pa.string()), ("reasons", pa.string()), ("text_bytes", pa.int64()),
@@ -503,6 +504,10 @@ def _pipeline(cfg: LabelConfig, plan: Plan):
     # whole block: blocks of about the reader's table size keep calls near batch_size rows,
     # spread over the actors, with commits and progress as they go
     ctx.target_max_block_size = BLOCK_BYTES
+    # reading is ~1000x faster than labeling: cap what the read tasks may buffer ahead of the
+    # actors, so memory does not grow with the corpus (1M rows: +18 % over 100k without a cap)
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=READ_AHEAD_BYTES)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     actors, threads = actor_layout(cfg, ray.cluster_resources())
     opts, block_rows = cfg.read_options(), cfg.batch_size
