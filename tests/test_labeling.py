@@ -209,6 +209,44 @@ def test_killed_run_resumes_reusing_committed_units(tmp_path, models):
         assert lines[1][e["start"]:e["end"]] == e["text"]
 
 
+@pytest.mark.slow
+@pytest.mark.ci
+def test_ctrl_c_stops_with_one_line_and_the_next_run_resumes(tmp_path, models):
+    """SIGINT to the CLI's process group (what a terminal's Ctrl-C does): exit 130 and one line
+    saying what is committed; the same command then finishes the job."""
+    lines = [TEXTS[i % 4] + str(i) for i in range(12000)]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "albert_ray.cli", "label", "--model", models["ner"], "--input",
+           str(tmp_path / "in.txt"), "--output", str(out), "--unit-bytes", "4KiB", "--batch-size", "64",
+           "--no-progress", "--precision", "float32"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while len(_records(out) if (out / UNITS_DIR).is_dir() else {}) < 3 and time.time() < deadline:
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _kill_group(proc.pid)
+    assert proc.returncode == 130
+    said = [line for line in err.splitlines() if line.startswith("albert-ray label:")]
+    assert len(said) == 1 and "Traceback" not in err
+    committed = len(_records(out))
+    planned = int(said[0].split(" units committed")[0].rsplit(" of ", 1)[1])
+    assert committed >= 3 and planned > committed
+    assert said[0] == (f"albert-ray label: interrupted: {committed} of {planned} units committed this run "
+                       f"({committed} of {planned} in all); run the same command again to resume")
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.loads((out / "_manifest.json").read_text())
+    assert m["units_reused"] == committed and m["rows_out"] == 12000
+    assert sorted(pq.read_table(out).column("line").to_pylist()) == list(range(1, 12001))
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
