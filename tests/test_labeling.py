@@ -177,17 +177,9 @@ def test_killed_run_resumes_reusing_committed_units(tmp_path, models):
     lines = [TEXTS[i % 4] + str(i) if i % 97 else "" for i in range(n)]   # a blank (quarantined) line every 97
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "albert_ray.cli", "label", "--model", models["ner"], "--input",
-           str(tmp_path / "in.txt"), "--output", str(out), "--unit-bytes", "4KiB", "--batch-size", "64",
-           "--no-progress", "--precision", "float32"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, killed with it
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd, env, proc = _start_cli(models["ner"], tmp_path / "in.txt", out)
     try:
-        deadline = time.time() + 240
-        while len(_records(out) if (out / UNITS_DIR).is_dir() else {}) < 3 and time.time() < deadline:
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.2)
+        _wait_for_units(proc, out, 3)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
@@ -217,21 +209,14 @@ def test_ctrl_c_stops_with_one_line_and_the_next_run_resumes(tmp_path, models):
     lines = [TEXTS[i % 4] + str(i) for i in range(12000)]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "albert_ray.cli", "label", "--model", models["ner"], "--input",
-           str(tmp_path / "in.txt"), "--output", str(out), "--unit-bytes", "4KiB", "--batch-size", "64",
-           "--no-progress", "--precision", "float32"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd, env, proc = _start_cli(models["ner"], tmp_path / "in.txt", out)
     try:
-        deadline = time.time() + 240
-        while len(_records(out) if (out / UNITS_DIR).is_dir() else {}) < 3 and time.time() < deadline:
-            assert proc.poll() is None, "the run ended before it could be interrupted"
-            time.sleep(0.2)
+        _wait_for_units(proc, out, 3)
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         _kill_group(proc.pid)
+    err = (tmp_path / "cli.err").read_text()
     assert proc.returncode == 130
     said = [line for line in err.splitlines() if line.startswith("albert-ray label:")]
     assert len(said) == 1 and "Traceback" not in err
@@ -245,6 +230,23 @@ def test_ctrl_c_stops_with_one_line_and_the_next_run_resumes(tmp_path, models):
     m = json.loads((out / "_manifest.json").read_text())
     assert m["units_reused"] == committed and m["rows_out"] == 12000
     assert sorted(pq.read_table(out).column("line").to_pylist()) == list(range(1, 12001))
+
+
+def _start_cli(model, corpus: Path, out: Path):
+    """The real CLI in a process group of its own, with its own local Ray (killed with it)."""
+    cmd = [sys.executable, "-m", "albert_ray.cli", "label", "--model", model, "--input", str(corpus), "--output",
+           str(out), "--unit-bytes", "4KiB", "--batch-size", "64", "--no-progress", "--precision", "float32"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(out.parent / "cli.err", "w") as err:  # a file, not a pipe nobody reads while waiting
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    return cmd, env, proc
+
+
+def _wait_for_units(proc, out: Path, n: int) -> None:
+    deadline = time.time() + 240
+    while len(_records(out) if (out / UNITS_DIR).is_dir() else {}) < n and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        time.sleep(0.2)
 
 
 def _kill_group(pgid: int) -> None:
