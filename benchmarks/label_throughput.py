@@ -109,7 +109,11 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
 
     sampler = PssSampler()
     sampler.start()
-    texts = Path(corpus).read_text(encoding="utf-8").splitlines()
+    if mode.startswith("job_"):  # the job streams the file: do not hold it here either (it would count)
+        with open(corpus, "rb") as f:
+            texts = range(sum(1 for _ in f))
+    else:
+        texts = Path(corpus).read_text(encoding="utf-8").splitlines()
     if limit:
         texts = texts[:limit]
     began, extra = time.time(), {}
