@@ -29,7 +29,7 @@ import csv
 import glob
 import gzip
 import hashlib
-import io
+import itertools
 import json
 import os
 import zlib
@@ -462,19 +462,12 @@ def read_file(task: dict, opts: ReadOptions, block_rows: int = 1024) -> Iterator
         for i, u in enumerate(units):
             if u["todo"] and (i == 0 or not units[i - 1]["todo"]):
                 at = units[i - 1]["resume"] if i else {"next_offset": 0, "next_line": 1}
-                run = [v for v in _take_while(units[i:], lambda v: v["todo"])]
+                run = list(itertools.takewhile(lambda v: v["todo"], units[i:]))
                 yield from _read_ranges(task, run, at, opts, out)
     else:
         for u in (u for u in units if u["todo"]):
             yield from _read_whole(task, u, opts, out)
     yield from out.ready(final=True)
-
-
-def _take_while(items, pred):
-    for item in items:
-        if not pred(item):
-            return
-        yield item
 
 
 def _read_ranges(task: dict, run: list[dict], at: dict, opts: ReadOptions, out: _Blocks):

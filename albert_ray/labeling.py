@@ -79,7 +79,7 @@ class LabelConfig:
     progress: bool = True
 
     def __post_init__(self):
-        from albert_ray.predict import PRECISIONS
+        from albert_ray.spec import PRECISIONS  # not predict: that imports TensorFlow into the driver
 
         if self.format not in INPUT_FORMATS + ("auto",):
             raise ValueError(f"format={self.format!r}: must be one of {INPUT_FORMATS + ('auto',)}")

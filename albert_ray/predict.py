@@ -19,7 +19,7 @@ import albert_ray  # noqa: F401
 import tensorflow as tf
 from tensorflow import keras
 
-from albert_ray.spec import ModelSpec
+from albert_ray.spec import PRECISIONS, ModelSpec
 from albert_ray.tasks import build_task_model, task_for
 from albert_ray.tokenization import CharTokenizer, Vocab
 
@@ -43,7 +43,6 @@ def pad_batch(rows: Sequence[Sequence[int]], value: int = 0, multiple: int = 1) 
     return out
 
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 

@@ -13,6 +13,7 @@ from albert_ray.config import EncoderConfig
 TASKS = ("classify", "multilabel", "ner")
 TRUNCATIONS = ("head", "chunks")
 POOLINGS = ("cls", "mean")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # of a run, not of a model: not stored here
 
 
 @dataclass(frozen=True)
