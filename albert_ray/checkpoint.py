@@ -98,11 +98,6 @@ def resolve_checkpoint(path: str | Path) -> str:
     )
 
 
-def read_variable_shapes(prefix: str) -> dict[str, list[int]]:
-    """Names and shapes of the variables stored under a checkpoint prefix."""
-    return dict(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
-
-
 def detect_layout(names) -> str:
     """Tell the checkpoint layout from its variable names.
 

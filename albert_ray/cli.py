@@ -73,14 +73,16 @@ def _cmd_predict(args) -> int:
 def _cmd_label(args) -> int:
     import dataclasses
 
-    from albert_ray.labeling import LabelConfig, label_corpus
-    from albert_ray.runtime import init_ray
+    from albert_ray.labeling import LabelConfig, label_corpus, load_label_config
 
-    # every LabelConfig field has a flag of the same name (dashes for underscores)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(LabelConfig) if hasattr(args, f.name)}
-    cfg = LabelConfig(**{**given, "inputs": tuple(args.inputs), "progress": not args.no_progress})
-    init_ray(args.address, dashboard=False)
-    m = label_corpus(cfg)
+    fields = {f.name for f in dataclasses.fields(LabelConfig)}
+    given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
+    # `--input a b key=value`: the greedy --input list also collects trailing overrides
+    overrides = list(args.overrides) + [x for x in given.get("inputs", []) if x.split("=", 1)[0] in fields]
+    if "inputs" in given:
+        given["inputs"] = [x for x in given["inputs"] if x.split("=", 1)[0] not in fields]
+    cfg = load_label_config(args.config, overrides, given)
+    m = label_corpus(cfg, address=args.address)
     counts = m.get("entity_counts") or m.get("label_counts") or {}
     print(f"rows in {m['rows_in']} = out {m['rows_out']} + quarantined {m['rows_quarantined']} "
           f"({m['quarantine_reasons']}); units {m['units']} ({m['units_reused']} reused); "
@@ -139,6 +141,51 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+LABEL_HELP = {
+    "model": "model directory written by train",
+    "inputs": "files, directories or globs (local or s3:// gs:// hdfs://)",
+    "output": "output folder (local or URI); re-running resumes",
+    "format": "text | jsonl | csv | parquet | auto (by extension)",
+    "text_field": "JSONL/CSV/Parquet text column",
+    "id_field": "column to keep as the row id",
+    "include_text": "copy the text into the output",
+    "include_probs": "all class probabilities (classify, multilabel)",
+    "max_chars": "longer texts are quarantined",
+    "unit_bytes": "plain text / JSONL unit size, the resume granularity (e.g. 32MiB)",
+    "batch_size": "rows per labeling call",
+    "model_batch_size": "windows per forward pass",
+    "concurrency": "labeling actors (0: one per GPU, else up to 4 sharing the CPUs)",
+    "num_cpus": "CPUs per actor, fractional",
+    "num_gpus": "GPUs per actor",
+    "tf_threads": "TensorFlow threads per actor (0: CPUs / actors)",
+    "precision": "auto | float32 | bfloat16 | float16",
+    "prune": "delete labels of inputs no longer given",
+    "progress": "no progress bar / progress lines",
+}
+
+
+def _label_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per ``LabelConfig`` field (dashes for underscores), defaults from the dataclass.
+    Unset flags stay ``None`` so a label config file's values are not overwritten."""
+    import dataclasses
+
+    from albert_ray.labeling import LabelConfig
+
+    for f in dataclasses.fields(LabelConfig):
+        default = "" if f.default is dataclasses.MISSING else f" (default: {f.default})"
+        text = LABEL_HELP[f.name]
+        if f.name == "inputs":
+            p.add_argument("--input", dest="inputs", nargs="+", help=text)
+        elif f.name == "progress":
+            p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help=text)
+        elif f.type in ("bool", bool):
+            p.add_argument(f"--{f.name.replace('_', '-')}", action="store_const", const=True, help=text)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = _size if f.name == "unit_bytes" else kind
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=text + default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-ray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -173,28 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("label", help="label a corpus with Ray Data, writing Parquet")
-    p.add_argument("--model", required=True, help="model directory written by train")
-    p.add_argument("--input", dest="inputs", required=True, nargs="+",
-                   help="files, directories or globs (local or s3:// gs:// hdfs://)")
-    p.add_argument("--output", required=True, help="output folder (local or URI); re-running resumes")
-    p.add_argument("--format", default="auto", help="text | jsonl | csv | parquet | auto (by extension)")
-    p.add_argument("--text-field", default="text", help="JSONL/CSV/Parquet text column (default: text)")
-    p.add_argument("--id-field", help="column to keep as the row id")
-    p.add_argument("--include-text", action="store_true", help="copy the text into the output")
-    p.add_argument("--include-probs", action="store_true", help="all class probabilities (classify, multilabel)")
-    p.add_argument("--max-chars", type=int, default=100_000, help="longer texts are quarantined (default 100000)")
-    p.add_argument("--unit-bytes", type=_size, default="32MiB",
-                   help="plain text / JSONL unit size, the resume granularity (default 32MiB)")
-    p.add_argument("--batch-size", type=int, default=2048, help="rows per labeling call (default 2048)")
-    p.add_argument("--model-batch-size", type=int, default=32, help="windows per forward pass (default 32)")
-    p.add_argument("--concurrency", type=int, default=0,
-                   help="labeling actors (default 0: one per GPU, else up to 4 sharing the CPUs)")
-    p.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per actor, fractional (default 0.5)")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (default 0)")
-    p.add_argument("--tf-threads", type=int, default=0, help="TensorFlow threads per actor (0: CPUs / concurrency)")
-    p.add_argument("--precision", default="auto", help="auto (default) | float32 | bfloat16 | float16")
-    p.add_argument("--prune", action="store_true", help="delete labels of inputs no longer given")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
+    p.add_argument("--config", help="label config YAML (any LabelConfig field; flags and overrides win)")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. batch_size=1024 precision=float32")
+    _label_flags(p)
     p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
     p.set_defaults(func=_cmd_label)
 

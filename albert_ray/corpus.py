@@ -34,7 +34,7 @@ import json
 import os
 import zlib
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 

@@ -129,15 +129,6 @@ class FeedForward(KerasFeedForward):
         return tf.reshape(y, tf.concat([shape[:-1], [-1]], axis=0))
 
 
-def custom_objects() -> dict:
-    """Objects needed to deserialise a model built here."""
-    from keras_bert import get_custom_objects
-
-    objs = dict(get_custom_objects())
-    objs.update(gelu_erf=gelu_erf, gelu_tanh=gelu_tanh, Extract=Extract)
-    return objs
-
-
 def mixed_precision_active() -> bool:
     """True while the global Keras policy computes in float16 / bfloat16."""
     return keras.mixed_precision.global_policy().compute_dtype != "float32"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from albert_ray.data import Example, read_examples
+from albert_ray.modeldir import METRICS_FILE, REPORT_FILE
 from albert_ray.predict import Labeler
 from albert_ray.tasks import task_for
 
@@ -29,13 +30,12 @@ def evaluate_file(model_dir: str | Path, data: str | Path, fmt: str = "auto", on
     ``metrics.json`` into ``output``."""
     labeler = Labeler.from_dir(model_dir)
     spec = labeler.spec
-    res = read_examples(data, fmt=fmt, multilabel=spec.task == "multilabel", scheme=spec.scheme,
-                        on_bad_records=on_bad_records)
+    res = read_examples(data, fmt=fmt, on_bad_records=on_bad_records, **task_for(spec).read_options(spec.scheme))
     text, report = evaluate_examples(model_dir, res.examples, labeler)
     report["skipped_records"] = len(res.skipped)
     if output:
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.txt").write_text(text, encoding="utf-8")
-        (out / "metrics.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+        (out / REPORT_FILE).write_text(text, encoding="utf-8")
+        (out / METRICS_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2))
     return text, report

@@ -6,23 +6,18 @@ root locally, the job's ``working_dir`` on a cluster).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from albert_ray.data import BAD_RECORD_POLICIES, FORMATS
 from albert_ray.labels import SCHEMES
-from albert_ray.spec import POOLINGS, TASKS, TRUNCATIONS
+from albert_ray.spec import POOLINGS, TRUNCATIONS
+from albert_ray.tasks import task_names
+from albert_ray.typedconfig import ConfigFileError, build, flatten, read_yaml
 
-
-class JobConfigError(ValueError):
-    """A config value that is missing, unknown or out of range; names the field."""
+JobConfigError = ConfigFileError  # the name job-config callers know
 
 
 @dataclass(frozen=True)
@@ -100,7 +95,6 @@ class JobConfig:
 
 
 _CHOICES = {
-    "task": TASKS,
     "data.format": FORMATS + ("auto",),
     "data.on_bad_records": BAD_RECORD_POLICIES,
     "model.init": ("none", "checkpoint"),
@@ -116,59 +110,9 @@ _POSITIVE = {"model.max_len", "train.epochs", "train.batch_size", "train.num_wor
              "train.grad_accum_steps", "train.keep_checkpoints"}
 
 
-def _build(cls, data: Any, prefix: str):
-    if not isinstance(data, dict):
-        raise JobConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise JobConfigError(f"{prefix}{unknown[0]}: unknown field; allowed: {sorted(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}{name}"
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise JobConfigError(f"{key}: required field is missing")
-            continue
-        hint = hints[name]
-        value = data[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{key}.")
-        else:
-            kwargs[name] = _coerce(value, hint, key)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint, key: str):
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
-    if value is None:
-        if type(None) in args:
-            return None
-        raise JobConfigError(f"{key}: must not be empty")
-    for t in args:
-        if t is type(None):
-            continue
-        if t is bool and isinstance(value, bool):
-            return value
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if t is float and isinstance(value, str):
-            try:  # YAML 1.1 reads "3e-3" (no dot) as a string
-                return float(value)
-            except ValueError:
-                pass
-        if t is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in args)
-    raise JobConfigError(f"{key}={value!r}: must be {names}")
-
-
 def _validate(cfg: JobConfig) -> None:
-    flat = _flatten(cfg.to_dict())
-    for key, allowed in _CHOICES.items():
+    flat = flatten(cfg.to_dict())
+    for key, allowed in {"task": task_names(), **_CHOICES}.items():
         if flat[key] not in allowed:
             raise JobConfigError(f"{key}={flat[key]!r}: must be one of {list(allowed)}")
     for key in _POSITIVE:
@@ -195,32 +139,6 @@ def _validate(cfg: JobConfig) -> None:
         raise JobConfigError("model.vocab: a pretrained checkpoint needs its own vocab.txt, not 'auto'")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=value`` overrides (values parsed as YAML scalars) to a nested dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise JobConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
-        key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise JobConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
-    return data
-
-
 def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None,
                     data: dict | None = None) -> JobConfig:
     """Load a YAML job config (or a dict), apply overrides, validate.
@@ -229,11 +147,7 @@ def load_job_config(path: str | Path | None = None, overrides: list[str] | None 
         FileNotFoundError, JobConfigError.
     """
     if data is None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"job config not found: {path}")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    data = apply_overrides(copy.deepcopy(data), list(overrides or []))
-    cfg = _build(JobConfig, data, "")
+        data = read_yaml(path, "job config")
+    cfg = build(JobConfig, data, overrides)
     _validate(cfg)
     return cfg

@@ -98,6 +98,26 @@ class LabelConfig:
         return ReadOptions(self.format, self.text_field, self.id_field, self.max_chars)
 
 
+def load_label_config(path: str | None = None, overrides: list[str] | None = None,
+                      given: dict | None = None) -> LabelConfig:
+    """A :class:`LabelConfig` from a YAML file (optional), dotted ``key=value`` overrides, then
+    ``given`` values (command-line flags), in that order of precedence. ``unit_bytes`` may be a
+    size such as ``32MiB``.
+
+    Raises:
+        FileNotFoundError, ValueError: one line naming the file or field.
+    """
+    from albert_ray.planner import parse_size
+    from albert_ray.typedconfig import apply_overrides, build, read_yaml
+
+    data = read_yaml(path, "label config") if path else {}
+    data = apply_overrides(data, list(overrides or []))
+    data.update(given or {})
+    if isinstance(data.get("unit_bytes"), str):
+        data["unit_bytes"] = parse_size(data["unit_bytes"])
+    return build(LabelConfig, data)
+
+
 def output_schema(spec, include_text: bool = False, include_probs: bool = False) -> pa.Schema:
     """The Parquet schema of labeled rows (``unit`` comes from the partition directory)."""
     from albert_ray.tasks import task_for
@@ -208,9 +228,9 @@ class LabelWriter:
         import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
         from albert_ray.predict import Labeler
         from albert_ray.tasks import task_for
-        from albert_ray.training import _configure_tf
+        from albert_ray.runtime import configure_tf
 
-        _configure_tf(tf_threads)
+        configure_tf(tf_threads)
         self.labeler = Labeler.from_dir(model_dir, batch_size=model_batch_size, precision=precision)
         self.spec, self.task = self.labeler.spec, task_for(self.labeler.spec)
         self.store = OutputStore(output)
@@ -312,7 +332,9 @@ def _resume_point(record: dict | None) -> dict | None:
 
 def _settings(cfg: LabelConfig) -> dict:
     """What a unit's labels depend on besides its input: a change relabels every unit."""
-    weights = Path(cfg.model, "model.weights.h5").stat()
+    from albert_ray.modeldir import WEIGHTS_FILE
+
+    weights = Path(cfg.model, WEIGHTS_FILE).stat()
     return {"model": str(Path(cfg.model).resolve()), "weights": f"{weights.st_size}:{weights.st_mtime_ns}",
             "read": asdict(cfg.read_options()), "include_text": cfg.include_text, "include_probs": cfg.include_probs}
 
@@ -434,27 +456,28 @@ class _Committer:
         self.progress.unit_done(meta["rows"], unit)
 
 
-def label_corpus(cfg: LabelConfig) -> dict:
-    """Label every row of the inputs; return (and write) the manifest.  Needs Ray initialised
-    (``albert_ray.runtime.init_ray``).
+def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
+    """Label every row of the inputs; return (and write) the manifest. The model directory, the
+    inputs and the output are checked before Ray is attached (``init_ray(address)``; a no-op
+    when Ray is already initialised).
 
     Raises:
-        FileNotFoundError: no model directory or no input.
+        FileNotFoundError: no input.
+        ModelDirError: a missing, damaged or inconsistent model directory.
         ValueError: an output inside the inputs, or labels of inputs not given (see ``prune``).
         Interrupted: Ctrl-C; committed units are kept for the next run.
         RuntimeError: rows in != rows out + rows quarantined.
     """
+    from albert_ray import modeldir
     from albert_ray.progress import RowProgress
-    from albert_ray.runtime import alive_nodes
-    from albert_ray.spec import ModelSpec
+    from albert_ray.runtime import alive_nodes, init_ray
 
     began = time.time()
-    if not Path(cfg.model, "model.json").is_file():
-        raise FileNotFoundError(f"{cfg.model} is not a model directory: model.json is missing")
-    spec = ModelSpec.load(Path(cfg.model) / "model.json")
+    spec, _ = modeldir.check(cfg.model)
     store = OutputStore(cfg.output)
     plan = plan_run(cfg, store)
     plan_seconds = time.time() - began
+    init_ray(address, dashboard=False)
     todo = plan.todo()
     log.info("labeling %d files: %d units, %d already complete, %d to do (%.1f MB) with %s (%s)", len(plan.files),
              len(plan.units), len(plan.complete), len(todo), plan.todo_bytes() / 1e6, cfg.model, spec.task)

@@ -5,23 +5,9 @@ Spans are ``(start, end, label)`` with ``end`` exclusive, in character offsets o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 SCHEMES = ("BIO", "BIOES")
-
-
-@dataclass(frozen=True)
-class Entity:
-    """An entity in a text: ``text[start:end] == self.text``."""
-
-    start: int
-    end: int
-    label: str
-    text: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def check_scheme(scheme: str) -> str:
@@ -105,10 +91,6 @@ def entity_tags(labels: Iterable[str], scheme: str = "BIO") -> list[str]:
     check_scheme(scheme)
     prefixes = "BI" if scheme == "BIO" else "BIES"
     return ["O"] + [f"{p}-{label}" for label in sorted(set(labels)) for p in prefixes]
-
-
-def entities_from_spans(text: str, spans: Iterable[tuple[int, int, str]]) -> list[Entity]:
-    return [Entity(s, e, label, text[s:e]) for s, e, label in spans]
 
 
 def token_spans_to_char_spans(spans, char_index: Sequence[int]) -> list[tuple[int, int, str]]:

@@ -8,7 +8,6 @@ then decoded per text by the task.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,32 +18,13 @@ import albert_ray  # noqa: F401
 import tensorflow as tf
 from tensorflow import keras
 
+from albert_ray import modeldir
+from albert_ray.batching import pad_batch
 from albert_ray.spec import PRECISIONS, ModelSpec
-from albert_ray.tasks import build_task_model, task_for
+from albert_ray.tasks import task_for
 from albert_ray.tokenization import CharTokenizer, Vocab
 
 log = logging.getLogger(__name__)
-
-SPEC_FILE = "model.json"
-WEIGHTS_FILE = "model.weights.h5"
-VOCAB_FILE = "vocab.txt"
-JOB_FILE = "job.json"
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.txt"
-
-
-def pad_batch(rows: Sequence[Sequence[int]], value: int = 0, multiple: int = 1) -> np.ndarray:
-    """Right-pad int sequences to the longest one (rounded up to ``multiple``)."""
-    width = max(len(r) for r in rows)
-    width = -(-width // multiple) * multiple
-    out = np.full((len(rows), width), value, dtype=np.int32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
-PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-
 
 def _cpu_flags() -> set[str]:
     try:
@@ -96,24 +76,18 @@ class Labeler:
 
     @classmethod
     def from_dir(cls, path: str | Path, batch_size: int = 32, precision: str = "float32") -> "Labeler":
-        """Load a model directory written by :func:`save_model_dir`; needs nothing else.
+        """Load a model directory (:mod:`albert_ray.modeldir`); needs nothing else.
 
         ``precision``: ``float32``, ``bfloat16`` or ``float16`` (matmuls; LayerNorm, softmax and
         the task outputs stay float32, weights are stored float32), or ``auto``
         (:func:`resolve_precision`).
-        """
-        from albert_ray.encoder import dtype_policy
 
-        path = Path(path)
-        for name in (SPEC_FILE, WEIGHTS_FILE, VOCAB_FILE):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path} is not a model directory: {name} is missing")
-        spec = ModelSpec.load(path / SPEC_FILE)
+        Raises:
+            ModelDirError: a missing, damaged or inconsistent model directory (one line).
+        """
         precision = resolve_precision(precision)
-        with dtype_policy(PRECISION_POLICIES[precision]):
-            model = build_task_model(spec)
-        model.load_weights(str(path / WEIGHTS_FILE))
-        labeler = cls(model, spec, Vocab.from_file(path / VOCAB_FILE), batch_size)
+        model, spec, vocab = modeldir.load(path, precision)
+        labeler = cls(model, spec, vocab, batch_size)
         labeler.precision = precision
         return labeler
 
@@ -136,16 +110,3 @@ class Labeler:
         flat = [w.token_ids for ws in windows for w in ws]
         outputs = self.forward(flat) if flat else []
         return self.task.decode_batch(texts, windows, outputs, self.spec, self.model)
-
-
-def save_model_dir(path: str | Path, model: keras.Model, spec: ModelSpec, vocab: Vocab,
-                   job: dict | None = None) -> Path:
-    """Write weights, spec (encoder config, labels, head settings), vocab and job config."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_weights(str(path / WEIGHTS_FILE))
-    spec.save(path / SPEC_FILE)
-    vocab.save(path / VOCAB_FILE)
-    if job is not None:
-        (path / JOB_FILE).write_text(json.dumps(job, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    return path

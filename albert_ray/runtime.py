@@ -53,3 +53,19 @@ def require_shared_storage(path: str | None, what: str) -> None:
     if path is None and alive_nodes() > 1:
         raise ValueError(f"{what} is not set and the cluster has {alive_nodes()} nodes: set it to shared storage "
                          f"(an NFS path mounted on every node, or s3://bucket/prefix), not a node's local disk")
+
+
+def configure_tf(threads: int) -> None:
+    """TensorFlow threads of this process (``threads`` intra-op, at most 2 inter-op; 0 keeps TF's
+    default) and on-demand GPU memory. For training workers and labeling actors alike."""
+    import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+    import tensorflow as tf
+
+    if threads > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+        except RuntimeError:  # already initialised in this process
+            pass
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)

@@ -6,14 +6,14 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from albert_ray.config import EncoderConfig
 
-TASKS = ("classify", "multilabel", "ner")
 TRUNCATIONS = ("head", "chunks")
 POOLINGS = ("cls", "mean")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # of a run, not of a model: not stored here
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,9 @@ class ModelSpec:
     """Everything needed to rebuild a task model and decode its outputs.
 
     Attributes:
-        task: ``classify`` | ``multilabel`` | ``ner``.
+        task: a name in the task registry (``classify`` | ``multilabel`` | ``ner``).
         labels: classes, label set, or entity types (sorted).
-        encoder: the encoder architecture (``EncoderConfig.to_dict()`` plus ``layout``).
+        encoder: the encoder architecture (a dict as in ``model.json`` is accepted and parsed).
         max_len: tokens per window, [CLS] and [SEP] included.
         stride: characters between window starts for long texts (NER windows, classification chunks).
         truncation: classification of long texts: ``head`` (the reference's) or ``chunks`` (average).
@@ -37,7 +37,7 @@ class ModelSpec:
 
     task: str
     labels: tuple[str, ...]
-    encoder: dict[str, Any]
+    encoder: EncoderConfig
     max_len: int = 128
     stride: int | None = None
     truncation: str = "head"
@@ -50,8 +50,15 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r}: must be one of {TASKS}")
+        from albert_ray.tasks import task_names  # the registry imports this module
+
+        if self.task not in task_names():
+            raise ValueError(f"task={self.task!r}: must be one of {task_names()}")
+        if isinstance(self.encoder, dict):
+            data = dict(self.encoder)
+            layout = data.pop("layout", None)
+            source = data.pop("source", "model.json:encoder")
+            object.__setattr__(self, "encoder", EncoderConfig.from_dict(data, source=source, layout=layout))
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation={self.truncation!r}: must be one of {TRUNCATIONS}")
         if self.pooling not in POOLINGS:
@@ -59,10 +66,17 @@ class ModelSpec:
         if not self.labels:
             raise ValueError("labels: the label vocabulary is empty; does the training data carry labels?")
 
+    @classmethod
+    def from_job(cls, job, labels: Sequence[str], encoder: EncoderConfig) -> "ModelSpec":
+        """The spec of a fine-tuning job (``JobConfig``): its ``model`` section's head settings,
+        the labels found in the training data and the encoder architecture."""
+        m = job.model
+        return cls(task=job.task, labels=tuple(labels), encoder=encoder, max_len=m.max_len, stride=m.stride,
+                   truncation=m.truncation, scheme=m.scheme, bilstm_units=m.bilstm_units, dropout=m.dropout,
+                   pooling=m.pooling, name=job.name)
+
     def encoder_config(self) -> EncoderConfig:
-        data = dict(self.encoder)
-        layout = data.pop("layout")
-        return EncoderConfig.from_dict(data, source="model.json:encoder", layout=layout)
+        return self.encoder
 
     @property
     def body_len(self) -> int:
@@ -73,19 +87,54 @@ class ModelSpec:
         return self.stride or max(1, self.body_len // 2)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """The JSON of ``model.json`` (the encoder as its config keys plus ``layout``)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["labels"] = list(self.labels)
+        d["encoder"] = {**self.encoder.to_dict(), "layout": self.encoder.layout}
+        d["extra"] = dict(self.extra)
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: dict[str, Any], source: str = "model.json") -> "ModelSpec":
+        """Parse ``model.json`` content.
+
+        Raises:
+            ValueError: naming ``source`` and the missing, unknown or bad field.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"{source}: unknown field(s) {unknown}")
+        missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"{source}: missing field(s) {missing}; a model directory's model.json is written by "
+                             f"training, not by hand")
         data = dict(data)
+        if not isinstance(data["labels"], list) or not all(isinstance(x, str) for x in data["labels"]):
+            raise ValueError(f"{source}: labels must be a list of strings")
         data["labels"] = tuple(data["labels"])
-        return cls(**data)
+        if not isinstance(data["encoder"], dict):
+            raise ValueError(f"{source}: encoder must be a JSON object")
+        data["encoder"] = {**data["encoder"], "source": f"{source}:encoder"}
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}" if not str(exc).startswith(source) else str(exc)) from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelSpec":
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read ``model.json``; every problem is a ``ValueError`` naming the file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); the file is damaged or truncated") from None
+        return cls.from_dict(data, source=str(path))

@@ -1,5 +1,10 @@
-"""Tasks as a registry (classify / multilabel / ner): head, loss, training targets, decoding and
-reports. Nothing outside this module asks which task it is dealing with."""
+"""Tasks as a registry (classify / multilabel / ner): head, loss, training targets, decoding,
+reports, reader options and bulk-labeling output. Nothing outside this module asks which task it
+is dealing with; a new task is one :class:`Task` subclass passed to :func:`register_task`.
+
+TensorFlow is imported inside the methods that build or run models, so that validating a config
+(which asks the registry for task names) does not load it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-import albert_ray  # noqa: F401
-from tensorflow import keras
-
 from albert_ray import metrics
-from albert_ray.crf import CRF
+from albert_ray.batching import pad_batch
 from albert_ray.data import Example
 from albert_ray.labels import (entity_tags, multi_hot, spans_to_tags, stitch_windows, tags_to_spans,
                                token_spans_to_char_spans)
@@ -31,9 +33,15 @@ class Task:
         return len(spec.labels)
 
     def head(self, spec: ModelSpec, sequence, cls):
+        """The head's output tensor on the encoder's sequence output and [CLS] vector."""
         raise NotImplementedError
 
-    def loss(self, model: keras.Model):
+    def head_shapes(self, spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
+        """``(what, shape)`` of weights the head must have: lets a model directory be checked
+        against its spec without building the model."""
+        return [(f"{self.name} output kernel", (spec.encoder.hidden_size, len(spec.labels)))]
+
+    def loss(self, model):
         """A per-example loss ``(y_true, y_pred) -> (B,)``."""
         raise NotImplementedError
 
@@ -47,6 +55,10 @@ class Task:
         return np.asarray(targets, dtype=np.int32)
 
     # ---- data ---------------------------------------------------------------------------
+    def read_options(self, scheme: str) -> dict:
+        """Keyword arguments of :func:`albert_ray.data.read_examples` for this task's files."""
+        return {"scheme": scheme}
+
     def label_vocab(self, examples: Sequence[Example]) -> tuple[str, ...]:
         raise NotImplementedError
 
@@ -66,11 +78,11 @@ class Task:
 
     # ---- decoding and reports -----------------------------------------------------------
     def decode(self, text: str, windows: list[Encoding], outputs: list[np.ndarray], spec: ModelSpec,
-               model: keras.Model) -> dict:
+               model) -> dict:
         raise NotImplementedError
 
     def decode_batch(self, texts: Sequence[str], windows: Sequence[list[Encoding]], outputs: list[np.ndarray],
-                     spec: ModelSpec, model: keras.Model) -> list[dict]:
+                     spec: ModelSpec, model) -> list[dict]:
         """Decode many texts; ``outputs`` are the model outputs of all windows, text after text."""
         results, k = [], 0
         for text, ws in zip(texts, windows):
@@ -107,6 +119,8 @@ class Task:
 
 def sentence_vector(spec: ModelSpec, sequence, cls):
     """[CLS] (reference) or the masked mean of the token vectors, then the head's dropout."""
+    from tensorflow import keras
+
     x = cls if spec.pooling == "cls" else keras.layers.GlobalAveragePooling1D(name="Head-MeanPool")(sequence)
     return keras.layers.Dropout(spec.dropout, name="Head-Dropout")(x) if spec.dropout else x
 
@@ -115,11 +129,15 @@ class ClassifyTask(Task):
     name = "classify"
 
     def head(self, spec, sequence, cls):
+        from tensorflow import keras
+
         x = sentence_vector(spec, sequence, cls)
         return keras.layers.Dense(len(spec.labels), activation="softmax", name="Head-Softmax",
                                   dtype="float32")(x)  # float32 probabilities under mixed precision
 
     def loss(self, model):
+        from tensorflow import keras
+
         return keras.losses.SparseCategoricalCrossentropy(reduction=keras.losses.Reduction.NONE)
 
     def label_vocab(self, examples):
@@ -162,12 +180,19 @@ class MultiLabelTask(ClassifyTask):
     name = "multilabel"
 
     def head(self, spec, sequence, cls):
+        from tensorflow import keras
+
         x = sentence_vector(spec, sequence, cls)
         return keras.layers.Dense(len(spec.labels), activation="sigmoid", name="Head-Sigmoid",
                                   dtype="float32")(x)
 
     def loss(self, model):
+        from tensorflow import keras
+
         return keras.losses.BinaryCrossentropy(reduction=keras.losses.Reduction.NONE)
+
+    def read_options(self, scheme):
+        return {"scheme": scheme, "multilabel": True}  # CSV label columns hold label lists
 
     def label_vocab(self, examples):
         return tuple(sorted({label for e in examples for label in (e.labels or ())}))
@@ -234,6 +259,10 @@ class NerTask(Task):
         return len(entity_tags(spec.labels, spec.scheme))
 
     def head(self, spec, sequence, cls):
+        from tensorflow import keras
+
+        from albert_ray.crf import CRF
+
         x = keras.layers.Dropout(spec.dropout, name="Head-Dropout")(sequence) if spec.dropout else sequence
         if spec.bilstm_units:
             x = keras.layers.Bidirectional(keras.layers.LSTM(spec.bilstm_units, return_sequences=True),
@@ -242,8 +271,20 @@ class NerTask(Task):
         x = keras.layers.Dense(self.num_outputs(spec), name="Head-Emissions", dtype="float32")(x)
         return CRF(self.num_outputs(spec), name="CRF", dtype="float32")(x)  # float32 scores under mixed precision
 
+    def head_shapes(self, spec):
+        tags = self.num_outputs(spec)
+        width = 2 * spec.bilstm_units if spec.bilstm_units else spec.encoder.hidden_size
+        return [("CRF transition matrix", (tags, tags)), ("emission kernel", (width, tags))]
+
+    @staticmethod
+    def crf(model):
+        """The model's CRF layer (found by type, not by name)."""
+        from albert_ray.crf import CRF
+
+        return next(layer for layer in model.layers if isinstance(layer, CRF))
+
     def loss(self, model):
-        return model.get_layer("CRF").loss
+        return self.crf(model).loss
 
     def label_vocab(self, examples):
         return tuple(sorted({s[2] for e in examples for s in (e.spans or ())}))
@@ -254,8 +295,6 @@ class NerTask(Task):
         return tf.TensorSpec([None, None], tf.int32)
 
     def pad_targets(self, targets):
-        from albert_ray.predict import pad_batch
-
         return pad_batch(targets, value=-1)  # -1 marks padding for the CRF mask
 
     def windows(self, tokenizer, text, spec):
@@ -281,7 +320,7 @@ class NerTask(Task):
         """Viterbi paths and marginals for all windows at once, then spans per text."""
         from albert_ray.crf import marginals_batch, viterbi_batch
 
-        transitions, start, end = model.get_layer("CRF").params()
+        transitions, start, end = self.crf(model).params()
         tags = entity_tags(spec.labels, spec.scheme)
         if not outputs:
             return [{"entities": []} for _ in texts]
@@ -342,18 +381,36 @@ class NerTask(Task):
         return report["micro avg"]["f1-score"]
 
 
-TASK_REGISTRY: dict[str, Task] = {t.name: t for t in (ClassifyTask(), MultiLabelTask(), NerTask())}
+TASK_REGISTRY: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add a task under ``task.name`` (the built-in ones are registered below)."""
+    if not task.name:
+        raise ValueError(f"{type(task).__name__}: a task needs a name")
+    TASK_REGISTRY[task.name] = task
+    return task
+
+
+for _task in (ClassifyTask(), MultiLabelTask(), NerTask()):
+    register_task(_task)
+
+
+def task_names() -> tuple[str, ...]:
+    return tuple(TASK_REGISTRY)
 
 
 def task_for(spec_or_name) -> Task:
     name = spec_or_name if isinstance(spec_or_name, str) else spec_or_name.task
     if name not in TASK_REGISTRY:
-        raise ValueError(f"task={name!r}: must be one of {sorted(TASK_REGISTRY)}")
+        raise ValueError(f"task={name!r}: must be one of {task_names()}")
     return TASK_REGISTRY[name]
 
 
-def build_task_model(spec: ModelSpec, seq_len: int | None = None) -> keras.Model:
+def build_task_model(spec: ModelSpec, seq_len: int | None = None):
     """Pure factory: spec in, ``keras.Model`` ``[token_ids, segment_ids] -> head output`` out."""
+    from tensorflow import keras
+
     from albert_ray.encoder import build_encoder
 
     encoder = build_encoder(spec.encoder_config(), seq_len=seq_len, dropout=spec.dropout)

@@ -9,8 +9,10 @@ so spans predicted over tokens map back onto the original text exactly.
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 
@@ -47,7 +49,11 @@ class Vocab:
         if not path.is_file():
             raise FileNotFoundError(f"vocab file not found: {path}")
         with path.open(encoding="utf-8") as f:
-            return cls([line.rstrip("\n") for line in f])
+            tokens = [line.rstrip("\n").rstrip("\r") for line in f]
+        try:
+            return cls(tokens)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -72,6 +78,25 @@ class Vocab:
         return self.index[SEP]
 
 
+def canonical_char(ch: str) -> str:
+    """The vocabulary form of a character: NFKC lower-cased when that is one character
+    (full-width ``Ａ`` -> ``a``), else lower-cased. :class:`CharTokenizer` finds every character
+    under this form, so a vocabulary built from it covers its texts."""
+    norm = unicodedata.normalize("NFKC", ch).lower()
+    return norm if len(norm) == 1 else ch.lower()
+
+
+def build_char_vocab(texts: Iterable[str]) -> Vocab:
+    """A character vocabulary for training from scratch (``model.vocab: auto``): the special
+    tokens, then the canonical form of every non-whitespace character, most frequent first."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(canonical_char(ch) for ch in text if not ch.isspace())
+    special = (PAD, UNK, CLS, SEP, MASK)
+    chars = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c not in special]
+    return Vocab(list(special) + chars)
+
+
 class CharTokenizer:
     """One token per non-whitespace character.
 
@@ -92,8 +117,7 @@ class CharTokenizer:
         if token_id is None:
             token_id = index.get(ch.lower())
         if token_id is None:
-            norm = unicodedata.normalize("NFKC", ch).lower()
-            token_id = index.get(norm) if len(norm) == 1 else None
+            token_id = index.get(canonical_char(ch))
         if token_id is None or token_id == 0:
             token_id = self.vocab.unk_id
         self._cache[ch] = token_id

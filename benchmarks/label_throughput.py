@@ -45,13 +45,10 @@ def sentences(corpora: Path) -> list[str]:
 
 
 def make_model(corpora: Path, path: Path) -> None:
+    from albert_ray import modeldir
     from albert_ray.config import EncoderConfig
-    from albert_ray.encoder import initialize_encoder
-    from albert_ray.predict import save_model_dir
     from albert_ray.spec import ModelSpec
-    from albert_ray.tasks import build_task_model
-    from albert_ray.tokenization import Vocab
-    from albert_ray.training import build_char_vocab
+    from albert_ray.tokenization import Vocab, build_char_vocab
 
     cfg_file = corpora / "albert_zh" / "albert_config_tiny.json"
     if cfg_file.is_file():
@@ -60,11 +57,9 @@ def make_model(corpora: Path, path: Path) -> None:
         vocab = build_char_vocab(sentences(corpora))
         enc = EncoderConfig.from_dict({**json.loads((ROOT / "data/albert_config_sample.json").read_text()),
                                        "vocab_size": len(vocab)})
-    spec = ModelSpec(task="ner", labels=("LOC", "ORG", "PER"), encoder={**enc.to_dict(), "layout": enc.layout},
-                     max_len=128, dropout=0.0, name="bench_ner")
-    model = build_task_model(spec)
-    initialize_encoder(model, enc)
-    save_model_dir(path, model, spec, vocab)
+    spec = ModelSpec(task="ner", labels=("LOC", "ORG", "PER"), encoder=enc, max_len=128, dropout=0.0,
+                     name="bench_ner")
+    modeldir.create(path, spec, vocab)
 
 
 class PssSampler(threading.Thread):
@@ -118,7 +113,8 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
         texts = texts[:limit]
     began, extra = time.time(), {}
     if mode == "one_at_a_time":  # the reference: model.predict per sentence
-        from albert_ray.predict import Labeler, pad_batch
+        from albert_ray.batching import pad_batch
+        from albert_ray.predict import Labeler
 
         lab = Labeler.from_dir(model_dir)
         windows = [lab.task.windows(lab.tokenizer, t, lab.spec) for t in texts]

@@ -47,7 +47,8 @@ def keras_fit(args, out, bucketed: bool):
     import albert_ray  # noqa: F401
     from albert_ray.encoder import initialize_encoder
     from albert_ray.tasks import build_task_model, task_for
-    from albert_ray.training import featurize, make_batches, prepare
+    from albert_ray.batching import make_batches
+    from albert_ray.training import featurize, prepare
 
     job = job_for(args, out)
     prep = prepare(job)

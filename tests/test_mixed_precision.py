@@ -16,7 +16,8 @@ from albert_ray.encoder import build_encoder, dtype_policy
 from albert_ray.jobconfig import load_job_config
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks import build_task_model
-from albert_ray.training import optimizer_state, train_in_process
+from albert_ray.training import train_in_process
+from albert_ray.worker import optimizer_state
 from test_encoder_checkpoint import V, random_variables, reference_forward, tiny
 
 
@@ -93,6 +94,8 @@ def test_loss_scale_state_is_part_of_the_resume_state():
     assert float(fresh.loss_scale) == 2.0 ** 14 and int(fresh.iterations.numpy()) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.ci  # in-process training
 def test_mixed_precision_training_scales_the_loss_and_learns(tmp_path):
     base = [f"output_dir={tmp_path}", "train.log_every=0", "train.epochs=2", "data.max_train_examples=256",
             "train.learning_rate=3e-3"]

@@ -183,16 +183,9 @@ def test_xlarge_two_steps_on_two_cpu_workers(corpora, tmp_path, local_ray):
 
 
 def _initial_weights(job, tmp_path):
-    import tensorflow as tf
-
-    from albert_ray.encoder import initialize_encoder
-    from albert_ray.predict import save_model_dir
-    from albert_ray.tasks import build_task_model
+    from albert_ray import modeldir
     from albert_ray.training import prepare
 
     prep = prepare(job)
-    tf.keras.utils.set_random_seed(job.train.seed)
-    model = build_task_model(prep.spec)
-    initialize_encoder(model, prep.spec.encoder_config(), seed=job.train.seed)
-    save_model_dir(tmp_path / "init", model, prep.spec, prep.vocab)
+    modeldir.create(tmp_path / "init", prep.spec, prep.vocab, seed=job.train.seed)
     return _weights(tmp_path / "init")

@@ -9,7 +9,9 @@ import pytest
 
 from albert_ray.jobconfig import load_job_config
 from albert_ray.predict import Labeler
-from albert_ray.training import build_char_vocab, make_batches, train_in_process
+from albert_ray.batching import make_batches
+from albert_ray.tokenization import build_char_vocab
+from albert_ray.training import train_in_process
 
 TEXTS = ["张伟昨天在北京会见了新华社代表团。", "据人民日报社报道，王芳已经抵达上海。", "Hello 世界 🎓"]
 
@@ -18,6 +20,8 @@ def small_job(tmp_path, config, *overrides):
     return load_job_config(config, [f"output_dir={tmp_path}", "train.log_every=0", *overrides])
 
 
+@pytest.mark.slow
+@pytest.mark.ci  # in-process training
 @pytest.mark.parametrize("config,extra", [
     ("jobs/configs/sample_ner.yaml", ["train.epochs=4", "data.max_train_examples=300", "train.learning_rate=3e-3"]),
     ("jobs/configs/sample_classify.yaml", ["train.epochs=2", "model.max_len=64"]),
@@ -74,6 +78,8 @@ def test_char_vocab_normalises_like_the_tokenizer():
     assert vocab.tokens[5:] == ["b", "张", "a"]
 
 
+@pytest.mark.slow
+@pytest.mark.ci  # in-process training
 def test_gradient_accumulation_and_xla_options_train(tmp_path):
     base = ["train.epochs=1", "data.max_train_examples=128", "train.learning_rate=3e-3"]
     plain = train_in_process(small_job(tmp_path / "plain", "jobs/configs/sample_ner.yaml", *base))
