@@ -42,6 +42,9 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from albert_ray import modeldir
+
+    modeldir.check(args.model)  # before TensorFlow loads: a bad directory is one line
     from albert_ray.evaluate import evaluate_file
 
     text, _ = evaluate_file(args.model, args.data, fmt=args.format, on_bad_records=args.on_bad_records,
@@ -51,8 +54,9 @@ def _cmd_evaluate(args) -> int:
 
 
 def _print_predictions(model_dir, texts) -> None:
-    import json
+    from albert_ray import modeldir
 
+    modeldir.check(model_dir)  # before TensorFlow loads: a bad directory is one line
     from albert_ray.predict import Labeler
 
     labeler = Labeler.from_dir(model_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ class EncoderConfig:
     down_scale_factor: int = 1
     initializer_range: float = 0.02
     layout: str = "bert"
-    source: str = "<dict>"
+    source: str = field(default="<dict>", compare=False)  # where it was read; not part of the architecture
 
     # ---- construction -------------------------------------------------------------------
     @classmethod

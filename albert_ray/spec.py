@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from albert_ray.config import EncoderConfig
+from albert_ray.tasks import task_names
 
 TRUNCATIONS = ("head", "chunks")
 POOLINGS = ("cls", "mean")
@@ -50,8 +51,6 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        from albert_ray.tasks import task_names  # the registry imports this module
-
         if self.task not in task_names():
             raise ValueError(f"task={self.task!r}: must be one of {task_names()}")
         if isinstance(self.encoder, dict):

@@ -8,7 +8,7 @@ TensorFlow is imported inside the methods that build or run models, so that vali
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,8 @@ from albert_ray.batching import pad_batch
 from albert_ray.data import Example
 from albert_ray.labels import (entity_tags, multi_hot, spans_to_tags, stitch_windows, tags_to_spans,
                                token_spans_to_char_spans)
-from albert_ray.spec import ModelSpec
+if TYPE_CHECKING:  # spec.py asks this registry for task names: no import back at run time
+    from albert_ray.spec import ModelSpec
 from albert_ray.tokenization import CharTokenizer, Encoding
 
 

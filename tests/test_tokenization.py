@@ -30,3 +30,13 @@ def test_windows_cover_every_char_with_overlap():
     assert all(len(w.token_ids) <= 22 for w in wins)
     assert wins[1].char_index[1] == 10
     assert len(tok().windows("张三", max_len=22)) == 1
+
+
+def test_char_vocab_normalises_like_the_tokenizer():
+    from albert_ray.tokenization import CharTokenizer, build_char_vocab
+
+    vocab = build_char_vocab(["Ａb 张张", "B"])
+    assert vocab.tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert vocab.tokens[5:] == ["b", "张", "a"]
+    # every character of the texts the vocabulary was built from has its own id
+    assert CharTokenizer(vocab).encode("Ａb 张B").token_ids == [2, 7, 5, 6, 5, 3]

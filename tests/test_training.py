@@ -9,8 +9,6 @@ import pytest
 
 from albert_ray.jobconfig import load_job_config
 from albert_ray.predict import Labeler
-from albert_ray.batching import make_batches
-from albert_ray.tokenization import build_char_vocab
 from albert_ray.training import train_in_process
 
 TEXTS = ["张伟昨天在北京会见了新华社代表团。", "据人民日报社报道，王芳已经抵达上海。", "Hello 世界 🎓"]
@@ -57,25 +55,6 @@ def test_train_save_reload_in_fresh_process_gives_identical_predictions(tmp_path
     if job.task == "multilabel":
         spec = json.loads((model_dir / "model.json").read_text())
         assert 0.05 <= spec["threshold"] <= 0.95 and "threshold_dev_micro_f1" in spec["extra"]
-
-
-def test_make_batches_bucket_by_length_and_keep_every_row():
-    rows = [{"token_ids": list(range(n)), "target": n} for n in [5, 50, 6, 49, 7, 48, 8, 47] * 10]
-    import numpy as np
-
-    batches = make_batches(rows, 8, seed=1, epoch=0, pad_targets=lambda t: np.asarray(t))
-    assert sum(len(y) for _, y in batches) == 80
-    assert sorted(int(v) for _, y in batches for v in y) == sorted(r["target"] for r in rows)
-    padded = sum(ids.size for ids, _ in batches)
-    assert padded < 1.1 * sum(len(r["token_ids"]) for r in rows)  # little padding
-    again = make_batches(rows, 8, seed=1, epoch=0, pad_targets=lambda t: np.asarray(t))
-    assert all((a[0] == b[0]).all() for a, b in zip(batches, again))  # reproducible
-
-
-def test_char_vocab_normalises_like_the_tokenizer():
-    vocab = build_char_vocab(["Ａb 张张", "B"])
-    assert vocab.tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    assert vocab.tokens[5:] == ["b", "张", "a"]
 
 
 @pytest.mark.slow
