@@ -121,25 +121,28 @@ def multi_hot(labels: Iterable[str], vocab: Sequence[str]) -> list[int]:
 
 def stitch_windows(window_spans: Sequence[list[tuple[int, int, str]]],
                    window_chars: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
-    """Merge spans predicted on overlapping windows into one list without losses or duplicates.
+    """Merge spans predicted on overlapping windows into one list of non-overlapping spans.
 
-    Window ``w`` covers characters ``window_chars[w] = (first, last + 1)``.  Each window owns the
-    characters from the middle of its overlap with the previous window to the middle of its
-    overlap with the next one; a span is kept from the window that owns its start.  With the
-    default half-window stride every entity shorter than a quarter window is seen whole there.
+    Window ``w`` covers characters ``window_chars[w] = (first, last + 1)``. Every span of every
+    window is a candidate, scored by how centrally its window saw it: the characters of context
+    on its nearer side (a side that is the text's own start or end counts as unlimited). Spans
+    are taken from the most central down, skipping any that overlaps one already taken; ties go
+    to the longer span, then the earlier one. So an entity cut at one window's edge loses to the
+    whole entity in the next window, a span is never output twice, and no two output spans
+    overlap. With one window the spans are returned as they are (sorted).
     """
     n = len(window_chars)
-    out = []
+    candidates = []
     for w, spans in enumerate(window_spans):
-        lo = 0 if w == 0 else (window_chars[w][0] + window_chars[w - 1][1]) // 2
-        hi = float("inf") if w == n - 1 else (window_chars[w + 1][0] + window_chars[w][1]) // 2
-        for span in spans:
-            if not lo <= span[0] < hi:
-                continue
-            if w < n - 1 and span[1] >= window_chars[w][1]:
-                # touches this window's right edge, so it may be cut: the next window sees more of it
-                whole = [t for t in window_spans[w + 1] if t[0] == span[0]]
-                if whole:
-                    span = whole[0]
-            out.append(span)
-    return sorted(set(out))
+        first, end = window_chars[w]
+        for start, stop, label in spans:
+            left = float("inf") if w == 0 else start - first
+            right = float("inf") if w == n - 1 else end - stop
+            candidates.append((-min(left, right), -(stop - start), start, stop, label))
+    taken: list[tuple[int, int, str]] = []
+    occupied: set[int] = set()
+    for _, _, start, stop, label in sorted(set(candidates)):
+        if occupied.isdisjoint(range(start, stop)):
+            taken.append((start, stop, label))
+            occupied.update(range(start, stop))
+    return sorted(taken)

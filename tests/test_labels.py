@@ -67,3 +67,57 @@ def test_stitch_windows_no_loss_no_duplicates():
     assert stitch_windows([w1, w2], [(0, 10), (5, 15)]) == [(1, 3, "A"), (8, 12, "B"), (13, 14, "C")]
     # an entity fully inside the overlap is reported by both windows and kept once
     assert stitch_windows([[(6, 7, "X")], [(6, 7, "X")]], [(0, 10), (5, 15)]) == [(6, 7, "X")]
+
+
+def _windows(n_chars, body, stride):
+    out, s = [], 0
+    while True:
+        out.append((s, min(n_chars, s + body)))
+        if s + body >= n_chars:
+            return out
+        s += stride
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_stitched_spans_never_overlap_and_keep_every_entity_seen_whole(seed):
+    """Random texts, window sizes and strides; each window reports the gold entities it sees
+    whole, the clipped part of those it cuts, and a few spurious spans of its own."""
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(50, 3000)
+    body = rng.randint(8, 200)
+    stride = rng.randint(max(1, body // 4), body)
+    gold, pos = [], 0
+    while True:
+        pos += rng.randint(1, 30)
+        length = rng.randint(1, max(1, min(8, (body - stride) // 2 or 1)))
+        if pos + length > n:
+            break
+        gold.append((pos, pos + length, rng.choice("ABC")))
+        pos += length
+    windows = _windows(n, body, stride)
+    per_window = []
+    for first, end in windows:
+        spans = [(max(s, first), min(e, end), label) for s, e, label in gold if s < end and e > first]
+        for _ in range(rng.randint(0, 2)):  # noise: arbitrary spans, possibly overlapping the gold ones
+            s = rng.randrange(first, end)
+            spans.append((s, min(end, s + rng.randint(1, 5)), "N"))
+        per_window.append(spans)
+    out = stitch_windows(per_window, windows)
+    covered = [0] * n
+    for s, e, _ in out:
+        for i in range(s, e):
+            covered[i] += 1
+    assert max(covered, default=0) <= 1  # no two output spans overlap
+    assert len(out) == len(set(out))
+    # an entity seen whole, with context, in some window and not overlapped by any noise span survives whole
+    noise = [(s, e) for spans in per_window for s, e, label in spans if label == "N"]
+    for s, e, label in gold:
+        if any(first < s and e < end for first, end in windows) and not any(a < e and s < b for a, b in noise):
+            assert (s, e, label) in out
+
+
+def test_one_window_is_returned_as_it_is():
+    spans = [(0, 2, "A"), (3, 5, "B"), (9, 10, "A")]
+    assert stitch_windows([spans], [(0, 10)]) == spans

@@ -43,3 +43,25 @@ def test_entity_across_window_border_found_once_with_exact_offsets():
     assert sorted(found) == sorted(entities)
     assert all(text[x["start"]:x["end"]] == x["text"] for x in result["entities"])
     assert all(x["score"] > 0.99 for x in result["entities"])
+
+
+def test_trained_model_on_a_long_text_gives_no_overlapping_entities():
+    """The old sample model (48-token windows) over 3,000+ characters: 74 windows."""
+    import json
+    from pathlib import Path
+
+    from albert_ray.predict import Labeler
+
+    model = Path(__file__).parent / "data" / "model_before_mixed_precision"
+    texts = json.loads((model / "expected_predictions.json").read_text(encoding="utf-8"))["texts"]
+    labeler = Labeler.from_dir(model)
+    long_text = "".join(texts * 40)
+    assert len(labeler.task.windows(labeler.tokenizer, long_text, labeler.spec)) == 74  # 23-character stride
+    entities = labeler.predict([long_text])[0]["entities"]
+    spans = sorted((e["start"], e["end"]) for e in entities)
+    assert len(spans) > 40
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert all(long_text[e["start"]:e["end"]] == e["text"] for e in entities)
+    # a text that fits one window: the same entities alone as at the start of the long text
+    alone = labeler.predict([texts[0]])[0]["entities"]
+    assert alone and all(e["end"] <= len(texts[0]) for e in alone)
