@@ -89,10 +89,9 @@ def resolve_checkpoint(path: str | Path) -> str:
                 f"{p} holds several checkpoints ({', '.join(i.name for i in indexes)}); pass one prefix, "
                 f"e.g. {str(indexes[-1])[: -len('.index')]}"
             )
-        raise FileNotFoundError(
-            f"no TensorFlow checkpoint in directory {p}: expected a 'checkpoint' file or a '<prefix>.index' "
-            f"file (tried {tried or 'no checkpoint state file'})"
-        )
+        found = f"its 'checkpoint' file names {', '.join(tried)}, which do not exist" if tried else \
+            "it holds no 'checkpoint' file"
+        raise FileNotFoundError(f"no TensorFlow checkpoint in directory {p}: {found}, and no '<prefix>.index' file")
     raise FileNotFoundError(
         f"no TensorFlow checkpoint at {path}: neither a directory nor a prefix with a '{text}.index' file"
     )
@@ -130,7 +129,11 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
             conflicts, all listed in one message.
     """
     prefix = resolve_checkpoint(path)
-    reader = tf.train.load_checkpoint(prefix)
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {prefix}: its index file {prefix}.index cannot be read "
+                              f"({_first_line(exc)}); it is damaged or truncated") from None
     shapes = reader.get_variable_to_shape_map()
     layout = detect_layout(shapes)
     if layout != config.layout:
@@ -165,13 +168,32 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
             parts.append(f"unexpected variables ({len(unexpected)}): {', '.join(unexpected)}")
         if conflicts:
             parts.append(f"shape conflicts ({len(conflicts)}): {'; '.join(conflicts)}")
-        raise CheckpointError("\n  ".join(parts))
+        raise CheckpointError(" ".join(parts[:1]) + " " + "; ".join(parts[1:]))
     for weight, var in assignments:
-        weight.assign(reader.get_tensor(var))
+        try:
+            value = reader.get_tensor(var)
+        except (tf.errors.OpError, IndexError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {prefix}: variable {var} cannot be read ({_first_line(exc)}); its "
+                                  f"data file is damaged or truncated") from None
+        weight.assign(value)
     ignored = tuple(sorted(set(shapes) - wanted))
     log.info("loaded %d tensors from %s (%s); ignored %d (pooler / pre-training heads / optimizer slots)",
              len(assignments), prefix, layout, len(ignored))
     return LoadReport(prefix=prefix, layout=layout, assigned=len(assignments), ignored=ignored)
+
+
+def check_checkpoint(config: EncoderConfig, path: str | Path) -> LoadReport:
+    """Resolve a checkpoint and load it whole into a throwaway encoder built from ``config``:
+    layout, variable names, shapes and every tensor's bytes. For drivers, before any worker
+    starts (a worker that meets a bad checkpoint would be retried by Ray Train)."""
+    from albert_ray.encoder import build_encoder
+
+    return load_checkpoint(build_encoder(config), config, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return text.strip().splitlines()[0]
 
 
 def encoder_variables(model: keras.Model, config: EncoderConfig) -> dict[str, np.ndarray]:

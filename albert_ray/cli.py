@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from albert_ray.runtime import import_tensorflow
 
 DEFAULT_CONFIGS = os.environ.get("ALBERT_RAY_CONFIGS", str(Path("..") / "shared" / "corpora" / "albert_zh"))
 
@@ -33,6 +34,7 @@ def _cmd_train(args) -> int:
     from albert_ray.training import train, train_in_process
 
     job = load_job_config(args.config, args.overrides)
+    import_tensorflow()
     summary = (train_in_process if args.no_ray else train)(job)
     print(Path(summary["model_dir"], "report.txt").read_text(encoding="utf-8"))
     print(f"model saved to {summary['model_dir']} ({summary['seconds']} s); best dev score {summary['best_dev_score']:.4f}")
@@ -45,6 +47,7 @@ def _cmd_evaluate(args) -> int:
     from albert_ray import modeldir
 
     modeldir.check(args.model)  # before TensorFlow loads: a bad directory is one line
+    import_tensorflow()
     from albert_ray.evaluate import evaluate_file
 
     text, _ = evaluate_file(args.model, args.data, fmt=args.format, on_bad_records=args.on_bad_records,
@@ -57,6 +60,7 @@ def _print_predictions(model_dir, texts) -> None:
     from albert_ray import modeldir
 
     modeldir.check(model_dir)  # before TensorFlow loads: a bad directory is one line
+    import_tensorflow()
     from albert_ray.predict import Labeler
 
     labeler = Labeler.from_dir(model_dir)

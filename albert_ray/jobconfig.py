@@ -105,6 +105,8 @@ _CHOICES = {
     "train.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     "train.shard": ("ray", "deterministic"),
 }
+_NON_NEGATIVE = ("model.bilstm_units", "train.patience", "train.weight_decay", "train.gpus_per_worker",
+                 "train.checkpoint_every_steps", "train.max_failures", "train.tf_threads", "train.log_every")
 _POSITIVE = {"model.max_len", "train.epochs", "train.batch_size", "train.num_workers", "train.lr_reference_batch",
              "train.learning_rate", "train.cpus_per_worker",
              "train.grad_accum_steps", "train.keep_checkpoints"}
@@ -126,6 +128,16 @@ def _validate(cfg: JobConfig) -> None:
         raise JobConfigError(f"data.dev_fraction={cfg.data.dev_fraction!r}: must be in (0, 1)")
     if cfg.model.max_len < 3:
         raise JobConfigError(f"model.max_len={cfg.model.max_len}: must be >= 3 ([CLS] + text + [SEP])")
+    for key in _NON_NEGATIVE:
+        if flat[key] < 0:
+            raise JobConfigError(f"{key}={flat[key]!r}: must be >= 0")
+    for key in ("data.max_train_examples", "data.max_eval_examples"):
+        if flat[key] is not None and flat[key] < 1:
+            raise JobConfigError(f"{key}={flat[key]!r}: must be >= 1, or empty for all examples")
+    body = cfg.model.max_len - 2
+    if cfg.model.stride is not None and not 1 <= cfg.model.stride <= body:
+        raise JobConfigError(f"model.stride={cfg.model.stride}: must be in [1, {body}] (model.max_len - 2), or empty "
+                             f"for half a window")
     if cfg.train.mixed_precision and Path(cfg.model.encoder_config).is_file():
         from albert_ray.config import EncoderConfig
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +70,46 @@ def configure_tf(threads: int) -> None:
             pass
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)
+
+
+_ABSL_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called|[IW]\d{4} |"
+                         r"E\d{4} .*(cuInit|cuda_platform|cuda_dnn|cuda_blas|cuda_fft))")
+
+
+def import_tensorflow():
+    """Import TensorFlow (and initialise its devices) without its start-up chatter on stderr.
+
+    TensorFlow 2.21 logs through absl before absl is initialised, which ignores
+    ``TF_CPP_MIN_LOG_LEVEL`` (abseil/abseil-cpp#1718): oneDNN notes, "could not find cuda
+    drivers", a failed ``cuInit`` on CPU machines. So stderr (the file descriptor) is captured
+    while TensorFlow loads, and every line but that noise is written back. With
+    ``TF_CPP_MIN_LOG_LEVEL=0`` nothing is filtered.
+    """
+    import sys
+    import tempfile
+
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        import tensorflow as tf
+
+        return tf
+    import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # cuInit happens here
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            drop = False
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if re.match(r"^([IWEF]\d{4} |WARNING: )", line):  # a new record (else: its continuation)
+                    drop = bool(_ABSL_NOISE.match(line))
+                if not drop:
+                    print(line, file=sys.stderr)
+    return tf

@@ -31,6 +31,43 @@ log = logging.getLogger(__name__)
 
 
 # ---- driver-side preparation ------------------------------------------------------------
+def check_job(job: JobConfig) -> None:
+    """Everything a job reads, checked in the driver before Ray starts (one line each): the data
+    files, the encoder config against ``model.max_len``, the vocabulary, and a pretrained
+    checkpoint loaded whole into a throwaway encoder (layout, names, shapes, readable bytes).
+
+    Raises:
+        FileNotFoundError, ValueError (``ConfigError``, ``CheckpointError``).
+    """
+    for key in ("train", "dev", "test"):
+        path = getattr(job.data, key)
+        if path and "://" not in path and not Path(path).exists():
+            raise FileNotFoundError(f"data.{key}: {path} not found")
+    encoder = EncoderConfig.from_json_file(job.model.encoder_config)
+    if job.model.max_len > encoder.max_position_embeddings:
+        raise ValueError(f"model.max_len={job.model.max_len} exceeds max_position_embeddings="
+                         f"{encoder.max_position_embeddings} of {job.model.encoder_config}")
+    if job.model.vocab != "auto":
+        vocab = Vocab.from_file(job.model.vocab)
+        if len(vocab) != encoder.vocab_size:
+            raise ValueError(f"{job.model.vocab} has {len(vocab)} tokens but {job.model.encoder_config} says "
+                             f"vocab_size={encoder.vocab_size}; use the vocab.txt that came with the checkpoint")
+    if job.model.init == "checkpoint":
+        from albert_ray.runtime import import_tensorflow
+
+        import_tensorflow()
+        from albert_ray.checkpoint import check_checkpoint
+
+        report = check_checkpoint(encoder, job.model.checkpoint)
+        log.info("checkpoint %s (%s): %d tensors fit %s", report.prefix, report.layout, report.assigned,
+                 job.model.encoder_config)
+
+
+def prepare_error(exc: BaseException) -> BaseException:
+    """A user error raised inside a Ray task, without Ray's remote traceback."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, (ValueError, FileNotFoundError)) else exc
+
 @dataclass
 class Prepared:
     spec: ModelSpec
@@ -141,9 +178,12 @@ def prepare_distributed(job: JobConfig):
     references; featurisation runs in Ray Data tasks."""
     import ray
 
-    task = ray.remote(num_cpus=0.5, num_returns="streaming")(_prepare_in_task)
+    task = ray.remote(num_cpus=0.5, num_returns="streaming", max_retries=0)(_prepare_in_task)
     gen = task.remote(job)
-    prep = ray.get(next(gen))
+    try:
+        prep = ray.get(next(gen))
+    except ray.exceptions.RayTaskError as exc:  # a bad record or label: the reader's one line
+        raise prepare_error(exc) from None
     refs = list(gen)
     ds = ray.data.from_arrow_refs(refs).map_batches(
         _featurize_batch, fn_kwargs={"spec": prep.spec, "vocab": prep.vocab}, batch_size=256, num_cpus=0.5)
@@ -157,6 +197,7 @@ def train(job: JobConfig) -> dict:
     from ray.train.tensorflow import TensorflowTrainer
 
     began = time.time()
+    check_job(job)
     init_ray(job.ray_address)
     require_shared_storage(job.storage_path, "storage_path")
     prep, train_ds = prepare_distributed(job)
@@ -196,6 +237,7 @@ def train(job: JobConfig) -> dict:
 def train_in_process(job: JobConfig) -> dict:
     """The same worker loop without Ray (one process, default strategy): for tests and debugging."""
     began = time.time()
+    check_job(job)
     prep = prepare(job)
     rows = featurize(prep.spec, prep.vocab, prep.train)
     out = job.model_dir

@@ -1,0 +1,155 @@
+"""Mistakes get one clear line, early: job configs, data files and pretrained checkpoints are
+checked in the driver before Ray starts (no worker, no retry), and the command line prints one
+line and exits 2."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from albert_ray.jobconfig import JobConfigError, load_job_config
+from albert_ray.training import check_job
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_encoder_checkpoint import random_variables, tiny  # noqa: E402
+
+SAMPLE = "jobs/configs/sample_ner.yaml"
+
+
+def _cli(*args, timeout=120):
+    began = time.time()
+    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", *args], capture_output=True, text=True,
+                         timeout=timeout)
+    return out.returncode, [line for line in out.stderr.splitlines() if line.strip()], time.time() - began
+
+
+# ---- job configs -----------------------------------------------------------------------------
+def test_yaml_that_is_a_list_or_unparsable_is_one_line(tmp_path):
+    (tmp_path / "list.yaml").write_text("- name: x\n- task: ner\n")
+    (tmp_path / "broken.yaml").write_text("name: x\ntask: [ner\n")
+    with pytest.raises(JobConfigError) as err:
+        load_job_config(tmp_path / "list.yaml")
+    assert str(err.value) == f"{tmp_path}/list.yaml: expected a mapping of settings (key: value lines), got a list"
+    rc, lines, _ = _cli("train", "--config", str(tmp_path / "broken.yaml"))
+    assert rc == 2 and lines == [f"albert-ray train: error: {tmp_path}/broken.yaml: not valid YAML at line 3, "
+                                 f"column 1: expected ',' or ']', but got '<stream end>'"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.bilstm_units=-5", "model.bilstm_units=-5: must be >= 0"),
+    ("model.stride=-10", "model.stride=-10: must be in [1, 126] (model.max_len - 2), or empty for half a window"),
+    ("model.stride=200", "model.stride=200: must be in [1, 126] (model.max_len - 2), or empty for half a window"),
+    ("train.patience=-1", "train.patience=-1: must be >= 0"),
+    ("data.max_train_examples=0", "data.max_train_examples=0: must be >= 1, or empty for all examples"),
+    ("train.max_failures=-2", "train.max_failures=-2: must be >= 0"),
+])
+def test_out_of_range_values_fail_at_load(override, message):
+    with pytest.raises(JobConfigError) as err:
+        load_job_config(SAMPLE, [override])
+    assert str(err.value) == message
+
+
+def test_file_level_problems_are_found_in_the_driver_before_ray(tmp_path):
+    with pytest.raises(ValueError) as err:
+        check_job(load_job_config(SAMPLE, ["model.max_len=1000"]))
+    assert str(err.value) == ("model.max_len=1000 exceeds max_position_embeddings=512 of "
+                              "data/albert_config_sample.json")
+    # the Ray path: one line, exit 2, in seconds (no Ray started: it would print its own lines)
+    rc, lines, seconds = _cli("train", "--config", SAMPLE, f"data.train={tmp_path}/missing.bio")
+    assert rc == 2 and lines == [f"albert-ray train: error: data.train: {tmp_path}/missing.bio not found"]
+    assert seconds < 60
+
+
+def test_a_bad_record_found_while_preparing_is_one_line_without_a_ray_traceback(tmp_path):
+    bad = tmp_path / "bad.bio"
+    bad.write_text("张 B-PER\n伟 I-PER\n\n李 X-PER\n", encoding="utf-8")
+    rc, lines, _ = _cli("train", "--config", SAMPLE, f"data.train={bad}", f"output_dir={tmp_path}/runs",
+                        timeout=300)
+    assert rc == 2
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"albert-ray train: error: {bad}:4")
+    assert not any("Traceback" in line or "ray::" in line for line in lines)
+
+
+# ---- pretrained checkpoints ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from albert_ray.checkpoint import write_variables
+
+    t = tmp_path_factory.mktemp("ckpt")
+    cfg = tiny("albert_brightmart")
+    (t / "albert_config.json").write_text(json.dumps(cfg))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(0x4E00 + i) for i in range(95)]
+    (t / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    write_variables(t / "ck" / "model.ckpt", random_variables("albert_brightmart", cfg, np.random.default_rng(0)))
+    google = tiny("albert_google")
+    write_variables(t / "g" / "model.ckpt", random_variables("albert_google", google, np.random.default_rng(0)))
+    (t / "wide.json").write_text(json.dumps(dict(cfg, intermediate_size=48)))
+    return t
+
+
+def _job(t, checkpoint, *extra):
+    return load_job_config(SAMPLE, ["model.init=checkpoint", f"model.checkpoint={checkpoint}",
+                                    f"model.encoder_config={t / 'albert_config.json'}", f"model.vocab={t / 'vocab.txt'}",
+                                    "model.max_len=32", *extra])
+
+
+def _damaged(t, name, suffix, keep):
+    folder = t / name
+    if not folder.exists():
+        shutil.copytree(t / "ck", folder)
+        f = next(folder.glob(f"model.ckpt{suffix}"))
+        f.write_bytes(f.read_bytes()[:keep(f.stat().st_size)])
+    return folder
+
+
+def test_a_good_checkpoint_passes(ckpt):
+    check_job(_job(ckpt, ckpt / "ck"))
+
+
+def test_checkpoint_faults_are_one_line_naming_the_checkpoint_and_the_config(ckpt):
+    cases = {
+        _damaged(ckpt, "trunc_data", ".data-*", lambda n: n // 2):
+            "checkpoint {c}/model.ckpt: variable bert/encoder/layer_shared/attention/self/query/kernel cannot be read "
+            "(Read less bytes than requested); its data file is damaged or truncated",
+        _damaged(ckpt, "trunc_index", ".index", lambda n: 20):
+            "checkpoint {c}/model.ckpt: its index file {c}/model.ckpt.index cannot be read (file is too short to be "
+            "an sstable); it is damaged or truncated",
+        ckpt / "g":
+            "checkpoint {c}/model.ckpt is a Google-format ALBERT (embedding_hidden_mapping_in, "
+            "transformer/group_N/inner_group_M) checkpoint, but config {t}/albert_config.json describes a brightmart "
+            "ALBERT (albert_zh: word_embeddings_2, encoder/layer_shared) model; use a Google-format "
+            "albert_config_*_google.json (with num_hidden_groups) with this checkpoint",
+    }
+    for folder, message in cases.items():
+        with pytest.raises(ValueError) as err:
+            check_job(_job(ckpt, folder))
+        assert str(err.value) == message.format(c=folder, t=ckpt)
+    (ckpt / "empty").mkdir(exist_ok=True)
+    with pytest.raises(FileNotFoundError) as err:
+        check_job(_job(ckpt, ckpt / "empty"))
+    assert str(err.value) == (f"no TensorFlow checkpoint in directory {ckpt}/empty: it holds no 'checkpoint' file, "
+                              f"and no '<prefix>.index' file")
+    with pytest.raises(ValueError) as err:
+        check_job(_job(ckpt, ckpt / "ck", f"model.encoder_config={ckpt / 'wide.json'}"))
+    assert str(err.value).startswith(f"checkpoint {ckpt}/ck/model.ckpt does not match config {ckpt}/wide.json "
+                                     f"(brightmart ALBERT (albert_zh: word_embeddings_2, encoder/layer_shared)): "
+                                     f"shape conflicts (3): bert/encoder/layer_shared/intermediate/dense/kernel: "
+                                     f"checkpoint [32, 64] vs model [32, 48]; ")
+    assert "\n" not in str(err.value)
+
+
+def test_cli_train_with_a_truncated_checkpoint_fails_in_the_driver_without_retry(ckpt):
+    folder = _damaged(ckpt, "trunc_data", ".data-*", lambda n: n // 2)
+    rc, lines, seconds = _cli("train", "--config", SAMPLE, "model.init=checkpoint", f"model.checkpoint={folder}",
+                              f"model.encoder_config={ckpt / 'albert_config.json'}", f"model.vocab={ckpt / 'vocab.txt'}",
+                              "model.max_len=32")
+    assert rc == 2 and lines == [f"albert-ray train: error: checkpoint {folder}/model.ckpt: variable "
+                                 f"bert/encoder/layer_shared/attention/self/query/kernel cannot be read (Read less "
+                                 f"bytes than requested); its data file is damaged or truncated"]
+    assert seconds < 60
