@@ -56,25 +56,63 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _print_predictions(model_dir, texts) -> None:
+def _print_predictions(model_dir, texts: list[str], lines: list[int] | None = None,
+                       problems: dict[int, str] | None = None) -> None:
+    """One JSON line per text, in order. With ``lines`` (``--file``), each carries its line
+    number; a blank line gives an empty result and a line that could not be read its
+    ``error``, so output line k always belongs to input line k."""
     from albert_ray import modeldir
 
     modeldir.check(model_dir)  # before TensorFlow loads: a bad directory is one line
     import_tensorflow()
     from albert_ray.predict import Labeler
 
+    problems = problems or {}
     labeler = Labeler.from_dir(model_dir)
-    for text, result in zip(texts, labeler.predict(texts)):
-        print(json.dumps({"text": text, **result}, ensure_ascii=False))
+    wanted = [i for i, text in enumerate(texts) if text.strip() and i not in problems]
+    results = dict(zip(wanted, labeler.predict([texts[i] for i in wanted])))
+    for i, text in enumerate(texts):
+        record = {"line": lines[i]} if lines else {}
+        if i in problems:
+            record.update(text=None, error=problems[i])
+        else:
+            record.update(text=text, **results.get(i, {}))
+        # a lone surrogate (argv bytes that were not UTF-8) cannot be written as UTF-8: \\uXXXX
+        print(json.dumps(record, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+def read_text_lines(path: str) -> tuple[list[str], dict[int, str]]:
+    """The lines of a UTF-8 file (BOM, CRLF handled) and the problems of the unreadable ones
+    (invalid UTF-8 with the byte and column, NUL), by index; every line is kept."""
+    data = Path(path).read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    texts, problems = [], {}
+    for i, raw in enumerate(data.split(b"\n")[: -1 if data.endswith(b"\n") else None]):
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            text, problems[i] = "", f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+        if "\x00" in text:
+            problems[i] = f"NUL character at column {text.index(chr(0)) + 1}"
+        texts.append(text)
+    return texts, problems
 
 
 def _cmd_predict(args) -> int:
-    texts = list(args.texts)
+    if args.file and args.texts:
+        raise ValueError("give texts as arguments or --file, not both")
     if args.file:
-        texts += [line.rstrip("\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts:
+        texts, problems = read_text_lines(args.file)
+        for i, problem in problems.items():
+            print(f"albert-ray predict: {args.file}:{i + 1}: {problem}; its output line holds the error",
+                  file=sys.stderr)
+        _print_predictions(args.model, texts, lines=list(range(1, len(texts) + 1)), problems=problems)
+        return 0
+    if not args.texts:
         raise ValueError("nothing to predict: give texts as arguments or --file")
-    _print_predictions(args.model, texts)
+    _print_predictions(args.model, list(args.texts))
     return 0
 
 

@@ -20,6 +20,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# Ray replaces a loopback --node-ip-address by the machine's address (services.
+# resolve_ip_for_localhost) unless "clusters" are disabled, as on macOS / Windows; with the node
+# address 127.0.0.1 its servers bind to loopback. One node only, which is what a local cluster is.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -49,16 +54,18 @@ class LocalCluster:
     def load(cls, path: str | Path) -> "LocalCluster":
         return cls(**json.loads(Path(path).read_text()))
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Terminate exactly the processes this cluster started (then SIGKILL stragglers)."""
-        pids = set(self.pids) | set(_pids_using(self.temp_dir))
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop every process of this cluster — found now, by its private temp dir (named on the
+        command line or held open as a log file) and as descendants of those — with SIGTERM, then
+        SIGKILL after ``grace`` seconds (the agents ignore SIGTERM). Never ``ray stop``."""
+        pids = cluster_processes(self.temp_dir) | {p for p in self.pids if _alive(p) and _mentions(p, self.temp_dir)}
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in pids:
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            deadline = time.time() + timeout
+            deadline = time.time() + grace
             while time.time() < deadline and any(_alive(p) for p in pids):
                 time.sleep(0.2)
             pids = {p for p in pids if _alive(p)}
@@ -78,19 +85,89 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _pids_using(marker: str) -> list[int]:
-    """Processes whose command line mentions ``marker`` (the cluster's private temp dir)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+def _processes() -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and int(e.name) != os.getpid()]
+
+
+def _mentions(pid: int, marker: str) -> bool:
+    """Whether a process names ``marker`` on its command line or holds a file under it open."""
+    try:
+        if marker in (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")):
+            return True
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(marker):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return False
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` in the process tree."""
+    return _below({root}, include=False)
+
+
+def _below(roots: set[int], include: bool = True) -> set[int]:
+    parent = {}
+    for p in _processes():
         try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent[p] = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found = set(roots)
+    grew = True
+    while grew:
+        more = {p for p, pp in parent.items() if pp in found and p not in found}
+        found |= more
+        grew = bool(more)
+    return found if include else found - roots
+
+
+def cluster_processes(temp_dir: str) -> set[int]:
+    """The processes of the cluster whose private temp dir is ``temp_dir``: those naming it or
+    holding a file under it open (Ray's agents and client server do not name it, but keep their
+    logs there), and all their descendants."""
+    return _below({p for p in _processes() if _mentions(p, temp_dir)})
+
+
+def listening_sockets(pids) -> list[tuple[int, str, int]]:
+    """``(pid, address, port)`` of every TCP socket the processes listen on (from /proc)."""
+    inodes = {}
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
         except OSError:
             continue
-        if marker in cmd:
-            out.append(int(entry.name))
-    return out
+        for row in rows:
+            parts = row.split()
+            if parts[3] != "0A":  # LISTEN
+                continue
+            ip_hex, port_hex = parts[1].split(":")
+            raw = bytes.fromhex(ip_hex)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
+            inodes[parts[9]] = (socket.inet_ntop(family, raw), int(port_hex, 16))
+    out = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                out.append((pid, *inodes[link[8:-1]]))
+    return sorted(out)
+
+
+def is_loopback(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "::ffff:127.0.0.1") or \
+        address.startswith("::ffff:127.")
 
 
 def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | None = None,
@@ -110,7 +187,7 @@ def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | Non
     ray_bin = ray_bin or str(Path(sys.executable).with_name("ray"))
     # `python` in job entrypoints must be this environment's Python
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), **LOOPBACK_ENV,
            "TF_USE_LEGACY_KERAS": "1", "PATH": path}
     env.pop("RAY_ADDRESS", None)
     cmd = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
@@ -124,14 +201,14 @@ def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | Non
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    pids = _pids_using(temp_dir)
+    pids = sorted(cluster_processes(temp_dir))
     cluster = LocalCluster(address=f"127.0.0.1:{port}", dashboard_url=f"http://127.0.0.1:{dash}",
                            temp_dir=temp_dir, token_path=str(token_path), pids=pids)
     if proc.returncode != 0:
         cluster.stop()
         raise RuntimeError(f"ray start failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     _wait_for_dashboard(cluster)
-    cluster.pids = sorted(set(pids) | set(_pids_using(temp_dir)))
+    cluster.pids = sorted(set(pids) | cluster_processes(temp_dir))
     cluster.save(state / "cluster.json")
     log.info("local Ray cluster at %s, dashboard %s, %d processes", cluster.address, cluster.dashboard_url,
              len(cluster.pids))

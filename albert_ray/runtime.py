@@ -21,9 +21,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     * inside ``ray job submit`` (``$RAY_ADDRESS`` set): plain ``ray.init()``; the job's
       runtime_env already carries ``WORKER_ENV``.
     * otherwise: start a new local Ray for this process (never attach to a cluster by accident),
-      dashboard on 127.0.0.1 (or none with ``dashboard=False``: starts faster, and a batch job
+      every server on 127.0.0.1 (``localcluster.LOOPBACK_ENV``), dashboard on 127.0.0.1 (or none with ``dashboard=False``: starts faster, and a batch job
       that is not submitted needs no job server).
     """
+    if not address and not os.environ.get("RAY_ADDRESS"):
+        from albert_ray.localcluster import LOOPBACK_ENV
+
+        os.environ.update(LOOPBACK_ENV)  # before Ray is imported: it reads it into a constant
     import ray
 
     if ray.is_initialized():
@@ -33,6 +37,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before (see LOOPBACK_ENV)
         ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=dashboard,
                  runtime_env={"env_vars": WORKER_ENV}, configure_logging=False)
     log.info("Ray resources: %s", ray.cluster_resources())

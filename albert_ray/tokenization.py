@@ -78,6 +78,14 @@ class Vocab:
         return self.index[SEP]
 
 
+def is_token_char(ch: str) -> bool:
+    """Whether a character becomes a token: not whitespace, and not a control, format or
+    surrogate code point (NUL, a BOM or zero-width space, the lone half of a truncated emoji).
+    Those keep their place in the offsets but are never tokens, so they are never labeled —
+    as BERT's own tokenizer drops them in ``_clean_text``."""
+    return not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf", "Cs")
+
+
 def canonical_char(ch: str) -> str:
     """The vocabulary form of a character: NFKC lower-cased when that is one character
     (full-width ``Ａ`` -> ``a``), else lower-cased. :class:`CharTokenizer` finds every character
@@ -91,14 +99,14 @@ def build_char_vocab(texts: Iterable[str]) -> Vocab:
     tokens, then the canonical form of every non-whitespace character, most frequent first."""
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(canonical_char(ch) for ch in text if not ch.isspace())
+        counts.update(canonical_char(ch) for ch in text if is_token_char(ch))
     special = (PAD, UNK, CLS, SEP, MASK)
     chars = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c not in special]
     return Vocab(list(special) + chars)
 
 
 class CharTokenizer:
-    """One token per non-whitespace character.
+    """One token per character that :func:`is_token_char` accepts.
 
     Lookup order for a character: as is, lower-cased (the vocab is lower-case only), then its
     NFKC form lower-cased (full-width ``Ａ`` -> ``a``, ``１`` -> ``1``), else ``[UNK]``.
@@ -125,12 +133,12 @@ class CharTokenizer:
 
     def token_chars(self, text: str) -> list[int]:
         """Indices of the characters of ``text`` that become tokens (whitespace is skipped)."""
-        return [i for i, ch in enumerate(text) if not ch.isspace()]
+        return [i for i, ch in enumerate(text) if is_token_char(ch)]
 
     def encode(self, text: str, start: int = 0, end: int | None = None) -> Encoding:
         """Tokenize the characters ``text[start:end]`` (char indices stay those of ``text``)."""
         end = len(text) if end is None else end
-        return self._from_chars(text, [i for i in range(start, end) if not text[i].isspace()])
+        return self._from_chars(text, [i for i in range(start, end) if is_token_char(text[i])])
 
     def windows(self, text: str, max_len: int, stride: int | None = None) -> list[Encoding]:
         """Split ``text`` into encodings of at most ``max_len`` tokens (special tokens included).

@@ -1,5 +1,6 @@
 """Cluster configs checked offline, and a real job submission to a local Ray head."""
 
+import json
 import os
 import re
 import sys
@@ -92,3 +93,46 @@ def test_submit_train_then_label_to_a_real_local_cluster(tmp_path):
     finally:
         cluster.stop()
     assert not [p for p in cluster.pids if _alive(p)]
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_local_cluster_listens_on_loopback_only_and_stop_leaves_nothing(tmp_path):
+    import socket
+
+    from albert_ray.localcluster import (_alive, cluster_processes, is_loopback, listening_sockets,
+                                         start_local_cluster)
+
+    cluster = start_local_cluster(num_cpus=1, state_dir=tmp_path / "c")
+    try:
+        procs = cluster_processes(cluster.temp_dir)
+        sockets = listening_sockets(procs)
+        commands = {Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode() for p, _, _ in sockets}
+        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= commands  # the processes `stop` used to miss
+        assert len(sockets) >= 8
+        assert [s for s in sockets if not is_loopback(s[1])] == []
+        assert (tmp_path / "c" / "auth_token").stat().st_mode & 0o777 == 0o600
+    finally:
+        cluster.stop()
+    assert [p for p in procs if _alive(p)] == []
+    assert cluster_processes(cluster.temp_dir) == set()
+    for _, address, port in sockets:  # nothing answers on any port the cluster listened on
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+            s.settimeout(2)
+            assert s.connect_ex((address, port)) != 0
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_the_local_ray_of_train_and_label_listens_on_loopback_only():
+    import subprocess
+
+    code = ("import os, json; from albert_ray.runtime import init_ray; init_ray(num_cpus=1, dashboard=False); "
+            "from albert_ray.localcluster import descendants, listening_sockets; "
+            "print(json.dumps(listening_sockets(descendants(os.getpid()) | {os.getpid()})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    sockets = json.loads(out.stdout.strip().splitlines()[-1])
+    from albert_ray.localcluster import is_loopback
+
+    assert len(sockets) >= 4
+    assert [s for s in sockets if not is_loopback(s[1])] == []

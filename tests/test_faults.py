@@ -153,3 +153,35 @@ def test_cli_train_with_a_truncated_checkpoint_fails_in_the_driver_without_retry
                                  f"bert/encoder/layer_shared/attention/self/query/kernel cannot be read (Read less "
                                  f"bytes than requested); its data file is damaged or truncated"]
     assert seconds < 60
+
+
+# ---- predict ---------------------------------------------------------------------------------------
+OLD_MODEL = Path(__file__).parent / "data" / "model_before_mixed_precision"
+
+
+def test_invisible_characters_are_never_tokens_or_entities():
+    from albert_ray.predict import Labeler
+
+    labeler = Labeler.from_dir(OLD_MODEL)
+    plain = "张伟昨天在北京会见了新华社代表团。"
+    base = [(e["start"], e["end"], e["label"]) for e in labeler.predict([plain])[0]["entities"]]
+    assert base
+    for junk in ("\ufeff", "\x00", "\ud83d", "\u200b"):
+        got = labeler.predict([junk + plain])[0]["entities"]
+        assert [(e["start"] - 1, e["end"] - 1, e["label"]) for e in got] == base
+
+
+def test_predict_file_keeps_one_output_line_per_input_line(tmp_path):
+    f = tmp_path / "texts.txt"
+    f.write_bytes("\ufeff张伟在北京。\r\n\n李明\xff来了\n王芳到了上海。\n".encode("utf-8").replace(b"\xc3\xbf", b"\xff"))
+    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "predict", "--model", str(OLD_MODEL), "--file",
+                          str(f)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3, 4]
+    assert [r["text"] for r in records] == ["张伟在北京。", "", None, "王芳到了上海。"]
+    assert records[1] == {"line": 2, "text": ""}
+    assert records[2] == {"line": 3, "text": None, "error": "invalid UTF-8 (byte 0xff at column 7)"}
+    assert "entities" in records[0] and "entities" in records[3]
+    assert [line for line in out.stderr.splitlines() if "predict" in line] == [
+        f"albert-ray predict: {f}:3: invalid UTF-8 (byte 0xff at column 7); its output line holds the error"]
