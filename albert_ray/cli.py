@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"albert-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        from albert_ray.labeling import Interrupted
+        from albert_ray.runtime import Interrupted
 
         text = str(exc) if isinstance(exc, Interrupted) else "interrupted"
         print(f"albert-ray {args.command}: {text}", file=sys.stderr)

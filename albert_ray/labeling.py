@@ -39,6 +39,7 @@ import pyarrow.fs as pafs
 from albert_ray import __version__
 from albert_ray.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs, fs_and_path,
                                input_roots, plan_units, read_file)
+from albert_ray.runtime import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -399,10 +400,6 @@ def _files_present(store: OutputStore, rec: dict) -> bool:
 
 
 # ---- the job --------------------------------------------------------------------------------
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; the message says what is committed and how to resume."""
-
-
 class _Committer:
     """Collects the actors' stats per unit and commits a unit once all its rows are written."""
 

@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what is kept and how to resume."""
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
     """Attach to Ray.
 

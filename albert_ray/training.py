@@ -194,7 +194,6 @@ def prepare_distributed(job: JobConfig):
 def train(job: JobConfig) -> dict:
     """Train, keep the best model in ``<output_dir>/<name>/model``, evaluate it, return a summary."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
 
     began = time.time()
     check_job(job)
@@ -209,7 +208,7 @@ def train(job: JobConfig) -> dict:
     storage = job.storage_path or str(Path(job.output_dir, "ray").resolve())
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     worker = WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev, tf_threads=threads)
-    trainer = TensorflowTrainer(
+    trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config={"worker": worker},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
@@ -232,6 +231,41 @@ def train(job: JobConfig) -> dict:
     with result.checkpoint.as_directory() as d:
         shutil.copytree(d, out)
     return finish(job, prep, out, time.time() - began)
+
+
+def _trainer_class():
+    """``TensorflowTrainer`` whose Ctrl-C ends in one line. Ray Train's own SIGINT handler aborts
+    the run and then exits with status 1 and no message; this one aborts the same way and raises
+    :class:`~albert_ray.runtime.Interrupted` (a second Ctrl-C stops at once)."""
+    import signal
+
+    import ray
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from albert_ray.runtime import Interrupted
+
+    class Trainer(TensorflowTrainer):
+        def _register_sigint_handler(self, controller):
+            def handler(signum, frame):
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                try:
+                    ray.get(controller.abort.remote(), timeout=60)
+                except Exception:  # the controller may be gone already; the run is over either way
+                    pass
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, handler)
+
+        def fit(self):
+            try:
+                return super().fit()
+            except KeyboardInterrupt:  # ray.get re-raises a plain one: say what is kept
+                ray.shutdown()  # stop streaming the actors' last log lines after ours
+                storage = self.run_config.storage_path
+                raise Interrupted(f"interrupted: checkpoints so far are in {storage}/{self.run_config.name}; run "
+                                  f"the same command again to resume from the latest") from None
+
+    return Trainer
 
 
 def train_in_process(job: JobConfig) -> dict:

@@ -189,3 +189,38 @@ def _initial_weights(job, tmp_path):
     prep = prepare(job)
     modeldir.create(tmp_path / "init", prep.spec, prep.vocab, seed=job.train.seed)
     return _weights(tmp_path / "init")
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_ctrl_c_on_train_is_one_line_and_the_same_command_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "albert_ray.cli", "train", "--config", "jobs/configs/sample_ner.yaml",
+           f"output_dir={tmp_path}", "train.epochs=30", "data.max_train_examples=200", "train.log_every=0"]
+    err = tmp_path / "err.txt"
+    with open(err, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while "epoch 2/30" not in err.read_text() and time.time() < deadline:
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = err.read_text().splitlines()
+    assert rc == 130
+    assert lines[-1] == (f"albert-ray train: interrupted: checkpoints so far are in {tmp_path}/ray/sample_ner; run "
+                         f"the same command again to resume from the latest")
+    assert not any("Traceback" in line for line in lines[-20:])
+    again = subprocess.run(cmd[:-3] + ["train.epochs=3", "data.max_train_examples=200", "train.log_every=0"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = [line for line in again.stderr.splitlines() if "resumed from checkpoint at epoch" in line]
+    assert len(resumed) == 1 and "epoch 1, batch 0" not in resumed[0]
