@@ -18,6 +18,7 @@ from albert_ray.tasks import task_names
 from albert_ray.typedconfig import ConfigFileError, build, flatten, read_yaml
 
 JobConfigError = ConfigFileError  # the name job-config callers know
+TRAIN_PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class TrainConfig:
     shard: str = "ray"                 # "ray": Ray Data shards; "deterministic": exact N-worker = 1-worker steps
     grad_accum_steps: int = 1          # micro-batches per optimizer step
     bucket_by_length: bool = True      # sort by length in pools and pad per batch (False: pad to max_len)
-    mixed_precision: bool = False      # mixed_float16 with dynamic loss scaling (ALBERT layouts)
+    precision: str = "float32"         # float32 | mixed_float16 (dynamic loss scaling) | mixed_bfloat16
+    mixed_precision: bool = False      # alias of precision: mixed_float16 (ALBERT layouts)
     xla: bool = False                  # jit-compile the training step
     checkpoint_every_steps: int = 0    # 0: checkpoint at epoch ends only
     keep_checkpoints: int = 3          # best k by dev score (the latest is always kept too)
@@ -90,6 +92,11 @@ class JobConfig:
         return dataclasses.asdict(self)
 
     @property
+    def policy(self) -> str:
+        """The Keras dtype policy of training (``train.mixed_precision: true`` means mixed_float16)."""
+        return "mixed_float16" if self.train.mixed_precision else self.train.precision
+
+    @property
     def model_dir(self) -> Path:
         return Path(self.output_dir) / self.name / "model"
 
@@ -104,6 +111,7 @@ _CHOICES = {
     "train.lr_scaling": ("linear", "none"),
     "train.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     "train.shard": ("ray", "deterministic"),
+    "train.precision": TRAIN_PRECISIONS,
 }
 _NON_NEGATIVE = ("model.bilstm_units", "train.patience", "train.weight_decay", "train.gpus_per_worker",
                  "train.checkpoint_every_steps", "train.max_failures", "train.tf_threads", "train.log_every")
@@ -138,11 +146,15 @@ def _validate(cfg: JobConfig) -> None:
     if cfg.model.stride is not None and not 1 <= cfg.model.stride <= body:
         raise JobConfigError(f"model.stride={cfg.model.stride}: must be in [1, {body}] (model.max_len - 2), or empty "
                              f"for half a window")
-    if cfg.train.mixed_precision and Path(cfg.model.encoder_config).is_file():
+    if cfg.train.mixed_precision and cfg.train.precision == "mixed_bfloat16":
+        raise JobConfigError("train.mixed_precision=true (mixed_float16) contradicts train.precision=mixed_bfloat16; "
+                             "give one")
+    if cfg.policy != "float32" and Path(cfg.model.encoder_config).is_file():
         from albert_ray.config import EncoderConfig
 
+        setting = "train.mixed_precision=true" if cfg.train.mixed_precision else f"train.precision={cfg.policy}"
         if EncoderConfig.from_json_file(cfg.model.encoder_config).layout == "bert":
-            raise JobConfigError(f"train.mixed_precision=true: not available for the BERT layout of "
+            raise JobConfigError(f"{setting}: not available for the BERT layout of "
                                  f"{cfg.model.encoder_config} (built by keras-bert's get_model, whose attention "
                                  f"is float32-only); ALBERT layouts support it")
     if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:

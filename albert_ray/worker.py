@@ -162,26 +162,27 @@ def build_training(cfg: WorkerConfig, strategy, schedule: Schedule) -> Training:
 
     t, spec = cfg.job.train, cfg.spec
     with strategy.scope():
-        with dtype_policy("mixed_float16" if t.mixed_precision else "float32"):
+        with dtype_policy(cfg.job.policy):
             model = modeldir.new_model(spec, seed=t.seed,
                                        checkpoint=cfg.job.model.checkpoint if cfg.job.model.init == "checkpoint" else None)
         optimizer = keras.optimizers.AdamW(
             learning_rate=WarmupLinearDecay(schedule.peak_lr, schedule.warmup, schedule.total_steps),
             weight_decay=t.weight_decay, epsilon=1e-6)
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "_b[qkvo12]", "embeddings"])
-        if t.mixed_precision:
+        if cfg.job.policy == "mixed_float16":  # bfloat16 has float32's range: no loss scaling
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         accumulators = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables] \
             if t.grad_accum_steps > 1 else []
     step = _compile_step(model, optimizer, task_for(spec).loss(model), accumulators, strategy, cfg)
-    return Training(model, optimizer, step, t.mixed_precision)
+    return Training(model, optimizer, step, cfg.job.policy == "mixed_float16")
 
 
 def _compile_step(model, optimizer, loss_fn, accumulators, strategy, cfg: WorkerConfig):
     import tensorflow as tf
 
     t = cfg.job.train
+    scaled_loss = cfg.job.policy == "mixed_float16"
 
     def replica_step(ids, y, apply):
         with tf.GradientTape() as tape:
@@ -190,9 +191,9 @@ def _compile_step(model, optimizer, loss_fn, accumulators, strategy, cfg: Worker
             n = tf.cast(tf.shape(per_example)[0], tf.float32)
             total_n = tf.distribute.get_replica_context().all_reduce("sum", n)
             loss = tf.reduce_sum(per_example) / total_n
-            scaled = optimizer.get_scaled_loss(loss) if t.mixed_precision else loss
+            scaled = optimizer.get_scaled_loss(loss) if scaled_loss else loss
         grads = tape.gradient(scaled, model.trainable_variables)
-        if t.mixed_precision:
+        if scaled_loss:
             grads = optimizer.get_unscaled_gradients(grads)
         if not accumulators:
             optimizer.apply_gradients(zip(grads, model.trainable_variables))

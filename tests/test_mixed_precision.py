@@ -107,3 +107,29 @@ def test_mixed_precision_training_scales_the_loss_and_learns(tmp_path):
     assert 0 <= last["skipped_steps"] < 8
     assert math.isfinite(first["train_loss"]) and last["train_loss"] < first["train_loss"]
     assert summary["metrics"]["micro avg"]["f1-score"] > 0.02  # learnt something; the model reloads in float32
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # in-process training
+def test_bfloat16_training_follows_float32(tmp_path):
+    """``train.precision=mixed_bfloat16``: matmuls in bfloat16, no loss scaling (float32's range),
+    CRF, LayerNorm and the loss in float32; the losses stay within a few percent of float32's."""
+    base = [f"output_dir={tmp_path}", "train.log_every=0", "train.epochs=2", "data.max_train_examples=256",
+            "train.learning_rate=3e-3"]
+    fp32 = train_in_process(load_job_config("jobs/configs/sample_ner.yaml", base))
+    bf16 = train_in_process(load_job_config("jobs/configs/sample_ner.yaml",
+                                            [*base, "name=bf16", "train.precision=mixed_bfloat16"]))
+    assert bf16["steps"] == fp32["steps"] == 16
+    assert "loss_scale" not in bf16["history"][-1]
+    for a, b in zip(fp32["history"], bf16["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.05)
+    assert bf16["history"][-1]["train_loss"] < bf16["history"][0]["train_loss"]
+
+
+def test_precision_setting_and_its_alias():
+    job = load_job_config("jobs/configs/sample_ner.yaml", ["train.mixed_precision=true"])
+    assert job.policy == "mixed_float16"
+    assert load_job_config("jobs/configs/sample_ner.yaml", ["train.precision=mixed_bfloat16"]).policy == "mixed_bfloat16"
+    with pytest.raises(ValueError, match=r"^train.precision='fp8': must be one of \['float32', 'mixed_float16', "
+                                         r"'mixed_bfloat16'\]$"):
+        load_job_config("jobs/configs/sample_ner.yaml", ["train.precision=fp8"])
