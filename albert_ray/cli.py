@@ -137,6 +137,19 @@ def _cmd_label(args) -> int:
     return 0
 
 
+def _cmd_pretrain(args) -> int:
+    from albert_ray.pretrain import load_pretrain_config, pretrain
+
+    cfg = load_pretrain_config(args.config, args.overrides, args.inputs)
+    import_tensorflow()
+    summary = pretrain(cfg, in_process=args.no_ray)
+    last = summary["history"][-1]
+    print(f"pre-trained encoder in {summary['pretrained_dir']} ({summary['seconds']} s, {last['steps']} steps): "
+          f"held-out MLM loss {last['heldout_loss']:.4f}, masked-token accuracy {last['heldout_accuracy']:.4f}")
+    print(f"fine-tune from it: model.init=checkpoint model.checkpoint={summary['pretrained_dir']}")
+    return 0
+
+
 def _cmd_cluster(args) -> int:
     from albert_ray.localcluster import LocalCluster, start_local_cluster
 
@@ -250,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ray", action="store_true", help="run the worker loop in this process, without Ray")
     p.add_argument("--predict", nargs="*", default=[], help="texts to label with the trained model afterwards")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("pretrain", help="masked-LM pre-training / domain adaptation of an encoder on raw text")
+    p.add_argument("--config", help="pretrain config YAML (see jobs/configs/pretrain/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_minutes=10 model.max_len=64")
+    p.add_argument("--input", dest="inputs", nargs="+", help="text files, folders, globs or URIs (replace inputs)")
+    p.add_argument("--no-ray", action="store_true", help="run the loop in this process, without Ray")
+    p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="evaluate a model directory on labelled data")
     p.add_argument("--model", required=True, help="model directory written by train")

@@ -6,6 +6,7 @@ root locally, the job's ``working_dir`` on a cluster).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from albert_ray.data import BAD_RECORD_POLICIES, FORMATS
 from albert_ray.labels import SCHEMES
 from albert_ray.spec import POOLINGS, TRUNCATIONS
 from albert_ray.tasks import task_names
-from albert_ray.typedconfig import ConfigFileError, build, flatten, read_yaml
+from albert_ray.typedconfig import ConfigFileError, apply_overrides, build, flatten, read_yaml
 
 JobConfigError = ConfigFileError  # the name job-config callers know
 TRAIN_PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -163,6 +164,21 @@ def _validate(cfg: JobConfig) -> None:
         raise JobConfigError("model.vocab: a pretrained checkpoint needs its own vocab.txt, not 'auto'")
 
 
+def _checkpoint_defaults(data: dict) -> None:
+    """``model.init: checkpoint`` with a checkpoint directory (a brightmart release folder, or
+    one written by ``albert-ray pretrain``): its own config JSON and ``vocab.txt`` unless given."""
+    model = data.get("model")
+    if not isinstance(model, dict) or model.get("init") != "checkpoint" or not model.get("checkpoint"):
+        return
+    folder = Path(str(model["checkpoint"]))
+    folder = folder if folder.is_dir() else folder.parent
+    configs = sorted(folder.glob("albert_config*.json")) + sorted(folder.glob("bert_config*.json"))
+    if "encoder_config" not in model and len(configs) == 1:
+        model["encoder_config"] = str(configs[0])
+    if "vocab" not in model and (folder / "vocab.txt").is_file():
+        model["vocab"] = str(folder / "vocab.txt")
+
+
 def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None,
                     data: dict | None = None) -> JobConfig:
     """Load a YAML job config (or a dict), apply overrides, validate.
@@ -172,6 +188,8 @@ def load_job_config(path: str | Path | None = None, overrides: list[str] | None 
     """
     if data is None:
         data = read_yaml(path, "job config")
-    cfg = build(JobConfig, data, overrides)
+    data = apply_overrides(copy.deepcopy(data), list(overrides or []))
+    _checkpoint_defaults(data)
+    cfg = build(JobConfig, data)
     _validate(cfg)
     return cfg

@@ -228,14 +228,16 @@ class WarmupLinearDecay:
         from tensorflow import keras
 
         class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
+            # ``total`` may be a tf.Variable: a wall-clock budget shortens the schedule mid-run
             def __call__(self, step):
                 step = tf.cast(step, tf.float32)
+                end = tf.cast(total, tf.float32)
                 warm = peak * step / max(1, warmup)
-                decay = peak * tf.maximum(0.0, (total - step) / max(1, total - warmup))
+                decay = peak * tf.maximum(0.0, (end - step) / tf.maximum(1.0, end - warmup))
                 return tf.where(step < warmup, warm, decay)
 
             def get_config(self):
-                return {"peak": peak, "warmup": warmup, "total": total}
+                return {"peak": peak, "warmup": warmup, "total": float(tf.cast(total, tf.float32).numpy())}
 
         return _Schedule()
 

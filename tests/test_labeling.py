@@ -40,10 +40,10 @@ def test_label_config_from_yaml_overrides_and_flags(tmp_path):
     from albert_ray.cli import build_parser
     from albert_ray.labeling import load_label_config
 
-    cfg = load_label_config("jobs/configs/label_sample.yaml")
+    cfg = load_label_config("jobs/configs/label/sample.yaml")
     assert (cfg.model, cfg.inputs, cfg.unit_bytes, cfg.include_text) == \
         ("runs/sample_ner/model", ("data/generic_sample.jsonl",), 32 << 20, True)
-    cfg = load_label_config("jobs/configs/label_sample.yaml", ["batch_size=64", "unit_bytes=1MiB"],
+    cfg = load_label_config("jobs/configs/label/sample.yaml", ["batch_size=64", "unit_bytes=1MiB"],
                             {"batch_size": 128, "output": "elsewhere"})
     assert (cfg.batch_size, cfg.unit_bytes, cfg.output) == (128, 1 << 20, "elsewhere")  # flags > overrides > file
     (tmp_path / "bad.yaml").write_text("model: m\ninputs: [a]\noutput: o\nbatch_size: lots\n")
@@ -52,7 +52,7 @@ def test_label_config_from_yaml_overrides_and_flags(tmp_path):
     with pytest.raises(ValueError, match=r"^output: required field is missing$"):
         load_label_config(None, ["model=m", "inputs=a"])
     # the command line: one flag per field, unset flags do not override the file
-    args = build_parser().parse_args(["label", "--config", "jobs/configs/label_sample.yaml", "--input", "x.txt",
+    args = build_parser().parse_args(["label", "--config", "jobs/configs/label/sample.yaml", "--input", "x.txt",
                                       "precision=float32", "--no-progress"])
     assert (args.inputs, args.progress, args.batch_size) == (["x.txt", "precision=float32"], False, None)
 

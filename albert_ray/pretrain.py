@@ -1,0 +1,550 @@
+"""Masked-LM pre-training (and domain adaptation) of any encoder layout with Ray Train.
+
+keras-bert does not pre-train (its issue #219) and nothing maintained does it for these
+layouts, hence this module: the corpus is read by the labeling read path (any format, path, glob
+or URI; bad rows skipped and counted), tokenized and packed into ``[CLS] ... [SEP]`` sequences
+of ``max_len`` in Ray Data tasks; workers mask dynamically per epoch (15 %, 80/10/10), compute
+logits at the masked positions only (the 21,128-word output layer would otherwise dominate),
+and write the encoder in its own published checkpoint layout with the MLM head beside it
+(``cls/predictions/...``), its config JSON and ``vocab.txt`` — a directory that fine-tuning takes
+with ``model.init: checkpoint`` and ``model.checkpoint: <dir>`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from albert_ray.batching import pad_batch
+from albert_ray.config import EncoderConfig
+from albert_ray.tokenization import CLS, MASK, PAD, SEP, UNK, CharTokenizer, Vocab
+
+log = logging.getLogger(__name__)
+
+HEAD_PREFIX = "cls/predictions"
+CONFIG_NAMES = ("albert_config.json", "bert_config.json")
+
+
+# ---- configuration -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PretrainModel:
+    encoder_config: str | None = None    # default: the checkpoint's own, else data/albert_config_sample.json
+    vocab: str | None = None             # a vocab.txt; default: the checkpoint's; "auto": the corpus' characters
+    checkpoint: str | None = None        # continue from this checkpoint (domain adaptation)
+    max_len: int = 128
+
+
+@dataclass(frozen=True)
+class PretrainTrain:
+    epochs: int = 1
+    batch_size: int = 32                 # sequences per worker and step
+    learning_rate: float = 5e-4
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    mask_rate: float = 0.15
+    max_steps: int = 0                   # 0: no limit
+    max_minutes: float = 0.0             # wall-clock budget of the training loop; 0: none
+    heldout_permille: int = 10           # sequences kept out of training to report MLM loss / accuracy
+    precision: str = "float32"           # float32 | mixed_float16 | mixed_bfloat16
+    seed: int = 42
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    tf_threads: int = 0
+    log_every: int = 50
+    max_failures: int = 1
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    name: str
+    inputs: tuple[str, ...]
+    format: str = "auto"
+    text_field: str = "text"
+    model: PretrainModel = field(default_factory=PretrainModel)
+    train: PretrainTrain = field(default_factory=PretrainTrain)
+    output_dir: str = "runs"
+    storage_path: str | None = None
+    ray_address: str | None = None
+
+    @property
+    def pretrained_dir(self) -> Path:
+        return Path(self.output_dir) / self.name / "pretrained"
+
+
+def load_pretrain_config(path: str | None, overrides: list[str] | None = None,
+                         inputs: list[str] | None = None) -> PretrainConfig:
+    """A :class:`PretrainConfig` from YAML and dotted overrides (``--input`` replaces ``inputs``).
+
+    Raises:
+        FileNotFoundError, ValueError: one line naming the field.
+    """
+    from albert_ray.typedconfig import apply_overrides, build, read_yaml
+
+    data = apply_overrides(read_yaml(path, "pretrain config") if path else {}, list(overrides or []))
+    if inputs:
+        data["inputs"] = list(inputs)
+    cfg = build(PretrainConfig, data)
+    t = cfg.train
+    for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("model.max_len", cfg.model.max_len),
+                       ("train.num_workers", t.num_workers), ("train.learning_rate", t.learning_rate)):
+        if value <= 0:
+            raise ValueError(f"{key}={value!r}: must be > 0")
+    if not 0 < t.mask_rate < 1:
+        raise ValueError(f"train.mask_rate={t.mask_rate!r}: must be in (0, 1)")
+    if t.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+        raise ValueError(f"train.precision={t.precision!r}: must be one of ['float32', 'mixed_float16', 'mixed_bfloat16']")
+    if not cfg.inputs:
+        raise ValueError("inputs: give at least one file, directory or glob (or --input)")
+    return cfg
+
+
+def resolve_model_files(cfg: PretrainConfig) -> tuple[EncoderConfig, Vocab]:
+    """The encoder config and vocabulary: given, else the checkpoint directory's own."""
+    m = cfg.model
+    folder = Path(m.checkpoint) if m.checkpoint else None
+    if folder is not None and not folder.is_dir():
+        folder = folder.parent
+    config_file = m.encoder_config or next((str(folder / n) for n in CONFIG_NAMES if folder and (folder / n).is_file()),
+                                           None) or "data/albert_config_sample.json"
+    vocab_file = m.vocab or (str(folder / "vocab.txt") if folder and (folder / "vocab.txt").is_file() else None)
+    if vocab_file is None:
+        raise ValueError("model.vocab: give a vocab.txt (the brightmart one), 'auto' (the corpus' characters) or a "
+                         "model.checkpoint directory that holds one")
+    encoder = EncoderConfig.from_json_file(config_file)
+    if vocab_file == "auto":
+        if m.checkpoint:
+            raise ValueError("model.vocab: a checkpoint needs its own vocab.txt, not 'auto'")
+        from dataclasses import replace
+
+        from albert_ray.tokenization import build_char_vocab
+
+        vocab = build_char_vocab(corpus_texts(cfg))
+        log.info("vocab: auto -> %d characters from the corpus (vocab_size of %s overridden)", len(vocab), config_file)
+        encoder = replace(encoder, vocab_size=len(vocab))
+    else:
+        vocab = Vocab.from_file(vocab_file)
+    if len(vocab) != encoder.vocab_size:
+        raise ValueError(f"{vocab_file} has {len(vocab)} tokens but {config_file} says vocab_size={encoder.vocab_size}")
+    if m.max_len > encoder.max_position_embeddings:
+        raise ValueError(f"model.max_len={m.max_len} exceeds max_position_embeddings={encoder.max_position_embeddings} "
+                         f"of {config_file}")
+    return encoder, vocab
+
+
+# ---- data: packing and masking -------------------------------------------------------------------
+def corpus_texts(cfg: PretrainConfig):
+    """The readable texts of the inputs, streamed (bad rows skipped; the read path counts them)."""
+    from albert_ray.corpus import ReadOptions, expand_inputs, plan_units, read_file
+
+    opts = ReadOptions(cfg.format, cfg.text_field, None, 1_000_000)
+    for u in plan_units(expand_inputs(cfg.inputs, cfg.format), 1 << 62):
+        task = {"path": u.path, "fmt": u.fmt,
+                "units": [{"uid": u.uid, "start": u.start, "stop": u.stop, "todo": True, "resume": None}]}
+        for table in read_file(task, opts):
+            for text, reason, meta in zip(table.column("text").to_pylist(), table.column("reason").to_pylist(),
+                                          table.column("meta").to_pylist()):
+                if reason is None and meta is None:
+                    yield text
+
+
+def pack_texts(texts, tokenizer: CharTokenizer, max_len: int) -> list[list[int]]:
+    """Token ids of the texts, concatenated and cut into ``[CLS] body [SEP]`` sequences of at
+    most ``max_len`` (short sentences share a sequence: no compute spent on padding)."""
+    body = max_len - 2
+    stream: list[int] = []
+    for text in texts:
+        stream += tokenizer.encode(text).token_ids[1:-1]
+    cls, sep = tokenizer.vocab.cls_id, tokenizer.vocab.sep_id
+    return [[cls] + stream[i : i + body] + [sep] for i in range(0, len(stream), body)]
+
+
+def is_heldout(ids, permille: int) -> bool:
+    """A fixed, content-based slice of the sequences kept out of training."""
+    return zlib.crc32(np.asarray(ids, dtype=np.int32).tobytes()) % 1000 < permille
+
+
+def mask_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: float = 0.15) -> tuple:
+    """Dynamic masking of a padded batch: ``rate`` of each row's ordinary tokens (never
+    ``[PAD]``/``[CLS]``/``[SEP]``/``[MASK]``) become prediction targets, of which 80 % are
+    replaced by ``[MASK]``, 10 % by a random ordinary token and 10 % kept.
+
+    Returns:
+        ``(inputs, positions, labels, weights)``: ``positions``/``labels``/``weights`` are
+        ``(B, P)`` with ``P = ceil(rate * L)``; padding slots have weight 0.
+    """
+    special = np.array([vocab.index[t] for t in (PAD, CLS, SEP, MASK, UNK) if t in vocab.index])
+    ordinary = np.setdiff1d(np.arange(len(vocab)), special)
+    b, length = ids.shape
+    p = max(1, math.ceil(rate * length))
+    inputs = ids.copy()
+    positions = np.zeros((b, p), np.int32)
+    labels = np.zeros((b, p), np.int32)
+    weights = np.zeros((b, p), np.float32)
+    mask_id = vocab.index[MASK]
+    for row in range(b):
+        candidates = np.flatnonzero(~np.isin(ids[row], special))
+        if not len(candidates):
+            continue
+        k = min(p, max(1, int(round(rate * len(candidates)))))
+        chosen = np.sort(rng.choice(candidates, k, replace=False))
+        r = rng.random(k)
+        positions[row, :k], labels[row, :k], weights[row, :k] = chosen, ids[row, chosen], 1.0
+        inputs[row, chosen[r < 0.8]] = mask_id
+        swap = chosen[(r >= 0.8) & (r < 0.9)]
+        inputs[row, swap] = rng.choice(ordinary, len(swap))
+    return inputs, positions, labels, weights
+
+
+def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab):
+    """Ray Data UDF: a file's read task in, packed sequences out (bad rows counted, skipped)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from albert_ray.corpus import ReadOptions, read_file
+
+    opts = ReadOptions(cfg.format, cfg.text_field, None, 1_000_000)
+    tokenizer = CharTokenizer(vocab)
+    for task in batch["task"]:
+        for table in read_file(json.loads(task), opts):
+            rows = table.filter(pc.and_(pc.is_null(table.column("meta")), pc.is_null(table.column("reason"))))
+            seqs = pack_texts(rows.column("text").to_pylist(), tokenizer, cfg.model.max_len)
+            if seqs:
+                yield pa.table({"token_ids": seqs,
+                                "heldout": [is_heldout(s, cfg.train.heldout_permille) for s in seqs]})
+
+
+def sequences_dataset(cfg: PretrainConfig, vocab: Vocab):
+    """A Ray dataset of packed sequences ``{"token_ids", "heldout"}``, read one task per file."""
+    import ray
+
+    from albert_ray.corpus import expand_inputs, plan_units
+
+    files = expand_inputs(cfg.inputs, cfg.format)
+    units = plan_units(files, 1 << 62)
+    tasks = [json.dumps({"path": u.path, "fmt": u.fmt, "units": [{"uid": u.uid, "start": u.start, "stop": u.stop,
+                                                                  "todo": True, "resume": None}]}) for u in units]
+    log.info("pre-training on %d files (%.1f MB)", len(files), sum(f.size for f in files) / 1e6)
+    return ray.data.from_items([{"task": t} for t in tasks]).map_batches(
+        _read_and_pack, fn_kwargs={"cfg": cfg, "vocab": vocab}, batch_size=1, num_cpus=0.5)
+
+
+# ---- the model -----------------------------------------------------------------------------------
+def build_mlm_model(config: EncoderConfig):
+    """``[token_ids, segment_ids, masked_positions] -> logits (B, P, vocab)`` (float32): the
+    encoder and an MLM head whose output layer is the token embedding, transposed (as in BERT and
+    ALBERT), evaluated at the masked positions only."""
+    from tensorflow import keras
+
+    from albert_ray.encoder import build_encoder
+
+    encoder = build_encoder(config, name="encoder")
+    positions = keras.layers.Input((None,), dtype="int32", name="Input-Masked-Positions")
+    logits = MaskedLMHead(config, encoder, name="MLM-Head")([encoder.outputs[0], positions])
+    return keras.Model(encoder.inputs + [positions], logits, name="mlm")
+
+
+def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a layer factory)
+    """The MLM head layer: transform (dense + activation + LayerNorm) at the width the layout's
+    published head has, then logits against the token embedding (brightmart projects back
+    through ``word_embeddings_2`` first), plus ``output_bias``."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    from albert_ray.encoder import activation_for
+
+    width = config.embedding_size if config.layout == "albert_google" else config.hidden_size
+
+    class _Head(keras.layers.Layer):
+        def build(self, input_shape):
+            self.kernel = self.add_weight(name="transform_kernel", shape=(config.hidden_size, width))
+            self.bias = self.add_weight(name="transform_bias", shape=(width,), initializer="zeros")
+            self.gamma = self.add_weight(name="gamma", shape=(width,), initializer="ones")
+            self.beta = self.add_weight(name="beta", shape=(width,), initializer="zeros")
+            self.output_bias = self.add_weight(name="output_bias", shape=(config.vocab_size,), initializer="zeros")
+            self.act = activation_for(config)
+
+        # the encoder's own variables, reached through functions so Keras does not track them twice
+        @staticmethod
+        def embedding():
+            return encoder.get_layer("Embedding-Token").weights[0]
+
+        @staticmethod
+        def projection():
+            return encoder.get_layer("Embedding-Token-Projection").weights[0]
+
+        def call(self, inputs):
+            sequence, positions = inputs
+            x = tf.gather(sequence, positions, batch_dims=1)                       # (B, P, H)
+            x = self.act(tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype))
+            x = tf.cast(x, tf.float32)
+            mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+            x = (x - mean) * tf.math.rsqrt(var + 1e-12) * self.gamma + self.beta  # LayerNorm in float32
+            if config.layout == "albert_brightmart":
+                x = tf.matmul(x, tf.cast(self.projection(), tf.float32), transpose_b=True)  # H -> E
+            return tf.matmul(x, tf.cast(self.embedding(), tf.float32), transpose_b=True) + self.output_bias
+
+        def variables_by_name(self) -> dict:
+            p = HEAD_PREFIX
+            return {f"{p}/transform/dense/kernel": self.kernel, f"{p}/transform/dense/bias": self.bias,
+                    f"{p}/transform/LayerNorm/gamma": self.gamma, f"{p}/transform/LayerNorm/beta": self.beta,
+                    f"{p}/output_bias": self.output_bias}
+
+    return _Head(name=name, dtype="float32")
+
+
+def save_pretrained(folder: str | Path, model, config: EncoderConfig, vocab: Vocab, summary: dict | None = None) -> Path:
+    """The encoder in its layout's published checkpoint names, the MLM head under
+    ``cls/predictions/...``, the config JSON and ``vocab.txt``."""
+    from albert_ray.checkpoint import encoder_variables, write_variables
+
+    folder = Path(folder)
+    variables = encoder_variables(model, config)
+    variables.update({k: v.numpy() for k, v in model.get_layer("MLM-Head").variables_by_name().items()})
+    write_variables(folder / "model.ckpt", variables)
+    name = "bert_config.json" if config.layout == "bert" else "albert_config.json"
+    (folder / name).write_text(json.dumps(config.to_dict(), indent=2))
+    vocab.save(folder / "vocab.txt")
+    if summary is not None:
+        (folder / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    return folder
+
+
+def load_head(model, checkpoint: str) -> bool:
+    """The MLM head from a checkpoint that has one (continued pre-training); False if none."""
+    import tensorflow as tf
+
+    from albert_ray.checkpoint import resolve_checkpoint
+
+    reader = tf.train.load_checkpoint(resolve_checkpoint(checkpoint))
+    names = reader.get_variable_to_shape_map()
+    head = model.get_layer("MLM-Head").variables_by_name()
+    if not all(n in names for n in head):
+        return False
+    for n, var in head.items():
+        var.assign(reader.get_tensor(n))
+    return True
+
+
+# ---- the worker loop -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PretrainWorker:
+    cfg: PretrainConfig
+    encoder: EncoderConfig
+    vocab: Vocab
+    tf_threads: int = 0
+    rows: list | None = None          # in-process runs: the sequences
+    local_output: str | None = None
+
+
+def _masked_loss(logits, labels, weights):
+    import tensorflow as tf
+
+    ce = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    correct = tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), labels), tf.float32)
+    return tf.reduce_sum(ce * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
+
+
+def pretrain_loop_per_worker(config: dict) -> None:
+    """Ray Train worker (also in-process): build, restore, train epochs within the budget, report."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    from albert_ray.encoder import dtype_policy, initialize_encoder
+    from albert_ray.runtime import configure_tf
+    from albert_ray.worker import LocalReporter, RayReporter, TrainState, WarmupLinearDecay, optimizer_state
+
+    w: PretrainWorker = config["worker"]
+    configure_tf(w.tf_threads)
+    cfg, t = w.cfg, w.cfg.train
+    if w.rows is None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        rows = [np.asarray(r["token_ids"], np.int32) for r in ray.train.get_dataset_shard("train").iter_rows()]
+        strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
+        reporter, resume = RayReporter(rank), ray.train.get_checkpoint()
+    else:
+        rank, world, rows = 0, 1, [np.asarray(r, np.int32) for r in w.rows]
+        strategy, reporter, resume = tf.distribute.get_strategy(), LocalReporter(w.local_output), None
+    heldout = [r for r in rows if is_heldout(r, t.heldout_permille)]
+    train_rows = [r for r in rows if not is_heldout(r, t.heldout_permille)]
+    keras.utils.set_random_seed(t.seed)
+    steps_per_epoch = _min_across(strategy, len(train_rows) // t.batch_size, world)
+    total = max(1, steps_per_epoch * t.epochs)
+    total = min(total, t.max_steps) if t.max_steps else total
+    with strategy.scope():
+        with dtype_policy(t.precision):
+            model = build_mlm_model(w.encoder)
+        initialize_encoder(model, w.encoder, seed=t.seed)
+        if cfg.model.checkpoint:
+            from albert_ray.checkpoint import load_checkpoint
+
+            load_checkpoint(model, w.encoder, cfg.model.checkpoint)
+            log.info("MLM head %s", "continued from the checkpoint" if load_head(model, cfg.model.checkpoint)
+                     else "new (the checkpoint has none)")
+        total_var = tf.Variable(float(total), trainable=False, dtype=tf.float32)
+        schedule = WarmupLinearDecay(t.learning_rate, int(total * t.warmup_ratio), total_var)
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay, epsilon=1e-6)
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "embeddings"])
+        if t.precision == "mixed_float16":
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+
+    def replica_step(ids, pos, labels, weights):
+        with tf.GradientTape() as tape:
+            loss_sum, _, n = _masked_loss(model([ids, tf.zeros_like(ids), pos], training=True), labels, weights)
+            total_n = tf.distribute.get_replica_context().all_reduce("sum", n)
+            loss = loss_sum / tf.maximum(total_n, 1.0)
+            scaled = optimizer.get_scaled_loss(loss) if t.precision == "mixed_float16" else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if t.precision == "mixed_float16":
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    sig = [tf.TensorSpec([None, None], tf.int32)] * 3 + [tf.TensorSpec([None, None], tf.float32)]
+
+    @tf.function(input_signature=sig)
+    def step(ids, pos, labels, weights):
+        return strategy.reduce("sum", strategy.run(replica_step, args=(ids, pos, labels, weights)), axis=None)
+
+    state = TrainState()
+    if resume is not None:
+        with resume.as_directory() as d:
+            from albert_ray.checkpoint import load_checkpoint
+
+            load_checkpoint(model, w.encoder, d)
+            load_head(model, d)
+            state = TrainState.load(d)
+            saved = np.load(Path(d) / "optimizer.npz")
+            for i, var in enumerate(optimizer_state(optimizer)):
+                var.assign(saved[f"v{i}"])
+        log.info("resumed pre-training at epoch %d, step %d", state.epoch + 1, int(optimizer.iterations.numpy()))
+    if rank == 0:
+        log.info("pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
+                 "%s, %s", cfg.name, len(rows), len(heldout), world, t.batch_size, steps_per_epoch, total,
+                 f", {t.max_minutes:g} min" if t.max_minutes else "", t.precision)
+
+    def checkpoint(folder):
+        save_pretrained(folder, model, w.encoder, w.vocab, {"history": state.history})
+        Path(folder, "train_state.json").write_text(state.to_json())
+        np.savez(Path(folder, "optimizer.npz"), **{f"v{i}": v.numpy() for i, v in enumerate(optimizer_state(optimizer))})
+
+    began, budget_hit = time.time(), False
+    for epoch in range(state.epoch, t.epochs):
+        rng = np.random.default_rng([t.seed, epoch, rank])
+        order = rng.permutation(len(train_rows))
+        losses, seqs, epoch_began = [], 0, time.time()
+        for i in range(steps_per_epoch):
+            done = int(optimizer.iterations.numpy())
+            if done >= total or (t.max_minutes and time.time() - began > 60 * t.max_minutes):
+                budget_hit = True
+                break
+            if t.max_minutes and done == 10:  # the schedule follows the wall-clock budget
+                per_step = (time.time() - began) / 10
+                total_var.assign(float(min(total, int(60 * t.max_minutes / per_step))))
+                total = int(total_var.numpy())
+            batch = pad_batch([train_rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]])
+            ids, pos, labels, weights = mask_batch(batch, rng, w.vocab, t.mask_rate)
+            losses.append(float(step(tf.constant(ids), tf.constant(pos), tf.constant(labels), tf.constant(weights))))
+            seqs += len(batch)
+            if rank == 0 and t.log_every and (i + 1) % t.log_every == 0:
+                log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker)", epoch + 1, i + 1,
+                         steps_per_epoch, np.mean(losses[-t.log_every:]), seqs / (time.time() - epoch_began))
+        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   "steps": int(optimizer.iterations.numpy()),
+                   "sequences_per_second": seqs / max(time.time() - epoch_began, 1e-9),
+                   **evaluate_mlm(model, heldout, w.vocab, t)}
+        state.history.append(metrics)
+        state.epoch = epoch + 1
+        if rank == 0:
+            log.info("epoch %d: MLM loss %.4f, held-out loss %.4f, masked-token accuracy %.4f, %.1f sequences/s",
+                     epoch + 1, metrics["train_loss"], metrics["heldout_loss"], metrics["heldout_accuracy"],
+                     metrics["sequences_per_second"])
+        final = budget_hit or epoch + 1 == t.epochs
+        reporter.report({**metrics, "final": final}, checkpoint)
+        if budget_hit:
+            break
+
+
+def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain) -> dict:
+    """MLM loss and masked-token accuracy on held-out sequences (fixed masking)."""
+    if not rows:
+        return {"heldout_loss": float("nan"), "heldout_accuracy": float("nan"), "heldout_sequences": 0}
+    rng = np.random.default_rng([t.seed, 999])
+    loss = correct = count = 0.0
+    for i in range(0, len(rows), 64):
+        ids, pos, labels, weights = mask_batch(pad_batch(rows[i : i + 64]), rng, vocab, t.mask_rate)
+        a, b, n = _masked_loss(model([ids, np.zeros_like(ids), pos], training=False), labels, weights)
+        loss, correct, count = loss + float(a), correct + float(b), count + float(n)
+    return {"heldout_loss": loss / max(count, 1), "heldout_accuracy": correct / max(count, 1),
+            "heldout_sequences": len(rows)}
+
+
+def _min_across(strategy, n: int, world: int) -> int:
+    if world == 1:
+        return n
+    from albert_ray.worker import _min_across_workers
+
+    return _min_across_workers(strategy, n)
+
+
+# ---- driver ----------------------------------------------------------------------------------------
+def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
+    """Pre-train; write ``<output_dir>/<name>/pretrained/``; return its summary."""
+    import shutil
+
+    from albert_ray.runtime import init_ray, require_shared_storage
+
+    began = time.time()
+    encoder, vocab = resolve_model_files(cfg)
+    if cfg.model.checkpoint:
+        from albert_ray.checkpoint import check_checkpoint
+
+        check_checkpoint(encoder, cfg.model.checkpoint)
+    out = cfg.pretrained_dir
+    t = cfg.train
+    if in_process:
+        rows = pack_texts(corpus_texts(cfg), CharTokenizer(vocab), cfg.model.max_len)
+        pretrain_loop_per_worker({"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out))})
+    else:
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.tensorflow import TensorflowTrainer
+
+        init_ray(cfg.ray_address)
+        require_shared_storage(cfg.storage_path, "storage_path")
+        storage = cfg.storage_path or str(Path(cfg.output_dir, "ray").resolve())
+        threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
+        trainer = TensorflowTrainer(
+            pretrain_loop_per_worker,
+            train_loop_config={"worker": PretrainWorker(cfg, encoder, vocab, threads)},
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                         resources_per_worker={"CPU": t.cpus_per_worker}),
+            datasets={"train": sequences_dataset(cfg, vocab)},
+            run_config=RunConfig(name=f"{cfg.name}-pretrain", storage_path=storage,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 failure_config=FailureConfig(max_failures=t.max_failures)))
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"pre-training run {cfg.name} ended without a checkpoint; see the log above")
+        if out.exists():
+            shutil.rmtree(out)
+        with result.checkpoint.as_directory() as d:
+            shutil.copytree(d, out)
+    for name in ("optimizer.npz",):
+        (out / name).unlink(missing_ok=True)
+    summary = json.loads((out / "pretrain.json").read_text())
+    summary.update(name=cfg.name, pretrained_dir=str(out), seconds=round(time.time() - began, 1),
+                   precision=t.precision)
+    (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    return summary
