@@ -164,18 +164,20 @@ def _validate(cfg: JobConfig) -> None:
         raise JobConfigError("model.vocab: a pretrained checkpoint needs its own vocab.txt, not 'auto'")
 
 
-def _checkpoint_defaults(data: dict) -> None:
-    """``model.init: checkpoint`` with a checkpoint directory (a brightmart release folder, or
-    one written by ``albert-ray pretrain``): its own config JSON and ``vocab.txt`` unless given."""
+def _checkpoint_defaults(data: dict, overridden: set[str]) -> None:
+    """``model.init: checkpoint`` with a checkpoint directory (a brightmart release folder, or one
+    written by ``albert-ray pretrain``): its own config JSON (when it holds exactly one) and
+    ``vocab.txt`` replace the config file's ``encoder_config`` / ``vocab`` — those describe the
+    random-init model of the bundled configs — unless given as command-line overrides."""
     model = data.get("model")
     if not isinstance(model, dict) or model.get("init") != "checkpoint" or not model.get("checkpoint"):
         return
     folder = Path(str(model["checkpoint"]))
     folder = folder if folder.is_dir() else folder.parent
     configs = sorted(folder.glob("albert_config*.json")) + sorted(folder.glob("bert_config*.json"))
-    if "encoder_config" not in model and len(configs) == 1:
+    if "model.encoder_config" not in overridden and len(configs) == 1:
         model["encoder_config"] = str(configs[0])
-    if "vocab" not in model and (folder / "vocab.txt").is_file():
+    if "model.vocab" not in overridden and (folder / "vocab.txt").is_file():
         model["vocab"] = str(folder / "vocab.txt")
 
 
@@ -189,7 +191,7 @@ def load_job_config(path: str | Path | None = None, overrides: list[str] | None 
     if data is None:
         data = read_yaml(path, "job config")
     data = apply_overrides(copy.deepcopy(data), list(overrides or []))
-    _checkpoint_defaults(data)
+    _checkpoint_defaults(data, {o.split("=", 1)[0].strip() for o in overrides or []})
     cfg = build(JobConfig, data)
     _validate(cfg)
     return cfg

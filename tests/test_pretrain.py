@@ -1,0 +1,136 @@
+"""Masked-LM pre-training: masking statistics, packing, learning on a small repetitive corpus,
+the published checkpoint layout, fine-tuning and continued pre-training from it, the budget."""
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from albert_ray.pretrain import is_heldout, load_pretrain_config, mask_batch, pack_texts
+from albert_ray.tokenization import CharTokenizer, Vocab
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CHARS = list("甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳午未申酉")
+VOCAB = Vocab(SPECIAL + CHARS)
+
+
+def test_masking_rate_split_and_never_special_tokens():
+    rng = np.random.default_rng(0)
+    rows = [[2] + list(rng.integers(5, len(VOCAB), rng.integers(10, 60))) + [3] for _ in range(400)]
+    from albert_ray.batching import pad_batch
+
+    ids = pad_batch(rows)
+    inputs, positions, labels, weights = mask_batch(ids, np.random.default_rng(1), VOCAB, rate=0.15)
+    chosen = weights > 0
+    n_ordinary = sum(len(r) - 2 for r in rows)
+    assert chosen.sum() / n_ordinary == pytest.approx(0.15, abs=0.01)
+    rows_idx = np.repeat(np.arange(len(rows))[:, None], positions.shape[1], 1)[chosen]
+    pos = positions[chosen]
+    assert set(ids[rows_idx, pos].tolist()).isdisjoint({0, 2, 3, 4})  # never PAD / CLS / SEP / MASK
+    assert (labels[chosen] == ids[rows_idx, pos]).all()
+    now = inputs[rows_idx, pos]
+    masked, kept = (now == 4).mean(), (now == labels[chosen]).mean()
+    assert masked == pytest.approx(0.8, abs=0.03) and kept == pytest.approx(0.1 + 0.1 / len(CHARS), abs=0.03)
+    untouched = np.ones_like(ids, bool)
+    untouched[rows_idx, pos] = False
+    assert (inputs[untouched] == ids[untouched]).all()  # only chosen positions change; padding stays 0
+
+
+def test_packing_fills_sequences_and_keeps_every_token():
+    tok = CharTokenizer(VOCAB)
+    texts = ["甲乙丙", "丁戊 己庚", "辛壬癸子丑寅卯辰巳午未申酉"] * 5
+    seqs = pack_texts(texts, tok, max_len=10)
+    assert all(s[0] == 2 and s[-1] == 3 and len(s) <= 10 for s in seqs)
+    assert sum(len(s) - 2 for s in seqs) == sum(len(t.replace(" ", "")) for t in texts)
+    assert [len(s) for s in seqs[:-1]] == [10] * (len(seqs) - 1)  # only the last one is short
+    assert is_heldout(seqs[0], 1000) and not is_heldout(seqs[0], 0)
+
+
+def _corpus(tmp_path) -> Path:
+    """A small repetitive corpus: each line draws its 30 characters from one of four disjoint
+    "topics" of five, so the context says which five a masked character is among (conditional
+    entropy ln 5) while every character is equally frequent overall (unigram entropy ln 20)."""
+    rng = np.random.default_rng(0)
+    topics = [CHARS[i : i + 5] for i in range(0, 20, 5)]
+    lines = ["".join(rng.choice(topics[rng.integers(4)], 30)) for _ in range(800)]
+    f = tmp_path / "corpus.txt"
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB.tokens) + "\n", encoding="utf-8")
+    # the sample encoder at 2 layers: the tiny test config stays on the unigram plateau for long
+    config = json.loads(Path("data/albert_config_sample.json").read_text())
+    config.update(vocab_size=len(VOCAB), num_hidden_layers=2, intermediate_size=256)
+    (tmp_path / "albert_config.json").write_text(json.dumps(config))
+    return f
+
+
+def _cfg(tmp_path, *overrides):
+    return load_pretrain_config(None, [f"name=p", f"output_dir={tmp_path}/out", f"model.vocab={tmp_path}/vocab.txt",
+                                       f"model.encoder_config={tmp_path}/albert_config.json", "model.max_len=32",
+                                       "train.batch_size=32", "train.learning_rate=1e-3", "train.log_every=0",
+                                       "train.heldout_permille=100", *overrides], [str(tmp_path / "corpus.txt")])
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # in-process pre-training
+def test_pretraining_learns_writes_the_published_layout_and_fine_tuning_starts_from_it(tmp_path):
+    import tensorflow as tf
+
+    from albert_ray.pretrain import pretrain
+
+    corpus = _corpus(tmp_path)
+    summary = pretrain(_cfg(tmp_path, "train.epochs=25"), in_process=True)
+    last = summary["history"][-1]
+    counts = Counter(ch for ch in corpus.read_text(encoding="utf-8") if ch in CHARS)
+    total = sum(counts.values())
+    unigram_entropy = -sum(c / total * math.log(c / total) for c in counts.values())  # nats, ~ln 20
+    assert last["heldout_loss"] < 0.7 * unigram_entropy
+    assert last["heldout_accuracy"] > 2 * max(counts.values()) / total  # beats the most frequent token
+
+    folder = Path(summary["pretrained_dir"])
+    assert sorted(p.name for p in folder.iterdir()) == ["albert_config.json", "checkpoint", "model.ckpt.data-00000-of-00001",
+                                                        "model.ckpt.index", "pretrain.json", "train_state.json",
+                                                        "vocab.txt"]
+    shapes = tf.train.load_checkpoint(str(folder / "model.ckpt")).get_variable_to_shape_map()
+    assert shapes["bert/embeddings/word_embeddings"] == [len(VOCAB), 64]
+    assert shapes["bert/embeddings/word_embeddings_2"] == [64, 128]
+    assert shapes["bert/encoder/layer_shared/attention/self/query/kernel"] == [128, 128]
+    assert shapes["cls/predictions/output_bias"] == [len(VOCAB)]
+    assert shapes["cls/predictions/transform/dense/kernel"] == [128, 128]
+
+    # fine-tuning takes the directory alone: its config and vocab by default, exactly its weights
+    from albert_ray import modeldir
+    from albert_ray.jobconfig import load_job_config
+    from albert_ray.spec import ModelSpec
+
+    job = load_job_config("jobs/configs/sample_classify.yaml", ["model.init=checkpoint", f"model.checkpoint={folder}",
+                                                                "model.max_len=32"])
+    assert (job.model.encoder_config, job.model.vocab) == (str(folder / "albert_config.json"), str(folder / "vocab.txt"))
+    from albert_ray.config import EncoderConfig
+
+    spec = ModelSpec.from_job(job, ("a", "b"), EncoderConfig.from_json_file(job.model.encoder_config))
+    model = modeldir.new_model(spec, checkpoint=job.model.checkpoint)
+    reader = tf.train.load_checkpoint(str(folder / "model.ckpt"))
+    np.testing.assert_array_equal(model.get_layer("Embedding-Token").weights[0].numpy(),
+                                  reader.get_tensor("bert/embeddings/word_embeddings"))
+    np.testing.assert_array_equal(model.get_layer("Encoder-Shared-FeedForward").weights[0].numpy(),
+                                  reader.get_tensor("bert/encoder/layer_shared/intermediate/dense/kernel"))
+
+    # continued pre-training from it: the head is read back too, and max_steps bounds the run
+    more = pretrain(_cfg(tmp_path, "name=more", f"model.checkpoint={folder}", "train.epochs=5", "train.max_steps=7"),
+                    in_process=True)
+    assert more["history"][-1]["steps"] == 7
+    assert more["history"][0]["heldout_loss"] < 0.8 * unigram_entropy  # starts where the first run ended
+
+
+def test_pretrain_config_errors_are_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^train.mask_rate=1.5: must be in \(0, 1\)$"):
+        load_pretrain_config(None, ["name=x", "train.mask_rate=1.5"], ["a.txt"])
+    with pytest.raises(ValueError, match=r"^inputs: required field is missing$"):
+        load_pretrain_config(None, ["name=x"])
+    from albert_ray.pretrain import resolve_model_files
+
+    with pytest.raises(ValueError, match=r"^model.vocab: give a vocab.txt \(the brightmart one\), 'auto'"):
+        resolve_model_files(load_pretrain_config(None, ["name=x"], ["a.txt"]))
