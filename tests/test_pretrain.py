@@ -67,7 +67,7 @@ def _corpus(tmp_path) -> Path:
 
 
 def _cfg(tmp_path, *overrides):
-    return load_pretrain_config(None, [f"name=p", f"output_dir={tmp_path}/out", f"model.vocab={tmp_path}/vocab.txt",
+    return load_pretrain_config(None, ["name=p", f"output_dir={tmp_path}/out", f"model.vocab={tmp_path}/vocab.txt",
                                        f"model.encoder_config={tmp_path}/albert_config.json", "model.max_len=32",
                                        "train.batch_size=32", "train.learning_rate=1e-3", "train.log_every=0",
                                        "train.heldout_permille=100", *overrides], [str(tmp_path / "corpus.txt")])
