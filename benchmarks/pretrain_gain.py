@@ -1,0 +1,133 @@
+"""What masked-LM pre-training buys, and what bfloat16 buys pre-training, on this machine.
+
+    python benchmarks/pretrain_gain.py [--minutes 30] [--corpora ../shared/corpora] [--skip-gain] [--skip-throughput]
+
+* throughput: pre-training sequences/s of the sample encoder (brightmart layout, H=128, 4 layers,
+  the 21,128-word brightmart vocabulary, 128-token sequences), float32 against mixed_bfloat16,
+  the same steps in one run;
+* gain: pre-train the sample encoder for ``--minutes`` on unlabelled text of training splits only
+  (CLUENER train, DuEE train, sogou, the albert_zh news sample; never CLUENER's test split, never
+  People's Daily, which is evaluated), then fine-tune CLUENER and People's Daily with the same
+  bounded recipe from random init and from the pre-trained checkpoint, and compare entity micro-F1.
+
+Prints a table and writes ``benchmarks/results/pretrain_gain.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)
+
+RECIPES = {  # the bounded fine-tuning recipe of tests/test_corpora_learning.py, a little longer
+    "cluener": ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=3",
+                "train.learning_rate=2e-3", "model.bilstm_units=0"],
+    "peoples_daily": ["data.max_train_examples=3000", "data.max_eval_examples=400", "train.epochs=4",
+                      "train.learning_rate=2e-3", "model.bilstm_units=0"],
+}
+
+
+def unlabelled_text(corpora: Path, out: Path) -> int:
+    """One text per line from training splits only."""
+    from albert_ray.data import read_examples
+
+    texts = [e.text for e in read_examples(corpora / "cluener" / "cluener.train", on_bad_records="skip").examples]
+    texts += [e.text for e in read_examples(corpora / "duee_event_types" / "train.csv", multilabel=True, on_bad_records="skip").examples]
+    texts += [e.text for e in read_examples(corpora / "sogou_mini" / "test.csv", on_bad_records="skip").examples]
+    texts += (corpora / "pretrain_sample" / "news_zh_1.txt").read_text(encoding="utf-8").splitlines()
+    texts = [" ".join(t.split()) for t in texts if t.strip()]
+    out.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return sum(len(t) for t in texts)
+
+
+def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str) -> dict:
+    from albert_ray.pretrain import load_pretrain_config, pretrain
+
+    cfg = load_pretrain_config(None, ["name=bench", f"output_dir={out}", "model.encoder_config=data/albert_config_sample.json",
+                                      f"model.vocab={corpora}/albert_zh/vocab.txt", "model.max_len=128",
+                                      "train.batch_size=32", "train.learning_rate=1e-3", "train.log_every=100",
+                                      "train.heldout_permille=5", *overrides], [str(corpus)])
+    return pretrain(cfg, in_process=True)
+
+
+def throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
+    rows = []
+    for precision in ("float32", "mixed_bfloat16"):
+        with tempfile.TemporaryDirectory() as tmp:
+            s = pretrain_run(corpus, Path(tmp), corpora, f"train.precision={precision}", f"train.max_steps={steps}",
+                             "train.epochs=1")
+        rows.append({"precision": precision, "steps": s["history"][-1]["steps"],
+                     "sequences_per_second": round(s["history"][-1]["sequences_per_second"], 1)})
+    rows[1]["x_float32"] = round(rows[1]["sequences_per_second"] / rows[0]["sequences_per_second"], 2)
+    return rows
+
+
+def fine_tune(name: str, out: Path, corpora: Path, checkpoint: Path | None) -> dict:
+    from albert_ray.jobconfig import load_job_config
+    from albert_ray.training import train_in_process
+
+    init = [f"model.init=checkpoint", f"model.checkpoint={checkpoint}"] if checkpoint else \
+        ["model.encoder_config=data/albert_config_sample.json", f"model.vocab={corpora}/albert_zh/vocab.txt"]
+    job = load_job_config(f"jobs/configs/{name}.yaml", [f"output_dir={out}", "train.log_every=0", "train.patience=10",
+                                                        *RECIPES[name], *init])
+    began = time.time()
+    summary = train_in_process(job)
+    return {"task": name, "init": "pretrained" if checkpoint else "random",
+            "entity_f1": round(summary["metrics"]["micro avg"]["f1-score"], 4), "seconds": round(time.time() - began)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
+    parser.add_argument("--minutes", type=float, default=30.0, help="pre-training budget (default 30)")
+    parser.add_argument("--throughput-steps", type=int, default=40)
+    parser.add_argument("--skip-gain", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pretrain_gain.json"))
+    args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    corpora = Path(args.corpora)
+    result: dict = {"machine": f"{os.cpu_count()} CPUs", "encoder": "data/albert_config_sample.json"}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = tmp / "unlabelled.txt"
+        result["unlabelled_chars"] = unlabelled_text(corpora, corpus)
+        if not args.skip_throughput:
+            result["throughput"] = throughput(corpus, corpora, args.throughput_steps)
+        if not args.skip_gain:
+            began = time.time()
+            summary = pretrain_run(corpus, tmp / "pt", corpora, f"train.max_minutes={args.minutes}", "train.epochs=50",
+                                   "train.precision=mixed_bfloat16")
+            result["pretraining"] = {"minutes": round((time.time() - began) / 60, 1), **summary["history"][-1]}
+            folder = Path(summary["pretrained_dir"])
+            result["fine_tuning"] = [fine_tune(name, tmp / f"{name}-{init}", corpora, folder if init == "pt" else None)
+                                     for name in RECIPES for init in ("random", "pt")]
+    print(f"unlabelled text: {result['unlabelled_chars']:,} characters")
+    for row in result.get("throughput", []):
+        print(f"pre-training {row['precision']:>15}: {row['sequences_per_second']:>7.1f} sequences/s"
+              + (f"  ({row['x_float32']}x float32)" if "x_float32" in row else ""))
+    if "pretraining" in result:
+        p = result["pretraining"]
+        print(f"pre-training: {p['minutes']} min, {p['steps']} steps, held-out MLM loss {p['heldout_loss']:.3f}, "
+              f"masked-token accuracy {p['heldout_accuracy']:.3f}")
+        print(f"{'task':<15}{'random init':>12}{'pre-trained':>12}{'gain':>8}")
+        for name in RECIPES:
+            a, b = [r["entity_f1"] for r in result["fine_tuning"] if r["task"] == name]
+            print(f"{name:<15}{a:>12.4f}{b:>12.4f}{b - a:>+8.4f}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
