@@ -129,7 +129,9 @@ def _cmd_label(args) -> int:
         given["inputs"] = [x for x in given["inputs"] if x.split("=", 1)[0] not in fields]
     cfg = load_label_config(args.config, overrides, given)
     m = label_corpus(cfg, address=args.address)
-    counts = m.get("entity_counts") or m.get("label_counts") or {}
+    from albert_ray.tasks import task_for
+
+    counts = m[task_for(m["task"]).counts_key]
     print(f"rows in {m['rows_in']} = out {m['rows_out']} + quarantined {m['rows_quarantined']} "
           f"({m['quarantine_reasons']}); units {m['units']} ({m['units_reused']} reused); "
           f"{m['rows_per_second']} rows/s ({', '.join(m['precision']) or '-'}); output {m['output']}")
