@@ -382,6 +382,7 @@ def pretrain_loop_per_worker(config: dict) -> None:
     steps_per_epoch = _min_across(strategy, len(train_rows) // t.batch_size, world)
     total = max(1, steps_per_epoch * t.epochs)
     total = min(total, t.max_steps) if t.max_steps else total
+    cap, timed_from = total, (time.time(), 0)
     with strategy.scope():
         with dtype_policy(t.precision):
             model = build_mlm_model(w.encoder)
@@ -450,10 +451,13 @@ def pretrain_loop_per_worker(config: dict) -> None:
             if done >= total or (t.max_minutes and time.time() - began > 60 * t.max_minutes):
                 budget_hit = True
                 break
-            if t.max_minutes and done == 10:  # the schedule follows the wall-clock budget
-                per_step = (time.time() - began) / 10
-                total_var.assign(float(min(total, int(60 * t.max_minutes / per_step))))
-                total = int(total_var.numpy())
+            if t.max_minutes and done == 10:
+                timed_from = (time.time(), done)  # after tracing and warm-up: time steps from here
+            elif t.max_minutes and done % 50 == 0 and done > 10:  # the schedule follows the wall-clock budget
+                per_step = (time.time() - timed_from[0]) / (done - timed_from[1])
+                fit = done + int((60 * t.max_minutes - (time.time() - began)) / per_step)
+                total = max(done + 1, min(cap, fit))
+                total_var.assign(float(total))
             batch = pad_batch([train_rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]])
             ids, pos, labels, weights = mask_batch(batch, rng, w.vocab, t.mask_rate)
             losses.append(float(step(tf.constant(ids), tf.constant(pos), tf.constant(labels), tf.constant(weights))))

@@ -134,3 +134,18 @@ def test_pretrain_config_errors_are_one_line(tmp_path):
 
     with pytest.raises(ValueError, match=r"^model.vocab: give a vocab.txt \(the brightmart one\), 'auto'"):
         resolve_model_files(load_pretrain_config(None, ["name=x"], ["a.txt"]))
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # in-process pre-training
+def test_the_wall_clock_budget_ends_the_run_and_shortens_the_schedule(tmp_path):
+    import time
+
+    from albert_ray.pretrain import pretrain
+
+    _corpus(tmp_path)
+    began = time.time()
+    summary = pretrain(_cfg(tmp_path, "train.epochs=1000", "train.max_minutes=0.25"), in_process=True)
+    last = summary["history"][-1]
+    assert last["epoch"] < 1000 and last["steps"] > 50  # stopped by the budget, after real work
+    assert time.time() - began < 0.25 * 60 + 45           # the budget, plus start-up and one evaluation
