@@ -355,60 +355,128 @@ def _masked_loss(logits, labels, weights):
 
 def pretrain_loop_per_worker(config: dict) -> None:
     """Ray Train worker (also in-process): build, restore, train epochs within the budget, report."""
-    import tensorflow as tf
     from tensorflow import keras
 
-    from albert_ray.encoder import dtype_policy, initialize_encoder
     from albert_ray.runtime import configure_tf
-    from albert_ray.worker import LocalReporter, RayReporter, TrainState, WarmupLinearDecay, optimizer_state
 
     w: PretrainWorker = config["worker"]
     configure_tf(w.tf_threads)
     cfg, t = w.cfg, w.cfg.train
-    if w.rows is None:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        rows = [np.asarray(r["token_ids"], np.int32) for r in ray.train.get_dataset_shard("train").iter_rows()]
-        strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
-        reporter, resume = RayReporter(rank), ray.train.get_checkpoint()
-    else:
-        rank, world, rows = 0, 1, [np.asarray(r, np.int32) for r in w.rows]
-        strategy, reporter, resume = tf.distribute.get_strategy(), LocalReporter(w.local_output), None
-    heldout = [r for r in rows if is_heldout(r, t.heldout_permille)]
-    train_rows = [r for r in rows if not is_heldout(r, t.heldout_permille)]
+    ctx = _pretrain_context(w)
+    heldout = [r for r in ctx.rows if is_heldout(r, t.heldout_permille)]
+    train_rows = [r for r in ctx.rows if not is_heldout(r, t.heldout_permille)]
     keras.utils.set_random_seed(t.seed)
-    steps_per_epoch = _min_across(strategy, len(train_rows) // t.batch_size, world)
-    total = max(1, steps_per_epoch * t.epochs)
-    total = min(total, t.max_steps) if t.max_steps else total
-    cap, timed_from = total, (time.time(), 0)
+    steps_per_epoch = _min_across(ctx.strategy, len(train_rows) // t.batch_size, ctx.world)
+    cap = max(1, steps_per_epoch * t.epochs)
+    cap = min(cap, t.max_steps) if t.max_steps else cap
+    model, optimizer, step, budget = _build_pretraining(w, ctx.strategy, cap)
+    state = _restore_pretraining(model, optimizer, w, ctx.resume)
+    if ctx.rank == 0:
+        log.info("pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
+                 "%s, %s", cfg.name, len(ctx.rows), len(heldout), ctx.world, t.batch_size, steps_per_epoch, cap,
+                 f", {t.max_minutes:g} min" if t.max_minutes else "", t.precision)
+
+    def checkpoint(folder):
+        from albert_ray.worker import optimizer_state
+
+        save_pretrained(folder, model, w.encoder, w.vocab, {"history": state.history})
+        Path(folder, "train_state.json").write_text(state.to_json())
+        np.savez(Path(folder, "optimizer.npz"), **{f"v{i}": v.numpy() for i, v in enumerate(optimizer_state(optimizer))})
+
+    for epoch in range(state.epoch, t.epochs):
+        metrics = _pretrain_epoch(step, optimizer, train_rows, w, ctx.rank, epoch, steps_per_epoch, budget)
+        metrics.update(evaluate_mlm(model, heldout, w.vocab, t))
+        state.history.append(metrics)
+        state.epoch = epoch + 1
+        if ctx.rank == 0:
+            log.info("epoch %d: MLM loss %.4f, held-out loss %.4f, masked-token accuracy %.4f, %.1f sequences/s",
+                     epoch + 1, metrics["train_loss"], metrics["heldout_loss"], metrics["heldout_accuracy"],
+                     metrics["sequences_per_second"])
+        ctx.reporter.report({**metrics, "final": budget.hit or epoch + 1 == t.epochs}, checkpoint)
+        if budget.hit:
+            break
+
+
+class Budget:
+    """The step cap and the wall-clock budget. Steps are timed from step 10 (after tracing and
+    warm-up); every 50 steps the schedule's total (a ``tf.Variable``) is re-fitted to the steps
+    that still fit, so the learning rate reaches 0 when the time is up."""
+
+    def __init__(self, cap: int, minutes: float, total_var):
+        self.cap, self.minutes, self.total_var = cap, minutes, total_var
+        self.began, self.timed_from, self.hit = time.time(), (time.time(), 0), False
+
+    @property
+    def total(self) -> int:
+        return int(self.total_var.numpy())
+
+    def over(self, done: int) -> bool:
+        """True (and ``hit``) once the steps or the minutes are used up; else re-fits the schedule."""
+        now = time.time()
+        if done >= self.total or (self.minutes and now - self.began > 60 * self.minutes):
+            self.hit = True
+        elif self.minutes and done == 10:
+            self.timed_from = (now, done)
+        elif self.minutes and done % 50 == 0 and done > 10:
+            per_step = (now - self.timed_from[0]) / (done - self.timed_from[1])
+            fit = done + int((60 * self.minutes - (now - self.began)) / per_step)
+            self.total_var.assign(float(max(done + 1, min(self.cap, fit))))
+        return self.hit
+
+
+def _pretrain_context(w: PretrainWorker):
+    """Rank, rows, strategy, resume checkpoint and reporter: Ray Train's, or this process's."""
+    import tensorflow as tf
+
+    from albert_ray.worker import Context, LocalReporter, RayReporter
+
+    if w.rows is not None:
+        return Context(0, 1, [np.asarray(r, np.int32) for r in w.rows], tf.distribute.get_strategy(), None,
+                       LocalReporter(w.local_output))
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rows = [np.asarray(r["token_ids"], np.int32) for r in ray.train.get_dataset_shard("train").iter_rows()]
+    strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
+    return Context(rank, world, rows, strategy, ray.train.get_checkpoint(), RayReporter(rank))
+
+
+def _build_pretraining(w: PretrainWorker, strategy, cap: int):
+    """The MLM model (initialised, or from ``model.checkpoint``), AdamW with warmup and a decay
+    that follows the :class:`Budget`, and the compiled step ``(ids, positions, labels, weights) -> loss``."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    from albert_ray.encoder import dtype_policy, initialize_encoder
+    from albert_ray.worker import WarmupLinearDecay
+
+    t, checkpoint = w.cfg.train, w.cfg.model.checkpoint
     with strategy.scope():
         with dtype_policy(t.precision):
             model = build_mlm_model(w.encoder)
         initialize_encoder(model, w.encoder, seed=t.seed)
-        if cfg.model.checkpoint:
+        if checkpoint:
             from albert_ray.checkpoint import load_checkpoint
 
-            load_checkpoint(model, w.encoder, cfg.model.checkpoint)
-            log.info("MLM head %s", "continued from the checkpoint" if load_head(model, cfg.model.checkpoint)
+            load_checkpoint(model, w.encoder, checkpoint)
+            log.info("MLM head %s", "continued from the checkpoint" if load_head(model, checkpoint)
                      else "new (the checkpoint has none)")
-        total_var = tf.Variable(float(total), trainable=False, dtype=tf.float32)
-        schedule = WarmupLinearDecay(t.learning_rate, int(total * t.warmup_ratio), total_var)
+        total_var = tf.Variable(float(cap), trainable=False, dtype=tf.float32)
+        schedule = WarmupLinearDecay(t.learning_rate, int(cap * t.warmup_ratio), total_var)
         optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay, epsilon=1e-6)
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "embeddings"])
         if t.precision == "mixed_float16":
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
+    scaled = t.precision == "mixed_float16"
 
     def replica_step(ids, pos, labels, weights):
         with tf.GradientTape() as tape:
             loss_sum, _, n = _masked_loss(model([ids, tf.zeros_like(ids), pos], training=True), labels, weights)
-            total_n = tf.distribute.get_replica_context().all_reduce("sum", n)
-            loss = loss_sum / tf.maximum(total_n, 1.0)
-            scaled = optimizer.get_scaled_loss(loss) if t.precision == "mixed_float16" else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        if t.precision == "mixed_float16":
+            loss = loss_sum / tf.maximum(tf.distribute.get_replica_context().all_reduce("sum", n), 1.0)
+        grads = tape.gradient(optimizer.get_scaled_loss(loss) if scaled else loss, model.trainable_variables)
+        if scaled:
             grads = optimizer.get_unscaled_gradients(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -419,66 +487,49 @@ def pretrain_loop_per_worker(config: dict) -> None:
     def step(ids, pos, labels, weights):
         return strategy.reduce("sum", strategy.run(replica_step, args=(ids, pos, labels, weights)), axis=None)
 
-    state = TrainState()
-    if resume is not None:
-        with resume.as_directory() as d:
-            from albert_ray.checkpoint import load_checkpoint
+    return model, optimizer, step, Budget(cap, t.max_minutes, total_var)
 
-            load_checkpoint(model, w.encoder, d)
-            load_head(model, d)
-            state = TrainState.load(d)
-            saved = np.load(Path(d) / "optimizer.npz")
-            for i, var in enumerate(optimizer_state(optimizer)):
-                var.assign(saved[f"v{i}"])
-        log.info("resumed pre-training at epoch %d, step %d", state.epoch + 1, int(optimizer.iterations.numpy()))
-    if rank == 0:
-        log.info("pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
-                 "%s, %s", cfg.name, len(rows), len(heldout), world, t.batch_size, steps_per_epoch, total,
-                 f", {t.max_minutes:g} min" if t.max_minutes else "", t.precision)
 
-    def checkpoint(folder):
-        save_pretrained(folder, model, w.encoder, w.vocab, {"history": state.history})
-        Path(folder, "train_state.json").write_text(state.to_json())
-        np.savez(Path(folder, "optimizer.npz"), **{f"v{i}": v.numpy() for i, v in enumerate(optimizer_state(optimizer))})
+def _restore_pretraining(model, optimizer, w: PretrainWorker, resume):
+    """The loop state; weights, MLM head and optimizer slots from a Ray Train checkpoint."""
+    from albert_ray.worker import TrainState, optimizer_state
 
-    began, budget_hit = time.time(), False
-    for epoch in range(state.epoch, t.epochs):
-        rng = np.random.default_rng([t.seed, epoch, rank])
-        order = rng.permutation(len(train_rows))
-        losses, seqs, epoch_began = [], 0, time.time()
-        for i in range(steps_per_epoch):
-            done = int(optimizer.iterations.numpy())
-            if done >= total or (t.max_minutes and time.time() - began > 60 * t.max_minutes):
-                budget_hit = True
-                break
-            if t.max_minutes and done == 10:
-                timed_from = (time.time(), done)  # after tracing and warm-up: time steps from here
-            elif t.max_minutes and done % 50 == 0 and done > 10:  # the schedule follows the wall-clock budget
-                per_step = (time.time() - timed_from[0]) / (done - timed_from[1])
-                fit = done + int((60 * t.max_minutes - (time.time() - began)) / per_step)
-                total = max(done + 1, min(cap, fit))
-                total_var.assign(float(total))
-            batch = pad_batch([train_rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]])
-            ids, pos, labels, weights = mask_batch(batch, rng, w.vocab, t.mask_rate)
-            losses.append(float(step(tf.constant(ids), tf.constant(pos), tf.constant(labels), tf.constant(weights))))
-            seqs += len(batch)
-            if rank == 0 and t.log_every and (i + 1) % t.log_every == 0:
-                log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker)", epoch + 1, i + 1,
-                         steps_per_epoch, np.mean(losses[-t.log_every:]), seqs / (time.time() - epoch_began))
-        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                   "steps": int(optimizer.iterations.numpy()),
-                   "sequences_per_second": seqs / max(time.time() - epoch_began, 1e-9),
-                   **evaluate_mlm(model, heldout, w.vocab, t)}
-        state.history.append(metrics)
-        state.epoch = epoch + 1
-        if rank == 0:
-            log.info("epoch %d: MLM loss %.4f, held-out loss %.4f, masked-token accuracy %.4f, %.1f sequences/s",
-                     epoch + 1, metrics["train_loss"], metrics["heldout_loss"], metrics["heldout_accuracy"],
-                     metrics["sequences_per_second"])
-        final = budget_hit or epoch + 1 == t.epochs
-        reporter.report({**metrics, "final": final}, checkpoint)
-        if budget_hit:
+    if resume is None:
+        return TrainState()
+    with resume.as_directory() as d:
+        from albert_ray.checkpoint import load_checkpoint
+
+        load_checkpoint(model, w.encoder, d)
+        load_head(model, d)
+        state = TrainState.load(d)
+        saved = np.load(Path(d) / "optimizer.npz")
+        for i, var in enumerate(optimizer_state(optimizer)):
+            var.assign(saved[f"v{i}"])
+    log.info("resumed pre-training at epoch %d, step %d", state.epoch + 1, int(optimizer.iterations.numpy()))
+    return state
+
+
+def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: int, steps: int,
+                    budget: Budget) -> dict:
+    """One epoch of dynamically masked batches (order and masks a function of seed, epoch, rank)."""
+    import tensorflow as tf
+
+    t = w.cfg.train
+    rng = np.random.default_rng([t.seed, epoch, rank])
+    order = rng.permutation(len(rows))
+    losses, seqs, began = [], 0, time.time()
+    for i in range(steps):
+        if budget.over(int(optimizer.iterations.numpy())):
             break
+        batch = pad_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]])
+        ids, pos, labels, weights = mask_batch(batch, rng, w.vocab, t.mask_rate)
+        losses.append(float(step(tf.constant(ids), tf.constant(pos), tf.constant(labels), tf.constant(weights))))
+        seqs += len(batch)
+        if rank == 0 and t.log_every and (i + 1) % t.log_every == 0:
+            log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker)", epoch + 1, i + 1, steps,
+                     np.mean(losses[-t.log_every:]), seqs / (time.time() - began))
+    return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "steps": int(optimizer.iterations.numpy()), "sequences_per_second": seqs / max(time.time() - began, 1e-9)}
 
 
 def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain) -> dict:
