@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from albert_ray.spec import ModelSpec
+from albert_ray.spec import PRECISION_POLICIES, ModelSpec
+from albert_ray.tasks import build_task_model, task_for
 from albert_ray.tokenization import Vocab
 
 SPEC_FILE = "model.json"
@@ -51,7 +52,6 @@ def new_model(spec: ModelSpec, seed: int = 0, checkpoint: str | None = None):
     ``checkpoint`` or at random (BERT's truncated normal, seeded). Call under a distribution
     strategy's scope and a dtype policy as needed."""
     from albert_ray.encoder import initialize_encoder
-    from albert_ray.tasks import build_task_model
 
     model = build_task_model(spec)
     if checkpoint:
@@ -90,8 +90,10 @@ def check(path: str | Path) -> tuple[ModelSpec, Vocab]:
                             f"(a model directory is written by 'albert-ray train')")
     try:
         spec = ModelSpec.load(path / SPEC_FILE)
+        task_for(spec)
     except (OSError, ValueError) as exc:
-        raise ModelDirError(str(exc)) from None
+        message = str(exc)
+        raise ModelDirError(message if message.startswith(str(path)) else f"{path / SPEC_FILE}: {message}") from None
     vocab = _read_vocab(path / VOCAB_FILE)
     if len(vocab) > spec.encoder.vocab_size:
         raise ModelDirError(f"{path / VOCAB_FILE} has {len(vocab)} tokens but the encoder in {path / SPEC_FILE} has "
@@ -135,8 +137,6 @@ def weight_shapes(file: Path) -> list[tuple[int, ...]]:
 
 
 def _check_weights(file: Path, spec: ModelSpec, vocab_len: int) -> None:
-    from albert_ray.tasks import task_for
-
     shapes = weight_shapes(file)
     enc = spec.encoder
     embedding = (enc.vocab_size, enc.embedding_size or enc.hidden_size)
@@ -162,8 +162,6 @@ def load(path: str | Path, precision: str = "float32"):
         ModelDirError: one line naming the file and the problem.
     """
     from albert_ray.encoder import dtype_policy
-    from albert_ray.spec import PRECISION_POLICIES
-    from albert_ray.tasks import build_task_model
 
     path = Path(path)
     spec, vocab = check(path)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from albert_ray.config import EncoderConfig
-from albert_ray.tasks import task_names
 
 TRUNCATIONS = ("head", "chunks")
 POOLINGS = ("cls", "mean")
@@ -22,7 +21,9 @@ class ModelSpec:
     """Everything needed to rebuild a task model and decode its outputs.
 
     Attributes:
-        task: a name in the task registry (``classify`` | ``multilabel`` | ``ner``).
+        task: a name in the task registry (``classify`` | ``multilabel`` | ``ner``); checked where
+            specs come from (job configs at load, ``model.json`` by ``modeldir.check``), so this
+            module stays below the registry in the import graph.
         labels: classes, label set, or entity types (sorted).
         encoder: the encoder architecture (a dict as in ``model.json`` is accepted and parsed).
         max_len: tokens per window, [CLS] and [SEP] included.
@@ -51,8 +52,6 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.task not in task_names():
-            raise ValueError(f"task={self.task!r}: must be one of {task_names()}")
         if isinstance(self.encoder, dict):
             data = dict(self.encoder)
             layout = data.pop("layout", None)

@@ -147,3 +147,10 @@ def test_vocab_file_errors_name_the_file(tmp_path):
     (tmp_path / "vocab.txt").write_text("a\nb\n", encoding="utf-8")
     with pytest.raises(ValueError, match=f"^{tmp_path}/vocab.txt: vocab has no \\[PAD\\] token"):
         Vocab.from_file(tmp_path / "vocab.txt")
+
+
+def test_unknown_task_in_model_json(old):
+    _edit_spec(old, task="pos")
+    with pytest.raises(ModelDirError) as err:
+        modeldir.check(old)
+    assert str(err.value) == f"{old}/model.json: task='pos': must be one of ('classify', 'multilabel', 'ner')"
