@@ -198,3 +198,28 @@ def detect_config_layout(data: dict[str, Any]) -> str:
     if "num_hidden_groups" in data or "inner_group_num" in data:
         return "albert_google"
     return "albert_brightmart"
+
+
+def check_fits(encoder: EncoderConfig, max_len: int, vocab_len: int | None = None,
+               vocab_file: str | None = None) -> None:
+    """The vocabulary and the sequence length a run uses against the encoder that has to hold them.
+
+    Raises:
+        ValueError: naming both files and the values.
+    """
+    if vocab_len is not None and vocab_len != encoder.vocab_size:
+        raise ValueError(f"{vocab_file} has {vocab_len} tokens but {encoder.source} says vocab_size="
+                         f"{encoder.vocab_size}; use the vocab.txt that came with the checkpoint")
+    if max_len > encoder.max_position_embeddings:
+        raise ValueError(f"model.max_len={max_len} exceeds max_position_embeddings={encoder.max_position_embeddings} "
+                         f"of {encoder.source}")
+
+
+def checkpoint_folder_files(checkpoint: str) -> tuple[str | None, str | None]:
+    """The config JSON (when the folder holds exactly one) and ``vocab.txt`` beside a checkpoint
+    (a brightmart release folder, or one written by ``albert-ray pretrain``)."""
+    folder = Path(checkpoint)
+    folder = folder if folder.is_dir() else folder.parent
+    configs = sorted(folder.glob("albert_config*.json")) + sorted(folder.glob("bert_config*.json"))
+    vocab = folder / "vocab.txt"
+    return (str(configs[0]) if len(configs) == 1 else None), (str(vocab) if vocab.is_file() else None)

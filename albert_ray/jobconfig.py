@@ -172,13 +172,13 @@ def _checkpoint_defaults(data: dict, overridden: set[str]) -> None:
     model = data.get("model")
     if not isinstance(model, dict) or model.get("init") != "checkpoint" or not model.get("checkpoint"):
         return
-    folder = Path(str(model["checkpoint"]))
-    folder = folder if folder.is_dir() else folder.parent
-    configs = sorted(folder.glob("albert_config*.json")) + sorted(folder.glob("bert_config*.json"))
-    if "model.encoder_config" not in overridden and len(configs) == 1:
-        model["encoder_config"] = str(configs[0])
-    if "model.vocab" not in overridden and (folder / "vocab.txt").is_file():
-        model["vocab"] = str(folder / "vocab.txt")
+    from albert_ray.config import checkpoint_folder_files
+
+    config, vocab = checkpoint_folder_files(str(model["checkpoint"]))
+    if "model.encoder_config" not in overridden and config:
+        model["encoder_config"] = config
+    if "model.vocab" not in overridden and vocab:
+        model["vocab"] = vocab
 
 
 def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from albert_ray.batching import pad_batch
-from albert_ray.config import EncoderConfig
+from albert_ray.config import EncoderConfig, check_fits, checkpoint_folder_files
 from albert_ray.tokenization import CLS, MASK, PAD, SEP, UNK, CharTokenizer, Vocab
 
 log = logging.getLogger(__name__)
 
 HEAD_PREFIX = "cls/predictions"
-CONFIG_NAMES = ("albert_config.json", "bert_config.json")
 
 
 # ---- configuration -------------------------------------------------------------------------
@@ -110,12 +109,9 @@ def load_pretrain_config(path: str | None, overrides: list[str] | None = None,
 def resolve_model_files(cfg: PretrainConfig) -> tuple[EncoderConfig, Vocab]:
     """The encoder config and vocabulary: given, else the checkpoint directory's own."""
     m = cfg.model
-    folder = Path(m.checkpoint) if m.checkpoint else None
-    if folder is not None and not folder.is_dir():
-        folder = folder.parent
-    config_file = m.encoder_config or next((str(folder / n) for n in CONFIG_NAMES if folder and (folder / n).is_file()),
-                                           None) or "data/albert_config_sample.json"
-    vocab_file = m.vocab or (str(folder / "vocab.txt") if folder and (folder / "vocab.txt").is_file() else None)
+    own_config, own_vocab = checkpoint_folder_files(m.checkpoint) if m.checkpoint else (None, None)
+    config_file = m.encoder_config or own_config or "data/albert_config_sample.json"
+    vocab_file = m.vocab or own_vocab
     if vocab_file is None:
         raise ValueError("model.vocab: give a vocab.txt (the brightmart one), 'auto' (the corpus' characters) or a "
                          "model.checkpoint directory that holds one")
@@ -132,28 +128,36 @@ def resolve_model_files(cfg: PretrainConfig) -> tuple[EncoderConfig, Vocab]:
         encoder = replace(encoder, vocab_size=len(vocab))
     else:
         vocab = Vocab.from_file(vocab_file)
-    if len(vocab) != encoder.vocab_size:
-        raise ValueError(f"{vocab_file} has {len(vocab)} tokens but {config_file} says vocab_size={encoder.vocab_size}")
-    if m.max_len > encoder.max_position_embeddings:
-        raise ValueError(f"model.max_len={m.max_len} exceeds max_position_embeddings={encoder.max_position_embeddings} "
-                         f"of {config_file}")
+    check_fits(encoder, m.max_len, len(vocab), vocab_file)
     return encoder, vocab
 
 
 # ---- data: packing and masking -------------------------------------------------------------------
-def corpus_texts(cfg: PretrainConfig):
-    """The readable texts of the inputs, streamed (bad rows skipped; the read path counts them)."""
-    from albert_ray.corpus import ReadOptions, expand_inputs, plan_units, read_file
+def read_tasks(cfg: PretrainConfig) -> list[dict]:
+    """One read task per input file (the whole file as one unit: pre-training keeps no unit records)."""
+    from albert_ray.corpus import expand_inputs, plan_units
 
-    opts = ReadOptions(cfg.format, cfg.text_field, None, 1_000_000)
-    for u in plan_units(expand_inputs(cfg.inputs, cfg.format), 1 << 62):
-        task = {"path": u.path, "fmt": u.fmt,
-                "units": [{"uid": u.uid, "start": u.start, "stop": u.stop, "todo": True, "resume": None}]}
-        for table in read_file(task, opts):
-            for text, reason, meta in zip(table.column("text").to_pylist(), table.column("reason").to_pylist(),
-                                          table.column("meta").to_pylist()):
-                if reason is None and meta is None:
-                    yield text
+    return [{"path": u.path, "fmt": u.fmt,
+             "units": [{"uid": u.uid, "start": u.start, "stop": u.stop, "todo": True, "resume": None}]}
+            for u in plan_units(expand_inputs(cfg.inputs, cfg.format), 1 << 62)]
+
+
+def task_texts(task: dict, cfg: PretrainConfig):
+    """The readable texts of one read task, in blocks (bad rows are skipped)."""
+    import pyarrow.compute as pc
+
+    from albert_ray.corpus import ReadOptions, read_file
+
+    for table in read_file(task, ReadOptions(cfg.format, cfg.text_field, None, 1_000_000)):
+        good = pc.and_(pc.is_null(table.column("meta")), pc.is_null(table.column("reason")))
+        yield table.filter(good).column("text").to_pylist()
+
+
+def corpus_texts(cfg: PretrainConfig):
+    """Every readable text of the inputs, streamed."""
+    for task in read_tasks(cfg):
+        for texts in task_texts(task, cfg):
+            yield from texts
 
 
 def pack_texts(texts, tokenizer: CharTokenizer, max_len: int) -> list[list[int]]:
@@ -205,18 +209,13 @@ def mask_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: fl
 
 
 def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab):
-    """Ray Data UDF: a file's read task in, packed sequences out (bad rows counted, skipped)."""
+    """Ray Data UDF: a file's read task in, packed sequences out."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    from albert_ray.corpus import ReadOptions, read_file
-
-    opts = ReadOptions(cfg.format, cfg.text_field, None, 1_000_000)
     tokenizer = CharTokenizer(vocab)
     for task in batch["task"]:
-        for table in read_file(json.loads(task), opts):
-            rows = table.filter(pc.and_(pc.is_null(table.column("meta")), pc.is_null(table.column("reason"))))
-            seqs = pack_texts(rows.column("text").to_pylist(), tokenizer, cfg.model.max_len)
+        for texts in task_texts(json.loads(task), cfg):
+            seqs = pack_texts(texts, tokenizer, cfg.model.max_len)
             if seqs:
                 yield pa.table({"token_ids": seqs,
                                 "heldout": [is_heldout(s, cfg.train.heldout_permille) for s in seqs]})
@@ -226,14 +225,9 @@ def sequences_dataset(cfg: PretrainConfig, vocab: Vocab):
     """A Ray dataset of packed sequences ``{"token_ids", "heldout"}``, read one task per file."""
     import ray
 
-    from albert_ray.corpus import expand_inputs, plan_units
-
-    files = expand_inputs(cfg.inputs, cfg.format)
-    units = plan_units(files, 1 << 62)
-    tasks = [json.dumps({"path": u.path, "fmt": u.fmt, "units": [{"uid": u.uid, "start": u.start, "stop": u.stop,
-                                                                  "todo": True, "resume": None}]}) for u in units]
-    log.info("pre-training on %d files (%.1f MB)", len(files), sum(f.size for f in files) / 1e6)
-    return ray.data.from_items([{"task": t} for t in tasks]).map_batches(
+    tasks = read_tasks(cfg)
+    log.info("pre-training on %d files", len(tasks))
+    return ray.data.from_items([{"task": json.dumps(t)} for t in tasks]).map_batches(
         _read_and_pack, fn_kwargs={"cfg": cfg, "vocab": vocab}, batch_size=1, num_cpus=0.5)
 
 

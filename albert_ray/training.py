@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from albert_ray import modeldir
-from albert_ray.config import EncoderConfig
+from albert_ray.config import EncoderConfig, check_fits
 from albert_ray.data import Example, read_examples
 from albert_ray.jobconfig import JobConfig
 from albert_ray.runtime import init_ray, require_shared_storage
@@ -43,15 +43,7 @@ def check_job(job: JobConfig) -> None:
         path = getattr(job.data, key)
         if path and "://" not in path and not Path(path).exists():
             raise FileNotFoundError(f"data.{key}: {path} not found")
-    encoder = EncoderConfig.from_json_file(job.model.encoder_config)
-    if job.model.max_len > encoder.max_position_embeddings:
-        raise ValueError(f"model.max_len={job.model.max_len} exceeds max_position_embeddings="
-                         f"{encoder.max_position_embeddings} of {job.model.encoder_config}")
-    if job.model.vocab != "auto":
-        vocab = Vocab.from_file(job.model.vocab)
-        if len(vocab) != encoder.vocab_size:
-            raise ValueError(f"{job.model.vocab} has {len(vocab)} tokens but {job.model.encoder_config} says "
-                             f"vocab_size={encoder.vocab_size}; use the vocab.txt that came with the checkpoint")
+    encoder, _ = encoder_and_vocab(job)
     if job.model.init == "checkpoint":
         from albert_ray.runtime import import_tensorflow
 
@@ -61,6 +53,25 @@ def check_job(job: JobConfig) -> None:
         report = check_checkpoint(encoder, job.model.checkpoint)
         log.info("checkpoint %s (%s): %d tensors fit %s", report.prefix, report.layout, report.assigned,
                  job.model.encoder_config)
+
+
+def encoder_and_vocab(job: JobConfig, texts: Sequence[str] | None = None) -> tuple[EncoderConfig, Vocab | None]:
+    """The job's encoder config and vocabulary, checked against each other and ``model.max_len``.
+    ``vocab: auto`` builds the vocabulary from ``texts`` (``None``: not yet, only the checks)."""
+    encoder = EncoderConfig.from_json_file(job.model.encoder_config)
+    if job.model.vocab != "auto":
+        vocab = Vocab.from_file(job.model.vocab)
+        check_fits(encoder, job.model.max_len, len(vocab), job.model.vocab)
+        return encoder, vocab
+    check_fits(encoder, job.model.max_len)
+    if texts is None:
+        return encoder, None
+    vocab = build_char_vocab(texts)
+    if encoder.vocab_size != len(vocab):
+        log.info("vocab: auto -> %d characters from the training data (vocab_size of %s overridden)",
+                 len(vocab), job.model.encoder_config)
+        encoder = replace(encoder, vocab_size=len(vocab))
+    return encoder, vocab
 
 
 def prepare_error(exc: BaseException) -> BaseException:
@@ -107,21 +118,7 @@ def prepare(job: JobConfig) -> Prepared:
     if not train:
         raise ValueError(f"{job.data.train}: no training examples")
 
-    if job.model.vocab == "auto":
-        vocab = build_char_vocab([e.text for e in train])
-    else:
-        vocab = Vocab.from_file(job.model.vocab)
-    encoder = EncoderConfig.from_json_file(job.model.encoder_config)
-    if job.model.vocab == "auto" and encoder.vocab_size != len(vocab):
-        log.info("vocab: auto -> %d characters from the training data (vocab_size of %s overridden)",
-                 len(vocab), job.model.encoder_config)
-        encoder = replace(encoder, vocab_size=len(vocab))
-    elif encoder.vocab_size != len(vocab):
-        raise ValueError(f"{job.model.vocab} has {len(vocab)} tokens but {job.model.encoder_config} says "
-                         f"vocab_size={encoder.vocab_size}; use the vocab.txt that came with the checkpoint")
-    if job.model.max_len > encoder.max_position_embeddings:
-        raise ValueError(f"model.max_len={job.model.max_len} exceeds max_position_embeddings="
-                         f"{encoder.max_position_embeddings} of {job.model.encoder_config}")
+    encoder, vocab = encoder_and_vocab(job, [e.text for e in train])
     labels = task.label_vocab(train)
     spec = ModelSpec.from_job(job, labels, encoder)
     return Prepared(spec=spec, vocab=vocab, train=train, dev=dev, test=test, skipped=skipped, train_count=len(train))

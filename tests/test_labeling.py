@@ -197,13 +197,7 @@ def test_killed_run_resumes_reusing_committed_units(tmp_path, models):
     lines = [TEXTS[i % 4] + str(i) if i % 97 else "" for i in range(n)]   # a blank (quarantined) line every 97
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    cmd, env, proc = _start_cli(models["ner"], tmp_path / "in.txt", out)
-    try:
-        _wait_for_units(proc, out, 3)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-        _kill_group(proc.pid)
+    cmd, env, proc = _stop_after_units(models["ner"], tmp_path / "in.txt", out, signal.SIGKILL)
     before = _records(out)
     assert 3 <= len(before) and any(r["rows_quarantined"] for r in before.values())
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -229,13 +223,7 @@ def test_ctrl_c_stops_with_one_line_and_the_next_run_resumes(tmp_path, models):
     lines = [TEXTS[i % 4] + str(i) for i in range(12000)]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    cmd, env, proc = _start_cli(models["ner"], tmp_path / "in.txt", out)
-    try:
-        _wait_for_units(proc, out, 3)
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=120)
-    finally:
-        _kill_group(proc.pid)
+    cmd, env, proc = _stop_after_units(models["ner"], tmp_path / "in.txt", out, signal.SIGINT)
     err = (tmp_path / "cli.err").read_text()
     assert proc.returncode == 130
     said = [line for line in err.splitlines() if line.startswith("albert-ray label:")]
@@ -259,6 +247,19 @@ def _start_cli(model, corpus: Path, out: Path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with open(out.parent / "cli.err", "w") as err:  # a file, not a pipe nobody reads while waiting
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    return cmd, env, proc
+
+
+def _stop_after_units(model, corpus: Path, out: Path, sig: int, units: int = 3):
+    """Start the CLI, send ``sig`` to its process group once ``units`` units are committed, wait
+    for it to end (then kill whatever of the group is left)."""
+    cmd, env, proc = _start_cli(model, corpus, out)
+    try:
+        _wait_for_units(proc, out, units)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=120)
+    finally:
+        _kill_group(proc.pid)
     return cmd, env, proc
 
 
