@@ -16,7 +16,9 @@ DEFAULT_CONFIGS = os.environ.get("ALBERT_RAY_CONFIGS", str(Path("..") / "shared"
 
 
 def setup_logging(verbose: bool = False) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from albert_ray.quiet import set_verbose
+
+    set_verbose(verbose)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -249,7 +251,8 @@ def _label_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-ray", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show everything: TensorFlow's C++ logs, Ray's internal messages, Ray Data's bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("params", help="parameter counts of every encoder config in a folder")

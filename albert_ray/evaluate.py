@@ -15,27 +15,34 @@ from albert_ray.tasks import task_for
 log = logging.getLogger(__name__)
 
 
-def evaluate_examples(model_dir: str | Path, examples: Sequence[Example], labeler: Labeler | None = None) -> tuple[str, dict]:
-    """Report text and metrics dict of a model on examples."""
+def evaluate_examples(model_dir: str | Path, examples: Sequence[Example], labeler: Labeler | None = None,
+                      page: str | Path | None = None, history: Sequence[dict] | None = None) -> tuple[str, dict]:
+    """Report text and metrics dict of a model on examples; with ``page``, also the plots and
+    ``report.html`` in that folder (``history``: the training curves)."""
     labeler = labeler or Labeler.from_dir(model_dir)
     if not examples:
         raise ValueError("no examples to evaluate on")
     predictions = labeler.predict([e.text for e in examples])
-    return task_for(labeler.spec).report(examples, predictions, labeler.spec)
+    text, report = task_for(labeler.spec).report(examples, predictions, labeler.spec)
+    if page is not None:
+        from albert_ray.reportpage import write_report_page
+
+        write_report_page(page, labeler.spec, examples, predictions, text, report, history,
+                          title=f"{Path(model_dir).resolve().parent.name}: {labeler.spec.task}")
+    return text, report
 
 
 def evaluate_file(model_dir: str | Path, data: str | Path, fmt: str = "auto", on_bad_records: str = "error",
                   output: str | Path | None = None) -> tuple[str, dict]:
-    """Read ``data`` in the model's task format, evaluate, and optionally write ``report.txt`` /
-    ``metrics.json`` into ``output``."""
+    """Read ``data`` in the model's task format, evaluate, and optionally write ``report.txt``,
+    ``metrics.json``, the plots and ``report.html`` into ``output``."""
     labeler = Labeler.from_dir(model_dir)
     spec = labeler.spec
     res = read_examples(data, fmt=fmt, on_bad_records=on_bad_records, **task_for(spec).read_options(spec.scheme))
-    text, report = evaluate_examples(model_dir, res.examples, labeler)
+    text, report = evaluate_examples(model_dir, res.examples, labeler, page=output)
     report["skipped_records"] = len(res.skipped)
     if output:
         out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
         (out / REPORT_FILE).write_text(text, encoding="utf-8")
         (out / METRICS_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2))
     return text, report

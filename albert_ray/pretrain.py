@@ -25,6 +25,7 @@ import numpy as np
 
 from albert_ray.batching import pad_batch
 from albert_ray.config import EncoderConfig, check_fits, checkpoint_folder_files
+from albert_ray.progress import StepBar, bars_wanted
 from albert_ray.tokenization import CLS, MASK, PAD, SEP, UNK, CharTokenizer, Vocab
 
 log = logging.getLogger(__name__)
@@ -354,6 +355,7 @@ class PretrainWorker:
     tf_threads: int = 0
     rows: list | None = None          # in-process runs: the sequences
     local_output: str | None = None
+    progress_bar: bool = False        # the driver writes to a terminal: a step bar on rank 0
 
 
 def _masked_loss(logits, labels, weights):
@@ -411,10 +413,12 @@ def pretrain_loop_per_worker(config: dict) -> None:
 class Budget:
     """The step cap and the wall-clock budget. Steps are timed from step 10 (after tracing and
     warm-up); every 50 steps the schedule's total (a ``tf.Variable``) is re-fitted to the steps
-    that still fit, so the learning rate reaches 0 when the time is up."""
+    that still fit (and the warmup to its share of them), so the learning rate reaches 0 when the
+    time is up."""
 
-    def __init__(self, cap: int, minutes: float, total_var):
+    def __init__(self, cap: int, minutes: float, total_var, warmup_var=None, warmup_ratio: float = 0.0):
         self.cap, self.minutes, self.total_var = cap, minutes, total_var
+        self.warmup_var, self.warmup_ratio = warmup_var, warmup_ratio
         self.began, self.timed_from, self.hit = time.time(), (time.time(), 0), False
 
     @property
@@ -431,7 +435,10 @@ class Budget:
         elif self.minutes and done % 50 == 0 and done > 10:
             per_step = (now - self.timed_from[0]) / (done - self.timed_from[1])
             fit = done + int((60 * self.minutes - (now - self.began)) / per_step)
-            self.total_var.assign(float(max(done + 1, min(self.cap, fit))))
+            total = float(max(done + 1, min(self.cap, fit)))
+            self.total_var.assign(total)
+            if self.warmup_var is not None:  # the warmup is a share of the steps that fit, too
+                self.warmup_var.assign(self.warmup_ratio * total)
         return self.hit
 
 
@@ -479,7 +486,8 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
         else:
             log.info("random start: weights drawn with std %g", std)
         total_var = tf.Variable(float(cap), trainable=False, dtype=tf.float32)
-        schedule = WarmupLinearDecay(t.learning_rate, int(cap * t.warmup_ratio), total_var)
+        warmup_var = tf.Variable(float(int(cap * t.warmup_ratio)), trainable=False, dtype=tf.float32)
+        schedule = WarmupLinearDecay(t.learning_rate, warmup_var, total_var)
         optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay, epsilon=1e-6)
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "embeddings"])
         if t.precision == "mixed_float16":
@@ -503,7 +511,7 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
     def step(ids, pos, labels, weights):
         return strategy.reduce("sum", strategy.run(replica_step, args=(ids, pos, labels, weights)), axis=None)
 
-    return model, optimizer, step, Budget(cap, t.max_minutes, total_var)
+    return model, optimizer, step, Budget(cap, t.max_minutes, total_var, warmup_var, t.warmup_ratio)
 
 
 def _restore_pretraining(model, optimizer, w: PretrainWorker, resume):
@@ -534,16 +542,19 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
     rng = np.random.default_rng([t.seed, epoch, rank])
     order = rng.permutation(len(rows))
     losses, seqs, began = [], 0, time.time()
+    bar = StepBar(w.progress_bar and rank == 0, steps, f"epoch {epoch + 1}/{t.epochs}", w.rows is None)
     for i in range(steps):
         if budget.over(int(optimizer.iterations.numpy())):
             break
         batch = pad_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]])
         ids, pos, labels, weights = mask_batch(batch, rng, w.vocab, t.mask_rate)
         losses.append(float(step(tf.constant(ids), tf.constant(pos), tf.constant(labels), tf.constant(weights))))
+        bar.step(losses[-1])
         seqs += len(batch)
-        if rank == 0 and t.log_every and (i + 1) % t.log_every == 0:
+        if rank == 0 and t.log_every and (i + 1) % t.log_every == 0 and bar.bar is None:
             log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker)", epoch + 1, i + 1, steps,
                      np.mean(losses[-t.log_every:]), seqs / (time.time() - began))
+    bar.close()
     return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "steps": int(optimizer.iterations.numpy()), "sequences_per_second": seqs / max(time.time() - began, 1e-9)}
 
@@ -587,7 +598,8 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     t = cfg.train
     if in_process:
         rows = pack_texts(corpus_texts(cfg), CharTokenizer(vocab), cfg.model.max_len)
-        pretrain_loop_per_worker({"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out))})
+        pretrain_loop_per_worker({"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out),
+                                                           bars_wanted())})
     else:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.tensorflow import TensorflowTrainer
@@ -598,7 +610,7 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
         threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
         trainer = TensorflowTrainer(
             pretrain_loop_per_worker,
-            train_loop_config={"worker": PretrainWorker(cfg, encoder, vocab, threads)},
+            train_loop_config={"worker": PretrainWorker(cfg, encoder, vocab, threads, progress_bar=bars_wanted())},
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                          resources_per_worker={"CPU": t.cpus_per_worker}),
             datasets={"train": sequences_dataset(cfg, vocab)},

@@ -68,3 +68,38 @@ class RowProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class StepBar:
+    """An epoch's steps as a progress bar (loss in the description) on rank 0, when the driver's
+    output is a terminal: Ray's ``tqdm_ray`` inside a Ray worker (the driver draws it), plain tqdm
+    in-process. Otherwise nothing: the loop's periodic log lines stand in (CI, ``ray job logs``)."""
+
+    def __init__(self, enabled: bool, total: int, desc: str, in_ray: bool):
+        self.bar, self.desc = None, desc
+        if not enabled:
+            return
+        if in_ray:
+            from ray.experimental import tqdm_ray
+
+            self.bar = tqdm_ray.tqdm(total=total, desc=desc)
+        else:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def step(self, loss: float | None = None) -> None:
+        if self.bar is not None:
+            if loss is not None:
+                self.bar.set_description(f"{self.desc} loss {loss:.4f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def bars_wanted() -> bool:
+    """Progress bars when this process (the driver) writes to a terminal."""
+    return sys.stderr.isatty()

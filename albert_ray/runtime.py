@@ -36,8 +36,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
     if ray.is_initialized():
         return
+    from albert_ray.quiet import VERBOSE_ENV
+
+    env = {**WORKER_ENV, VERBOSE_ENV: os.environ.get(VERBOSE_ENV, "0"),
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", WORKER_ENV["TF_CPP_MIN_LOG_LEVEL"])}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV})
+        ray.init(address=address, runtime_env={"env_vars": env})
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
@@ -45,7 +49,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
         ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before (see LOOPBACK_ENV)
         ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=dashboard,
-                 runtime_env={"env_vars": WORKER_ENV}, configure_logging=False)
+                 runtime_env={"env_vars": env}, configure_logging=False)
+    from albert_ray.quiet import filter_ray_logs, quiet_ray_data
+
+    filter_ray_logs()
+    quiet_ray_data()
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
@@ -83,10 +91,6 @@ def configure_tf(threads: int) -> None:
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
-_ABSL_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called|[IW]\d{4} |"
-                         r"E\d{4} .*(cuInit|cuda_platform|cuda_dnn|cuda_blas|cuda_fft))")
-
-
 def import_tensorflow():
     """Import TensorFlow (and initialise its devices) without its start-up chatter on stderr.
 
@@ -98,6 +102,8 @@ def import_tensorflow():
     """
     import sys
     import tempfile
+
+    from albert_ray.quiet import NOISE
 
     if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         import tensorflow as tf
@@ -120,7 +126,7 @@ def import_tensorflow():
             drop = False
             for line in capture.read().decode("utf-8", "replace").splitlines():
                 if re.match(r"^([IWEF]\d{4} |WARNING: )", line):  # a new record (else: its continuation)
-                    drop = bool(_ABSL_NOISE.match(line))
+                    drop = bool(NOISE.search(line))
                 if not drop:
                     print(line, file=sys.stderr)
     return tf

@@ -98,6 +98,10 @@ class Task:
         """The number early stopping and checkpoint ranking maximise."""
         raise NotImplementedError
 
+    def plots(self, folder, examples, predictions, report: dict, spec: ModelSpec) -> list:
+        """The task's own plots (PNG paths) for ``report.html``, beside the per-label bars."""
+        return []
+
     # ---- bulk labeling output -----------------------------------------------------------
     counts_key = "label_counts"   # the manifest's name for the counts of :meth:`counted_values`
 
@@ -162,6 +166,11 @@ class ClassifyTask(Task):
 
     def dev_score(self, report):
         return report["accuracy"]
+
+    def plots(self, folder, examples, predictions, report, spec):
+        from albert_ray.reportpage import confusion_plot
+
+        return [confusion_plot(folder, [e.label for e in examples], [p["label"] for p in predictions], spec.labels)]
 
     def output_fields(self, spec, include_probs):
         fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
@@ -380,6 +389,11 @@ class NerTask(Task):
 
     def dev_score(self, report):
         return report["micro avg"]["f1-score"]
+
+    def plots(self, folder, examples, predictions, report, spec):
+        from albert_ray.reportpage import entity_types_plot
+
+        return [entity_types_plot(folder, report)]
 
 
 TASK_REGISTRY: dict[str, Task] = {}

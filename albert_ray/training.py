@@ -21,6 +21,7 @@ from albert_ray import modeldir
 from albert_ray.config import EncoderConfig, check_fits
 from albert_ray.data import Example, read_examples
 from albert_ray.jobconfig import JobConfig
+from albert_ray.progress import bars_wanted
 from albert_ray.runtime import init_ray, require_shared_storage
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks import task_for
@@ -204,7 +205,8 @@ def train(job: JobConfig) -> dict:
     threads = t.tf_threads or max(1, cpus // max(1, t.num_workers))
     storage = job.storage_path or str(Path(job.output_dir, "ray").resolve())
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
-    worker = WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev, tf_threads=threads)
+    worker = WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev, tf_threads=threads,
+                          progress_bar=bars_wanted())
     trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config={"worker": worker},
@@ -273,7 +275,8 @@ def train_in_process(job: JobConfig) -> dict:
     rows = featurize(prep.spec, prep.vocab, prep.train)
     out = job.model_dir
     train_loop_per_worker({"worker": WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev,
-                                                  tf_threads=job.train.tf_threads, rows=rows, local_output=str(out))})
+                                                  tf_threads=job.train.tf_threads, rows=rows, local_output=str(out),
+                                                  progress_bar=bars_wanted())})
     return finish(job, prep, out, time.time() - began)
 
 
@@ -284,7 +287,7 @@ def finish(job: JobConfig, prep: Prepared, model_dir: Path, seconds: float) -> d
     state = TrainState.load(model_dir)
     modeldir.drop_resume_state(model_dir)
     split, examples = ("test", prep.test) if prep.test else ("dev", prep.dev)
-    text, report = evaluate_examples(model_dir, examples)
+    text, report = evaluate_examples(model_dir, examples, page=model_dir, history=state.history)
     summary = {"name": job.name, "task": job.task, "model_dir": str(model_dir), "eval_split": split,
                "eval_examples": len(examples), "train_examples": prep.train_count, "skipped_records": prep.skipped,
                "best_dev_score": state.best_score, "history": state.history,

@@ -27,6 +27,7 @@ import numpy as np
 
 from albert_ray import modeldir
 from albert_ray.batching import worker_batches
+from albert_ray.progress import StepBar
 from albert_ray.data import Example
 from albert_ray.jobconfig import JobConfig
 from albert_ray.spec import ModelSpec
@@ -49,6 +50,7 @@ class WorkerConfig:
     tf_threads: int = 0
     rows: list[dict] | None = None
     local_output: str | None = None
+    progress_bar: bool = False     # the driver writes to a terminal: a step bar on rank 0
 
 
 @dataclass
@@ -228,16 +230,17 @@ class WarmupLinearDecay:
         from tensorflow import keras
 
         class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
-            # ``total`` may be a tf.Variable: a wall-clock budget shortens the schedule mid-run
+            # ``total`` and ``warmup`` may be tf.Variables: a wall-clock budget shortens both mid-run
             def __call__(self, step):
                 step = tf.cast(step, tf.float32)
-                end = tf.cast(total, tf.float32)
-                warm = peak * step / max(1, warmup)
-                decay = peak * tf.maximum(0.0, (end - step) / tf.maximum(1.0, end - warmup))
-                return tf.where(step < warmup, warm, decay)
+                end, start = tf.cast(total, tf.float32), tf.cast(warmup, tf.float32)
+                warm = peak * step / tf.maximum(1.0, start)
+                decay = peak * tf.maximum(0.0, (end - step) / tf.maximum(1.0, end - start))
+                return tf.where(step < start, warm, decay)
 
             def get_config(self):
-                return {"peak": peak, "warmup": warmup, "total": float(tf.cast(total, tf.float32).numpy())}
+                return {"peak": peak, "warmup": float(tf.cast(warmup, tf.float32).numpy()),
+                        "total": float(tf.cast(total, tf.float32).numpy())}
 
         return _Schedule()
 
@@ -382,23 +385,27 @@ def run_epoch(tr: Training, ctx: Context, cfg: WorkerConfig, task: Task, state: 
     # every worker must run the same number of steps (collectives): the smallest shard decides
     n = _min_across_workers(ctx.strategy, len(batches)) if ctx.world > 1 and t.shard == "ray" else len(batches)
     n -= n % t.grad_accum_steps if n >= t.grad_accum_steps else 0
-    for i in range(state.batch if epoch == state.epoch else 0, n):
+    first = state.batch if epoch == state.epoch else 0
+    bar = StepBar(cfg.progress_bar and ctx.rank == 0, n - first, f"epoch {epoch + 1}/{t.epochs}", cfg.rows is None)
+    for i in range(first, n):
         ids, y = batches[i]
         apply = (i + 1) % t.grad_accum_steps == 0
         scale = float(tr.optimizer.loss_scale) if tr.mixed and apply else None
         losses.append(float(tr.step(tf.constant(ids), tf.constant(y), tf.constant(apply))))
+        bar.step(losses[-1])
         if scale is not None and float(tr.optimizer.loss_scale) < scale:
             # dynamic loss scaling: gradients overflowed in float16, the update was skipped and
             # the scale halved (the step still counts in the learning-rate schedule)
             state.skipped_steps += 1
         examples += len(ids)
-        if ctx.rank == 0 and t.log_every and (i + 1) % t.log_every == 0:
+        if ctx.rank == 0 and t.log_every and (i + 1) % t.log_every == 0 and bar.bar is None:
             log.info("epoch %d batch %d/%d loss %.4f (%.1f ex/s per worker)", epoch + 1, i + 1, n,
                      np.mean(losses[-t.log_every:]), examples / (time.time() - began))
         if t.checkpoint_every_steps and apply and (i + 1) < n and tr.steps_done % t.checkpoint_every_steps == 0:
             state.epoch, state.batch, state.is_best = epoch, i + 1, False
             last = state.history[-1]["dev_score"] if state.history else -1.0
             ctx.reporter.report({"epoch": epoch + 1, "dev_score": last, "steps": tr.steps_done}, checkpoint)
+    bar.close()
     seconds = time.time() - began
     metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "examples_per_second": examples / max(seconds, 1e-9), "steps": tr.steps_done,

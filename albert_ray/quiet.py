@@ -1,0 +1,112 @@
+"""What a user sees by default: our lines, progress, warnings and errors; not TensorFlow's C++
+start-up logs (absl, oneDNN, CUDA probing) nor Ray's internal chatter, in the driver or in the
+lines Ray forwards from its workers. ``albert-ray -v`` (``ALBERT_RAY_VERBOSE=1``) shows everything.
+
+Worker lines are filtered where the driver prints them: TensorFlow 2.21 writes its start-up
+lines through absl before absl is initialised, ignoring ``TF_CPP_MIN_LOG_LEVEL``
+(abseil/abseil-cpp#1718), so they cannot be switched off inside the workers; and Ray has no
+public hook for the printing of worker logs, so :func:`filter_ray_logs` replaces its handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+
+VERBOSE_ENV = "ALBERT_RAY_VERBOSE"
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_RAY_PREFIX = re.compile(r"^\((?:[\w.:-]+ )?pid=\d+(?:, ip=[\d.]+)?\) ")  # "(RayTrainWorker pid=7353) "
+
+NOISE = re.compile("|".join([
+    # TensorFlow / absl start-up
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called",
+    r"^[IW]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+\.cc:\d+\]",
+    r"^E\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+\.cc:\d+\] .*(cuInit|CUDA|cuda|oneDNN)",
+    r"^To enable the following instructions: .*rebuild TensorFlow",
+    # Ray's C++ logs
+    r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWE] \d+ \d+\] \S+\.cc:\d+:",
+    # Ray Train's controller and workers (our own line per epoch replaces the report repr)
+    r"^Requesting resources: ",
+    r"^Attempting to start training worker group",
+    r"^Started training worker group of size",
+    r"^- \(ip=[^)]*, pid=\d+\) world_rank=",
+    r"^Checkpoint successfully created at: ",
+    r"^Reporting training result \d+: TrainingReport\(",
+    r"^A run snapshot was found in storage folder at: ",  # we say "resumed from checkpoint at epoch N"
+    r"^This snapshot contains a list of checkpoints reported via ",
+    r"^If you meant to start a brand new training job without any information about previous",
+    # Ray Data's execution notes and deprecation chatter
+    r"^Starting execution of Dataset ",
+    r"^Execution plan of Dataset ",
+    r"^\[dataset\]: A new progress UI is available",
+    r"^Progress bars disabled\. To enable, set ",
+    r"^.*Dataset \S+ execution finished in ",
+    r"RayDeprecationWarning: ",
+    r"^\s+self\.exclude_resources = exclude_resources$",
+]))
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def set_verbose(on: bool) -> None:
+    """``-v``: show everything, also TensorFlow's own C++ logs (here and in Ray workers)."""
+    os.environ[VERBOSE_ENV] = "1" if on else "0"
+    if on:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # deprecation notes about Ray's own internals, printed by the driver
+        warnings.filterwarnings("ignore", message=r".*(deprecated|Deprecat).*", module=r"ray(\.|$)")
+        # "Token authentication is enabled for this Ray cluster": the README says so, once
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+def is_noise(line: str) -> bool:
+    """A line the default output leaves out (never when verbose)."""
+    return not verbose() and bool(NOISE.search(_RAY_PREFIX.sub("", _ANSI.sub("", line))))
+
+
+def filter_ray_logs() -> None:
+    """Make the driver drop noise lines from the worker logs Ray forwards to it.
+
+    Replaces Ray's own ``ray_print_logs`` handler (``ray._private.worker``) by one that filters
+    the lines and then calls Ray's printer, so prefixes, deduplication and ``tqdm_ray`` bars stay
+    Ray's. Does nothing when verbose, or if this Ray has no such handler.
+    """
+    if verbose():
+        return
+    try:
+        from ray._private import worker as ray_worker
+
+        dispatcher = ray_worker.global_worker_stdstream_dispatcher
+        printer = ray_worker.print_to_stdstream
+        ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+    except (ImportError, AttributeError):
+        return
+    if not any(name == "ray_print_logs" for name, _ in dispatcher.handlers):
+        return  # log_to_driver=False: nothing is printed anyway
+
+    def print_kept(data: dict) -> None:
+        lines = [line for line in data.get("lines", []) if not is_noise(line)]
+        if lines:
+            printer({**data, "lines": lines}, ignore_prefix)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", print_kept)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data datasets made in this driver print no execution notes and no progress bars of
+    their own (the training's featurisation runs inside Ray Train, where its bars are garbage)."""
+    if verbose():
+        return
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

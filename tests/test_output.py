@@ -1,0 +1,120 @@
+"""What a user sees: the default output holds our lines and none of TensorFlow's, absl's, CUDA's
+or Ray's internal chatter; ``-v`` brings them back."""
+
+import subprocess
+import sys
+
+import pytest
+
+from albert_ray import quiet
+
+# lines as a local run printed them (Ray's prefix and colours included), each of which must go
+NOISE = [
+    "\x1b[36m(TrainController pid=7244)\x1b[0m WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "\x1b[36m(TrainController pid=7244)\x1b[0m I0000 00:00:1795685784.950167    7275 port.cc:153] oneDNN custom operations are on.",
+    "I0000 00:00:1795685784.951111    7275 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.",
+    "E0000 00:00:1795685807.374350    7481 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
+    "E0000 00:00:1795685827.193162    7481 util.cc:131] oneDNN supports DT_BOOL only on platforms with AVX-512.",
+    "[2026-11-26 09:36:47,299 E 7244 7275] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' has ...",
+    "Requesting resources: {'CPU': 1.0} * 1",
+    "Attempting to start training worker group of size 1 with the following resources: [{'CPU': 1.0}] * 1",
+    "Started training worker group of size 1: ",
+    "- (ip=127.0.0.1, pid=7353) world_rank=0, local_rank=0, node_rank=0",
+    "Checkpoint successfully created at: Checkpoint(filesystem=local, path=/tmp/x/checkpoint_2026)",
+    "Reporting training result 1: TrainingReport(checkpoint=Checkpoint(filesystem=local, path=/tmp/x), metrics={})",
+    "/x/ray/data/_internal/execution/interfaces/execution_options.py:436: RayDeprecationWarning: "
+    "`ExecutionOptions.exclude_resources` is deprecated",
+    "  self.exclude_resources = exclude_resources",
+    "Starting execution of Dataset train_0354DIhco6BrvIHIo6nxAw_0. Full logs are in /tmp/ray/session/logs/ray-data",
+    "Execution plan of Dataset train_0: InputDataBuffer[Input] -> TaskPoolMapOperator[MapBatches(_featurize_batch)]",
+    "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
+    "A run snapshot was found in storage folder at: '/tmp/exp/demo/ray/sample_ner'",
+]
+OURS = [
+    "run sample_ner: task=ner, 700 training rows, 1 workers (ray shards), per-worker batch 32",
+    "epoch 1/10: loss 27.3770, dev ner 0.0733 (best 0.0733), 59.4 ex/s per worker",
+    "resumed from checkpoint at epoch 11, batch 0 (optimizer step 220, best dev 0.7488)",
+    "albert-ray train: error: data.train=x.bio: file not found",
+    "E0000 00:00:1795685827.193162    7481 some_op.cc:131] Internal: a real TensorFlow error",
+]
+
+
+def test_noise_lines_are_recognised_and_ours_are_kept(monkeypatch):
+    monkeypatch.setenv(quiet.VERBOSE_ENV, "0")
+    assert [line for line in NOISE if not quiet.is_noise(line)] == []
+    assert [line for line in OURS if quiet.is_noise(line)] == []
+    monkeypatch.setenv(quiet.VERBOSE_ENV, "1")  # -v: nothing is noise
+    assert [line for line in NOISE if quiet.is_noise(line)] == []
+
+
+MARKERS = ["absl::InitializeLog", "oneDNN", "cuda", "cuInit", "TrainingReport(", "Checkpoint successfully created",
+           "RayDeprecationWarning", "Token authentication is enabled", "Execution plan of Dataset", "core_worker.cc"]
+
+
+def _run(*args):
+    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", *args], capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # one real local-Ray training run of the demo's job, output grepped
+def test_the_demo_prints_our_lines_only_and_v_brings_the_rest_back(tmp_path):
+    text = _run("train", "--config", "jobs/configs/sample_ner.yaml", f"output_dir={tmp_path}", "train.epochs=2",
+                "--predict", "张伟昨天在北京会见了新华社代表团。")
+    assert [m for m in MARKERS if m.lower() in text.lower()] == []
+    assert "epoch 2/2: loss " in text and "micro avg" in text and '"text": "张伟昨天在北京会见了新华社代表团。"' in text
+    assert len(text.splitlines()) < 40
+
+    loud = _run("-v", "train", "--config", "jobs/configs/sample_ner.yaml", f"output_dir={tmp_path}/v",
+                "train.epochs=1", "--no-ray")
+    assert "oneDNN custom operations are on" in loud and "Could not find cuda drivers" in loud
+
+
+# ---- plots and report.html ---------------------------------------------------------------------
+def _png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return len(data)
+
+
+def test_report_page_has_the_curves_per_label_bars_the_task_plots_and_the_text(tmp_path):
+    from types import SimpleNamespace
+
+    from albert_ray.data import Example
+    from albert_ray.metrics import classification_reports, ner_reports
+    from albert_ray import reportpage
+    from albert_ray.reportpage import write_report_page
+
+    history = [{"epoch": e, "train_loss": 2.0 / e, "dev_score": 0.5 + 0.1 * e} for e in (1, 2, 3)]
+    gold, pred = ["体育", "体育", "汽车", "教育"], ["体育", "汽车", "汽车", "教育"]
+    examples = [Example(text="x", source="t:1", label=g) for g in gold]
+    text, report = classification_reports(gold, pred)
+    spec = SimpleNamespace(task="classify", labels=("体育", "教育", "汽车"))
+    page = write_report_page(tmp_path / "c", spec, examples, [{"label": p} for p in pred], text, report, history,
+                             title="sogou")
+    names = sorted(p.name for p in (tmp_path / "c").glob("*.png"))
+    assert names == ["confusion.png", "curves.png", "per_label.png"]
+    assert all(_png(tmp_path / "c" / n) > 5000 for n in names)
+    body = page.read_text(encoding="utf-8")
+    assert all(f'src="{n}"' in body for n in names)
+    assert "0.6667" in text and "0.6667" in body            # the seqeval/sklearn text report, on the page
+    assert "<td>accuracy</td><td>0.7500</td>" in body
+    if reportpage._font_covering("体育教育汽车") is None:  # no CJK font here: numbered ticks, listed on the page
+        assert "labels in the plots: 1 = 体育, 2 = 教育, 3 = 汽车" in body
+
+    text, report = ner_reports([["B-PER", "I-PER", "O", "B-LOC"]], [["B-PER", "I-PER", "O", "O"]])
+    spec = SimpleNamespace(task="ner", labels=("LOC", "PER"))
+    page = write_report_page(tmp_path / "n", spec, [Example(text="张伟在京", source="t:1")], [{}], text, report)
+    names = sorted(p.name for p in (tmp_path / "n").glob("*.png"))
+    assert names == ["entity_types.png", "per_label.png"]  # no history: no curves
+    assert all(_png(tmp_path / "n" / n) > 5000 for n in names)
+    assert "<td>micro avg F1</td><td>0.6667</td>" in page.read_text(encoding="utf-8")
+
+
+def test_labels_no_installed_font_can_draw_are_numbered_and_listed(tmp_path, monkeypatch):
+    from albert_ray import reportpage
+
+    monkeypatch.setattr(reportpage, "_font_covering", lambda text: None if any(ord(c) > 0x2E80 for c in text) else "x")
+    assert reportpage.tick_names(["体育", "汽车"]) == ["1", "2"]
+    assert reportpage.tick_names(["LOC", "PER"]) == ["LOC", "PER"]
