@@ -101,6 +101,14 @@ class JobConfig:
     def model_dir(self) -> Path:
         return Path(self.output_dir) / self.name / "model"
 
+    @property
+    def tensorboard_dir(self) -> str:
+        """TensorBoard scalars: ``<storage_path>/<name>/tensorboard``, or under ``output_dir``
+        when the storage path is a URI (TensorFlow writes no ``s3://`` without tensorflow-io)."""
+        local = self.storage_path and "://" not in self.storage_path
+        base = Path(self.storage_path) if local else Path(self.output_dir, "ray")
+        return str(base.resolve() / self.name / "tensorboard")
+
 
 _CHOICES = {
     "data.format": FORMATS + ("auto",),

@@ -235,6 +235,9 @@ class MultiLabelTask(ClassifyTask):
         threshold, f1 = metrics.best_threshold(gold, probs)
         return dataclasses.replace(spec, threshold=threshold, extra={**spec.extra, "threshold_dev_micro_f1": f1})
 
+    def plots(self, folder, examples, predictions, report, spec):
+        return []  # per-label bars only: a confusion matrix needs one label per example
+
     def report(self, examples, predictions, spec):
         gold = np.array([multi_hot([x for x in e.labels if x in spec.labels], spec.labels) for e in examples])
         pred = np.array([multi_hot(p["labels"], spec.labels) for p in predictions])

@@ -206,7 +206,7 @@ def train(job: JobConfig) -> dict:
     storage = job.storage_path or str(Path(job.output_dir, "ray").resolve())
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     worker = WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev, tf_threads=threads,
-                          progress_bar=bars_wanted())
+                          progress_bar=bars_wanted(), tensorboard_dir=job.tensorboard_dir)
     trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config={"worker": worker},
@@ -276,7 +276,7 @@ def train_in_process(job: JobConfig) -> dict:
     out = job.model_dir
     train_loop_per_worker({"worker": WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev,
                                                   tf_threads=job.train.tf_threads, rows=rows, local_output=str(out),
-                                                  progress_bar=bars_wanted())})
+                                                  progress_bar=bars_wanted(), tensorboard_dir=job.tensorboard_dir)})
     return finish(job, prep, out, time.time() - began)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from albert_ray import modeldir
 from albert_ray.batching import worker_batches
 from albert_ray.progress import StepBar
+from albert_ray.scalars import Scalars
 from albert_ray.data import Example
 from albert_ray.jobconfig import JobConfig
 from albert_ray.spec import ModelSpec
@@ -51,6 +52,7 @@ class WorkerConfig:
     rows: list[dict] | None = None
     local_output: str | None = None
     progress_bar: bool = False     # the driver writes to a terminal: a step bar on rank 0
+    tensorboard_dir: str | None = None  # where rank 0 writes TensorBoard scalars
 
 
 @dataclass
@@ -343,6 +345,7 @@ def train_loop_per_worker(config: dict) -> None:
     state, best = restore(tr, ctx.resume)
     labeler = Labeler(tr.model, spec, cfg.vocab, batch_size=max(32, t.batch_size))
     checkpoint = lambda folder: write_checkpoint(folder, tr, cfg, spec, state)  # noqa: E731
+    scalars = Scalars(cfg.tensorboard_dir if ctx.rank == 0 else None)
     for epoch in range(state.epoch, t.epochs):
         metrics = run_epoch(tr, ctx, cfg, task, state, epoch, checkpoint)
         score = dev_score(labeler, task, cfg, ctx)
@@ -356,12 +359,17 @@ def train_loop_per_worker(config: dict) -> None:
         if ctx.rank == 0:
             log.info("epoch %d/%d: loss %.4f, dev %s %.4f (best %.4f), %.1f ex/s per worker", epoch + 1, t.epochs,
                      metrics["train_loss"], task.name, score, state.best_score, metrics["examples_per_second"])
+        scalars.write(epoch + 1, {"loss/train": metrics["train_loss"], "dev/score": score,
+                                  "learning_rate": float(tr.optimizer.learning_rate),
+                                  "loss_scale": metrics.get("loss_scale"),
+                                  "examples_per_second": metrics["examples_per_second"]})
         state.epoch, state.batch, state.is_best = epoch + 1, 0, improved
         ctx.reporter.report(metrics, checkpoint)
         if state.bad_epochs > t.patience:
             if ctx.rank == 0:
                 log.info("early stopping: no dev improvement for %d epochs", state.bad_epochs)
             break
+    scalars.close()
     if best is not None:
         tr.model.set_weights(best)
     spec = tune_on_dev(labeler, task, cfg, ctx)

@@ -56,6 +56,35 @@ def test_train_save_reload_in_fresh_process_gives_identical_predictions(tmp_path
         spec = json.loads((model_dir / "model.json").read_text())
         assert 0.05 <= spec["threshold"] <= 0.95 and "threshold_dev_micro_f1" in spec["extra"]
 
+    # the report page and its plots, and TensorBoard scalars: one value per epoch and tag
+    plots = {"ner": ["curves.png", "entity_types.png", "per_label.png"],
+             "classify": ["confusion.png", "curves.png", "per_label.png"],
+             "multilabel": ["curves.png", "per_label.png"]}[job.task]
+    assert sorted(p.name for p in model_dir.glob("*.png")) == plots
+    assert all((model_dir / p).read_bytes()[:4] == b"\x89PNG" and (model_dir / p).stat().st_size > 5000 for p in plots)
+    page = (model_dir / "report.html").read_text(encoding="utf-8")
+    assert all(f'src="{p}"' in page for p in plots)
+    assert (model_dir / "report.txt").read_text(encoding="utf-8").splitlines()[2].strip() in page
+    epochs = len(summary["history"])
+    scalars = tensorboard_scalars(tmp_path / "ray" / job.name / "tensorboard")
+    assert sorted(scalars) == ["dev/score", "examples_per_second", "learning_rate", "loss/train"]
+    assert {tag: [step for step, _ in values] for tag, values in scalars.items()} == \
+           {tag: list(range(1, epochs + 1)) for tag in scalars}
+    assert [v for _, v in scalars["dev/score"]] == pytest.approx([h["dev_score"] for h in summary["history"]])
+    assert scalars["learning_rate"][-1][1] < scalars["learning_rate"][0][1]  # linear decay
+
+
+def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` from the event files under ``logdir``."""
+    import tensorflow as tf
+
+    out: dict[str, list] = {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
+    return out
+
 
 @pytest.mark.slow
 @pytest.mark.ci  # in-process training
