@@ -9,7 +9,7 @@ Layout of ``<output>``:
 * ``_units/<id>.json``: a unit's commit record, written last, once both its labeled and its
   quarantined rows are on storage (rows in / out / quarantined, input identity, line numbers,
   files, label counts, quarantine reasons);
-* ``_manifest.json``: the run's totals.
+* ``_manifest.json``: the run's totals; ``_summary.html``: the same as a page.
 
 Names starting with ``_`` are skipped by pandas, pyarrow, duckdb and Spark reading the folder.
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 QUARANTINE_DIR = "_quarantine"
 UNITS_DIR = "_units"
 MANIFEST = "_manifest.json"
+SUMMARY_HTML = "_summary.html"   # the manifest for people: counts, quarantine reasons, throughput
 READ_AHEAD_BYTES = 64 << 20   # object store bytes the pipeline may hold (blocks read ahead of the actors)
 STATS_SCHEMA = pa.schema([("unit", pa.string()), ("precision", pa.string()), ("rows", pa.int64()), ("out", pa.int64()),
                           ("bad", pa.int64()), ("parts", pa.string()), ("quarantine_parts", pa.string()),
@@ -162,9 +163,12 @@ class OutputStore:
         self._write(path, lambda p: pq.write_table(table, p, filesystem=self.fs))
 
     def write_json(self, data: dict, *parts: str) -> None:
+        self.write_bytes(json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"), *parts)
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
         def write(p):
             with self.fs.open_output_stream(p) as f:
-                f.write(json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
+                f.write(data)
 
         self._write(self._path(*parts), write)
 
@@ -506,6 +510,10 @@ def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
                     actor_write_seconds=round(committer.call_seconds - committer.label_seconds, 2),
                     pipeline_seconds=round(labeled_seconds, 2))
     store.write_json(manifest, MANIFEST)
+    from albert_ray.reportpage import label_summary_page
+    from albert_ray.tasks import task_for
+
+    store.write_bytes(label_summary_page(manifest, task_for(spec).counts_key).encode("utf-8"), SUMMARY_HTML)
     log.info("labeled: %d rows in = %d out + %d quarantined; %d units (%d reused); %.1f rows/s; manifest %s",
              manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"], manifest["units"],
              manifest["units_reused"], manifest["rows_per_second"], f"{cfg.output.rstrip('/')}/{MANIFEST}")

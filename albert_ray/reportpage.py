@@ -171,3 +171,48 @@ def write_report_page(folder: str | Path, spec, examples, predictions, text: str
     out = folder / REPORT_HTML
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _inline_png(fig) -> str:
+    """A figure as a ``data:`` URI, so the page is one self-contained file (also on object stores)."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    _pyplot().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def label_summary_page(manifest: dict, counts_key: str, top: int = 30) -> str:
+    """``_summary.html`` of a label run: rows in / out / quarantined, throughput, the label (or
+    entity) counts as a chart and a table, and the quarantine reasons."""
+    counts = manifest.get(counts_key, {})
+    shown = list(counts.items())[:top]
+    chart = ""
+    if shown:
+        plt = _pyplot()
+        names = [k for k, _ in shown]
+        ticks = tick_names(names)
+        fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(shown) + 2), 3.4))
+        ax.bar(ticks, [v for _, v in shown], color="tab:blue")
+        ax.set(title=counts_key.replace("_", " "))
+        ax.tick_params(axis="x", rotation=45 if len(shown) > 6 else 0)
+        chart = f'<p><img src="{_inline_png(fig)}" alt="{counts_key}"></p>'
+        if ticks != names:
+            chart += "<p>" + ", ".join(f"{t} = {html.escape(n)}" for t, n in zip(ticks, names)) + "</p>"
+
+    def table(rows) -> str:
+        return "<table>" + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+                                   for k, v in rows) + "</table>"
+
+    totals = [(k, manifest.get(k)) for k in ("task", "model", "rows_in", "rows_out", "rows_quarantined", "units",
+                                             "units_reused", "rows_labeled_this_run", "seconds", "rows_per_second",
+                                             "precision", "output")]
+    reasons = manifest.get("quarantine_reasons", {})
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>label run</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td{padding:0 1em}</style></head><body>"
+            f"<h1>label run: {html.escape(str(manifest.get('model_name', '')))}</h1>{table(totals)}"
+            f"<h2>{html.escape(counts_key.replace('_', ' '))}</h2>{chart}{table(counts.items())}"
+            f"<h2>quarantine reasons</h2>{table(reasons.items()) if reasons else '<p>none</p>'}</body></html>")

@@ -210,6 +210,9 @@ def test_killed_run_resumes_reusing_committed_units(tmp_path, models):
     assert got == list(range(1, n + 1))                                  # no gap, no duplicate
     assert sorted(bad.column("line").to_pylist()) == [i + 1 for i in range(0, n, 97)]
     assert (m["rows_in"], m["rows_out"], m["rows_quarantined"]) == (n, n - len(range(0, n, 97)), len(range(0, n, 97)))
+    page = (out / "_summary.html").read_text(encoding="utf-8")  # the manifest for people
+    assert f"<td>rows_in</td><td>{n}</td>" in page and f"<td>rows_quarantined</td><td>{len(range(0, n, 97))}</td>" in page
+    assert all(f"<td>{reason}</td><td>{k}</td>" in page for reason, k in m["quarantine_reasons"].items())
     text_of = {r["line"]: r for r in table.to_pylist()}
     for e in text_of[2]["entities"]:
         assert lines[1][e["start"]:e["end"]] == e["text"]

@@ -118,3 +118,18 @@ def test_labels_no_installed_font_can_draw_are_numbered_and_listed(tmp_path, mon
     monkeypatch.setattr(reportpage, "_font_covering", lambda text: None if any(ord(c) > 0x2E80 for c in text) else "x")
     assert reportpage.tick_names(["体育", "汽车"]) == ["1", "2"]
     assert reportpage.tick_names(["LOC", "PER"]) == ["LOC", "PER"]
+
+
+def test_label_summary_page_shows_totals_counts_chart_and_reasons():
+    from albert_ray.reportpage import label_summary_page
+
+    manifest = {"model_name": "sample_ner", "task": "ner", "rows_in": 10, "rows_out": 8, "rows_quarantined": 2,
+                "rows_per_second": 123.4, "entity_counts": {"PER": 5, "LOC": 3},
+                "quarantine_reasons": {"empty text": 1, "invalid UTF-8 (byte 0xff at 3)": 1}}
+    page = label_summary_page(manifest, "entity_counts")
+    for cell in ("<td>rows_in</td><td>10</td>", "<td>rows_out</td><td>8</td>", "<td>rows_quarantined</td><td>2</td>",
+                 "<td>rows_per_second</td><td>123.4</td>", "<td>PER</td><td>5</td>", "<td>LOC</td><td>3</td>",
+                 "<td>empty text</td><td>1</td>", "<td>invalid UTF-8 (byte 0xff at 3)</td><td>1</td>"):
+        assert cell in page
+    assert page.count('src="data:image/png;base64,') == 1
+    assert "<p>none</p>" in label_summary_page({**manifest, "quarantine_reasons": {}}, "entity_counts")
