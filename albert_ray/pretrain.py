@@ -76,6 +76,7 @@ class PretrainTrain:
     tf_threads: int = 0
     log_every: int = 50
     max_failures: int = 1
+    checkpoint_every_steps: int = 0      # also checkpoint within epochs: a killed worker loses at most this many
 
 
 @dataclass(frozen=True)
@@ -392,15 +393,21 @@ def pretrain_loop_per_worker(config: dict) -> None:
     def checkpoint(folder):
         from albert_ray.worker import optimizer_state
 
-        save_pretrained(folder, model, w.encoder, w.vocab, {"history": state.history})
+        save_pretrained(folder, model, w.encoder, w.vocab, {"history": state.history, "resumes": state.resumes})
         Path(folder, "train_state.json").write_text(state.to_json())
         np.savez(Path(folder, "optimizer.npz"), **{f"v{i}": v.numpy() for i, v in enumerate(optimizer_state(optimizer))})
 
+    def midway(epoch: int, batch: int) -> None:  # a checkpoint within the epoch, resumed at ``batch``
+        state.epoch, state.batch = epoch, batch
+        ctx.reporter.report({"epoch": epoch + 1, "steps": int(optimizer.iterations.numpy()), "final": False}, checkpoint)
+
     for epoch in range(state.epoch, t.epochs):
-        metrics = _pretrain_epoch(step, optimizer, train_rows, w, ctx.rank, epoch, steps_per_epoch, budget)
+        first = state.batch if epoch == state.epoch else 0
+        metrics = _pretrain_epoch(step, optimizer, train_rows, w, ctx.rank, epoch, (first, steps_per_epoch), budget,
+                                  lambda batch: midway(epoch, batch))
         metrics.update(evaluate_mlm(model, heldout, w.vocab, t))
         state.history.append(metrics)
-        state.epoch = epoch + 1
+        state.epoch, state.batch = epoch + 1, 0
         if ctx.rank == 0:
             log.info("epoch %d: MLM loss %.4f, held-out loss %.4f, masked-token accuracy %.4f, %.1f sequences/s",
                      epoch + 1, metrics["train_loss"], metrics["heldout_loss"], metrics["heldout_accuracy"],
@@ -456,6 +463,7 @@ def _pretrain_context(w: PretrainWorker):
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     rows = [np.asarray(r["token_ids"], np.int32) for r in ray.train.get_dataset_shard("train").iter_rows()]
+    rows.sort(key=lambda r: r.tobytes())  # Ray Data's order varies between attempts; a resumed epoch skips by position
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
     return Context(rank, world, rows, strategy, ray.train.get_checkpoint(), RayReporter(rank))
 
@@ -529,21 +537,26 @@ def _restore_pretraining(model, optimizer, w: PretrainWorker, resume):
         saved = np.load(Path(d) / "optimizer.npz")
         for i, var in enumerate(optimizer_state(optimizer)):
             var.assign(saved[f"v{i}"])
-    log.info("resumed pre-training at epoch %d, step %d", state.epoch + 1, int(optimizer.iterations.numpy()))
+    step = int(optimizer.iterations.numpy())
+    state.resumes.append({"epoch": state.epoch + 1, "batch": state.batch, "step": step})
+    log.info("resumed pre-training at epoch %d, batch %d (step %d)", state.epoch + 1, state.batch, step)
     return state
 
 
-def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: int, steps: int,
-                    budget: Budget) -> dict:
-    """One epoch of dynamically masked batches (order and masks a function of seed, epoch, rank)."""
+def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: int, batches: tuple[int, int],
+                    budget: Budget, midway) -> dict:
+    """Batches ``first..steps-1`` of an epoch of dynamically masked batches (the order a function
+    of seed, epoch and rank; a resumed epoch skips the batches done and draws new masks), calling
+    ``midway(batch)`` every ``train.checkpoint_every_steps`` optimizer steps."""
     import tensorflow as tf
 
     t = w.cfg.train
-    rng = np.random.default_rng([t.seed, epoch, rank])
-    order = rng.permutation(len(rows))
+    first, steps = batches
+    rng = np.random.default_rng([t.seed, epoch, rank, first])
+    order = np.random.default_rng([t.seed, epoch, rank]).permutation(len(rows))
     losses, seqs, began = [], 0, time.time()
-    bar = StepBar(w.progress_bar and rank == 0, steps, f"epoch {epoch + 1}/{t.epochs}", w.rows is None)
-    for i in range(steps):
+    bar = StepBar(w.progress_bar and rank == 0, steps - first, f"epoch {epoch + 1}/{t.epochs}", w.rows is None)
+    for i in range(first, steps):
         if budget.over(int(optimizer.iterations.numpy())):
             break
         batch = pad_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]])
@@ -554,6 +567,9 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
         if rank == 0 and t.log_every and (i + 1) % t.log_every == 0 and bar.bar is None:
             log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker)", epoch + 1, i + 1, steps,
                      np.mean(losses[-t.log_every:]), seqs / (time.time() - began))
+        every = t.checkpoint_every_steps
+        if every and i + 1 < steps and int(optimizer.iterations.numpy()) % every == 0 and not budget.hit:
+            midway(i + 1)
     bar.close()
     return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "steps": int(optimizer.iterations.numpy()), "sequences_per_second": seqs / max(time.time() - began, 1e-9)}

@@ -149,3 +149,50 @@ def test_the_wall_clock_budget_ends_the_run_and_shortens_the_schedule(tmp_path):
     last = summary["history"][-1]
     assert last["epoch"] < 1000 and last["steps"] > 50  # stopped by the budget, after real work
     assert time.time() - began < 0.25 * 60 + 45           # the budget, plus start-up and one evaluation
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # Ray Train pre-training with a worker killed after its first step checkpoint
+def test_a_killed_pretraining_worker_resumes_from_its_step_checkpoint(tmp_path, local_ray):
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    from albert_ray.pretrain import pretrain
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_ray_training import _train_worker_pids
+
+    _corpus(tmp_path)
+    cfg = _cfg(tmp_path, "train.epochs=3", "train.checkpoint_every_steps=10", "train.max_failures=1",
+               f"storage_path={tmp_path}/ray")
+    snapshot = tmp_path / "ray" / "p-pretrain" / "checkpoint_manager_snapshot.json"
+    killed = []
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            try:
+                registered = json.loads(snapshot.read_text()).get("checkpoint_results") if snapshot.exists() else None
+            except ValueError:  # being written
+                registered = None
+            if registered:
+                for pid in _train_worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    summary = pretrain(cfg)
+    thread.join(timeout=5)
+    assert killed, "no training worker was found to kill"
+    assert len(summary["resumes"]) == 1
+    resumed = summary["resumes"][0]
+    assert resumed["step"] >= 10 and resumed["step"] % 10 == 0  # from a step checkpoint, not from scratch
+    history = summary["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["steps"] == 3 * history[0]["steps"]      # every step ran exactly once overall
