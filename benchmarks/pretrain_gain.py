@@ -11,6 +11,13 @@
   bounded recipe from random init and from the pre-trained checkpoint, and compare entity micro-F1.
 
 Prints a table and writes ``benchmarks/results/pretrain_gain.json``.
+
+    python benchmarks/pretrain_gain.py --checkpoints DIR [--configs sogou_classify,...] [--set key=value ...]
+
+* reference table: for a folder of brightmart release folders (``albert_tiny_zh/``,
+  ``albert_base_zh/``, ``albert_xlarge_zh/``, ...), fine-tune each task's job config from each
+  checkpoint and print the test score beside the reference article's published number
+  (``benchmarks/results/reference_table.json``).
 """
 
 from __future__ import annotations
@@ -87,6 +94,54 @@ def fine_tune(name: str, out: Path, corpora: Path, checkpoint: Path | None, lear
             "entity_f1": round(summary["metrics"]["micro avg"]["f1-score"], 4), "seconds": round(time.time() - began)}
 
 
+# the reference article's published test scores (accuracy for sogou, micro-F1 otherwise)
+PUBLISHED = {("sogou_classify", "tiny"): 0.9475, ("sogou_classify", "base"): 0.9616, ("sogou_classify", "xlarge"): 0.9636,
+             ("duee_multilabel", "tiny"): 0.9025, ("duee_multilabel", "base"): 0.9382,
+             ("peoples_daily", "tiny"): 0.8163, ("peoples_daily", "base"): 0.8824,
+             ("cluener", "tiny"): 0.6260, ("cluener", "base"): 0.7255}
+REFERENCE_CONFIGS = ("sogou_classify", "duee_multilabel", "peoples_daily", "cluener")
+
+
+def release_folders(checkpoints: Path) -> list[tuple[str, Path]]:
+    """``(size, folder)`` of every brightmart release folder (``albert_<size>_zh*``) under ``checkpoints``."""
+    import re
+
+    found = []
+    for folder in sorted(p for p in checkpoints.iterdir() if p.is_dir()):
+        m = re.match(r"^albert_([a-z]+)_zh", folder.name)
+        if m and list(folder.glob("*.index")):
+            found.append((m.group(1), folder))
+    if not found:
+        raise SystemExit(f"{checkpoints}: no brightmart release folder (albert_<size>_zh/ with a checkpoint) in it")
+    return found
+
+
+def reference_table(checkpoints: Path, configs: list[str], out: Path, overrides: list[str]) -> list[dict]:
+    """Fine-tune every job config from every release folder; the test score beside the published one."""
+    from albert_ray.jobconfig import load_job_config
+    from albert_ray.tasks import task_for
+    from albert_ray.training import train_in_process
+
+    rows = []
+    for size, folder in release_folders(checkpoints):
+        for name in configs:
+            job = load_job_config(f"jobs/configs/{name}.yaml", [f"output_dir={out / size}", "model.init=checkpoint",
+                                                                f"model.checkpoint={folder}", *overrides])
+            began = time.time()
+            summary = train_in_process(job)
+            rows.append({"config": name, "size": size, "score": round(task_for(job.task).dev_score(summary["metrics"]), 4),
+                         "published": PUBLISHED.get((name, size)), "seconds": round(time.time() - began)})
+            print(f"{name:<18}{size:<8}{rows[-1]['score']:>8.4f}", flush=True)
+    return rows
+
+
+def print_reference(rows: list[dict]) -> None:
+    print(f"{'config':<18}{'size':<8}{'score':>8}{'published':>11}")
+    for r in rows:
+        published = f"{r['published']:.4f}" if r["published"] is not None else "-"
+        print(f"{r['config']:<18}{r['size']:<8}{r['score']:>8.4f}{published:>11}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
@@ -96,10 +151,23 @@ def main() -> None:
     parser.add_argument("--skip-gain", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pretrain_gain.json"))
+    parser.add_argument("--checkpoints", help="a folder of brightmart release folders: run the reference table")
+    parser.add_argument("--configs", default=",".join(REFERENCE_CONFIGS), help="job configs of the reference table")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="a job-config override for every reference run, e.g. train.epochs=3 (repeatable)")
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.checkpoints:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = reference_table(Path(args.checkpoints), args.configs.split(","), Path(tmp), args.overrides)
+        print_reference(rows)
+        output = Path(args.output if args.output != parser.get_default("output")
+                      else ROOT / "benchmarks" / "results" / "reference_table.json")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps({"checkpoints": args.checkpoints, "rows": rows}, indent=2))
+        return
     corpora = Path(args.corpora)
     result: dict = {"machine": f"{os.cpu_count()} CPUs", "encoder": "data/albert_config_sample.json"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,62 @@
+"""The benchmarks' own modes that a user runs as one command (their measurements are not tests)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _release_folder(folder: Path, texts: list[str]) -> None:
+    """A brightmart-style release folder: albert_config_tiny.json (a small shape), vocab.txt and
+    a random albert_model.ckpt in the brightmart layout."""
+    from albert_ray.checkpoint import encoder_variables, write_variables
+    from albert_ray.config import EncoderConfig
+    from albert_ray.encoder import build_encoder, initialize_encoder
+    from albert_ray.tokenization import build_char_vocab
+
+    vocab = build_char_vocab(texts)
+    config = json.loads((ROOT / "data" / "albert_config_sample.json").read_text())
+    config.update(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, embedding_size=16, num_attention_heads=2,
+                  num_hidden_layers=2)
+    folder.mkdir(parents=True)
+    (folder / "albert_config_tiny.json").write_text(json.dumps(config))
+    vocab.save(folder / "vocab.txt")
+    enc = EncoderConfig.from_json_file(folder / "albert_config_tiny.json")
+    model = build_encoder(enc)
+    initialize_encoder(model, enc, seed=1)
+    write_variables(folder / "albert_model.ckpt", encoder_variables(model, enc))
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # two short fine-tunes from a checkpoint the test writes
+def test_reference_table_fine_tunes_every_config_from_every_release_folder(tmp_path):
+    from albert_ray.data import read_examples
+
+    texts = [e.text for f in ("ner_sample.train.bio", "ner_sample.dev.bio", "ner_sample.test.bio")
+             for e in read_examples(ROOT / "data" / f).examples]
+    texts += [e.text for e in read_examples(ROOT / "data" / "classify_sample.train.csv").examples]
+    texts += [e.text for e in read_examples(ROOT / "data" / "classify_sample.test.csv").examples]
+    _release_folder(tmp_path / "ckpts" / "albert_tiny_zh", texts)
+    (tmp_path / "ckpts" / "notes").mkdir()  # not a release folder: ignored
+    out = subprocess.run([sys.executable, "benchmarks/pretrain_gain.py", "--checkpoints", str(tmp_path / "ckpts"),
+                          "--configs", "sample_ner,sample_classify", "--set", "train.epochs=1",
+                          "--set", "data.max_train_examples=200", "--output", str(tmp_path / "ref.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "ref.json").read_text())["rows"]
+    assert [(r["config"], r["size"], r["published"]) for r in rows] == [("sample_ner", "tiny", None),
+                                                                         ("sample_classify", "tiny", None)]
+    assert all(0.0 <= r["score"] <= 1.0 for r in rows)
+    table = out.stdout.splitlines()
+    header = table.index(f"{'config':<18}{'size':<8}{'score':>8}{'published':>11}")
+    assert table[header + 1] == f"{'sample_ner':<18}{'tiny':<8}{rows[0]['score']:>8.4f}{'-':>11}"
+
+    empty = subprocess.run([sys.executable, "benchmarks/pretrain_gain.py", "--checkpoints", str(tmp_path / "ckpts" / "notes")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 1 and empty.stderr.strip().endswith(
+        "notes: no brightmart release folder (albert_<size>_zh/ with a checkpoint) in it")
+
