@@ -16,8 +16,9 @@ DEFAULT_CONFIGS = os.environ.get("ALBERT_RAY_CONFIGS", str(Path("..") / "shared"
 
 
 def setup_logging(verbose: bool = False) -> None:
-    from albert_ray.quiet import set_verbose
+    from albert_ray.quiet import VERBOSE_ENV, set_verbose
 
+    verbose = verbose or os.environ.get(VERBOSE_ENV) == "1"  # jobs/*.py: ALBERT_RAY_VERBOSE=1
     set_verbose(verbose)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

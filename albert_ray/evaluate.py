@@ -22,7 +22,7 @@ def evaluate_examples(model_dir: str | Path, examples: Sequence[Example], labele
     labeler = labeler or Labeler.from_dir(model_dir)
     if not examples:
         raise ValueError("no examples to evaluate on")
-    predictions = labeler.predict([e.text for e in examples])
+    predictions = labeler.predict([e.text for e in examples], progress="evaluating")
     text, report = task_for(labeler.spec).report(examples, predictions, labeler.spec)
     if page is not None:
         from albert_ray.reportpage import write_report_page

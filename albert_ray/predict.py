@@ -91,22 +91,31 @@ class Labeler:
         labeler.precision = precision
         return labeler
 
-    def forward(self, token_rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """Model outputs per row (sequence outputs trimmed to the row's length), in input order."""
+    def forward(self, token_rows: Sequence[Sequence[int]], progress: str | None = None) -> list[np.ndarray]:
+        """Model outputs per row (sequence outputs trimmed to the row's length), in input order;
+        with ``progress`` (a description), a bar over the windows when this process is on a terminal."""
+        from tqdm import tqdm
+
+        from albert_ray.progress import bars_wanted
+
         order = sorted(range(len(token_rows)), key=lambda i: len(token_rows[i]))
         out: list[np.ndarray | None] = [None] * len(token_rows)
+        bar = tqdm(total=len(order), desc=progress, unit=" windows", leave=False,
+                   disable=progress is None or not bars_wanted())
         for b in range(0, len(order), self.batch_size):
+            bar.update(min(self.batch_size, len(order) - b))
             idx = order[b : b + self.batch_size]
             ids = pad_batch([token_rows[i] for i in idx])
             result = self._forward(tf.constant(ids), tf.zeros_like(ids)).numpy()
             for j, i in enumerate(idx):
                 out[i] = result[j, : len(token_rows[i])] if result.ndim == 3 else result[j]
+        bar.close()
         return out  # type: ignore[return-value]
 
-    def predict(self, texts: Iterable[str]) -> list[dict]:
+    def predict(self, texts: Iterable[str], progress: str | None = None) -> list[dict]:
         """Predictions per text: ``label``/``score``/``probs``, ``labels``/``scores`` or ``entities``."""
         texts = list(texts)
         windows = [self.task.windows(self.tokenizer, t, self.spec) for t in texts]
         flat = [w.token_ids for ws in windows for w in ws]
-        outputs = self.forward(flat) if flat else []
+        outputs = self.forward(flat, progress) if flat else []
         return self.task.decode_batch(texts, windows, outputs, self.spec, self.model)
