@@ -59,6 +59,18 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from albert_ray import modeldir
+
+    modeldir.check(args.model)  # before TensorFlow loads: a bad directory is one line
+    import_tensorflow()
+    from albert_ray.export import export
+
+    out = export(args.model, args.output)
+    print(f"SavedModel written to {out}: serving_default(texts: string[batch]) -> see {out / 'export.json'}")
+    return 0
+
+
 def _print_predictions(model_dir, texts: list[str], lines: list[int] | None = None,
                        problems: dict[int, str] | None = None) -> None:
     """One JSON line per text, in order. With ``lines`` (``--file``), each carries its line
@@ -290,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to label")
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="write a TensorFlow SavedModel that serves raw texts (plain TensorFlow to load)")
+    p.add_argument("--model", required=True, help="model directory written by train")
+    p.add_argument("--output", required=True, help="folder for the SavedModel")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("label", help="label a corpus with Ray Data, writing Parquet")
     p.add_argument("--config", help="label config YAML (any LabelConfig field; flags and overrides win)")

@@ -98,6 +98,15 @@ class Task:
         """The number early stopping and checkpoint ranking maximise."""
         raise NotImplementedError
 
+    # ---- serving (albert_ray.export) -----------------------------------------------------
+    def serving_state(self, model, spec: ModelSpec) -> dict:
+        """Variables the exported graph needs besides the model's (tracked by the SavedModel)."""
+        return {}
+
+    def serving_outputs(self, g, spec: ModelSpec) -> dict:
+        """The exported ``serving_default`` outputs for a batch of texts (``g``: :class:`albert_ray.export.Graph`)."""
+        raise NotImplementedError
+
     def plots(self, folder, examples, predictions, report: dict, spec: ModelSpec) -> list:
         """The task's own plots (PNG paths) for ``report.html``, beside the per-label bars."""
         return []
@@ -166,6 +175,15 @@ class ClassifyTask(Task):
 
     def dev_score(self, report):
         return report["accuracy"]
+
+    def serving_outputs(self, g, spec):
+        """``label`` (B,), ``score`` (B,), ``probs`` (B, C) in the order of the labels."""
+        import tensorflow as tf
+
+        text, _, ids, _ = g.windows(spec.body_len, head_only=spec.truncation != "chunks")
+        probs = g.per_text_mean(g.forward(ids), text)
+        return {"label": tf.gather(g.m.label_names, tf.argmax(probs, 1)), "score": tf.reduce_max(probs, 1),
+                "probs": probs}
 
     def plots(self, folder, examples, predictions, report, spec):
         from albert_ray.reportpage import confusion_plot
@@ -237,6 +255,18 @@ class MultiLabelTask(ClassifyTask):
 
     def plots(self, folder, examples, predictions, report, spec):
         return []  # per-label bars only: a confusion matrix needs one label per example
+
+    def serving_outputs(self, g, spec):
+        """``labels`` (B, C): those over the threshold, in label order, then ""; ``num_labels``
+        (B,); ``scores`` (B, C) in the order of the labels."""
+        import tensorflow as tf
+
+        text, _, ids, _ = g.windows(spec.body_len, head_only=spec.truncation != "chunks")
+        probs = g.per_text_mean(g.forward(ids), text)
+        chosen = probs >= spec.threshold
+        names = tf.ragged.boolean_mask(tf.broadcast_to(g.m.label_names.read_value()[None], tf.shape(probs)), chosen)
+        return {"labels": names.to_tensor("", shape=tf.shape(probs)), "num_labels": tf.cast(names.row_lengths(), tf.int32),
+                "scores": probs}
 
     def report(self, examples, predictions, spec):
         gold = np.array([multi_hot([x for x in e.labels if x in spec.labels], spec.labels) for e in examples])
@@ -359,12 +389,16 @@ class NerTask(Task):
                 path, prob = paths[k], probs[k]
                 k += 1
                 token_spans = tags_to_spans([tags[i] for i in path], spec.scheme)
-                char_spans = token_spans_to_char_spans(token_spans, enc.char_index)
                 if token_spans:  # prefix sums of the decoded tags' marginals
                     cum = [0.0] + np.cumsum(prob[np.arange(len(path)), path], dtype=np.float64).tolist()
-                for (ts, te, _), cs in zip(token_spans, char_spans):
-                    # entity score: mean marginal probability of the decoded tags over its tokens
-                    scores.setdefault(cs, (cum[te] - cum[ts]) / (te - ts))
+                char_spans = []
+                for ts, te, label in token_spans:
+                    # span by span: a span of [CLS] / [SEP] alone maps to no characters and is dropped
+                    # (zipping the two lists instead gave the next entity's score after such a span)
+                    for cs in token_spans_to_char_spans([(ts, te, label)], enc.char_index):
+                        char_spans.append(cs)
+                        # entity score: mean marginal probability of the decoded tags over its tokens
+                        scores.setdefault(cs, (cum[te] - cum[ts]) / (te - ts))
                 per_window.append(char_spans)
                 chars = [c for c in enc.char_index if c >= 0]
                 window_chars.append((chars[0], chars[-1] + 1) if chars else (0, 0))
@@ -392,6 +426,20 @@ class NerTask(Task):
 
     def dev_score(self, report):
         return report["micro avg"]["f1-score"]
+
+    def serving_state(self, model, spec):
+        import tensorflow as tf
+
+        return {"types": tf.Variable(sorted(set(spec.labels)), trainable=False, name="entity_types")}
+
+    def serving_outputs(self, g, spec):
+        """``num_entities`` (B,); ``starts``, ``ends`` (character offsets), ``labels``, ``texts``,
+        ``scores`` (B, E), padded with -1 / "" / 0; ordered by start."""
+        from albert_ray.export import entities
+
+        crf = self.crf(g.m._model)
+        return entities(g, spec, crf.transitions, crf.start, crf.end, 2 if spec.scheme == "BIO" else 4,
+                        spec.scheme == "BIOES", spec.window_stride)
 
     def plots(self, folder, examples, predictions, report, spec):
         from albert_ray.reportpage import entity_types_plot

@@ -1,6 +1,7 @@
 """Long texts: an entity across a window border in a 1,000-character text is found once."""
 
 import numpy as np
+import pytest
 
 from albert_ray.labels import entity_tags
 from albert_ray.spec import ModelSpec
@@ -65,3 +66,27 @@ def test_trained_model_on_a_long_text_gives_no_overlapping_entities():
     # a text that fits one window: the same entities alone as at the start of the long text
     alone = labeler.predict([texts[0]])[0]["entities"]
     assert alone and all(e["end"] <= len(texts[0]) for e in alone)
+
+
+def test_a_span_of_cls_alone_is_dropped_without_shifting_the_next_entities_scores():
+    """[CLS] tagged B-LOC (a span with no characters), then a weak PER and a confident LOC: each
+    entity keeps its own score (they were zipped out of step, giving PER the [CLS] span's)."""
+    spec = ModelSpec(task="ner", labels=("LOC", "PER"), encoder=ENCODER, max_len=128, dropout=0.0)
+    tags = entity_tags(spec.labels, "BIO")                 # O B-LOC I-LOC B-PER I-PER
+    model = build_task_model(spec)
+    crf = model.get_layer("CRF")
+    for v in (crf.transitions, crf.start, crf.end):
+        v.assign(np.zeros_like(v.numpy()))
+    tok = CharTokenizer(Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    windows = NerTask().windows(tok, "甲乙", spec)
+    em = np.zeros((4, len(tags)))
+    em[0, tags.index("B-LOC")] = 10.0                      # [CLS]
+    em[1, tags.index("B-PER")] = 0.5                       # 甲: a weak PER
+    em[2, tags.index("B-LOC")] = 10.0                      # 乙: a confident LOC
+    em[3, tags.index("O")] = 10.0                          # [SEP]
+    result = NerTask().decode("甲乙", windows, [em], spec, model)
+    got = {(e["start"], e["end"], e["label"]): e["score"] for e in result["entities"]}
+    assert list(got) == [(0, 1, "PER"), (1, 2, "LOC")]
+    weak = np.exp(0.5) / (np.exp(0.5) + 4)                 # its marginal: one tag at 0.5 against four at 0
+    assert got[(0, 1, "PER")] == pytest.approx(weak, abs=1e-6)
+    assert got[(1, 2, "LOC")] > 0.999
