@@ -1,14 +1,15 @@
 """What masked-LM pre-training buys, and what bfloat16 buys pre-training, on this machine.
 
-    python benchmarks/pretrain_gain.py [--minutes 30] [--corpora ../shared/corpora] [--skip-gain] [--skip-throughput]
+    python benchmarks/pretrain_gain.py [--minutes 30] [--corpora ../shared/corpora] [--skip-gain] [--skip-throughput] [--workers]
 
 * throughput: pre-training sequences/s of the sample encoder (brightmart layout, H=128, 4 layers,
   the 21,128-word brightmart vocabulary, 128-token sequences), float32 against mixed_bfloat16,
-  the same steps in one run;
+  the same steps in one run; with ``--workers``, Ray Train on 1 against 2 workers;
 * gain: pre-train the sample encoder for ``--minutes`` on unlabelled text of training splits only
   (CLUENER train, DuEE train, sogou, the albert_zh news sample; never CLUENER's test split, never
   People's Daily, which is evaluated), then fine-tune CLUENER and People's Daily with the same
-  bounded recipe from random init and from the pre-trained checkpoint, and compare entity micro-F1.
+  bounded recipe from random init and from the pre-trained checkpoint (each at two learning rates,
+  reported at its best), and compare entity micro-F1.
 
 Prints a table and writes ``benchmarks/results/pretrain_gain.json``.
 
@@ -58,14 +59,29 @@ def unlabelled_text(corpora: Path, out: Path) -> int:
     return sum(len(t) for t in texts)
 
 
-def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str) -> dict:
+def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str, in_process: bool = True) -> dict:
     from albert_ray.pretrain import load_pretrain_config, pretrain
 
     cfg = load_pretrain_config(None, ["name=bench", f"output_dir={out}", "model.encoder_config=data/albert_config_sample.json",
                                       f"model.vocab={corpora}/albert_zh/vocab.txt", "model.max_len=128",
                                       "train.batch_size=32", "train.learning_rate=1e-3", "train.log_every=100",
                                       "train.heldout_permille=5", *overrides], [str(corpus)])
-    return pretrain(cfg, in_process=True)
+    return pretrain(cfg, in_process=in_process)
+
+
+def workers_throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
+    """Ray Train pre-training on 1 and on 2 workers (0.9 CPU each, leaving room for Ray Data's
+    read tasks), the same steps per worker: sequences/s of the run."""
+    rows = []
+    for n in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            s = pretrain_run(corpus, Path(tmp), corpora, f"train.num_workers={n}", "train.cpus_per_worker=0.9",
+                             f"train.max_steps={steps}", "train.epochs=1", "train.precision=float32", in_process=False)
+        per_worker = s["history"][-1]["sequences_per_second"]
+        rows.append({"workers": n, "steps": s["history"][-1]["steps"], "sequences_per_second_per_worker": round(per_worker, 1),
+                     "sequences_per_second": round(per_worker * n, 1)})
+    rows[1]["x_one_worker"] = round(rows[1]["sequences_per_second"] / rows[0]["sequences_per_second"], 2)
+    return rows
 
 
 def throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
@@ -148,6 +164,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="pre-training budget (default 30)")
     parser.add_argument("--throughput-steps", type=int, default=40)
     parser.add_argument("--precision", default="float32", help="pre-training precision of the gain run")
+    parser.add_argument("--workers", action="store_true", help="also measure 1 against 2 Ray Train workers")
     parser.add_argument("--skip-gain", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pretrain_gain.json"))
@@ -176,6 +193,8 @@ def main() -> None:
         result["unlabelled_chars"] = unlabelled_text(corpora, corpus)
         if not args.skip_throughput:
             result["throughput"] = throughput(corpus, corpora, args.throughput_steps)
+        if args.workers:
+            result["workers"] = workers_throughput(corpus, corpora, args.throughput_steps)
         if not args.skip_gain:
             began = time.time()
             summary = pretrain_run(corpus, tmp / "pt", corpora, f"train.max_minutes={args.minutes}", "train.epochs=50",
@@ -188,6 +207,9 @@ def main() -> None:
     for row in result.get("throughput", []):
         print(f"pre-training {row['precision']:>15}: {row['sequences_per_second']:>7.1f} sequences/s"
               + (f"  ({row['x_float32']}x float32)" if "x_float32" in row else ""))
+    for row in result.get("workers", []):
+        print(f"pre-training on {row['workers']} Ray Train worker(s): {row['sequences_per_second']:>7.1f} sequences/s"
+              + (f"  ({row['x_one_worker']}x one worker)" if "x_one_worker" in row else ""))
     if "pretraining" in result:
         p = result["pretraining"]
         print(f"pre-training: {p['minutes']} min, {p['steps']} steps, held-out MLM loss {p['heldout_loss']:.3f}, "
