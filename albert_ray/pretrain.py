@@ -65,6 +65,7 @@ class PretrainTrain:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
     mask_rate: float = 0.15
+    whole_word_masking: bool = False     # the corpus is word-segmented with spaces: mask whole words
     max_steps: int = 0                   # 0: no limit
     max_minutes: float = 0.0             # wall-clock budget of the training loop; 0: none
     heldout_permille: int = 10           # sequences kept out of training to report MLM loss / accuracy
@@ -179,13 +180,26 @@ def corpus_texts(cfg: PretrainConfig):
             yield from texts
 
 
-def pack_texts(texts, tokenizer: CharTokenizer, max_len: int) -> list[list[int]]:
+WORD_START = 1 << 30  # flag bit on a token id: a word begins here (whole-word masking)
+
+
+def pack_texts(texts, tokenizer: CharTokenizer, max_len: int, words: bool = False) -> list[list[int]]:
     """Token ids of the texts, concatenated and cut into ``[CLS] body [SEP]`` sequences of at
-    most ``max_len`` (short sentences share a sequence: no compute spent on padding)."""
+    most ``max_len`` (short sentences share a sequence: no compute spent on padding).
+
+    ``words``: the texts are word-segmented with spaces (``北京 天安门``); the first token of
+    each word carries :data:`WORD_START` (a bit no vocabulary reaches), so whole-word masking
+    needs no second column. :func:`mask_batch` strips it.
+    """
     body = max_len - 2
     stream: list[int] = []
     for text in texts:
-        stream += tokenizer.encode(text).token_ids[1:-1]
+        enc = tokenizer.encode(text)
+        ids = enc.token_ids[1:-1]
+        if words:
+            chars = enc.char_index[1:-1]
+            ids = [t | WORD_START if j == 0 or chars[j] != chars[j - 1] + 1 else t for j, t in enumerate(ids)]
+        stream += ids
     cls, sep = tokenizer.vocab.cls_id, tokenizer.vocab.sep_id
     return [[cls] + stream[i : i + body] + [sep] for i in range(0, len(stream), body)]
 
@@ -195,15 +209,20 @@ def is_heldout(ids, permille: int) -> bool:
     return zlib.crc32(np.asarray(ids, dtype=np.int32).tobytes()) % 1000 < permille
 
 
-def mask_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: float = 0.15) -> tuple:
+def mask_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: float = 0.15,
+               whole_words: bool = False) -> tuple:
     """Dynamic masking of a padded batch: ``rate`` of each row's ordinary tokens (never
     ``[PAD]``/``[CLS]``/``[SEP]``/``[MASK]``) become prediction targets, of which 80 % are
-    replaced by ``[MASK]``, 10 % by a random ordinary token and 10 % kept.
+    replaced by ``[MASK]``, 10 % by a random ordinary token and 10 % kept. ``whole_words``: whole
+    words (marked by :data:`WORD_START`, see :func:`pack_texts`) are chosen until the rate is
+    reached, every token of a chosen word a target (the 80/10/10 draw stays per token, as BERT's).
 
     Returns:
         ``(inputs, positions, labels, weights)``: ``positions``/``labels``/``weights`` are
         ``(B, P)`` with ``P = ceil(rate * L)``; padding slots have weight 0.
     """
+    starts = (ids & WORD_START) != 0
+    ids = ids & ~WORD_START
     special = np.array([vocab.index[t] for t in (PAD, CLS, SEP, MASK, UNK) if t in vocab.index])
     ordinary = np.setdiff1d(np.arange(len(vocab)), special)
     b, length = ids.shape
@@ -218,13 +237,30 @@ def mask_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: fl
         if not len(candidates):
             continue
         k = min(p, max(1, int(round(rate * len(candidates)))))
-        chosen = np.sort(rng.choice(candidates, k, replace=False))
+        if whole_words:
+            chosen = _whole_words(candidates, starts[row], k, rng)
+            k = len(chosen)
+        else:
+            chosen = np.sort(rng.choice(candidates, k, replace=False))
         r = rng.random(k)
         positions[row, :k], labels[row, :k], weights[row, :k] = chosen, ids[row, chosen], 1.0
         inputs[row, chosen[r < 0.8]] = mask_id
         swap = chosen[(r >= 0.8) & (r < 0.9)]
         inputs[row, swap] = rng.choice(ordinary, len(swap))
     return inputs, positions, labels, weights
+
+
+def _whole_words(candidates: np.ndarray, starts: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of whole words, in random word order, while they fit in ``k`` tokens."""
+    cut = np.flatnonzero(starts[candidates] | (np.diff(candidates, prepend=-2) != 1))
+    words = np.split(candidates, cut[1:]) if len(cut) else [candidates]
+    chosen: list[int] = []
+    for w in rng.permutation(len(words)):
+        if len(chosen) + len(words[w]) <= k:
+            chosen += words[w].tolist()
+        if len(chosen) == k:
+            break
+    return np.sort(np.array(chosen or words[int(rng.integers(len(words)))][:k].tolist(), dtype=np.int64))
 
 
 def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab):
@@ -234,7 +270,7 @@ def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab):
     tokenizer = CharTokenizer(vocab)
     for task in batch["task"]:
         for texts in task_texts(json.loads(task), cfg):
-            seqs = pack_texts(texts, tokenizer, cfg.model.max_len)
+            seqs = pack_texts(texts, tokenizer, cfg.model.max_len, cfg.train.whole_word_masking)
             if seqs:
                 yield pa.table({"token_ids": seqs,
                                 "heldout": [is_heldout(s, cfg.train.heldout_permille) for s in seqs]})
@@ -560,7 +596,7 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
         if budget.over(int(optimizer.iterations.numpy())):
             break
         batch = pad_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]])
-        ids, pos, labels, weights = mask_batch(batch, rng, w.vocab, t.mask_rate)
+        ids, pos, labels, weights = mask_batch(batch, rng, w.vocab, t.mask_rate, t.whole_word_masking)
         losses.append(float(step(tf.constant(ids), tf.constant(pos), tf.constant(labels), tf.constant(weights))))
         bar.step(losses[-1])
         seqs += len(batch)
@@ -582,7 +618,8 @@ def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain) -> dict:
     rng = np.random.default_rng([t.seed, 999])
     loss = correct = count = 0.0
     for i in range(0, len(rows), 64):
-        ids, pos, labels, weights = mask_batch(pad_batch(rows[i : i + 64]), rng, vocab, t.mask_rate)
+        batch = pad_batch(rows[i : i + 64])
+        ids, pos, labels, weights = mask_batch(batch, rng, vocab, t.mask_rate, t.whole_word_masking)
         a, b, n = _masked_loss(model([ids, np.zeros_like(ids), pos], training=False), labels, weights)
         loss, correct, count = loss + float(a), correct + float(b), count + float(n)
     return {"heldout_loss": loss / max(count, 1), "heldout_accuracy": correct / max(count, 1),
@@ -613,7 +650,7 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     out = cfg.pretrained_dir
     t = cfg.train
     if in_process:
-        rows = pack_texts(corpus_texts(cfg), CharTokenizer(vocab), cfg.model.max_len)
+        rows = pack_texts(corpus_texts(cfg), CharTokenizer(vocab), cfg.model.max_len, t.whole_word_masking)
         pretrain_loop_per_worker({"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out),
                                                            bars_wanted())})
     else:

@@ -39,6 +39,37 @@ def test_masking_rate_split_and_never_special_tokens():
     assert (inputs[untouched] == ids[untouched]).all()  # only chosen positions change; padding stays 0
 
 
+def test_whole_word_masking_takes_every_token_of_a_chosen_word():
+    from albert_ray.batching import pad_batch
+    from albert_ray.pretrain import WORD_START
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join("".join(rng.choice(CHARS, rng.integers(1, 5))) for _ in range(rng.integers(5, 30)))
+             for _ in range(300)]
+    seqs = pack_texts(texts, CharTokenizer(VOCAB), max_len=64, words=True)
+    ids = pad_batch(seqs)
+    plain = ids & ~WORD_START
+    assert sorted(set(plain[plain > 4].tolist())) == list(range(5, len(VOCAB)))  # flags strip to the ids
+    # the words of each row, as position lists (a word starts at a flag)
+    inputs, positions, labels, weights = mask_batch(ids, np.random.default_rng(1), VOCAB, rate=0.15, whole_words=True)
+    assert inputs.max() < len(VOCAB) and labels.max() < len(VOCAB)
+    chosen_total = ordinary_total = 0
+    for row in range(len(seqs)):
+        word, words = [], []
+        for j in range(1, len(seqs[row]) - 1):
+            if ids[row, j] & WORD_START and word:
+                words.append(word)
+                word = []
+            word.append(j)
+        words.append(word)
+        chosen = set(positions[row][weights[row] > 0].tolist())
+        assert all(set(w) <= chosen or not set(w) & chosen for w in words)  # a word is all in or all out
+        assert (labels[row][weights[row] > 0] == plain[row, sorted(chosen)]).all()
+        chosen_total += len(chosen)
+        ordinary_total += len(seqs[row]) - 2
+    assert chosen_total / ordinary_total == pytest.approx(0.15, abs=0.02)
+
+
 def test_packing_fills_sequences_and_keeps_every_token():
     tok = CharTokenizer(VOCAB)
     texts = ["甲乙丙", "丁戊 己庚", "辛壬癸子丑寅卯辰巳午未申酉"] * 5
