@@ -66,6 +66,7 @@ class PretrainTrain:
     weight_decay: float = 0.01
     mask_rate: float = 0.15
     whole_word_masking: bool = False     # the corpus is word-segmented with spaces: mask whole words
+    sentence_order: bool = False         # ALBERT's sentence-order prediction beside the masked LM
     max_steps: int = 0                   # 0: no limit
     max_minutes: float = 0.0             # wall-clock budget of the training loop; 0: none
     heldout_permille: int = 10           # sequences kept out of training to report MLM loss / accuracy
@@ -183,25 +184,83 @@ def corpus_texts(cfg: PretrainConfig):
 WORD_START = 1 << 30  # flag bit on a token id: a word begins here (whole-word masking)
 
 
-def pack_texts(texts, tokenizer: CharTokenizer, max_len: int, words: bool = False) -> list[list[int]]:
+def pack_texts(texts, tokenizer: CharTokenizer, max_len: int, words: bool = False,
+               pairs: bool = False) -> list[list[int]]:
     """Token ids of the texts, concatenated and cut into ``[CLS] body [SEP]`` sequences of at
     most ``max_len`` (short sentences share a sequence: no compute spent on padding).
 
     ``words``: the texts are word-segmented with spaces (``北京 天安门``); the first token of
     each word carries :data:`WORD_START` (a bit no vocabulary reaches), so whole-word masking
     needs no second column. :func:`mask_batch` strips it.
+
+    ``pairs`` (sentence-order prediction): ``[CLS] A [SEP] B [SEP]``, A and B consecutive text cut
+    at the text boundary nearest the middle of the sequence (at the middle when it holds none);
+    a sequence of one token has no B.
     """
-    body = max_len - 2
+    body = max_len - (3 if pairs else 2)
     stream: list[int] = []
+    boundaries: set[int] = set()
     for text in texts:
         enc = tokenizer.encode(text)
         ids = enc.token_ids[1:-1]
         if words:
             chars = enc.char_index[1:-1]
             ids = [t | WORD_START if j == 0 or chars[j] != chars[j - 1] + 1 else t for j, t in enumerate(ids)]
+        boundaries.add(len(stream))
         stream += ids
     cls, sep = tokenizer.vocab.cls_id, tokenizer.vocab.sep_id
-    return [[cls] + stream[i : i + body] + [sep] for i in range(0, len(stream), body)]
+    out = []
+    for i in range(0, len(stream), body):
+        chunk = stream[i : i + body]
+        if not pairs or len(chunk) < 2:
+            out.append([cls] + chunk + [sep])
+            continue
+        inner = [b - i for b in boundaries if i < b < i + len(chunk)]
+        cut = min(inner, key=lambda b: abs(b - len(chunk) / 2)) if inner else len(chunk) // 2
+        out.append([cls] + chunk[:cut] + [sep] + chunk[cut:] + [sep])
+    return out
+
+
+def order_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab) -> tuple:
+    """Sentence-order prediction on a padded batch of ``[CLS] A [SEP] B [SEP]`` rows: half the
+    rows (drawn anew each epoch) become ``[CLS] B [SEP] A [SEP]``.
+
+    Returns:
+        ``(ids, segments, labels, weights)``: segment 1 from B (or the swapped A) on; label 1 when
+        swapped; weight 0 for rows with one segment.
+    """
+    ids = ids.copy()
+    segments = np.zeros_like(ids)
+    labels = np.zeros(len(ids), np.int32)
+    weights = np.zeros(len(ids), np.float32)
+    sep = vocab.sep_id
+    for row in range(len(ids)):
+        seps = np.flatnonzero(ids[row] == sep)
+        if len(seps) < 2:
+            continue
+        first, last = seps[0], seps[1]
+        a, b = ids[row, 1:first].copy(), ids[row, first + 1 : last].copy()
+        if rng.random() < 0.5:
+            a, b = b, a
+            labels[row] = 1
+        ids[row, 1 : 1 + len(a)], ids[row, 1 + len(a)] = a, sep
+        ids[row, 2 + len(a) : 2 + len(a) + len(b)] = b
+        segments[row, 2 + len(a) : last + 1] = 1
+        weights[row] = 1.0
+    return ids, segments, labels, weights
+
+
+def make_batch(rows, rng: np.random.Generator, vocab: Vocab, t: "PretrainTrain") -> tuple:
+    """A training batch: padded, sentence order drawn (if on), masked; the step's inputs
+    ``(ids, segments, positions, labels, weights, order_labels, order_weights)``."""
+    batch = pad_batch(rows)
+    if t.sentence_order:
+        batch, segments, order_labels, order_weights = order_batch(batch, rng, vocab)
+    else:
+        segments, order_labels, order_weights = np.zeros_like(batch), np.zeros(len(batch), np.int32), \
+            np.zeros(len(batch), np.float32)
+    ids, pos, labels, weights = mask_batch(batch, rng, vocab, t.mask_rate, t.whole_word_masking)
+    return ids, segments, pos, labels, weights, order_labels, order_weights
 
 
 def is_heldout(ids, permille: int) -> bool:
@@ -270,7 +329,7 @@ def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab):
     tokenizer = CharTokenizer(vocab)
     for task in batch["task"]:
         for texts in task_texts(json.loads(task), cfg):
-            seqs = pack_texts(texts, tokenizer, cfg.model.max_len, cfg.train.whole_word_masking)
+            seqs = pack_texts(texts, tokenizer, cfg.model.max_len, cfg.train.whole_word_masking, cfg.train.sentence_order)
             if seqs:
                 yield pa.table({"token_ids": seqs,
                                 "heldout": [is_heldout(s, cfg.train.heldout_permille) for s in seqs]})
@@ -287,10 +346,12 @@ def sequences_dataset(cfg: PretrainConfig, vocab: Vocab):
 
 
 # ---- the model -----------------------------------------------------------------------------------
-def build_mlm_model(config: EncoderConfig):
+def build_mlm_model(config: EncoderConfig, sentence_order: bool = False):
     """``[token_ids, segment_ids, masked_positions] -> logits (B, P, vocab)`` (float32): the
     encoder and an MLM head whose output layer is the token embedding, transposed (as in BERT and
-    ALBERT), evaluated at the masked positions only."""
+    ALBERT), evaluated at the masked positions only. ``sentence_order``: also ``(B, 2)`` logits
+    of ALBERT's sentence-order head (the pooler, ``tanh`` of a dense layer on ``[CLS]``, then a
+    dense layer), as a second output."""
     from tensorflow import keras
 
     from albert_ray.encoder import build_encoder
@@ -298,7 +359,27 @@ def build_mlm_model(config: EncoderConfig):
     encoder = build_encoder(config, name="encoder")
     positions = keras.layers.Input((None,), dtype="int32", name="Input-Masked-Positions")
     logits = MaskedLMHead(config, encoder, name="MLM-Head")([encoder.outputs[0], positions])
+    if sentence_order:
+        pooled = keras.layers.Dense(config.hidden_size, activation="tanh", name="SOP-Pooler")(encoder.outputs[1])
+        order = keras.layers.Dense(2, name="SOP-Output", dtype="float32")(pooled)
+        return keras.Model(encoder.inputs + [positions], [logits, order], name="mlm_sop")
     return keras.Model(encoder.inputs + [positions], logits, name="mlm")
+
+
+def head_variables(model) -> dict:
+    """The pre-training heads' variables under their published names: the MLM head, and the
+    pooler and sentence-order output when the model has them (kernels of ``output_weights``
+    are stored ``[2, H]``, as in BERT's checkpoints)."""
+    out = dict(model.get_layer("MLM-Head").variables_by_name())
+    names = {layer.name for layer in model.layers}
+    if "SOP-Pooler" in names:
+        pooler, order = model.get_layer("SOP-Pooler"), model.get_layer("SOP-Output")
+        out.update({"bert/pooler/dense/kernel": pooler.kernel, "bert/pooler/dense/bias": pooler.bias,
+                    "cls/seq_relationship/output_weights": order.kernel, "cls/seq_relationship/output_bias": order.bias})
+    return out
+
+
+_TRANSPOSED = {"cls/seq_relationship/output_weights"}
 
 
 def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a layer factory)
@@ -352,12 +433,13 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
 
 def save_pretrained(folder: str | Path, model, config: EncoderConfig, vocab: Vocab, summary: dict | None = None) -> Path:
     """The encoder in its layout's published checkpoint names, the MLM head under
-    ``cls/predictions/...``, the config JSON and ``vocab.txt``."""
+    ``cls/predictions/...`` (and the sentence-order head under ``bert/pooler`` and
+    ``cls/seq_relationship``), the config JSON and ``vocab.txt``."""
     from albert_ray.checkpoint import encoder_variables, write_variables
 
     folder = Path(folder)
     variables = encoder_variables(model, config)
-    variables.update({k: v.numpy() for k, v in model.get_layer("MLM-Head").variables_by_name().items()})
+    variables.update({k: v.numpy().T if k in _TRANSPOSED else v.numpy() for k, v in head_variables(model).items()})
     write_variables(folder / "model.ckpt", variables)
     name = "bert_config.json" if config.layout == "bert" else "albert_config.json"
     (folder / name).write_text(json.dumps(config.to_dict(), indent=2))
@@ -368,19 +450,20 @@ def save_pretrained(folder: str | Path, model, config: EncoderConfig, vocab: Voc
 
 
 def load_head(model, checkpoint: str) -> bool:
-    """The MLM head from a checkpoint that has one (continued pre-training); False if none."""
+    """The pre-training heads from a checkpoint that has them (continued pre-training); False if
+    it lacks one (that head starts new)."""
     import tensorflow as tf
 
     from albert_ray.checkpoint import resolve_checkpoint
 
     reader = tf.train.load_checkpoint(resolve_checkpoint(checkpoint))
     names = reader.get_variable_to_shape_map()
-    head = model.get_layer("MLM-Head").variables_by_name()
-    if not all(n in names for n in head):
-        return False
+    head = head_variables(model)
     for n, var in head.items():
-        var.assign(reader.get_tensor(n))
-    return True
+        if n in names:
+            value = reader.get_tensor(n)
+            var.assign(value.T if n in _TRANSPOSED else value)
+    return all(n in names for n in head)
 
 
 # ---- the worker loop -------------------------------------------------------------------------------
@@ -393,6 +476,15 @@ class PretrainWorker:
     rows: list | None = None          # in-process runs: the sequences
     local_output: str | None = None
     progress_bar: bool = False        # the driver writes to a terminal: a step bar on rank 0
+
+
+def _order_loss(logits, labels, weights):
+    """Sentence-order cross-entropy and correct predictions, weighted (rows with one segment: 0)."""
+    import tensorflow as tf
+
+    ce = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    correct = tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), labels), tf.float32)
+    return tf.reduce_sum(ce * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
 
 
 def _masked_loss(logits, labels, weights):
@@ -445,9 +537,10 @@ def pretrain_loop_per_worker(config: dict) -> None:
         state.history.append(metrics)
         state.epoch, state.batch = epoch + 1, 0
         if ctx.rank == 0:
-            log.info("epoch %d: MLM loss %.4f, held-out loss %.4f, masked-token accuracy %.4f, %.1f sequences/s",
+            order = metrics.get("heldout_order_accuracy")
+            log.info("epoch %d: loss %.4f, held-out MLM loss %.4f, masked-token accuracy %.4f%s, %.1f sequences/s",
                      epoch + 1, metrics["train_loss"], metrics["heldout_loss"], metrics["heldout_accuracy"],
-                     metrics["sequences_per_second"])
+                     "" if order is None else f", sentence-order accuracy {order:.4f}", metrics["sequences_per_second"])
         ctx.reporter.report({**metrics, "final": budget.hit or epoch + 1 == t.epochs}, checkpoint)
         if budget.hit:
             break
@@ -518,7 +611,7 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
     t, checkpoint = w.cfg.train, w.cfg.model.checkpoint
     with strategy.scope():
         with dtype_policy(t.precision):
-            model = build_mlm_model(w.encoder)
+            model = build_mlm_model(w.encoder, t.sentence_order)
         std = init_std(w.encoder, w.cfg.model.init_range)
         initialize_encoder(model, replace(w.encoder, initializer_range=std), seed=t.seed)
         if checkpoint:
@@ -539,21 +632,27 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
         optimizer.build(model.trainable_variables)
     scaled = t.precision == "mixed_float16"
 
-    def replica_step(ids, pos, labels, weights):
+    def replica_step(ids, seg, pos, labels, weights, order_labels, order_weights):
+        reduce = tf.distribute.get_replica_context().all_reduce
         with tf.GradientTape() as tape:
-            loss_sum, _, n = _masked_loss(model([ids, tf.zeros_like(ids), pos], training=True), labels, weights)
-            loss = loss_sum / tf.maximum(tf.distribute.get_replica_context().all_reduce("sum", n), 1.0)
+            out = model([ids, seg, pos], training=True)
+            loss_sum, _, n = _masked_loss(out[0] if t.sentence_order else out, labels, weights)
+            loss = loss_sum / tf.maximum(reduce("sum", n), 1.0)
+            if t.sentence_order:
+                order_sum, _, m = _order_loss(out[1], order_labels, order_weights)
+                loss += order_sum / tf.maximum(reduce("sum", m), 1.0)
         grads = tape.gradient(optimizer.get_scaled_loss(loss) if scaled else loss, model.trainable_variables)
         if scaled:
             grads = optimizer.get_unscaled_gradients(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    sig = [tf.TensorSpec([None, None], tf.int32)] * 3 + [tf.TensorSpec([None, None], tf.float32)]
+    sig = [tf.TensorSpec([None, None], tf.int32)] * 4 + [tf.TensorSpec([None, None], tf.float32),
+                                                         tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)]
 
     @tf.function(input_signature=sig)
-    def step(ids, pos, labels, weights):
-        return strategy.reduce("sum", strategy.run(replica_step, args=(ids, pos, labels, weights)), axis=None)
+    def step(*batch):
+        return strategy.reduce("sum", strategy.run(replica_step, args=batch), axis=None)
 
     return model, optimizer, step, Budget(cap, t.max_minutes, total_var, warmup_var, t.warmup_ratio)
 
@@ -595,11 +694,10 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
     for i in range(first, steps):
         if budget.over(int(optimizer.iterations.numpy())):
             break
-        batch = pad_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]])
-        ids, pos, labels, weights = mask_batch(batch, rng, w.vocab, t.mask_rate, t.whole_word_masking)
-        losses.append(float(step(tf.constant(ids), tf.constant(pos), tf.constant(labels), tf.constant(weights))))
+        batch = make_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]], rng, w.vocab, t)
+        losses.append(float(step(*(tf.constant(x) for x in batch))))
         bar.step(losses[-1])
-        seqs += len(batch)
+        seqs += len(batch[0])
         if rank == 0 and t.log_every and (i + 1) % t.log_every == 0 and bar.bar is None:
             log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker)", epoch + 1, i + 1, steps,
                      np.mean(losses[-t.log_every:]), seqs / (time.time() - began))
@@ -612,18 +710,23 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
 
 
 def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain) -> dict:
-    """MLM loss and masked-token accuracy on held-out sequences (fixed masking)."""
+    """MLM loss and masked-token accuracy (and sentence-order accuracy) on held-out sequences
+    (fixed masking and order)."""
     if not rows:
         return {"heldout_loss": float("nan"), "heldout_accuracy": float("nan"), "heldout_sequences": 0}
     rng = np.random.default_rng([t.seed, 999])
-    loss = correct = count = 0.0
+    sums = np.zeros(5)  # loss, correct, count; order correct, order count
     for i in range(0, len(rows), 64):
-        batch = pad_batch(rows[i : i + 64])
-        ids, pos, labels, weights = mask_batch(batch, rng, vocab, t.mask_rate, t.whole_word_masking)
-        a, b, n = _masked_loss(model([ids, np.zeros_like(ids), pos], training=False), labels, weights)
-        loss, correct, count = loss + float(a), correct + float(b), count + float(n)
-    return {"heldout_loss": loss / max(count, 1), "heldout_accuracy": correct / max(count, 1),
-            "heldout_sequences": len(rows)}
+        ids, seg, pos, labels, weights, order_labels, order_weights = make_batch(rows[i : i + 64], rng, vocab, t)
+        out = model([ids, seg, pos], training=False)
+        mlm = _masked_loss(out[0] if t.sentence_order else out, labels, weights)
+        order = _order_loss(out[1], order_labels, order_weights)[1:] if t.sentence_order else (0.0, 0.0)
+        sums += [float(x) for x in (*mlm, *order)]
+    result = {"heldout_loss": sums[0] / max(sums[2], 1), "heldout_accuracy": sums[1] / max(sums[2], 1),
+              "heldout_sequences": len(rows)}
+    if t.sentence_order:
+        result["heldout_order_accuracy"] = sums[3] / max(sums[4], 1)
+    return result
 
 
 def _min_across(strategy, n: int, world: int) -> int:
@@ -650,7 +753,8 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     out = cfg.pretrained_dir
     t = cfg.train
     if in_process:
-        rows = pack_texts(corpus_texts(cfg), CharTokenizer(vocab), cfg.model.max_len, t.whole_word_masking)
+        rows = pack_texts(corpus_texts(cfg), CharTokenizer(vocab), cfg.model.max_len, t.whole_word_masking,
+                          t.sentence_order)
         pretrain_loop_per_worker({"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out),
                                                            bars_wanted())})
     else:

@@ -227,3 +227,50 @@ def test_a_killed_pretraining_worker_resumes_from_its_step_checkpoint(tmp_path, 
     history = summary["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["steps"] == 3 * history[0]["steps"]      # every step ran exactly once overall
+
+
+def test_sentence_pairs_are_cut_at_a_text_boundary_and_half_are_swapped():
+    from albert_ray.batching import pad_batch
+    from albert_ray.pretrain import order_batch
+
+    tok = CharTokenizer(VOCAB)
+    texts = ["甲乙丙丁", "戊己庚辛壬癸", "子丑寅卯辰巳午未申", "酉甲"]  # 4 + 6 + 9 + 2 tokens
+    seqs = pack_texts(texts, tok, max_len=18, pairs=True)      # bodies of 15 tokens
+    sep, cls = VOCAB.index["[SEP]"], VOCAB.index["[CLS]"]
+    ids = [VOCAB.tokens[i] for i in seqs[0]]
+    # the text boundaries inside the first 15 tokens are at 4 and 10: 10 is nearer the middle (7.5)
+    assert "".join(t if t not in ("[CLS]", "[SEP]") else "|" for t in ids) == "|甲乙丙丁戊己庚辛壬癸|子丑寅卯辰|"
+    assert seqs[1] == [cls] + [VOCAB.index[c] for c in "巳午未申"] + [sep] + [VOCAB.index[c] for c in "酉甲"] + [sep]
+
+    rng = np.random.default_rng(0)
+    rows = [[cls] + list(rng.integers(5, 25, a)) + [sep] + list(rng.integers(5, 25, b)) + [sep]
+            for a, b in rng.integers(1, 20, (400, 2))] + [[cls, 7, sep]]
+    batch = pad_batch(rows)
+    out, segments, labels, weights = order_batch(batch, np.random.default_rng(1), VOCAB)
+    assert labels[:400].mean() == pytest.approx(0.5, abs=0.06) and weights[:400].all() and weights[400] == 0
+    for row, (r, swapped) in enumerate(zip(rows[:400], labels)):
+        first = r.index(sep)
+        a, b = r[1:first], r[first + 1 : -1]
+        want = [cls] + (b + [sep] + a if swapped else a + [sep] + b) + [sep]
+        assert out[row, : len(r)].tolist() == want
+        assert segments[row, : len(r)].tolist() == [0] * (len(want[: want.index(sep)]) + 1) + [1] * (len(r) - want.index(sep) - 1)
+        assert (out[row, len(r):] == 0).all() and (segments[row, len(r):] == 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # in-process pre-training with sentence-order prediction
+def test_sentence_order_is_learned_and_written_under_the_published_names(tmp_path):
+    import tensorflow as tf
+
+    from albert_ray.pretrain import pretrain
+
+    _corpus(tmp_path)
+    rng = np.random.default_rng(0)  # every line: 7 characters of the first ten, then 7 of the last ten
+    lines = ["".join(rng.choice(CHARS[:10], 7)) + "".join(rng.choice(CHARS[10:], 7)) for _ in range(1500)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = pretrain(_cfg(tmp_path, "train.epochs=6", "train.sentence_order=true"), in_process=True)
+    assert summary["history"][-1]["heldout_order_accuracy"] > 0.9
+    shapes = tf.train.load_checkpoint(str(Path(summary["pretrained_dir"]) / "model.ckpt")).get_variable_to_shape_map()
+    assert shapes["bert/pooler/dense/kernel"] == [128, 128]
+    assert shapes["cls/seq_relationship/output_weights"] == [2, 128]
+    assert shapes["cls/seq_relationship/output_bias"] == [2]
