@@ -70,34 +70,75 @@ class RowProgress:
             self.bar = None
 
 
+PROGRESS_MARK = "@albert-ray-progress "  # a worker's bar state, drawn by the driver (never printed)
+
+
 class StepBar:
     """An epoch's steps as a progress bar (loss in the description) on rank 0, when the driver's
-    output is a terminal: Ray's ``tqdm_ray`` inside a Ray worker (the driver draws it), plain tqdm
-    in-process. Otherwise nothing: the loop's periodic log lines stand in (CI, ``ray job logs``)."""
+    output is a terminal: in a Ray worker, the state goes to the driver as a marked line at most
+    twice a second and :class:`DriverBars` draws it there; in-process, plain tqdm. Otherwise
+    nothing: the loop's periodic log lines stand in (CI, ``ray job logs``)."""
 
     def __init__(self, enabled: bool, total: int, desc: str, in_ray: bool):
-        self.bar, self.desc = None, desc
-        if not enabled:
-            return
-        if in_ray:
-            from ray.experimental import tqdm_ray
-
-            self.bar = tqdm_ray.tqdm(total=total, desc=desc)
-        else:
+        self.bar, self.desc, self.in_ray, self.total = None, desc, in_ray, total
+        self.n, self.loss, self.sent = 0, None, 0.0
+        if enabled and in_ray:
+            self.bar = "driver"
+            self._send()
+        elif enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def step(self, loss: float | None = None) -> None:
-        if self.bar is not None:
-            if loss is not None:
-                self.bar.set_description(f"{self.desc} loss {loss:.4f}")
-            self.bar.update(1)
+        if self.bar is None:
+            return
+        self.n, self.loss = self.n + 1, loss
+        if self.in_ray:
+            if time.time() - self.sent >= 0.5:
+                self._send()
+            return
+        if loss is not None:
+            self.bar.set_description(f"{self.desc} loss {loss:.4f}")
+        self.bar.update(1)
+
+    def _send(self, done: bool = False) -> None:
+        import json
+
+        self.sent = time.time()
+        print(PROGRESS_MARK + json.dumps({"desc": self.desc, "n": self.n, "total": self.total, "loss": self.loss,
+                                          "done": done}), flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
+        if self.bar == "driver":
+            self._send(done=True)
+        elif self.bar is not None:
             self.bar.close()
-            self.bar = None
+        self.bar = None
+
+
+class DriverBars:
+    """The driver's tqdm bars for the progress lines workers send (see :class:`StepBar`)."""
+
+    def __init__(self, stream=None):
+        self.stream, self.bars = stream or sys.stderr, {}
+
+    def update(self, line: str) -> None:
+        import json
+
+        from tqdm import tqdm
+
+        state = json.loads(line[line.index(PROGRESS_MARK) + len(PROGRESS_MARK):])
+        bar = self.bars.get(state["desc"])
+        if bar is None:
+            bar = self.bars[state["desc"]] = tqdm(total=state["total"], desc=state["desc"], file=self.stream,
+                                                  dynamic_ncols=True, leave=False)
+        if state["loss"] is not None:
+            bar.set_description(f"{state['desc']} loss {state['loss']:.4f}", refresh=False)
+        bar.update(state["n"] - bar.n)
+        if state["done"]:
+            bar.close()
+            del self.bars[state["desc"]]
 
 
 def bars_wanted() -> bool:

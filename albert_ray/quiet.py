@@ -72,14 +72,15 @@ def is_noise(line: str) -> bool:
 
 
 def filter_ray_logs() -> None:
-    """Make the driver drop noise lines from the worker logs Ray forwards to it.
+    """Make the driver drop noise lines from the worker logs Ray forwards to it, and draw the
+    progress bars workers send (:class:`albert_ray.progress.StepBar`) instead of printing them.
 
     Replaces Ray's own ``ray_print_logs`` handler (``ray._private.worker``) by one that filters
-    the lines and then calls Ray's printer, so prefixes, deduplication and ``tqdm_ray`` bars stay
-    Ray's. Does nothing when verbose, or if this Ray has no such handler.
+    the lines and then calls Ray's printer, so prefixes and deduplication stay Ray's. Does
+    nothing if this Ray has no such handler.
     """
-    if verbose():
-        return
+    from albert_ray.progress import PROGRESS_MARK, DriverBars
+
     try:
         from ray._private import worker as ray_worker
 
@@ -91,8 +92,18 @@ def filter_ray_logs() -> None:
     if not any(name == "ray_print_logs" for name, _ in dispatcher.handlers):
         return  # log_to_driver=False: nothing is printed anyway
 
+    bars = DriverBars()
+
     def print_kept(data: dict) -> None:
-        lines = [line for line in data.get("lines", []) if not is_noise(line)]
+        lines = []
+        for line in data.get("lines", []):
+            if PROGRESS_MARK in line:
+                try:
+                    bars.update(line)
+                except (ValueError, KeyError):  # a line cut by the log monitor: the next one redraws
+                    pass
+            elif not is_noise(line):
+                lines.append(line)
         if lines:
             printer({**data, "lines": lines}, ignore_prefix)
 

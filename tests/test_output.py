@@ -133,3 +133,21 @@ def test_label_summary_page_shows_totals_counts_chart_and_reasons():
         assert cell in page
     assert page.count('src="data:image/png;base64,') == 1
     assert "<p>none</p>" in label_summary_page({**manifest, "quarantine_reasons": {}}, "entity_counts")
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # one short training run through Ray on a pseudo-terminal
+def test_on_a_terminal_the_driver_draws_the_rank0_workers_step_bar(tmp_path):
+    import re
+    import shutil
+
+    if not shutil.which("script"):
+        pytest.skip("util-linux 'script' (a pseudo-terminal) is not installed")
+    cmd = (f"stty cols 120 rows 40; {sys.executable} -m albert_ray.cli train --config jobs/configs/sample_ner.yaml "
+           f"output_dir={tmp_path} train.epochs=2 data.max_train_examples=200")
+    out = subprocess.run(["script", "-qec", cmd, str(tmp_path / "tty.log")], capture_output=True, timeout=400,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0
+    text = (tmp_path / "tty.log").read_bytes().decode("utf-8", "replace").replace("\r", "\n")
+    assert re.search(r"epoch 2/2 loss \d+\.\d{4}: +100%\|", text)  # drawn by the driver from the worker's state
+    assert "albert-ray-progress" not in text                        # the state lines themselves are never shown
