@@ -165,6 +165,8 @@ def main() -> None:
     parser.add_argument("--throughput-steps", type=int, default=40)
     parser.add_argument("--precision", default="float32", help="pre-training precision of the gain run")
     parser.add_argument("--workers", action="store_true", help="also measure 1 against 2 Ray Train workers")
+    parser.add_argument("--workdir", help="keep the pre-trained folder and runs here (default: a temporary folder)")
+    parser.add_argument("--pretrained", help="fine-tune from this pre-trained folder instead of pre-training")
     parser.add_argument("--skip-gain", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pretrain_gain.json"))
@@ -188,7 +190,8 @@ def main() -> None:
     corpora = Path(args.corpora)
     result: dict = {"machine": f"{os.cpu_count()} CPUs", "encoder": "data/albert_config_sample.json"}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = Path(args.workdir or tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         corpus = tmp / "unlabelled.txt"
         result["unlabelled_chars"] = unlabelled_text(corpora, corpus)
         if not args.skip_throughput:
@@ -197,10 +200,15 @@ def main() -> None:
             result["workers"] = workers_throughput(corpus, corpora, args.throughput_steps)
         if not args.skip_gain:
             began = time.time()
-            summary = pretrain_run(corpus, tmp / "pt", corpora, f"train.max_minutes={args.minutes}", "train.epochs=50",
-                                   f"train.precision={args.precision}")
-            result["pretraining"] = {"minutes": round((time.time() - began) / 60, 1), **summary["history"][-1]}
-            folder = Path(summary["pretrained_dir"])
+            if args.pretrained:
+                folder = Path(args.pretrained)
+                summary = json.loads((folder / "pretrain.json").read_text())
+            else:
+                summary = pretrain_run(corpus, tmp / "pt", corpora, f"train.max_minutes={args.minutes}",
+                                       "train.epochs=50", f"train.precision={args.precision}")
+                folder = Path(summary["pretrained_dir"])
+            result["pretraining"] = {"minutes": round(summary.get("seconds", time.time() - began) / 60, 1),
+                                     **summary["history"][-1]}
             result["fine_tuning"] = [fine_tune(name, tmp / f"{name}-{init}-{lr}", corpora, folder if init == "pt" else None, lr)
                                      for name in RECIPES for init in ("random", "pt") for lr in LEARNING_RATES]
     print(f"unlabelled text: {result['unlabelled_chars']:,} characters")
