@@ -151,3 +151,21 @@ def test_on_a_terminal_the_driver_draws_the_rank0_workers_step_bar(tmp_path):
     text = (tmp_path / "tty.log").read_bytes().decode("utf-8", "replace").replace("\r", "\n")
     assert re.search(r"epoch 2/2 loss \d+\.\d{4}: +100%\|", text)  # drawn by the driver from the worker's state
     assert "albert-ray-progress" not in text                        # the state lines themselves are never shown
+
+
+def test_evaluate_output_writes_the_report_page_for_any_data_set(tmp_path):
+    from pathlib import Path
+
+    model = Path(__file__).parent / "data" / "model_before_mixed_precision"
+    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "evaluate", "--model", str(model), "--data",
+                          "data/ner_sample.test.bio", "--output", str(tmp_path / "eval")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "eval").iterdir())
+    assert files == ["entity_types.png", "metrics.json", "per_label.png", "report.html", "report.txt"]  # no curves
+    page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
+    report = (tmp_path / "eval" / "report.txt").read_text(encoding="utf-8")
+    assert out.stdout.strip() == report.strip()
+    micro = next(line for line in report.splitlines() if "micro avg" in line).split()
+    assert f"<td>micro avg F1</td><td>{float(micro[4]):.4f}</td>" in page
+    assert "100 examples evaluated" in page
