@@ -70,12 +70,12 @@ def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str, in_pro
 
 
 def workers_throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
-    """Ray Train pre-training on 1 and on 2 workers (0.9 CPU each, leaving room for Ray Data's
+    """Ray Train pre-training on 1 and on 2 workers (0.7 CPU each, leaving room for Ray Data's
     read tasks), the same steps per worker: sequences/s of the run."""
     rows = []
     for n in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
-            s = pretrain_run(corpus, Path(tmp), corpora, f"train.num_workers={n}", "train.cpus_per_worker=0.9",
+            s = pretrain_run(corpus, Path(tmp), corpora, f"train.num_workers={n}", "train.cpus_per_worker=0.7",
                              f"train.max_steps={steps}", "train.epochs=1", "train.precision=float32", in_process=False)
         per_worker = s["history"][-1]["sequences_per_second"]
         rows.append({"workers": n, "steps": s["history"][-1]["steps"], "sequences_per_second_per_worker": round(per_worker, 1),

@@ -274,3 +274,19 @@ def test_sentence_order_is_learned_and_written_under_the_published_names(tmp_pat
     assert shapes["bert/pooler/dense/kernel"] == [128, 128]
     assert shapes["cls/seq_relationship/output_weights"] == [2, 128]
     assert shapes["cls/seq_relationship/output_bias"] == [2]
+
+
+def test_workers_that_leave_no_cpu_for_reading_the_corpus_are_one_line(monkeypatch):
+    import ray
+
+    from albert_ray.pretrain import _require_read_room
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    cfg = load_pretrain_config(None, ["name=x", "train.num_workers=2", "train.cpus_per_worker=0.9"], ["a.txt"])
+    with pytest.raises(ValueError) as err:
+        _require_read_room(cfg.train)
+    assert str(err.value) == ("train.num_workers=2 x train.cpus_per_worker=0.9 = 1.8 of the cluster's 2 CPUs leaves "
+                              "less than 0.5 for reading the corpus: lower train.cpus_per_worker (TensorFlow's threads "
+                              "are set apart, by train.tf_threads)")
+    _require_read_room(load_pretrain_config(None, ["name=x", "train.num_workers=2", "train.cpus_per_worker=0.7"],
+                                            ["a.txt"]).train)  # 1.4 + 0.5 fits
