@@ -26,6 +26,9 @@ NOISE = re.compile("|".join([
     r"^[IW]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+\.cc:\d+\]",
     r"^E\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+\.cc:\d+\] .*(cuInit|CUDA|cuda|oneDNN)",
     r"^To enable the following instructions: .*rebuild TensorFlow",
+    r"^INFO:tensorflow:",                                   # tf.distribute's notes in multi-worker runs
+    r"^(Collective all_reduce|Enabled multi-worker collective ops|Using MirroredStrategy|"
+    r"MultiWorkerMirroredStrategy with cluster_spec|Check health not enabled|Collective batch_all_reduce)",
     # Ray's C++ logs
     r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWE] \d+ \d+\] \S+\.cc:\d+:",
     # Ray Train's controller and workers (our own line per epoch replaces the report repr)

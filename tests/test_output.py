@@ -29,6 +29,8 @@ NOISE = [
     "Execution plan of Dataset train_0: InputDataBuffer[Input] -> TaskPoolMapOperator[MapBatches(_featurize_batch)]",
     "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
     "A run snapshot was found in storage folder at: '/tmp/exp/demo/ray/sample_ner'",
+    "INFO:tensorflow:Collective all_reduce IndexedSlices: 1 all_reduces, num_devices =1, group_size = 2",
+    "Collective all_reduce IndexedSlices: 1 all_reduces, num_devices =1, group_size = 2, implementation = AUTO",
 ]
 OURS = [
     "run sample_ner: task=ner, 700 training rows, 1 workers (ray shards), per-worker batch 32",
