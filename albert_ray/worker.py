@@ -247,6 +247,18 @@ class WarmupLinearDecay:
         return _Schedule()
 
 
+def current_learning_rate(optimizer) -> float:
+    """The optimizer's current rate: its schedule at the current step, read through the
+    distribution strategy (under MultiWorkerMirroredStrategy the rate is a MirroredVariable,
+    which ``float()`` refuses)."""
+    import tensorflow as tf
+
+    rate = optimizer.learning_rate
+    if callable(rate):
+        rate = rate(optimizer.iterations)
+    return float(tf.convert_to_tensor(rate).numpy())
+
+
 def optimizer_state(optimizer) -> list:
     """The variables a resume restores: the optimizer's slots and step, plus, under mixed precision,
     the dynamic loss scale and its good-step counter (``LossScaleOptimizer.variables`` leaves them
@@ -360,7 +372,7 @@ def train_loop_per_worker(config: dict) -> None:
             log.info("epoch %d/%d: loss %.4f, dev %s %.4f (best %.4f), %.1f ex/s per worker", epoch + 1, t.epochs,
                      metrics["train_loss"], task.name, score, state.best_score, metrics["examples_per_second"])
         scalars.write(epoch + 1, {"loss/train": metrics["train_loss"], "dev/score": score,
-                                  "learning_rate": float(tr.optimizer.learning_rate),
+                                  "learning_rate": current_learning_rate(tr.optimizer),
                                   "loss_scale": metrics.get("loss_scale"),
                                   "examples_per_second": metrics["examples_per_second"]})
         state.epoch, state.batch, state.is_best = epoch + 1, 0, improved

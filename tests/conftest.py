@@ -18,9 +18,12 @@ def corpora() -> Path:
     return CORPORA
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """A Ray instance of this test session's own (never an already running cluster)."""
+    """A Ray instance of this test module's own (never an already running cluster). Per module,
+    so no other module's command-line runs (which start their own local Ray) meet two Ray
+    instances on the machine: Ray Train's placement-group cleaner then fails with "Found multiple
+    active Ray instances"."""
     import ray
 
     from albert_ray.runtime import WORKER_ENV

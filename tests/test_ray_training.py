@@ -207,7 +207,15 @@ def test_ctrl_c_on_train_is_one_line_and_the_same_command_resumes(tmp_path):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
     try:
         deadline = time.time() + 300
-        while "epoch 2/30" not in err.read_text() and time.time() < deadline:
+        snapshot = tmp_path / "ray" / "sample_ner" / "checkpoint_manager_snapshot.json"
+
+        def registered() -> bool:  # Ray Train's controller has taken a checkpoint in (it polls for them)
+            try:
+                return bool(json.loads(snapshot.read_text()).get("checkpoint_results")) if snapshot.exists() else False
+            except ValueError:  # being written
+                return False
+
+        while not ("epoch 2/30" in err.read_text() and registered()) and time.time() < deadline:
             time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
         rc = proc.wait(timeout=120)
