@@ -71,6 +71,7 @@ class PretrainTrain:
     max_minutes: float = 0.0             # wall-clock budget of the training loop; 0: none
     heldout_permille: int = 10           # sequences kept out of training to report MLM loss / accuracy
     precision: str = "float32"           # float32 | mixed_float16 | mixed_bfloat16
+    xla: bool = False                    # jit-compile the training step (XLA)
     seed: int = 42
     num_workers: int = 1
     cpus_per_worker: float = 1.0
@@ -650,7 +651,7 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
     sig = [tf.TensorSpec([None, None], tf.int32)] * 4 + [tf.TensorSpec([None, None], tf.float32),
                                                          tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)]
 
-    @tf.function(input_signature=sig)
+    @tf.function(input_signature=sig, jit_compile=t.xla or None)
     def step(*batch):
         return strategy.reduce("sum", strategy.run(replica_step, args=batch), axis=None)
 
@@ -738,30 +739,14 @@ def _min_across(strategy, n: int, world: int) -> int:
 
 
 # ---- driver ----------------------------------------------------------------------------------------
-READ_TASK_CPUS = 0.5  # what sequences_dataset asks per read task
+READ_TASK_CPUS = 0.5  # what sequences_dataset asks per read task (runtime.require_read_room checks it fits)
 
 
-def _require_read_room(t: PretrainTrain) -> None:
-    """Ray Data's read tasks need CPUs the training workers leave free, or the run waits forever
-    ("Cluster resources are not enough to run any task"; measured: 2 workers x 0.9 CPU on 2 CPUs).
-
-    Raises:
-        ValueError: one line with the numbers and what to change.
-    """
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0.0)
-    taken = t.num_workers * t.cpus_per_worker
-    if taken + READ_TASK_CPUS > total:
-        raise ValueError(f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker:g} = "
-                         f"{taken:g} of the cluster's {total:g} CPUs leaves less than {READ_TASK_CPUS:g} for reading "
-                         f"the corpus: lower train.cpus_per_worker (TensorFlow's threads are set apart, by "
-                         f"train.tf_threads)")
 def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     """Pre-train; write ``<output_dir>/<name>/pretrained/``; return its summary."""
     import shutil
 
-    from albert_ray.runtime import init_ray, require_shared_storage
+    from albert_ray.runtime import init_ray, require_read_room, require_shared_storage
 
     began = time.time()
     encoder, vocab = resolve_model_files(cfg)
@@ -782,7 +767,7 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
 
         init_ray(cfg.ray_address)
         require_shared_storage(cfg.storage_path, "storage_path")
-        _require_read_room(t)
+        require_read_room(t.num_workers, t.cpus_per_worker, READ_TASK_CPUS, "the corpus")
         storage = cfg.storage_path or str(Path(cfg.output_dir, "ray").resolve())
         threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
         trainer = TensorflowTrainer(

@@ -45,16 +45,40 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before (see LOOPBACK_ENV)
-        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=dashboard,
-                 runtime_env={"env_vars": env}, configure_logging=False)
+        start_local_ray(env, num_cpus, dashboard)
     from albert_ray.quiet import filter_ray_logs, quiet_ray_data
 
     filter_ray_logs()
     quiet_ray_data()
     log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def start_local_ray(env: dict, num_cpus: int | None, dashboard: bool) -> None:
+    """A new local Ray whose GCS port is chosen here, so that its workers can be told its address.
+
+    Ray's own state-API calls inside workers (Ray Train's placement-group cleaner asks whether
+    the run's controller is alive) look for "the" Ray of the machine when ``RAY_ADDRESS`` is
+    unset, and with a second Ray running (``albert-ray cluster start``) they fail with
+    ``ConnectionError: Found multiple active Ray instances``: the workers get this Ray's address.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    from albert_ray.localcluster import free_port
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before (see LOOPBACK_ENV)
+    port = free_port()
+    env = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    saved = os.environ.get(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE)
+    os.environ[ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)  # read by the head node it starts
+    try:
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=dashboard,
+                 runtime_env={"env_vars": env}, configure_logging=False)
+    finally:
+        if saved is None:
+            os.environ.pop(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE, None)
+        else:
+            os.environ[ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE] = saved
 
 
 def alive_nodes() -> int:
@@ -73,6 +97,25 @@ def require_shared_storage(path: str | None, what: str) -> None:
     if path is None and alive_nodes() > 1:
         raise ValueError(f"{what} is not set and the cluster has {alive_nodes()} nodes: set it to shared storage "
                          f"(an NFS path mounted on every node, or s3://bucket/prefix), not a node's local disk")
+
+
+def require_read_room(num_workers: int, cpus_per_worker: float, read_cpus: float, what: str) -> None:
+    """Ray Data's read / featurise tasks run while the training workers hold their CPUs, so they
+    need CPUs the workers leave free, or the run waits forever ("Cluster resources are not enough
+    to run any task"; measured: 2 workers x 0.9 CPU on 2 CPUs).
+
+    Raises:
+        ValueError: one line with the numbers and what to change.
+    """
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    taken = num_workers * cpus_per_worker
+    if taken + read_cpus > total:
+        raise ValueError(f"train.num_workers={num_workers} x train.cpus_per_worker={cpus_per_worker:g} = "
+                         f"{taken:g} of the cluster's {total:g} CPUs leaves less than {read_cpus:g} for reading "
+                         f"{what}: lower train.cpus_per_worker (TensorFlow's threads are set apart, by "
+                         f"train.tf_threads)")
 
 
 def configure_tf(threads: int) -> None:

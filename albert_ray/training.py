@@ -22,7 +22,7 @@ from albert_ray.config import EncoderConfig, check_fits
 from albert_ray.data import Example, read_examples
 from albert_ray.jobconfig import JobConfig
 from albert_ray.progress import bars_wanted
-from albert_ray.runtime import init_ray, require_shared_storage
+from albert_ray.runtime import init_ray, require_read_room, require_shared_storage
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks import task_for
 from albert_ray.tokenization import CharTokenizer, Vocab, build_char_vocab
@@ -170,6 +170,9 @@ def _prepare_in_task(job: JobConfig):
         yield pa.table({"example": _serialise(train[i : i + _CHUNK])})
 
 
+FEATURIZE_CPUS = 0.5  # per Ray Data featurise task; they run beside the training workers
+
+
 def prepare_distributed(job: JobConfig):
     """:func:`prepare` in a Ray task; returns ``(prepared without train examples, dataset of
     training rows)``. The driver holds only the dev / test examples, the vocabularies and object
@@ -184,7 +187,7 @@ def prepare_distributed(job: JobConfig):
         raise prepare_error(exc) from None
     refs = list(gen)
     ds = ray.data.from_arrow_refs(refs).map_batches(
-        _featurize_batch, fn_kwargs={"spec": prep.spec, "vocab": prep.vocab}, batch_size=256, num_cpus=0.5)
+        _featurize_batch, fn_kwargs={"spec": prep.spec, "vocab": prep.vocab}, batch_size=256, num_cpus=FEATURIZE_CPUS)
     return prep, ds
 
 
@@ -197,6 +200,7 @@ def train(job: JobConfig) -> dict:
     check_job(job)
     init_ray(job.ray_address)
     require_shared_storage(job.storage_path, "storage_path")
+    require_read_room(job.train.num_workers, job.train.cpus_per_worker, FEATURIZE_CPUS, "the training data")
     prep, train_ds = prepare_distributed(job)
     log.info("prepared %s: %d train, %d dev, %d test examples, labels %s", job.name, prep.train_count,
              len(prep.dev), len(prep.test), list(prep.spec.labels)[:12])

@@ -20,15 +20,12 @@ def corpora() -> Path:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A Ray instance of this test module's own (never an already running cluster). Per module,
-    so no other module's command-line runs (which start their own local Ray) meet two Ray
-    instances on the machine: Ray Train's placement-group cleaner then fails with "Found multiple
-    active Ray instances"."""
+    """A Ray instance of this test module's own (never an already running cluster), started as
+    the CLI starts its local Ray. Per module: a module's command-line runs start their own."""
     import ray
 
-    from albert_ray.runtime import WORKER_ENV
+    from albert_ray.runtime import WORKER_ENV, start_local_ray
 
-    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", runtime_env={"env_vars": WORKER_ENV},
-             configure_logging=False)
+    start_local_ray(dict(WORKER_ENV), num_cpus=2, dashboard=True)
     yield ray
     ray.shutdown()

@@ -144,3 +144,32 @@ def test_the_local_ray_of_train_and_label_listens_on_loopback_only():
 
     assert len(sockets) >= 4
     assert [s for s in sockets if not is_loopback(s[1])] == []
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_workers_of_a_local_ray_find_it_beside_a_running_cluster(tmp_path):
+    """Ray Train's placement-group cleaner asks the state API, from a worker, whether the run's
+    controller is alive; with `albert-ray cluster start` running too, that call used to fail
+    with "Found multiple active Ray instances"."""
+    import subprocess
+
+    from albert_ray.localcluster import start_local_cluster
+
+    code = ("import json, ray; from albert_ray.runtime import init_ray; init_ray(num_cpus=1); "
+            "from ray.train.v2._internal.state.util import is_actor_alive\n"
+            "@ray.remote(num_cpus=0)\nclass A:\n    def ping(self): return 1\n"
+            "@ray.remote(num_cpus=0)\ndef probe(actor_id):\n"
+            "    from ray._private.services import canonicalize_bootstrap_address_or_die\n"
+            "    return canonicalize_bootstrap_address_or_die(None), bool(is_actor_alive(actor_id, timeout=30))\n"
+            "a = A.remote(); ray.get(a.ping.remote())\n"
+            "found, alive = ray.get(probe.remote(a._actor_id.hex()))\n"
+            "print(json.dumps([found, ray.get_runtime_context().gcs_address, alive]))")
+    cluster = start_local_cluster(num_cpus=1, state_dir=tmp_path / "c")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    finally:
+        cluster.stop()
+    assert out.returncode == 0, out.stderr[-2000:]
+    found, own, alive = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found == own and own != cluster.address and alive is True

@@ -76,6 +76,20 @@ def test_a_bad_record_found_while_preparing_is_one_line_without_a_ray_traceback(
     assert not any("Traceback" in line or "ray::" in line for line in lines)
 
 
+def test_workers_that_leave_no_cpu_for_featurising_are_one_line_not_a_hang(tmp_path):
+    import os
+
+    cpus = os.cpu_count()
+    rc, lines, _ = _cli("train", "--config", SAMPLE, "train.num_workers=2", f"train.cpus_per_worker={cpus / 2:g}",
+                        f"output_dir={tmp_path}/runs", timeout=300)
+    assert rc == 2
+    assert [line for line in lines if "error:" in line] == [
+        f"albert-ray train: error: train.num_workers=2 x train.cpus_per_worker={cpus / 2:g} = {cpus:g} of the "
+        f"cluster's {cpus:g} CPUs leaves less than 0.5 for reading the training data: lower train.cpus_per_worker "
+        "(TensorFlow's threads are set apart, by train.tf_threads)"]
+    assert not any("Traceback" in line for line in lines)
+
+
 # ---- pretrained checkpoints ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):

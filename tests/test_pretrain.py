@@ -279,14 +279,13 @@ def test_sentence_order_is_learned_and_written_under_the_published_names(tmp_pat
 def test_workers_that_leave_no_cpu_for_reading_the_corpus_are_one_line(monkeypatch):
     import ray
 
-    from albert_ray.pretrain import _require_read_room
+    from albert_ray.pretrain import READ_TASK_CPUS
+    from albert_ray.runtime import require_read_room
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    cfg = load_pretrain_config(None, ["name=x", "train.num_workers=2", "train.cpus_per_worker=0.9"], ["a.txt"])
     with pytest.raises(ValueError) as err:
-        _require_read_room(cfg.train)
+        require_read_room(2, 0.9, READ_TASK_CPUS, "the corpus")
     assert str(err.value) == ("train.num_workers=2 x train.cpus_per_worker=0.9 = 1.8 of the cluster's 2 CPUs leaves "
                               "less than 0.5 for reading the corpus: lower train.cpus_per_worker (TensorFlow's threads "
                               "are set apart, by train.tf_threads)")
-    _require_read_room(load_pretrain_config(None, ["name=x", "train.num_workers=2", "train.cpus_per_worker=0.7"],
-                                            ["a.txt"]).train)  # 1.4 + 0.5 fits
+    require_read_room(2, 0.7, READ_TASK_CPUS, "the corpus")  # 1.4 + 0.5 fits
