@@ -40,10 +40,13 @@ RECIPES = {  # bounded fine-tuning recipes (a few minutes each on 2 cores), the 
     "cluener": ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=6", "model.bilstm_units=0"],
     "peoples_daily": ["data.max_train_examples=3000", "data.max_eval_examples=400", "train.epochs=8",
                       "model.bilstm_units=0"],
+    "duee_multilabel": ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=6",
+                        "model.max_len=128"],
 }
 # each start is fine-tuned at every rate and reported at its best: a pre-trained encoder and a
 # random one do not share a best learning rate, and one fixed rate would favour one of them
 LEARNING_RATES = (1e-3, 4e-3)
+PRETRAIN_LR = 3e-3  # measured over 5 minutes: held-out accuracy 0.148 against 0.144 at 1e-3, ahead at every epoch
 
 
 def unlabelled_text(corpora: Path, out: Path) -> int:
@@ -59,12 +62,17 @@ def unlabelled_text(corpora: Path, out: Path) -> int:
     return sum(len(t) for t in texts)
 
 
-def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str, in_process: bool = True) -> dict:
+SHAPES = {"sample": "data/albert_config_sample.json", "tiny": "{corpora}/albert_zh/albert_config_tiny.json"}
+
+
+def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str, in_process: bool = True,
+                 shape: str = "sample") -> dict:
     from albert_ray.pretrain import load_pretrain_config, pretrain
 
-    cfg = load_pretrain_config(None, ["name=bench", f"output_dir={out}", "model.encoder_config=data/albert_config_sample.json",
+    encoder = SHAPES[shape].format(corpora=corpora)
+    cfg = load_pretrain_config(None, ["name=bench", f"output_dir={out}", f"model.encoder_config={encoder}",
                                       f"model.vocab={corpora}/albert_zh/vocab.txt", "model.max_len=128",
-                                      "train.batch_size=32", "train.learning_rate=1e-3", "train.log_every=100",
+                                      "train.batch_size=32", f"train.learning_rate={PRETRAIN_LR}", "train.log_every=100",
                                       "train.heldout_permille=5", *overrides], [str(corpus)])
     return pretrain(cfg, in_process=in_process)
 
@@ -85,14 +93,18 @@ def workers_throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
 
 
 def throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
+    """Sequences/s of the same steps per shape: float32, float32 with XLA, mixed_bfloat16."""
     rows = []
-    for precision in ("float32", "mixed_bfloat16"):
-        with tempfile.TemporaryDirectory() as tmp:
-            s = pretrain_run(corpus, Path(tmp), corpora, f"train.precision={precision}", f"train.max_steps={steps}",
-                             "train.epochs=1")
-        rows.append({"precision": precision, "steps": s["history"][-1]["steps"],
-                     "sequences_per_second": round(s["history"][-1]["sequences_per_second"], 1)})
-    rows[1]["x_float32"] = round(rows[1]["sequences_per_second"] / rows[0]["sequences_per_second"], 2)
+    for shape in SHAPES:
+        base = None
+        for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False)):
+            with tempfile.TemporaryDirectory() as tmp:
+                s = pretrain_run(corpus, Path(tmp), corpora, f"train.precision={precision}", f"train.xla={xla}",
+                                 f"train.max_steps={steps}", "train.epochs=1", shape=shape)
+            rows.append({"shape": shape, "precision": precision, "xla": xla, "steps": s["history"][-1]["steps"],
+                         "sequences_per_second": round(s["history"][-1]["sequences_per_second"], 1)})
+            base = base or rows[-1]["sequences_per_second"]
+            rows[-1]["x_float32"] = round(rows[-1]["sequences_per_second"] / base, 2)
     return rows
 
 
@@ -107,7 +119,7 @@ def fine_tune(name: str, out: Path, corpora: Path, checkpoint: Path | None, lear
     began = time.time()
     summary = train_in_process(job)
     return {"task": name, "init": "pretrained" if checkpoint else "random", "learning_rate": learning_rate,
-            "entity_f1": round(summary["metrics"]["micro avg"]["f1-score"], 4), "seconds": round(time.time() - began)}
+            "micro_f1": round(summary["metrics"]["micro avg"]["f1-score"], 4), "seconds": round(time.time() - began)}
 
 
 # the reference article's published test scores (accuracy for sogou, micro-F1 otherwise)
@@ -164,6 +176,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="pre-training budget (default 30)")
     parser.add_argument("--throughput-steps", type=int, default=40)
     parser.add_argument("--precision", default="float32", help="pre-training precision of the gain run")
+    parser.add_argument("--xla", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="jit-compile the pre-training step (default true: 1.13x measured here)")
+    parser.add_argument("--pretrain-set", dest="pretrain_overrides", action="append", default=[],
+                        help="a pre-training config override, e.g. train.learning_rate=2e-3 (repeatable)")
     parser.add_argument("--workers", action="store_true", help="also measure 1 against 2 Ray Train workers")
     parser.add_argument("--workdir", help="keep the pre-trained folder and runs here (default: a temporary folder)")
     parser.add_argument("--pretrained", help="fine-tune from this pre-trained folder instead of pre-training")
@@ -205,7 +221,8 @@ def main() -> None:
                 summary = json.loads((folder / "pretrain.json").read_text())
             else:
                 summary = pretrain_run(corpus, tmp / "pt", corpora, f"train.max_minutes={args.minutes}",
-                                       "train.epochs=50", f"train.precision={args.precision}")
+                                       "train.epochs=50", f"train.precision={args.precision}", f"train.xla={args.xla}",
+                                       *args.pretrain_overrides)
                 folder = Path(summary["pretrained_dir"])
             result["pretraining"] = {"minutes": round(summary.get("seconds", time.time() - began) / 60, 1),
                                      **summary["history"][-1]}
@@ -213,8 +230,8 @@ def main() -> None:
                                      for name in RECIPES for init in ("random", "pt") for lr in LEARNING_RATES]
     print(f"unlabelled text: {result['unlabelled_chars']:,} characters")
     for row in result.get("throughput", []):
-        print(f"pre-training {row['precision']:>15}: {row['sequences_per_second']:>7.1f} sequences/s"
-              + (f"  ({row['x_float32']}x float32)" if "x_float32" in row else ""))
+        print(f"pre-training {row['shape']:>6} {row['precision']:>15}{' + XLA' if row['xla'] else '':6}: "
+              f"{row['sequences_per_second']:>7.1f} sequences/s  ({row['x_float32']}x float32)")
     for row in result.get("workers", []):
         print(f"pre-training on {row['workers']} Ray Train worker(s): {row['sequences_per_second']:>7.1f} sequences/s"
               + (f"  ({row['x_one_worker']}x one worker)" if "x_one_worker" in row else ""))
@@ -222,14 +239,14 @@ def main() -> None:
         p = result["pretraining"]
         print(f"pre-training: {p['minutes']} min, {p['steps']} steps, held-out MLM loss {p['heldout_loss']:.3f}, "
               f"masked-token accuracy {p['heldout_accuracy']:.3f}")
-        print(f"{'task':<15}{'lr':>8}{'random init':>12}{'pre-trained':>12}")
+        print(f"micro-F1 (entities; event types for DuEE)\n{'task':<17}{'lr':>8}{'random init':>12}{'pre-trained':>12}")
         for name in RECIPES:
             for lr in LEARNING_RATES:
-                a, b = [r["entity_f1"] for r in result["fine_tuning"] if r["task"] == name and r["learning_rate"] == lr]
-                print(f"{name:<15}{lr:>8g}{a:>12.4f}{b:>12.4f}")
-            a, b = [max(r["entity_f1"] for r in result["fine_tuning"] if r["task"] == name and r["init"] == init)
+                a, b = [r["micro_f1"] for r in result["fine_tuning"] if r["task"] == name and r["learning_rate"] == lr]
+                print(f"{name:<17}{lr:>8g}{a:>12.4f}{b:>12.4f}")
+            a, b = [max(r["micro_f1"] for r in result["fine_tuning"] if r["task"] == name and r["init"] == init)
                     for init in ("random", "pretrained")]
-            print(f"{name:<15}{'best':>8}{a:>12.4f}{b:>12.4f}  gain {b - a:+.4f}")
+            print(f"{name:<17}{'best':>8}{a:>12.4f}{b:>12.4f}  gain {b - a:+.4f}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2, ensure_ascii=False))
 
