@@ -698,7 +698,10 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
         batch = make_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]], rng, w.vocab, t)
         losses.append(float(step(*(tf.constant(x) for x in batch))))
         bar.step(losses[-1])
-        seqs += len(batch[0])
+        if len(losses) == 1:  # sequences/s from the end of the first step on: not the tracing (and XLA) compile
+            began = time.time()
+        else:
+            seqs += len(batch[0])
         if rank == 0 and t.log_every and (i + 1) % t.log_every == 0 and bar.bar is None:
             log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker)", epoch + 1, i + 1, steps,
                      np.mean(losses[-t.log_every:]), seqs / (time.time() - began))

@@ -123,4 +123,6 @@ def quiet_ray_data() -> None:
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
+    # ... which Ray Data then announces once per process: "Progress bars disabled. To enable, ..."
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     ctx.print_on_execution_start = False

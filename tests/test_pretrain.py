@@ -182,6 +182,17 @@ def test_the_wall_clock_budget_ends_the_run_and_shortens_the_schedule(tmp_path):
     assert time.time() - began < 0.25 * 60 + 45           # the budget, plus start-up and one evaluation
 
 
+def test_the_xla_step_trains_as_the_plain_one(tmp_path):
+    from albert_ray.pretrain import pretrain
+
+    _corpus(tmp_path)
+    losses = [pretrain(_cfg(tmp_path, "train.epochs=1", "train.max_steps=20", f"train.xla={xla}",
+                            f"output_dir={tmp_path}/{xla}"), in_process=True)["history"][-1] for xla in (False, True)]
+    assert [h["steps"] for h in losses] == [20, 20]
+    assert abs(losses[0]["train_loss"] - losses[1]["train_loss"]) < 1e-3 * losses[0]["train_loss"]
+    assert abs(losses[0]["heldout_loss"] - losses[1]["heldout_loss"]) < 1e-3 * losses[0]["heldout_loss"]
+
+
 @pytest.mark.slow
 @pytest.mark.ci  # Ray Train pre-training with a worker killed after its first step checkpoint
 def test_a_killed_pretraining_worker_resumes_from_its_step_checkpoint(tmp_path, local_ray):
