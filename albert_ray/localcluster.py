@@ -189,7 +189,10 @@ def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | Non
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), **LOOPBACK_ENV,
            "TF_USE_LEGACY_KERAS": "1", "PATH": path}
-    env.pop("RAY_ADDRESS", None)
+    # the processes it starts (workers too) inherit this: Ray's own state-API calls in a worker
+    # (Ray Train's placement-group cleaner) then find this cluster, not "the" Ray of the machine,
+    # which fails with "Found multiple active Ray instances" beside another Ray
+    env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     cmd = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
            f"--ray-client-server-port={free_port()}", "--disable-usage-stats",

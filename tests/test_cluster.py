@@ -168,8 +168,21 @@ def test_workers_of_a_local_ray_find_it_beside_a_running_cluster(tmp_path):
     cluster = start_local_cluster(num_cpus=1, state_dir=tmp_path / "c")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        # and the other way round: a job on the cluster, beside the local Ray of the run above
+        # (gone by now: a second local Ray in the background keeps the machine at two)
+        background = subprocess.Popen([sys.executable, "-c", "from albert_ray.runtime import init_ray; "
+                                       "init_ray(num_cpus=1); print('up', flush=True); import time; time.sleep(600)"],
+                                      stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert background.stdout.readline().strip() == "up"
+            probe = ROOT / "tests" / "data" / "probe_ray_address.py"
+            job = _submit(cluster, f"python {probe}")
+        finally:
+            os.killpg(background.pid, 9)
     finally:
         cluster.stop()
     assert out.returncode == 0, out.stderr[-2000:]
     found, own, alive = json.loads(out.stdout.strip().splitlines()[-1])
     assert found == own and own != cluster.address and alive is True
+    assert job["status"] == "SUCCEEDED", job["logs"][-2000:]
+    assert f'probe: ["{cluster.address}", "{cluster.address}", true]' in job["logs"]
