@@ -47,6 +47,7 @@ class ModelConfig:
     bilstm_units: int = 0
     dropout: float = 0.1
     pooling: str = "cls"               # classification sentence vector: cls (reference) | mean
+    output_norm: bool | None = None    # LayerNorm on the encoder's output; None: auto (see ModelSpec.from_job)
 
 
 @dataclass(frozen=True)

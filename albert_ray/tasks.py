@@ -481,5 +481,10 @@ def build_task_model(spec: ModelSpec, seq_len: int | None = None):
 
     encoder = build_encoder(spec.encoder_config(), seq_len=seq_len, dropout=spec.dropout)
     sequence, cls = encoder.outputs
+    if spec.output_norm:  # the [CLS] vector is then the normalised sequence's first row
+        from keras_bert.layers import Extract
+
+        sequence = keras.layers.LayerNormalization(epsilon=1e-12, name="Head-Norm", dtype="float32")(sequence)
+        cls = Extract(index=0, name="Head-Norm-CLS")(sequence)
     output = task_for(spec).head(spec, sequence, cls)
     return keras.Model(encoder.inputs, output, name=f"{spec.task}_model")

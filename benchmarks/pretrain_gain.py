@@ -2,14 +2,16 @@
 
     python benchmarks/pretrain_gain.py [--minutes 30] [--corpora ../shared/corpora] [--skip-gain] [--skip-throughput] [--workers]
 
-* throughput: pre-training sequences/s of the sample encoder (brightmart layout, H=128, 4 layers,
-  the 21,128-word brightmart vocabulary, 128-token sequences), float32 against mixed_bfloat16,
-  the same steps in one run; with ``--workers``, Ray Train on 1 against 2 workers;
-* gain: pre-train the sample encoder for ``--minutes`` on unlabelled text of training splits only
-  (CLUENER train, DuEE train, sogou, the albert_zh news sample; never CLUENER's test split, never
-  People's Daily, which is evaluated), then fine-tune CLUENER and People's Daily with the same
-  bounded recipe from random init and from the pre-trained checkpoint (each at two learning rates,
-  reported at its best), and compare entity micro-F1.
+* throughput: pre-training sequences/s of the sample encoder (brightmart layout, H=128, 4 layers)
+  and of the albert-tiny shape (H=312), both with the 21,128-word brightmart vocabulary and
+  128-token sequences: float32, float32 with XLA, mixed_bfloat16, the same steps each (counted
+  from the end of the first, compiled step); with ``--workers``, Ray Train on 1 against 2 workers;
+* gain: pre-train the sample encoder for ``--minutes`` (XLA on, lr ``PRETRAIN_LR``) on unlabelled
+  text of training splits only (CLUENER train, DuEE train, sogou, the albert_zh news sample; never
+  CLUENER's test split, never DuEE's dev split, never People's Daily, which is evaluated), then
+  fine-tune CLUENER, People's Daily and DuEE with the same bounded recipe from random init and from
+  the pre-trained checkpoint (each at two learning rates, reported at its best), and compare
+  micro-F1 (entities; event types for DuEE).
 
 Prints a table and writes ``benchmarks/results/pretrain_gain.json``.
 

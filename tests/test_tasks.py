@@ -114,3 +114,36 @@ def test_a_task_registered_from_a_test_works_end_to_end(toy, tmp_path):
 def test_reports_use_the_reference_digits():
     text, _ = metrics.classification_reports(["a", "b"], ["a", "a"])
     assert "0.5000" in text
+
+
+def test_output_norm_is_on_for_a_pre_ln_encoder_from_a_checkpoint_and_rebuilt_from_model_json(tmp_path):
+    from dataclasses import replace
+
+    import tensorflow as tf
+
+    from albert_ray.config import EncoderConfig
+    from albert_ray.jobconfig import load_job_config
+    from albert_ray.spec import ModelSpec
+    from albert_ray.tasks import build_task_model
+
+    preln = EncoderConfig.from_json_file("data/albert_config_sample.json")
+    postln = replace(preln, ln_type="postln")
+    job = load_job_config("jobs/configs/sample_ner.yaml")
+    auto = {(enc.ln_type, init): ModelSpec.from_job(replace(job, model=replace(job.model, init=init)), ["PER"],
+                                                    enc).output_norm
+            for enc in (preln, postln) for init in ("none", "checkpoint")}
+    assert auto == {("preln", "none"): False, ("preln", "checkpoint"): True,
+                    ("postln", "none"): False, ("postln", "checkpoint"): False}
+    forced = load_job_config("jobs/configs/sample_ner.yaml", ["model.output_norm=false"])  # an override wins
+    forced = replace(forced, model=replace(forced.model, init="checkpoint"))
+    assert forced.model.output_norm is False and ModelSpec.from_job(forced, ["PER"], preln).output_norm is False
+    spec = ModelSpec.from_job(replace(job, model=replace(job.model, output_norm=True)), ["PER"], preln)
+    model = build_task_model(spec)
+    x = np.array([[2, 5, 7, 3, 0, 0]], np.int32)
+    probe = tf.keras.Model(model.inputs, model.get_layer("Head-Norm").output)
+    normed = probe([x, np.zeros_like(x)]).numpy()
+    assert np.allclose(normed.mean(-1), 0, atol=1e-4) and np.allclose(normed.std(-1), 1, atol=1e-3)
+    again = ModelSpec.from_dict(spec.to_dict())
+    assert again.output_norm is True and "Head-Norm" in [layer.name for layer in build_task_model(again).layers]
+    old = {k: v for k, v in spec.to_dict().items() if k != "output_norm"}  # a model.json written before the field
+    assert ModelSpec.from_dict(old).output_norm is False
