@@ -691,6 +691,7 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
     rng = np.random.default_rng([t.seed, epoch, rank, first])
     order = np.random.default_rng([t.seed, epoch, rank]).permutation(len(rows))
     losses, seqs, began = [], 0, time.time()
+    opening = (0, 0.0)  # the first step's sequences and seconds (tracing / XLA compile included)
     bar = StepBar(w.progress_bar and rank == 0, steps - first, f"epoch {epoch + 1}/{t.epochs}", w.rows is None)
     for i in range(first, steps):
         if budget.over(int(optimizer.iterations.numpy())):
@@ -699,7 +700,7 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
         losses.append(float(step(*(tf.constant(x) for x in batch))))
         bar.step(losses[-1])
         if len(losses) == 1:  # sequences/s from the end of the first step on: not the tracing (and XLA) compile
-            began = time.time()
+            opening, began = (len(batch[0]), time.time() - began), time.time()
         else:
             seqs += len(batch[0])
         if rank == 0 and t.log_every and (i + 1) % t.log_every == 0 and bar.bar is None:
@@ -710,7 +711,14 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
             midway(i + 1)
     bar.close()
     return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "steps": int(optimizer.iterations.numpy()), "sequences_per_second": seqs / max(time.time() - began, 1e-9)}
+            "steps": int(optimizer.iterations.numpy()), "sequences_per_second": _rate(seqs, time.time() - began, opening)}
+
+
+def _rate(seqs: int, seconds: float, opening: tuple[int, float]) -> float:
+    """Sequences/s after the first step; an epoch of one step (a budget ending right after it) has
+    only that step to report, compile time included."""
+    n, t = (seqs, seconds) if seqs else opening
+    return n / max(t, 1e-9)
 
 
 def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain) -> dict:

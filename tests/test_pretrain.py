@@ -182,6 +182,22 @@ def test_the_wall_clock_budget_ends_the_run_and_shortens_the_schedule(tmp_path):
     assert time.time() - began < 0.25 * 60 + 45           # the budget, plus start-up and one evaluation
 
 
+def test_an_epoch_of_one_step_reports_its_rate():
+    from albert_ray.pretrain import _rate
+
+    assert _rate(64, 2.0, (32, 9.0)) == 32.0   # after the first (compiling) step
+    assert _rate(0, 0.001, (32, 4.0)) == 8.0   # one step only: that step, compile included
+    assert _rate(0, 0.0, (0, 0.0)) == 0.0      # no step at all
+
+
+def test_a_budget_of_one_step_still_reports_sequences_per_second(tmp_path):
+    from albert_ray.pretrain import pretrain
+
+    _corpus(tmp_path)
+    last = pretrain(_cfg(tmp_path, "train.epochs=1", "train.max_steps=1"), in_process=True)["history"][-1]
+    assert last["steps"] == 1 and last["sequences_per_second"] > 0
+
+
 def test_the_xla_step_trains_as_the_plain_one(tmp_path):
     from albert_ray.pretrain import pretrain
 
