@@ -10,9 +10,10 @@
   text of training splits only (CLUENER train, DuEE train, sogou, the albert_zh news sample, and
   the 90 % of People's Daily its job trains on; never CLUENER's test split, DuEE's dev split or
   People's Daily's held-out dev, and no line equal to an evaluated text), then fine-tune CLUENER,
-  People's Daily and DuEE with the same bounded recipe from random init and from the pre-trained
-  checkpoint (each at two learning rates, reported at its best), and compare micro-F1 (entities;
-  event types for DuEE).
+  People's Daily and DuEE with the same recipe from random init and from the pre-trained
+  checkpoint (both at every ``--learning-rates`` rate, each reported at its best), and compare
+  micro-F1 (entities; event types for DuEE). The recipe is bounded (``RECIPES``, a few minutes a
+  run) or, with ``--recipe full``, each task's whole training and evaluation splits.
 
 Prints a table and writes ``benchmarks/results/pretrain_gain.json``.
 

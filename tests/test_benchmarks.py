@@ -60,3 +60,32 @@ def test_reference_table_fine_tunes_every_config_from_every_release_folder(tmp_p
     assert empty.returncode == 1 and empty.stderr.strip().endswith(
         "notes: no brightmart release folder (albert_<size>_zh/ with a checkpoint) in it")
 
+
+
+@pytest.mark.corpora
+def test_pretraining_text_holds_people_s_daily_training_part_and_no_evaluated_sentence(corpora, tmp_path):
+    from albert_ray.data import read_examples
+    from albert_ray.jobconfig import load_job_config
+    from albert_ray.training import prepare
+
+    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import pretrain_gain as pg; "
+            "print(json.dumps(pg.unlabelled_text(Path(sys.argv[1]), Path(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(corpora), str(tmp_path / "u.txt")], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    stats = json.loads(out.stdout.splitlines()[-1])
+    lines = set((tmp_path / "u.txt").read_text(encoding="utf-8").splitlines())
+
+    def norm(texts):
+        return {" ".join(t.split()) for t in texts}
+
+    pd = prepare(load_job_config(str(ROOT / "jobs/configs/peoples_daily.yaml"),
+                                 [f"data.train={corpora}/peoples_daily/example.test"]))
+    evaluated = norm(e.text for e in pd.dev)
+    evaluated |= norm(e.text for e in read_examples(corpora / "cluener" / "cluener.test", on_bad_records="skip").examples)
+    evaluated |= norm(e.text for e in read_examples(corpora / "duee_event_types" / "test.csv", multilabel=True,
+                                                    on_bad_records="skip").examples)
+    assert (len(pd.train), len(pd.dev)) == (4173, 463)
+    assert lines & evaluated == set()
+    assert norm(e.text for e in pd.train) - evaluated <= lines       # the job's training part, all of it
+    assert stats["evaluated_lines_dropped"] == 1
+    assert stats["peoples_daily_train"] == sum(len(t) for t in norm(e.text for e in pd.train)) > 190_000
