@@ -78,6 +78,11 @@ def evaluated_and_training_texts(corpora: Path) -> tuple[list[str], list[str]]:
     return evaluated, [e.text for e in pd.train]
 
 
+def one_line(text: str) -> str:
+    """A text as one line of the pre-training corpus: runs of whitespace (newlines too) made one space."""
+    return " ".join(text.split())
+
+
 def unlabelled_text(corpora: Path, out: Path) -> dict:
     """One text per line from training splits only (CLUENER train, DuEE train, sogou, the news
     sample, People's Daily's training portion); a line equal to an evaluated text is dropped."""
@@ -92,10 +97,10 @@ def unlabelled_text(corpora: Path, out: Path) -> dict:
         "news_sample": (corpora / "pretrain_sample" / "news_zh_1.txt").read_text(encoding="utf-8").splitlines(),
         "peoples_daily_train": pd_train,
     }
-    banned = {" ".join(t.split()) for t in evaluated}
+    banned = {one_line(t) for t in evaluated}
     lines, stats = [], {"evaluated_lines_dropped": 0}
     for name, texts in sources.items():
-        kept = [t for t in (" ".join(t.split()) for t in texts) if t]
+        kept = [t for t in map(one_line, texts) if t]
         stats["evaluated_lines_dropped"] += sum(t in banned for t in kept)
         kept = [t for t in kept if t not in banned]
         stats[name] = sum(len(t) for t in kept)
