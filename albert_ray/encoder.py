@@ -22,12 +22,13 @@ import albert_ray  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is 
 import tensorflow as tf
 from keras_bert import get_model
 from keras_bert.layers import Extract
-from keras_layer_normalization import LayerNormalization
+from keras_layer_normalization import LayerNormalization as KerasLayerNormalization
 from keras_multi_head import MultiHeadAttention as KerasMultiHeadAttention
 from keras_pos_embd import PositionEmbedding
 from keras_position_wise_feed_forward import FeedForward as KerasFeedForward
 from tensorflow import keras
 
+from albert_ray import fused
 from albert_ray.config import EncoderConfig
 
 # keras-bert's layers call one GlorotNormal instance for several kernels and tf-keras warns; the
@@ -81,31 +82,48 @@ class MultiHeadAttention(KerasMultiHeadAttention):
             raise ValueError("MultiHeadAttention: history_only (causal) attention is not used by BERT / ALBERT encoders")
         super().__init__(head_num, **kwargs)
 
-    def call(self, inputs, mask=None):
+    def call(self, inputs, mask=None, training=None):
         if isinstance(inputs, list):
             q, k, v = inputs
         else:
             q = k = v = inputs
         key_mask = mask[1] if isinstance(mask, list) else mask
-        q, k, v = (tf.matmul(x, w) for x, w in ((q, self.Wq), (k, self.Wk), (v, self.Wv)))
-        if self.use_bias:
-            q, k, v = q + self.bq, k + self.bk, v + self.bv
-        if self.activation is not None:
-            q, k, v = self.activation(q), self.activation(k), self.activation(v)
+        q, k, v = (self._project(x, w, b) for x, w, b in ((q, self.Wq, "bq"), (k, self.Wk, "bk"), (v, self.Wv, "bv")))
         q, k, v = (self._reshape_to_batches(x, self.head_num) for x in (q, k, v))
-        logits = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)
-        logits = logits / tf.sqrt(tf.cast(tf.shape(q)[-1], tf.float32))
-        if key_mask is not None:
-            keep = tf.cast(self._reshape_mask(key_mask, self.head_num), tf.float32)
-            logits -= 10000.0 * (1.0 - keep[:, None, :])
-        probs = tf.nn.softmax(logits, axis=-1)
+        scores = tf.matmul(q, k, transpose_b=True)
+        scale = 1.0 / tf.sqrt(tf.cast(tf.shape(q)[-1], tf.float32))
+        if fused.wanted(self, training) and key_mask is not None:
+            probs = fused.attention_probs(scores, self._reshape_mask(key_mask, self.head_num), scale)
+        else:
+            logits = tf.cast(scores, tf.float32) * scale
+            if key_mask is not None:
+                keep = tf.cast(self._reshape_mask(key_mask, self.head_num), tf.float32)
+                logits -= 10000.0 * (1.0 - keep[:, None, :])
+            probs = tf.nn.softmax(logits, axis=-1)
         y = tf.matmul(tf.cast(probs, v.dtype), v)
-        y = tf.matmul(self._reshape_from_batches(y, self.head_num), self.Wo)
+        return self._project(self._reshape_from_batches(y, self.head_num), self.Wo, "bo")
+
+    def _project(self, x, kernel, bias: str):
+        """``activation(x @ kernel + bias)`` as one 2-D ``matmul + bias_add`` (grappler fuses
+        them into one oneDNN kernel). A 3-D ``x`` against a 2-D kernel is a broadcasting batch
+        matmul, whose kernel gradient is a batch of per-row gradients summed afterwards."""
+        shape = tf.shape(x)
+        y = tf.matmul(tf.reshape(x, [-1, shape[-1]]), kernel)
         if self.use_bias:
-            y += self.bo
+            y = tf.nn.bias_add(y, getattr(self, bias))
         if self.activation is not None:
             y = self.activation(y)
-        return y
+        return tf.reshape(y, tf.concat([shape[:-1], [-1]], axis=0))
+
+
+class LayerNormalization(KerasLayerNormalization):
+    """keras-layer-normalization's layer (same weights and class name, see
+    :class:`MultiHeadAttention`); one XLA-fused pass in pre-training (:func:`fused.layer_norm`)."""
+
+    def call(self, inputs, training=None):
+        if fused.wanted(self, training) and self.scale and self.center:
+            return fused.layer_norm(inputs, self.gamma, self.beta, self.epsilon)
+        return super().call(inputs, training=training)
 
 
 class FeedForward(KerasFeedForward):
@@ -121,7 +139,9 @@ class FeedForward(KerasFeedForward):
             return super().call(x, mask=mask, training=training)
         shape = tf.shape(x)
         h = tf.nn.bias_add(tf.matmul(tf.reshape(x, [-1, shape[-1]]), self.W1), self.b1)
-        if self.activation is gelu_tanh:
+        if self.activation is gelu_tanh and fused.wanted(self, training):
+            h = fused.gelu_tanh(h)
+        elif self.activation is gelu_tanh:
             h = tf.nn.gelu(h, approximate=True)
         elif self.activation is not None:
             h = self.activation(h)

@@ -390,6 +390,7 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
     import tensorflow as tf
     from tensorflow import keras
 
+    from albert_ray import fused
     from albert_ray.encoder import activation_for
 
     width = config.embedding_size if config.layout == "albert_google" else config.hidden_size
@@ -398,9 +399,12 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
         def build(self, input_shape):
             self.kernel = self.add_weight(name="transform_kernel", shape=(config.hidden_size, width))
             self.bias = self.add_weight(name="transform_bias", shape=(width,), initializer="zeros")
-            self.gamma = self.add_weight(name="gamma", shape=(width,), initializer="ones")
-            self.beta = self.add_weight(name="beta", shape=(width,), initializer="zeros")
-            self.output_bias = self.add_weight(name="output_bias", shape=(config.vocab_size,), initializer="zeros")
+            # read in float32 under a mixed policy too: they act on the float32 LayerNorm and logits
+            float32 = {"initializer": "ones", "experimental_autocast": False}
+            self.gamma = self.add_weight(name="gamma", shape=(width,), **float32)
+            self.beta = self.add_weight(name="beta", shape=(width,), **{**float32, "initializer": "zeros"})
+            self.output_bias = self.add_weight(name="output_bias", shape=(config.vocab_size,),
+                                               **{**float32, "initializer": "zeros"})
             self.act = activation_for(config)
 
         # the encoder's own variables, reached through functions so Keras does not track them twice
@@ -413,15 +417,22 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
             return encoder.get_layer("Embedding-Token-Projection").weights[0]
 
         def call(self, inputs):
+            # 2-D matmuls on the (B * P) gathered rows: against a 3-D input the tied embedding's
+            # gradient would be a (B, vocab, E) batch summed afterwards
             sequence, positions = inputs
+            compute = self.compute_dtype                                            # bfloat16 under mixed_bfloat16
             x = tf.gather(sequence, positions, batch_dims=1)                       # (B, P, H)
-            x = self.act(tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype))
+            x = tf.reshape(tf.cast(x, compute), [-1, config.hidden_size])         # (B * P, H)
+            x = self.act(tf.nn.bias_add(tf.matmul(x, tf.cast(self.kernel, compute)), tf.cast(self.bias, compute)))
             x = tf.cast(x, tf.float32)
             mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
             x = (x - mean) * tf.math.rsqrt(var + 1e-12) * self.gamma + self.beta  # LayerNorm in float32
+            x = tf.cast(x, compute)
             if config.layout == "albert_brightmart":
-                x = tf.matmul(x, tf.cast(self.projection(), tf.float32), transpose_b=True)  # H -> E
-            return tf.matmul(x, tf.cast(self.embedding(), tf.float32), transpose_b=True) + self.output_bias
+                x = tf.matmul(x, tf.cast(self.projection(), compute), transpose_b=True)  # H -> E
+            logits = tf.matmul(x, tf.cast(self.embedding(), compute), transpose_b=True)
+            logits = fused.logits_with_bias(logits, self.output_bias)  # float32: softmax and loss
+            return tf.reshape(logits, tf.concat([tf.shape(positions), [config.vocab_size]], axis=0))
 
         def variables_by_name(self) -> dict:
             p = HEAD_PREFIX
@@ -429,7 +440,7 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
                     f"{p}/transform/LayerNorm/gamma": self.gamma, f"{p}/transform/LayerNorm/beta": self.beta,
                     f"{p}/output_bias": self.output_bias}
 
-    return _Head(name=name, dtype="float32")
+    return _Head(name=name, autocast=False)  # the global policy's compute dtype; variables float32
 
 
 def save_pretrained(folder: str | Path, model, config: EncoderConfig, vocab: Vocab, summary: dict | None = None) -> Path:
@@ -489,10 +500,13 @@ def _order_loss(logits, labels, weights):
 
 
 def _masked_loss(logits, labels, weights):
+    """Masked-LM cross-entropy and correct predictions, weighted (padding slots: 0)."""
     import tensorflow as tf
 
-    ce = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    correct = tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), labels), tf.float32)
+    from albert_ray import fused
+
+    ce = fused.sparse_cross_entropy(labels, logits)
+    correct = tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), labels), tf.float32)  # pruned in training
     return tf.reduce_sum(ce * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
 
 
@@ -606,6 +620,7 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
     import tensorflow as tf
     from tensorflow import keras
 
+    from albert_ray import fused
     from albert_ray.encoder import dtype_policy, initialize_encoder
     from albert_ray.worker import WarmupLinearDecay
 
@@ -613,6 +628,7 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
     with strategy.scope():
         with dtype_policy(t.precision):
             model = build_mlm_model(w.encoder, t.sentence_order)
+        fused.enable(model)  # packed sequences: one batch shape, compiled once
         std = init_std(w.encoder, w.cfg.model.init_range)
         initialize_encoder(model, replace(w.encoder, initializer_range=std), seed=t.seed)
         if checkpoint:
