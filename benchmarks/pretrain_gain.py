@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -139,19 +140,25 @@ def workers_throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
     return rows
 
 
-def throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
-    """Sequences/s of the same steps per shape: float32, float32 with XLA, mixed_bfloat16."""
-    rows = []
-    for shape in SHAPES:
-        base = None
-        for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False)):
+def throughput(corpus: Path, corpora: Path, steps: int, repeat: int = 1) -> list[dict]:
+    """Sequences/s of the same steps per shape: float32, float32 with XLA, mixed_bfloat16; with
+    ``repeat`` > 1 the configurations run in turn that many times (so a drift of the machine's
+    speed touches all of them) and each reports its median."""
+    configs = [(shape, precision, xla) for shape in SHAPES
+               for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False))]
+    runs: dict[tuple, list[float]] = {c: [] for c in configs}
+    for _ in range(repeat):
+        for shape, precision, xla in configs:
             with tempfile.TemporaryDirectory() as tmp:
                 s = pretrain_run(corpus, Path(tmp), corpora, f"train.precision={precision}", f"train.xla={xla}",
                                  f"train.max_steps={steps}", "train.epochs=1", shape=shape)
-            rows.append({"shape": shape, "precision": precision, "xla": xla, "steps": s["history"][-1]["steps"],
-                         "sequences_per_second": round(s["history"][-1]["sequences_per_second"], 1)})
-            base = base or rows[-1]["sequences_per_second"]
-            rows[-1]["x_float32"] = round(rows[-1]["sequences_per_second"] / base, 2)
+            runs[(shape, precision, xla)].append(s["history"][-1]["sequences_per_second"])
+    rows = []
+    for (shape, precision, xla), rates in runs.items():
+        base = statistics.median(runs[(shape, "float32", False)])
+        rows.append({"shape": shape, "precision": precision, "xla": xla, "steps": steps,
+                     "sequences_per_second": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates],
+                     "x_float32": round(statistics.median(rates) / base, 2)})
     return rows
 
 
@@ -226,6 +233,7 @@ def main() -> None:
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
     parser.add_argument("--minutes", type=float, default=30.0, help="pre-training budget (default 30)")
     parser.add_argument("--throughput-steps", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=1, help="throughput runs per configuration, in turn (median)")
     parser.add_argument("--precision", default="float32", help="pre-training precision of the gain run")
     parser.add_argument("--xla", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
                         help="jit-compile the pre-training step (default true: 1.24x float32 here)")
@@ -270,7 +278,7 @@ def main() -> None:
         corpus = tmp / "unlabelled.txt"
         result["unlabelled"] = unlabelled_text(corpora, corpus)
         if not args.skip_throughput:
-            result["throughput"] = throughput(corpus, corpora, args.throughput_steps)
+            result["throughput"] = throughput(corpus, corpora, args.throughput_steps, args.repeat)
         if args.workers:
             result["workers"] = workers_throughput(corpus, corpora, args.throughput_steps)
         if not args.skip_gain:
