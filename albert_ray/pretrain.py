@@ -391,7 +391,7 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
     from tensorflow import keras
 
     from albert_ray import fused
-    from albert_ray.encoder import activation_for
+    from albert_ray.encoder import LN_EPSILON, activation_for
 
     width = config.embedding_size if config.layout == "albert_google" else config.hidden_size
 
@@ -399,12 +399,11 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
         def build(self, input_shape):
             self.kernel = self.add_weight(name="transform_kernel", shape=(config.hidden_size, width))
             self.bias = self.add_weight(name="transform_bias", shape=(width,), initializer="zeros")
-            # read in float32 under a mixed policy too: they act on the float32 LayerNorm and logits
-            float32 = {"initializer": "ones", "experimental_autocast": False}
-            self.gamma = self.add_weight(name="gamma", shape=(width,), **float32)
-            self.beta = self.add_weight(name="beta", shape=(width,), **{**float32, "initializer": "zeros"})
-            self.output_bias = self.add_weight(name="output_bias", shape=(config.vocab_size,),
-                                               **{**float32, "initializer": "zeros"})
+            def float32(name, size, initializer):  # read in float32 under a mixed policy too
+                return self.add_weight(name=name, shape=(size,), initializer=initializer, experimental_autocast=False)
+
+            self.gamma, self.beta = float32("gamma", width, "ones"), float32("beta", width, "zeros")
+            self.output_bias = float32("output_bias", config.vocab_size, "zeros")
             self.act = activation_for(config)
 
         # the encoder's own variables, reached through functions so Keras does not track them twice
@@ -424,10 +423,7 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
             x = tf.gather(sequence, positions, batch_dims=1)                       # (B, P, H)
             x = tf.reshape(tf.cast(x, compute), [-1, config.hidden_size])         # (B * P, H)
             x = self.act(tf.nn.bias_add(tf.matmul(x, tf.cast(self.kernel, compute)), tf.cast(self.bias, compute)))
-            x = tf.cast(x, tf.float32)
-            mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
-            x = (x - mean) * tf.math.rsqrt(var + 1e-12) * self.gamma + self.beta  # LayerNorm in float32
-            x = tf.cast(x, compute)
+            x = tf.cast(fused.layer_norm(x, self.gamma, self.beta, LN_EPSILON), compute)  # LayerNorm in float32
             if config.layout == "albert_brightmart":
                 x = tf.matmul(x, tf.cast(self.projection(), compute), transpose_b=True)  # H -> E
             logits = tf.matmul(x, tf.cast(self.embedding(), compute), transpose_b=True)
