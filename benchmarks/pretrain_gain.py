@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="throughput runs per configuration, in turn (median)")
     parser.add_argument("--precision", default="float32", help="pre-training precision of the gain run")
     parser.add_argument("--xla", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
-                        help="jit-compile the pre-training step (default true: 1.24x float32 here)")
+                        help="jit-compile the pre-training step (default true: 1.25x float32 here)")
     parser.add_argument("--pretrain-set", dest="pretrain_overrides", action="append", default=[],
                         help="a pre-training config override, e.g. train.learning_rate=2e-3 (repeatable)")
     parser.add_argument("--workers", action="store_true", help="also measure 1 against 2 Ray Train workers")
