@@ -41,18 +41,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
+MODELS = {"cluener": ["model.bilstm_units=0"], "peoples_daily": ["model.bilstm_units=0"],  # in both recipes
+          "duee_multilabel": ["model.max_len=128"]}
 RECIPES = {  # bounded fine-tuning recipes (a few minutes each on 2 cores), the same for both starts
-    "cluener": ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=6", "model.bilstm_units=0"],
+    "cluener": ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=6", *MODELS["cluener"]],
     "peoples_daily": ["data.max_train_examples=3000", "data.max_eval_examples=400", "train.epochs=8",
-                      "model.bilstm_units=0"],
+                      *MODELS["peoples_daily"]],
     "duee_multilabel": ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=6",
-                        "model.max_len=128"],
+                        *MODELS["duee_multilabel"]],
 }
 # ``--recipe full``: each task's whole training split (CLUENER 9,673 sentences after the job's dev
 # carve, People's Daily 4,173, DuEE 10,763) and whole evaluation split (CLUENER 1,343, People's Daily 463, DuEE 1,498)
-FULL_RECIPES = {"cluener": ["train.epochs=6", "model.bilstm_units=0"],
-                "peoples_daily": ["train.epochs=10", "model.bilstm_units=0"],
-                "duee_multilabel": ["train.epochs=6", "model.max_len=128"]}
+FULL_RECIPES = {"cluener": ["train.epochs=6", *MODELS["cluener"]],
+                "peoples_daily": ["train.epochs=10", *MODELS["peoples_daily"]],
+                "duee_multilabel": ["train.epochs=6", *MODELS["duee_multilabel"]]}
 # each start is fine-tuned at every rate and reported at its best: a pre-trained encoder and a
 # random one do not share a best learning rate, and one fixed rate would favour one of them
 LEARNING_RATES = (1e-3, 4e-3)
