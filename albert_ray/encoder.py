@@ -88,7 +88,8 @@ class MultiHeadAttention(KerasMultiHeadAttention):
         else:
             q = k = v = inputs
         key_mask = mask[1] if isinstance(mask, list) else mask
-        q, k, v = (self._project(x, w, b) for x, w, b in ((q, self.Wq, "bq"), (k, self.Wk, "bk"), (v, self.Wv, "bv")))
+        q, k, v = (self._project(x, w, b)
+                   for x, w, b in ((q, self.Wq, self.bq), (k, self.Wk, self.bk), (v, self.Wv, self.bv)))
         q, k, v = (self._reshape_to_batches(x, self.head_num) for x in (q, k, v))
         scores = tf.matmul(q, k, transpose_b=True)
         scale = 1.0 / tf.sqrt(tf.cast(tf.shape(q)[-1], tf.float32))
@@ -101,16 +102,16 @@ class MultiHeadAttention(KerasMultiHeadAttention):
                 logits -= 10000.0 * (1.0 - keep[:, None, :])
             probs = tf.nn.softmax(logits, axis=-1)
         y = tf.matmul(tf.cast(probs, v.dtype), v)
-        return self._project(self._reshape_from_batches(y, self.head_num), self.Wo, "bo")
+        return self._project(self._reshape_from_batches(y, self.head_num), self.Wo, self.bo)
 
-    def _project(self, x, kernel, bias: str):
+    def _project(self, x, kernel, bias):
         """``activation(x @ kernel + bias)`` as one 2-D ``matmul + bias_add`` (grappler fuses
         them into one oneDNN kernel). A 3-D ``x`` against a 2-D kernel is a broadcasting batch
         matmul, whose kernel gradient is a batch of per-row gradients summed afterwards."""
         shape = tf.shape(x)
         y = tf.matmul(tf.reshape(x, [-1, shape[-1]]), kernel)
-        if self.use_bias:
-            y = tf.nn.bias_add(y, getattr(self, bias))
+        if bias is not None:  # None without use_bias
+            y = tf.nn.bias_add(y, bias)
         if self.activation is not None:
             y = self.activation(y)
         return tf.reshape(y, tf.concat([shape[:-1], [-1]], axis=0))

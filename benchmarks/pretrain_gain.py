@@ -155,13 +155,12 @@ def throughput(corpus: Path, corpora: Path, steps: int, repeat: int = 1) -> list
                 s = pretrain_run(corpus, Path(tmp), corpora, f"train.precision={precision}", f"train.xla={xla}",
                                  f"train.max_steps={steps}", "train.epochs=1", shape=shape)
             runs[(shape, precision, xla)].append(s["history"][-1]["sequences_per_second"])
-    rows = []
-    for (shape, precision, xla), rates in runs.items():
-        base = statistics.median(runs[(shape, "float32", False)])
-        rows.append({"shape": shape, "precision": precision, "xla": xla, "steps": steps,
-                     "sequences_per_second": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates],
-                     "x_float32": round(statistics.median(rates) / base, 2)})
-    return rows
+    median = {c: statistics.median(rates) for c, rates in runs.items()}
+    return [{"shape": shape, "precision": precision, "xla": xla, "steps": steps,
+             "sequences_per_second": round(median[(shape, precision, xla)], 1),
+             "runs": [round(r, 1) for r in runs[(shape, precision, xla)]],
+             "x_float32": round(median[(shape, precision, xla)] / median[(shape, "float32", False)], 2)}
+            for shape, precision, xla in configs]
 
 
 def fine_tune(name: str, out: Path, corpora: Path, checkpoint: Path | None, learning_rate: float,

@@ -61,7 +61,6 @@ def test_reference_table_fine_tunes_every_config_from_every_release_folder(tmp_p
         "notes: no brightmart release folder (albert_<size>_zh/ with a checkpoint) in it")
 
 
-
 @pytest.mark.corpora
 def test_pretraining_text_holds_people_s_daily_training_part_and_no_evaluated_sentence(corpora, tmp_path):
     from albert_ray.data import read_examples
