@@ -229,6 +229,58 @@ def print_reference(rows: list[dict]) -> None:
         print(f"{r['config']:<18}{r['size']:<8}{r['score']:>8.4f}{published:>11}")
 
 
+def gain(args: argparse.Namespace, corpus: Path, corpora: Path, workdir: Path, tasks: list[str],
+         rates: list[float]) -> dict:
+    """Pre-train the sample encoder on ``corpus`` (or read ``--pretrained``'s folder), then fine-tune
+    every task from random init and from the pre-trained folder at every rate."""
+    began = time.time()
+    if args.pretrained:
+        folder = Path(args.pretrained)
+        summary = json.loads((folder / "pretrain.json").read_text())
+    else:
+        summary = pretrain_run(corpus, workdir / "pt", corpora, f"train.max_minutes={args.minutes}",
+                               "train.epochs=50", f"train.precision={args.precision}", f"train.xla={args.xla}",
+                               *args.pretrain_overrides)
+        folder = Path(summary["pretrained_dir"])
+    recipes = RECIPES if args.recipe == "bounded" else FULL_RECIPES
+    rows = [fine_tune(name, workdir / f"{name}-{init}-{lr}", corpora, folder if init == "pt" else None, lr, recipes[name])
+            for name in tasks for init in ("random", "pt") for lr in rates]
+    return {"pretraining": {"minutes": round(summary.get("seconds", time.time() - began) / 60, 1), **summary["history"][-1]},
+            "recipe": {name: recipes[name] for name in tasks}, "fine_tuning": rows, "best": best_of(rows)}
+
+
+def best_of(rows: list[dict]) -> dict:
+    """Per task, each start's best micro-F1 over the rates, and the pre-trained start's gain."""
+    best: dict = {}
+    for r in rows:
+        task = best.setdefault(r["task"], {"random": 0.0, "pretrained": 0.0})
+        task[r["init"]] = max(task[r["init"]], r["micro_f1"])
+    return {name: {**b, "gain": round(b["pretrained"] - b["random"], 4)} for name, b in best.items()}
+
+
+def print_result(result: dict, tasks: list[str], rates: list[float]) -> None:
+    """The run as tables: corpus, throughput, workers, and micro-F1 per rate and best against best."""
+    print(f"unlabelled text: {result['unlabelled']['chars']:,} characters "
+          f"({', '.join(f'{k} {v:,}' for k, v in result['unlabelled'].items() if k != 'chars')})")
+    for row in result.get("throughput", []):
+        print(f"pre-training {row['shape']:>6} {row['precision']:>15}{' + XLA' if row['xla'] else '':6}: "
+              f"{row['sequences_per_second']:>7.1f} sequences/s  ({row['x_float32']}x float32)")
+    for row in result.get("workers", []):
+        print(f"pre-training on {row['workers']} Ray Train worker(s): {row['sequences_per_second']:>7.1f} sequences/s"
+              + (f"  ({row['x_one_worker']}x one worker)" if "x_one_worker" in row else ""))
+    if "pretraining" in result:
+        p = result["pretraining"]
+        print(f"pre-training: {p['minutes']} min, {p['steps']} steps, held-out MLM loss {p['heldout_loss']:.3f}, "
+              f"masked-token accuracy {p['heldout_accuracy']:.3f}")
+        print(f"micro-F1 (entities; event types for DuEE)\n{'task':<17}{'lr':>8}{'random init':>12}{'pre-trained':>12}")
+        for name in tasks:
+            for lr in rates:
+                a, b = [r["micro_f1"] for r in result["fine_tuning"] if r["task"] == name and r["learning_rate"] == lr]
+                print(f"{name:<17}{lr:>8g}{a:>12.4f}{b:>12.4f}")
+            b = result["best"][name]
+            print(f"{name:<17}{'best':>8}{b['random']:>12.4f}{b['pretrained']:>12.4f}  gain {b['gain']:+.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
@@ -283,42 +335,8 @@ def main() -> None:
         if args.workers:
             result["workers"] = workers_throughput(corpus, corpora, args.throughput_steps)
         if not args.skip_gain:
-            began = time.time()
-            if args.pretrained:
-                folder = Path(args.pretrained)
-                summary = json.loads((folder / "pretrain.json").read_text())
-            else:
-                summary = pretrain_run(corpus, tmp / "pt", corpora, f"train.max_minutes={args.minutes}",
-                                       "train.epochs=50", f"train.precision={args.precision}", f"train.xla={args.xla}",
-                                       *args.pretrain_overrides)
-                folder = Path(summary["pretrained_dir"])
-            result["pretraining"] = {"minutes": round(summary.get("seconds", time.time() - began) / 60, 1),
-                                     **summary["history"][-1]}
-            recipes = RECIPES if args.recipe == "bounded" else FULL_RECIPES
-            result["recipe"] = {name: recipes[name] for name in tasks}
-            result["fine_tuning"] = [fine_tune(name, tmp / f"{name}-{init}-{lr}", corpora, folder if init == "pt" else None,
-                                               lr, recipes[name])
-                                     for name in tasks for init in ("random", "pt") for lr in rates]
-    print(f"unlabelled text: {result['unlabelled']['chars']:,} characters "
-          f"({', '.join(f'{k} {v:,}' for k, v in result['unlabelled'].items() if k != 'chars')})")
-    for row in result.get("throughput", []):
-        print(f"pre-training {row['shape']:>6} {row['precision']:>15}{' + XLA' if row['xla'] else '':6}: "
-              f"{row['sequences_per_second']:>7.1f} sequences/s  ({row['x_float32']}x float32)")
-    for row in result.get("workers", []):
-        print(f"pre-training on {row['workers']} Ray Train worker(s): {row['sequences_per_second']:>7.1f} sequences/s"
-              + (f"  ({row['x_one_worker']}x one worker)" if "x_one_worker" in row else ""))
-    if "pretraining" in result:
-        p = result["pretraining"]
-        print(f"pre-training: {p['minutes']} min, {p['steps']} steps, held-out MLM loss {p['heldout_loss']:.3f}, "
-              f"masked-token accuracy {p['heldout_accuracy']:.3f}")
-        print(f"micro-F1 (entities; event types for DuEE)\n{'task':<17}{'lr':>8}{'random init':>12}{'pre-trained':>12}")
-        for name in tasks:
-            for lr in rates:
-                a, b = [r["micro_f1"] for r in result["fine_tuning"] if r["task"] == name and r["learning_rate"] == lr]
-                print(f"{name:<17}{lr:>8g}{a:>12.4f}{b:>12.4f}")
-            a, b = [max(r["micro_f1"] for r in result["fine_tuning"] if r["task"] == name and r["init"] == init)
-                    for init in ("random", "pretrained")]
-            print(f"{name:<17}{'best':>8}{a:>12.4f}{b:>12.4f}  gain {b - a:+.4f}")
+            result.update(gain(args, corpus, corpora, tmp, tasks, rates))
+    print_result(result, tasks, rates)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2, ensure_ascii=False))
 
