@@ -7,30 +7,29 @@ of ``max_len`` in Ray Data tasks; workers mask dynamically per epoch (15 %, 80/1
 logits at the masked positions only (the 21,128-word output layer would otherwise dominate),
 and write the encoder in its own published checkpoint layout with the MLM head beside it
 (``cls/predictions/...``), its config JSON and ``vocab.txt`` — a directory that fine-tuning takes
-with ``model.init: checkpoint`` and ``model.checkpoint: <dir>`` alone.
+with ``model.init: checkpoint`` and ``model.checkpoint: <dir>`` alone. Packing and masking live
+in :mod:`albert_ray.masking`, the model, its heads and losses in :mod:`albert_ray.mlm`; this
+module owns the configuration, the corpus read, the worker loop and the driver.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from albert_ray.batching import pad_batch
 from albert_ray.config import EncoderConfig, check_fits, checkpoint_folder_files
+from albert_ray.masking import is_heldout, make_batch, pack_texts
+from albert_ray.mlm import build_mlm_model, load_head, masked_loss, order_loss, save_pretrained
 from albert_ray.progress import StepBar, bars_wanted
-from albert_ray.tokenization import CLS, MASK, PAD, SEP, UNK, CharTokenizer, Vocab
+from albert_ray.tokenization import CharTokenizer, Vocab
 
 log = logging.getLogger(__name__)
-
-HEAD_PREFIX = "cls/predictions"
 
 
 # ---- configuration -------------------------------------------------------------------------
@@ -154,7 +153,7 @@ def resolve_model_files(cfg: PretrainConfig) -> tuple[EncoderConfig, Vocab]:
     return encoder, vocab
 
 
-# ---- data: packing and masking -------------------------------------------------------------------
+# ---- data: the corpus read (packing and masking: albert_ray.masking) ---------------------------------
 def read_tasks(cfg: PretrainConfig) -> list[dict]:
     """One read task per input file (the whole file as one unit: pre-training keeps no unit records)."""
     from albert_ray.corpus import expand_inputs, plan_units
@@ -182,147 +181,6 @@ def corpus_texts(cfg: PretrainConfig):
             yield from texts
 
 
-WORD_START = 1 << 30  # flag bit on a token id: a word begins here (whole-word masking)
-
-
-def pack_texts(texts, tokenizer: CharTokenizer, max_len: int, words: bool = False,
-               pairs: bool = False) -> list[list[int]]:
-    """Token ids of the texts, concatenated and cut into ``[CLS] body [SEP]`` sequences of at
-    most ``max_len`` (short sentences share a sequence: no compute spent on padding).
-
-    ``words``: the texts are word-segmented with spaces (``北京 天安门``); the first token of
-    each word carries :data:`WORD_START` (a bit no vocabulary reaches), so whole-word masking
-    needs no second column. :func:`mask_batch` strips it.
-
-    ``pairs`` (sentence-order prediction): ``[CLS] A [SEP] B [SEP]``, A and B consecutive text cut
-    at the text boundary nearest the middle of the sequence (at the middle when it holds none);
-    a sequence of one token has no B.
-    """
-    body = max_len - (3 if pairs else 2)
-    stream: list[int] = []
-    boundaries: set[int] = set()
-    for text in texts:
-        enc = tokenizer.encode(text)
-        ids = enc.token_ids[1:-1]
-        if words:
-            chars = enc.char_index[1:-1]
-            ids = [t | WORD_START if j == 0 or chars[j] != chars[j - 1] + 1 else t for j, t in enumerate(ids)]
-        boundaries.add(len(stream))
-        stream += ids
-    cls, sep = tokenizer.vocab.cls_id, tokenizer.vocab.sep_id
-    out = []
-    for i in range(0, len(stream), body):
-        chunk = stream[i : i + body]
-        if not pairs or len(chunk) < 2:
-            out.append([cls] + chunk + [sep])
-            continue
-        inner = [b - i for b in boundaries if i < b < i + len(chunk)]
-        cut = min(inner, key=lambda b: abs(b - len(chunk) / 2)) if inner else len(chunk) // 2
-        out.append([cls] + chunk[:cut] + [sep] + chunk[cut:] + [sep])
-    return out
-
-
-def order_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab) -> tuple:
-    """Sentence-order prediction on a padded batch of ``[CLS] A [SEP] B [SEP]`` rows: half the
-    rows (drawn anew each epoch) become ``[CLS] B [SEP] A [SEP]``.
-
-    Returns:
-        ``(ids, segments, labels, weights)``: segment 1 from B (or the swapped A) on; label 1 when
-        swapped; weight 0 for rows with one segment.
-    """
-    ids = ids.copy()
-    segments = np.zeros_like(ids)
-    labels = np.zeros(len(ids), np.int32)
-    weights = np.zeros(len(ids), np.float32)
-    sep = vocab.sep_id
-    for row in range(len(ids)):
-        seps = np.flatnonzero(ids[row] == sep)
-        if len(seps) < 2:
-            continue
-        first, last = seps[0], seps[1]
-        a, b = ids[row, 1:first].copy(), ids[row, first + 1 : last].copy()
-        if rng.random() < 0.5:
-            a, b = b, a
-            labels[row] = 1
-        ids[row, 1 : 1 + len(a)], ids[row, 1 + len(a)] = a, sep
-        ids[row, 2 + len(a) : 2 + len(a) + len(b)] = b
-        segments[row, 2 + len(a) : last + 1] = 1
-        weights[row] = 1.0
-    return ids, segments, labels, weights
-
-
-def make_batch(rows, rng: np.random.Generator, vocab: Vocab, t: "PretrainTrain") -> tuple:
-    """A training batch: padded, sentence order drawn (if on), masked; the step's inputs
-    ``(ids, segments, positions, labels, weights, order_labels, order_weights)``."""
-    batch = pad_batch(rows)
-    if t.sentence_order:
-        batch, segments, order_labels, order_weights = order_batch(batch, rng, vocab)
-    else:
-        segments, order_labels, order_weights = np.zeros_like(batch), np.zeros(len(batch), np.int32), \
-            np.zeros(len(batch), np.float32)
-    ids, pos, labels, weights = mask_batch(batch, rng, vocab, t.mask_rate, t.whole_word_masking)
-    return ids, segments, pos, labels, weights, order_labels, order_weights
-
-
-def is_heldout(ids, permille: int) -> bool:
-    """A fixed, content-based slice of the sequences kept out of training."""
-    return zlib.crc32(np.asarray(ids, dtype=np.int32).tobytes()) % 1000 < permille
-
-
-def mask_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: float = 0.15,
-               whole_words: bool = False) -> tuple:
-    """Dynamic masking of a padded batch: ``rate`` of each row's ordinary tokens (never
-    ``[PAD]``/``[CLS]``/``[SEP]``/``[MASK]``) become prediction targets, of which 80 % are
-    replaced by ``[MASK]``, 10 % by a random ordinary token and 10 % kept. ``whole_words``: whole
-    words (marked by :data:`WORD_START`, see :func:`pack_texts`) are chosen until the rate is
-    reached, every token of a chosen word a target (the 80/10/10 draw stays per token, as BERT's).
-
-    Returns:
-        ``(inputs, positions, labels, weights)``: ``positions``/``labels``/``weights`` are
-        ``(B, P)`` with ``P = ceil(rate * L)``; padding slots have weight 0.
-    """
-    starts = (ids & WORD_START) != 0
-    ids = ids & ~WORD_START
-    special = np.array([vocab.index[t] for t in (PAD, CLS, SEP, MASK, UNK) if t in vocab.index])
-    ordinary = np.setdiff1d(np.arange(len(vocab)), special)
-    b, length = ids.shape
-    p = max(1, math.ceil(rate * length))
-    inputs = ids.copy()
-    positions = np.zeros((b, p), np.int32)
-    labels = np.zeros((b, p), np.int32)
-    weights = np.zeros((b, p), np.float32)
-    mask_id = vocab.index[MASK]
-    for row in range(b):
-        candidates = np.flatnonzero(~np.isin(ids[row], special))
-        if not len(candidates):
-            continue
-        k = min(p, max(1, int(round(rate * len(candidates)))))
-        if whole_words:
-            chosen = _whole_words(candidates, starts[row], k, rng)
-            k = len(chosen)
-        else:
-            chosen = np.sort(rng.choice(candidates, k, replace=False))
-        r = rng.random(k)
-        positions[row, :k], labels[row, :k], weights[row, :k] = chosen, ids[row, chosen], 1.0
-        inputs[row, chosen[r < 0.8]] = mask_id
-        swap = chosen[(r >= 0.8) & (r < 0.9)]
-        inputs[row, swap] = rng.choice(ordinary, len(swap))
-    return inputs, positions, labels, weights
-
-
-def _whole_words(candidates: np.ndarray, starts: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Positions of whole words, in random word order, while they fit in ``k`` tokens."""
-    cut = np.flatnonzero(starts[candidates] | (np.diff(candidates, prepend=-2) != 1))
-    words = np.split(candidates, cut[1:]) if len(cut) else [candidates]
-    chosen: list[int] = []
-    for w in rng.permutation(len(words)):
-        if len(chosen) + len(words[w]) <= k:
-            chosen += words[w].tolist()
-        if len(chosen) == k:
-            break
-    return np.sort(np.array(chosen or words[int(rng.integers(len(words)))][:k].tolist(), dtype=np.int64))
-
-
 def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab):
     """Ray Data UDF: a file's read task in, packed sequences out."""
     import pyarrow as pa
@@ -346,134 +204,6 @@ def sequences_dataset(cfg: PretrainConfig, vocab: Vocab):
         _read_and_pack, fn_kwargs={"cfg": cfg, "vocab": vocab}, batch_size=1, num_cpus=READ_TASK_CPUS)
 
 
-# ---- the model -----------------------------------------------------------------------------------
-def build_mlm_model(config: EncoderConfig, sentence_order: bool = False):
-    """``[token_ids, segment_ids, masked_positions] -> logits (B, P, vocab)`` (float32): the
-    encoder and an MLM head whose output layer is the token embedding, transposed (as in BERT and
-    ALBERT), evaluated at the masked positions only. ``sentence_order``: also ``(B, 2)`` logits
-    of ALBERT's sentence-order head (the pooler, ``tanh`` of a dense layer on ``[CLS]``, then a
-    dense layer), as a second output."""
-    from tensorflow import keras
-
-    from albert_ray.encoder import build_encoder
-
-    encoder = build_encoder(config, name="encoder")
-    positions = keras.layers.Input((None,), dtype="int32", name="Input-Masked-Positions")
-    logits = MaskedLMHead(config, encoder, name="MLM-Head")([encoder.outputs[0], positions])
-    if sentence_order:
-        pooled = keras.layers.Dense(config.hidden_size, activation="tanh", name="SOP-Pooler")(encoder.outputs[1])
-        order = keras.layers.Dense(2, name="SOP-Output", dtype="float32")(pooled)
-        return keras.Model(encoder.inputs + [positions], [logits, order], name="mlm_sop")
-    return keras.Model(encoder.inputs + [positions], logits, name="mlm")
-
-
-def head_variables(model) -> dict:
-    """The pre-training heads' variables under their published names: the MLM head, and the
-    pooler and sentence-order output when the model has them (kernels of ``output_weights``
-    are stored ``[2, H]``, as in BERT's checkpoints)."""
-    out = dict(model.get_layer("MLM-Head").variables_by_name())
-    names = {layer.name for layer in model.layers}
-    if "SOP-Pooler" in names:
-        pooler, order = model.get_layer("SOP-Pooler"), model.get_layer("SOP-Output")
-        out.update({"bert/pooler/dense/kernel": pooler.kernel, "bert/pooler/dense/bias": pooler.bias,
-                    "cls/seq_relationship/output_weights": order.kernel, "cls/seq_relationship/output_bias": order.bias})
-    return out
-
-
-_TRANSPOSED = {"cls/seq_relationship/output_weights"}
-
-
-def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a layer factory)
-    """The MLM head layer: transform (dense + activation + LayerNorm) at the width the layout's
-    published head has, then logits against the token embedding (brightmart projects back
-    through ``word_embeddings_2`` first), plus ``output_bias``."""
-    import tensorflow as tf
-    from tensorflow import keras
-
-    from albert_ray import fused
-    from albert_ray.encoder import LN_EPSILON, activation_for
-
-    width = config.embedding_size if config.layout == "albert_google" else config.hidden_size
-
-    class _Head(keras.layers.Layer):
-        def build(self, input_shape):
-            self.kernel = self.add_weight(name="transform_kernel", shape=(config.hidden_size, width))
-            self.bias = self.add_weight(name="transform_bias", shape=(width,), initializer="zeros")
-            def float32(name, size, initializer):  # read in float32 under a mixed policy too
-                return self.add_weight(name=name, shape=(size,), initializer=initializer, experimental_autocast=False)
-
-            self.gamma, self.beta = float32("gamma", width, "ones"), float32("beta", width, "zeros")
-            self.output_bias = float32("output_bias", config.vocab_size, "zeros")
-            self.act = activation_for(config)
-
-        # the encoder's own variables, reached through functions so Keras does not track them twice
-        @staticmethod
-        def embedding():
-            return encoder.get_layer("Embedding-Token").weights[0]
-
-        @staticmethod
-        def projection():
-            return encoder.get_layer("Embedding-Token-Projection").weights[0]
-
-        def call(self, inputs):
-            # 2-D matmuls on the (B * P) gathered rows: against a 3-D input the tied embedding's
-            # gradient would be a (B, vocab, E) batch summed afterwards
-            sequence, positions = inputs
-            compute = self.compute_dtype                                            # bfloat16 under mixed_bfloat16
-            x = tf.gather(sequence, positions, batch_dims=1)                       # (B, P, H)
-            x = tf.reshape(tf.cast(x, compute), [-1, config.hidden_size])         # (B * P, H)
-            x = self.act(tf.nn.bias_add(tf.matmul(x, tf.cast(self.kernel, compute)), tf.cast(self.bias, compute)))
-            x = tf.cast(fused.layer_norm(x, self.gamma, self.beta, LN_EPSILON), compute)  # LayerNorm in float32
-            if config.layout == "albert_brightmart":
-                x = tf.matmul(x, tf.cast(self.projection(), compute), transpose_b=True)  # H -> E
-            logits = tf.matmul(x, tf.cast(self.embedding(), compute), transpose_b=True)
-            logits = fused.logits_with_bias(logits, self.output_bias)  # float32: softmax and loss
-            return tf.reshape(logits, tf.concat([tf.shape(positions), [config.vocab_size]], axis=0))
-
-        def variables_by_name(self) -> dict:
-            p = HEAD_PREFIX
-            return {f"{p}/transform/dense/kernel": self.kernel, f"{p}/transform/dense/bias": self.bias,
-                    f"{p}/transform/LayerNorm/gamma": self.gamma, f"{p}/transform/LayerNorm/beta": self.beta,
-                    f"{p}/output_bias": self.output_bias}
-
-    return _Head(name=name, autocast=False)  # the global policy's compute dtype; variables float32
-
-
-def save_pretrained(folder: str | Path, model, config: EncoderConfig, vocab: Vocab, summary: dict | None = None) -> Path:
-    """The encoder in its layout's published checkpoint names, the MLM head under
-    ``cls/predictions/...`` (and the sentence-order head under ``bert/pooler`` and
-    ``cls/seq_relationship``), the config JSON and ``vocab.txt``."""
-    from albert_ray.checkpoint import encoder_variables, write_variables
-
-    folder = Path(folder)
-    variables = encoder_variables(model, config)
-    variables.update({k: v.numpy().T if k in _TRANSPOSED else v.numpy() for k, v in head_variables(model).items()})
-    write_variables(folder / "model.ckpt", variables)
-    name = "bert_config.json" if config.layout == "bert" else "albert_config.json"
-    (folder / name).write_text(json.dumps(config.to_dict(), indent=2))
-    vocab.save(folder / "vocab.txt")
-    if summary is not None:
-        (folder / "pretrain.json").write_text(json.dumps(summary, indent=2))
-    return folder
-
-
-def load_head(model, checkpoint: str) -> bool:
-    """The pre-training heads from a checkpoint that has them (continued pre-training); False if
-    it lacks one (that head starts new)."""
-    import tensorflow as tf
-
-    from albert_ray.checkpoint import resolve_checkpoint
-
-    reader = tf.train.load_checkpoint(resolve_checkpoint(checkpoint))
-    names = reader.get_variable_to_shape_map()
-    head = head_variables(model)
-    for n, var in head.items():
-        if n in names:
-            value = reader.get_tensor(n)
-            var.assign(value.T if n in _TRANSPOSED else value)
-    return all(n in names for n in head)
-
-
 # ---- the worker loop -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PretrainWorker:
@@ -484,26 +214,6 @@ class PretrainWorker:
     rows: list | None = None          # in-process runs: the sequences
     local_output: str | None = None
     progress_bar: bool = False        # the driver writes to a terminal: a step bar on rank 0
-
-
-def _order_loss(logits, labels, weights):
-    """Sentence-order cross-entropy and correct predictions, weighted (rows with one segment: 0)."""
-    import tensorflow as tf
-
-    ce = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    correct = tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), labels), tf.float32)
-    return tf.reduce_sum(ce * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
-
-
-def _masked_loss(logits, labels, weights):
-    """Masked-LM cross-entropy and correct predictions, weighted (padding slots: 0)."""
-    import tensorflow as tf
-
-    from albert_ray import fused
-
-    ce = fused.sparse_cross_entropy(labels, logits)
-    correct = tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), labels), tf.float32)  # pruned in training
-    return tf.reduce_sum(ce * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
 
 
 def pretrain_loop_per_worker(config: dict) -> None:
@@ -649,10 +359,10 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
         reduce = tf.distribute.get_replica_context().all_reduce
         with tf.GradientTape() as tape:
             out = model([ids, seg, pos], training=True)
-            loss_sum, _, n = _masked_loss(out[0] if t.sentence_order else out, labels, weights)
+            loss_sum, _, n = masked_loss(out[0] if t.sentence_order else out, labels, weights)
             loss = loss_sum / tf.maximum(reduce("sum", n), 1.0)
             if t.sentence_order:
-                order_sum, _, m = _order_loss(out[1], order_labels, order_weights)
+                order_sum, _, m = order_loss(out[1], order_labels, order_weights)
                 loss += order_sum / tf.maximum(reduce("sum", m), 1.0)
         grads = tape.gradient(optimizer.get_scaled_loss(loss) if scaled else loss, model.trainable_variables)
         if scaled:
@@ -743,8 +453,8 @@ def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain) -> dict:
     for i in range(0, len(rows), 64):
         ids, seg, pos, labels, weights, order_labels, order_weights = make_batch(rows[i : i + 64], rng, vocab, t)
         out = model([ids, seg, pos], training=False)
-        mlm = _masked_loss(out[0] if t.sentence_order else out, labels, weights)
-        order = _order_loss(out[1], order_labels, order_weights)[1:] if t.sentence_order else (0.0, 0.0)
+        mlm = masked_loss(out[0] if t.sentence_order else out, labels, weights)
+        order = order_loss(out[1], order_labels, order_weights)[1:] if t.sentence_order else (0.0, 0.0)
         sums += [float(x) for x in (*mlm, *order)]
     result = {"heldout_loss": sums[0] / max(sums[2], 1), "heldout_accuracy": sums[1] / max(sums[2], 1),
               "heldout_sequences": len(rows)}

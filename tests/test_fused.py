@@ -4,14 +4,13 @@ the same logits and gradients as without them; its output layer runs in bfloat16
 mixed_bfloat16 and still returns float32 logits."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 from keras_layer_normalization import LayerNormalization as KerasLayerNormalization
 
 from albert_ray import fused
 from albert_ray.config import EncoderConfig
 from albert_ray.encoder import dtype_policy, gelu_tanh, initialize_encoder
-from albert_ray.pretrain import _masked_loss, build_mlm_model
+from albert_ray.mlm import build_mlm_model, masked_loss
 from test_encoder_checkpoint import V, tiny
 
 
@@ -110,7 +109,7 @@ def _xla_calls(model, inputs) -> int:
 def _logits_and_grads(model, inputs, labels):
     with tf.GradientTape() as tape:
         logits = model(inputs, training=True)
-        loss, _, n = _masked_loss(logits, labels, tf.ones_like(labels, tf.float32))
+        loss, _, n = masked_loss(logits, labels, tf.ones_like(labels, tf.float32))
         loss = loss / n
     return logits.numpy(), [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
 

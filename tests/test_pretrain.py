@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_ray.pretrain import is_heldout, load_pretrain_config, mask_batch, pack_texts
+from albert_ray.masking import is_heldout, mask_batch, pack_texts
+from albert_ray.pretrain import load_pretrain_config
 from albert_ray.tokenization import CharTokenizer, Vocab
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -41,7 +42,7 @@ def test_masking_rate_split_and_never_special_tokens():
 
 def test_whole_word_masking_takes_every_token_of_a_chosen_word():
     from albert_ray.batching import pad_batch
-    from albert_ray.pretrain import WORD_START
+    from albert_ray.masking import WORD_START
 
     rng = np.random.default_rng(0)
     texts = [" ".join("".join(rng.choice(CHARS, rng.integers(1, 5))) for _ in range(rng.integers(5, 30)))
@@ -273,7 +274,7 @@ def test_a_killed_pretraining_worker_resumes_from_its_step_checkpoint(tmp_path, 
 
 def test_sentence_pairs_are_cut_at_a_text_boundary_and_half_are_swapped():
     from albert_ray.batching import pad_batch
-    from albert_ray.pretrain import order_batch
+    from albert_ray.masking import order_batch
 
     tok = CharTokenizer(VOCAB)
     texts = ["甲乙丙丁", "戊己庚辛壬癸", "子丑寅卯辰巳午未申", "酉甲"]  # 4 + 6 + 9 + 2 tokens
