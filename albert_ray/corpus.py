@@ -227,6 +227,11 @@ def text_problem(text, field: str, max_chars: int) -> str | None:
     return None
 
 
+def reason_kind(reason: str) -> str:
+    """A reason without its detail: ``NUL character (at character 3)`` -> ``NUL character``."""
+    return reason.split(" (")[0]
+
+
 def _clip(raw: str) -> str:
     return raw[:RAW_LIMIT].encode("utf-8", "replace").decode("utf-8")
 

@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 
 from albert_ray import __version__
 from albert_ray.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs, fs_and_path,
-                               input_roots, plan_units, read_file)
+                               input_roots, plan_units, read_file, reason_kind)
 from albert_ray.runtime import Interrupted
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class LabelWriter:
         if quarantined.num_rows:
             table = quarantined.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
             self.store.write_table(table, f"{self.store.unit_dir(uid, quarantine=True)}/{name}")
-            reasons = Counter(r.split(" (")[0] for r in table.column("reason").to_pylist())
+            reasons = Counter(map(reason_kind, table.column("reason").to_pylist()))
             s.update(bad=table.num_rows, quarantine_parts=json.dumps([name]), reasons=json.dumps(reasons))
         return s
 

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -163,45 +163,143 @@ def read_tasks(cfg: PretrainConfig) -> list[dict]:
             for u in plan_units(expand_inputs(cfg.inputs, cfg.format), 1 << 62)]
 
 
-def task_texts(task: dict, cfg: PretrainConfig):
-    """The readable texts of one read task, in blocks (bad rows are skipped)."""
-    import pyarrow.compute as pc
+@dataclass
+class CorpusCount:
+    """What reading the corpus gave: texts kept, sequences packed, and the rows skipped by kind,
+    the first one named by file and line (pre-training keeps no quarantine, but never drops a
+    row unsaid)."""
 
+    texts: int = 0
+    sequences: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    first_skipped: str | None = None
+
+    def add(self, table) -> list[str]:
+        """Count one block of :func:`albert_ray.corpus.read_file` rows; return its readable texts."""
+        import pyarrow.compute as pc
+
+        from albert_ray.corpus import reason_kind
+
+        rows = table.filter(pc.is_null(table.column("meta")))  # a unit's end row is no input row
+        bad = rows.filter(pc.is_valid(rows.column("reason")))
+        for source, line, reason in zip(*(bad.column(c).to_pylist() for c in ("source", "line", "reason"))):
+            self.skipped[reason_kind(reason)] = self.skipped.get(reason_kind(reason), 0) + 1
+            if self.first_skipped is None:
+                self.first_skipped = f"{source}{'' if line is None else f' line {line}'}: {reason}"
+        texts = rows.filter(pc.is_null(rows.column("reason"))).column("text").to_pylist()
+        self.texts += len(texts)
+        return texts
+
+    def merge(self, other: CorpusCount) -> None:
+        self.texts, self.sequences = self.texts + other.texts, self.sequences + other.sequences
+        for kind, n in other.skipped.items():
+            self.skipped[kind] = self.skipped.get(kind, 0) + n
+        self.first_skipped = self.first_skipped or other.first_skipped
+
+    def describe(self) -> str:
+        """One line: ``800 texts, 120 sequences; 3 rows skipped (empty text 2, NUL character 1; the first: f line 4: ...)``."""
+        line = f"{self.texts:,} texts, {self.sequences:,} sequences"
+        if self.skipped:
+            kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
+            line += f"; {sum(self.skipped.values()):,} rows skipped ({kinds}; the first: {self.first_skipped})"
+        return line
+
+
+def task_sequences(task: dict, cfg: PretrainConfig, vocab: Vocab, count: CorpusCount):
+    """The packed sequences of one read task, a block of rows at a time (texts are packed within a
+    block: the same sequences in a Ray Data read task and in this process); ``count`` grows."""
     from albert_ray.corpus import ReadOptions, read_file
 
+    tokenizer = CharTokenizer(vocab)
     for table in read_file(task, ReadOptions(cfg.format, cfg.text_field, None, 1_000_000)):
-        good = pc.and_(pc.is_null(table.column("meta")), pc.is_null(table.column("reason")))
-        yield table.filter(good).column("text").to_pylist()
+        seqs = pack_texts(count.add(table), tokenizer, cfg.model.max_len, cfg.train.whole_word_masking,
+                          cfg.train.sentence_order)
+        count.sequences += len(seqs)
+        if seqs:
+            yield seqs
 
 
 def corpus_texts(cfg: PretrainConfig):
-    """Every readable text of the inputs, streamed."""
+    """Every readable text of the inputs, streamed (for ``model.vocab: auto``)."""
+    from albert_ray.corpus import ReadOptions, read_file
+
+    count = CorpusCount()
     for task in read_tasks(cfg):
-        for texts in task_texts(task, cfg):
-            yield from texts
+        for table in read_file(task, ReadOptions(cfg.format, cfg.text_field, None, 1_000_000)):
+            yield from count.add(table)
 
 
-def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab):
-    """Ray Data UDF: a file's read task in, packed sequences out."""
+def corpus_sequences(cfg: PretrainConfig, vocab: Vocab) -> tuple[list[list[int]], CorpusCount]:
+    """Every packed sequence of the inputs, read in this process, and the count of the read."""
+    count, rows = CorpusCount(), []
+    for task in read_tasks(cfg):
+        for seqs in task_sequences(task, cfg, vocab, count):
+            rows += seqs
+    return rows, count
+
+
+def too_small(cfg: PretrainConfig, training: int, workers: int, count: CorpusCount | None = None) -> ValueError:
+    """The one-line error of a corpus with fewer training sequences than one step takes."""
+    inputs = ", ".join(cfg.inputs[:3]) + (f" (+{len(cfg.inputs) - 3} more)" if len(cfg.inputs) > 3 else "")
+    read = f" ({count.describe()})" if count else ""
+    return ValueError(f"{inputs}: the corpus gives {training} training sequences of model.max_len={cfg.model.max_len}"
+                      f"{read}; one step takes {cfg.train.batch_size * workers} (train.batch_size "
+                      f"{cfg.train.batch_size} x {workers} worker{'s' if workers > 1 else ''}): add text or lower "
+                      "train.batch_size")
+
+
+def require_enough_text(cfg: PretrainConfig, vocab: Vocab) -> None:
+    """Before any Ray worker starts: read the corpus as its read tasks will, only until one step's
+    training sequences (and a whole one for each worker's share) are packed.
+
+    Raises:
+        ValueError: the corpus ends first (say, every row bad: a wrong ``text_field``).
+    """
+    t = cfg.train
+    needed, training, count = t.batch_size * t.num_workers + t.num_workers - 1, 0, CorpusCount()
+    for task in read_tasks(cfg):
+        for seqs in task_sequences(task, cfg, vocab, count):
+            training += sum(not is_heldout(s, t.heldout_permille) for s in seqs)
+            if training >= needed:
+                return
+    raise too_small(cfg, training, t.num_workers, count)
+
+
+class CorpusTally:
+    """A Ray actor the read tasks report to, a count per file: a re-executed task (a retry, a
+    resumed worker reading its shard again) overwrites its file's count instead of adding to it."""
+
+    def __init__(self):
+        self.by_file: dict[str, CorpusCount] = {}
+
+    def put(self, path: str, count: CorpusCount) -> None:
+        self.by_file[path] = count
+
+    def get(self) -> dict[str, CorpusCount]:
+        return self.by_file
+
+
+def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab, tally):
+    """Ray Data UDF: a file's read task in, packed sequences out; its count to ``tally``."""
     import pyarrow as pa
+    import ray
 
-    tokenizer = CharTokenizer(vocab)
-    for task in batch["task"]:
-        for texts in task_texts(json.loads(task), cfg):
-            seqs = pack_texts(texts, tokenizer, cfg.model.max_len, cfg.train.whole_word_masking, cfg.train.sentence_order)
-            if seqs:
-                yield pa.table({"token_ids": seqs,
-                                "heldout": [is_heldout(s, cfg.train.heldout_permille) for s in seqs]})
+    for task in map(json.loads, batch["task"]):
+        count = CorpusCount()
+        for seqs in task_sequences(task, cfg, vocab, count):
+            yield pa.table({"token_ids": seqs, "heldout": [is_heldout(s, cfg.train.heldout_permille) for s in seqs]})
+        ray.get(tally.put.remote(task["path"], count))
 
 
-def sequences_dataset(cfg: PretrainConfig, vocab: Vocab):
-    """A Ray dataset of packed sequences ``{"token_ids", "heldout"}``, read one task per file."""
+def sequences_dataset(cfg: PretrainConfig, vocab: Vocab, tally):
+    """A Ray dataset of packed sequences ``{"token_ids", "heldout"}``, read one task per file;
+    each task's :class:`CorpusCount` goes to the ``tally`` actor."""
     import ray
 
     tasks = read_tasks(cfg)
     log.info("pre-training on %d files", len(tasks))
     return ray.data.from_items([{"task": json.dumps(t)} for t in tasks]).map_batches(
-        _read_and_pack, fn_kwargs={"cfg": cfg, "vocab": vocab}, batch_size=1, num_cpus=READ_TASK_CPUS)
+        _read_and_pack, fn_kwargs={"cfg": cfg, "vocab": vocab, "tally": tally}, batch_size=1, num_cpus=READ_TASK_CPUS)
 
 
 # ---- the worker loop -------------------------------------------------------------------------------
@@ -230,6 +328,11 @@ def pretrain_loop_per_worker(config: dict) -> None:
     train_rows = [r for r in ctx.rows if not is_heldout(r, t.heldout_permille)]
     keras.utils.set_random_seed(t.seed)
     steps_per_epoch = _min_across(ctx.strategy, len(train_rows) // t.batch_size, ctx.world)
+    if steps_per_epoch == 0:  # in this process; through Ray, require_enough_text refused it first
+        raise too_small(cfg, len(train_rows) * ctx.world, ctx.world)
+    if not heldout and ctx.rank == 0:
+        log.warning("no held-out sequence among %d (train.heldout_permille=%d): held-out loss and accuracy will read "
+                    "nan; raise train.heldout_permille", len(ctx.rows), t.heldout_permille)
     cap = max(1, steps_per_epoch * t.epochs)
     cap = min(cap, t.max_steps) if t.max_steps else cap
     model, optimizer, step, budget = _build_pretraining(w, ctx.strategy, cap)
@@ -490,17 +593,22 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     out = cfg.pretrained_dir
     t = cfg.train
     if in_process:
-        rows = pack_texts(corpus_texts(cfg), CharTokenizer(vocab), cfg.model.max_len, t.whole_word_masking,
-                          t.sentence_order)
+        rows, count = corpus_sequences(cfg, vocab)
+        log.info("corpus: %s", count.describe())
+        if (training := sum(not is_heldout(r, t.heldout_permille) for r in rows)) < t.batch_size:
+            raise too_small(cfg, training, 1, count)
         pretrain_loop_per_worker({"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out),
                                                            bars_wanted())})
     else:
+        import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.tensorflow import TensorflowTrainer
 
+        require_enough_text(cfg, vocab)
         init_ray(cfg.ray_address)
         require_shared_storage(cfg.storage_path, "storage_path")
         require_read_room(t.num_workers, t.cpus_per_worker, READ_TASK_CPUS, "the corpus")
+        tally = ray.remote(num_cpus=0)(CorpusTally).remote()
         storage = cfg.storage_path or str(Path(cfg.output_dir, "ray").resolve())
         threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
         trainer = TensorflowTrainer(
@@ -508,11 +616,16 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
             train_loop_config={"worker": PretrainWorker(cfg, encoder, vocab, threads, progress_bar=bars_wanted())},
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                          resources_per_worker={"CPU": t.cpus_per_worker}),
-            datasets={"train": sequences_dataset(cfg, vocab)},
+            datasets={"train": sequences_dataset(cfg, vocab, tally)},
             run_config=RunConfig(name=f"{cfg.name}-pretrain", storage_path=storage,
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  failure_config=FailureConfig(max_failures=t.max_failures)))
         result = trainer.fit()
+        count = CorpusCount()
+        for path in sorted(by_file := ray.get(tally.get.remote())):  # the first skipped row: in path order
+            count.merge(by_file[path])
+        ray.kill(tally)
+        log.info("corpus: %s", count.describe())
         if result.checkpoint is None:
             raise RuntimeError(f"pre-training run {cfg.name} ended without a checkpoint; see the log above")
         if out.exists():
@@ -523,6 +636,6 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
         (out / name).unlink(missing_ok=True)
     summary = json.loads((out / "pretrain.json").read_text())
     summary.update(name=cfg.name, pretrained_dir=str(out), seconds=round(time.time() - began, 1),
-                   precision=t.precision)
+                   precision=t.precision, corpus=asdict(count))
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
     return summary

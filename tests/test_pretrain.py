@@ -25,13 +25,19 @@ def _corpus(tmp_path) -> Path:
     topics = [CHARS[i : i + 5] for i in range(0, 20, 5)]
     lines = ["".join(rng.choice(topics[rng.integers(4)], 30)) for _ in range(800)]
     f = tmp_path / "corpus.txt"
-    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    f.write_text("\n".join(lines + ["", "   ", "坏\x00行"]) + "\n", encoding="utf-8")  # 3 rows skipped, counted
     (tmp_path / "vocab.txt").write_text("\n".join(VOCAB.tokens) + "\n", encoding="utf-8")
     # the sample encoder at 2 layers: the tiny test config stays on the unigram plateau for long
     config = json.loads(Path("data/albert_config_sample.json").read_text())
     config.update(vocab_size=len(VOCAB), num_hidden_layers=2, intermediate_size=256)
     (tmp_path / "albert_config.json").write_text(json.dumps(config))
     return f
+
+
+def _corpus_count(tmp_path) -> dict:
+    """What reading :func:`_corpus` gives: 800 texts of 30 characters, 800 sequences of 32 tokens."""
+    return {"texts": 800, "sequences": 800, "skipped": {"empty text": 2, "NUL character": 1},
+            "first_skipped": f"{tmp_path}/corpus.txt line 801: empty text"}
 
 
 def _cfg(tmp_path, *overrides):
@@ -50,6 +56,7 @@ def test_pretraining_learns_writes_the_published_layout_and_fine_tuning_starts_f
 
     corpus = _corpus(tmp_path)
     summary = pretrain(_cfg(tmp_path, "train.epochs=25"), in_process=True)
+    assert summary["corpus"] == _corpus_count(tmp_path)
     last = summary["history"][-1]
     counts = Counter(ch for ch in corpus.read_text(encoding="utf-8") if ch in CHARS)
     total = sum(counts.values())
@@ -200,6 +207,7 @@ def test_a_killed_pretraining_worker_resumes_from_its_step_checkpoint(tmp_path, 
     summary = pretrain(cfg)
     thread.join(timeout=5)
     assert killed, "no training worker was found to kill"
+    assert summary["corpus"] == _corpus_count(tmp_path)  # the read tasks ran again after the kill: counted once
     assert len(summary["resumes"]) == 1
     resumed = summary["resumes"][0]
     assert resumed["step"] >= 10 and resumed["step"] % 10 == 0  # from a step checkpoint, not from scratch
@@ -240,3 +248,65 @@ def test_workers_that_leave_no_cpu_for_reading_the_corpus_are_one_line(monkeypat
                               "less than 0.5 for reading the corpus: lower train.cpus_per_worker (TensorFlow's threads "
                               "are set apart, by train.tf_threads)")
     require_read_room(2, 0.7, READ_TASK_CPUS, "the corpus")  # 1.4 + 0.5 fits
+
+
+def _mixed_corpus(tmp_path) -> tuple[Path, list[str]]:
+    """The same kinds of files and damage as a labeling corpus: a text file (BOM, CRLF, blank
+    lines, NUL), a gzipped JSONL file (a truncated emoji, a number), a CSV (Excel's BOM), Parquet."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.txt").write_bytes("\ufeff甲乙丙丁\r\n\r\n戊己\x00庚\r\n辛壬癸\r\n".encode())
+    (d / "b.jsonl.gz").write_bytes(gzip.compress('{"text": "子丑寅"}\n{"text": "卯\\ud83d"}\n{"text": 5}\n'.encode()))
+    (d / "c.csv").write_bytes("\ufefftext\r\n辰巳午\r\n".encode())
+    pq.write_table(pa.table({"text": ["未申", "酉"]}), d / "d.parquet")
+    return d, ["甲乙丙丁", "辛壬癸", "子丑寅", "辰巳午", "未申", "酉"]
+
+
+def test_the_corpus_read_keeps_every_readable_text_and_counts_every_skipped_row(tmp_path):
+    from albert_ray.pretrain import corpus_sequences
+
+    folder, good = _mixed_corpus(tmp_path)
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB.tokens) + "\n", encoding="utf-8")
+    cfg = load_pretrain_config(None, ["name=p", f"model.vocab={tmp_path}/vocab.txt", "model.max_len=8"], [str(folder)])
+    rows, count = corpus_sequences(cfg, VOCAB)
+    cls, sep = VOCAB.index["[CLS]"], VOCAB.index["[SEP]"]
+    assert all(r[0] == cls and r[-1] == sep and len(r) <= 8 for r in rows)
+    # packed within a file: every kept character once, in order, and nothing else
+    assert "".join(VOCAB.tokens[i] for r in rows for i in r[1:-1]) == "".join(good)
+    assert len(rows) == count.sequences == 2 + 1 + 1 + 1  # bodies of 6: a.txt's 7 characters make two
+    assert count.texts == 6
+    assert count.skipped == {"empty text": 1, "NUL character": 1, "lone surrogate": 1, "field 'text' is not a string": 1}
+    assert count.first_skipped == f"{folder}/a.txt line 2: empty text"
+    assert count.describe() == ("6 texts, 5 sequences; 4 rows skipped (empty text 1, NUL character 1, lone surrogate 1, "
+                                f"field 'text' is not a string 1; the first: {folder}/a.txt line 2: empty text)")
+
+
+def test_a_corpus_too_small_for_one_step_is_one_line_before_any_worker(tmp_path):
+    import ray
+
+    from albert_ray.pretrain import pretrain
+
+    folder, _ = _mixed_corpus(tmp_path)
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB.tokens) + "\n", encoding="utf-8")
+    config = json.loads(Path("data/albert_config_sample.json").read_text())
+    config.update(vocab_size=len(VOCAB))
+    (tmp_path / "albert_config.json").write_text(json.dumps(config))
+    overrides = ["name=p", f"output_dir={tmp_path}/out", f"model.vocab={tmp_path}/vocab.txt",
+                 f"model.encoder_config={tmp_path}/albert_config.json", "model.max_len=8", "train.batch_size=16",
+                 "train.heldout_permille=0"]
+    read = (f"6 texts, 5 sequences; 4 rows skipped (empty text 1, NUL character 1, lone surrogate 1, field 'text' is "
+            f"not a string 1; the first: {folder}/a.txt line 2: empty text)")
+    with pytest.raises(ValueError) as err:  # through Ray: refused before Ray starts
+        pretrain(load_pretrain_config(None, [*overrides, "train.num_workers=2"], [str(folder)]))
+    assert str(err.value) == (f"{folder}: the corpus gives 5 training sequences of model.max_len=8 ({read}); one step "
+                              "takes 32 (train.batch_size 16 x 2 workers): add text or lower train.batch_size")
+    assert not ray.is_initialized()
+    with pytest.raises(ValueError) as err:  # in this process: refused before the model is built
+        pretrain(load_pretrain_config(None, overrides, [str(folder)]), in_process=True)
+    assert str(err.value) == (f"{folder}: the corpus gives 5 training sequences of model.max_len=8 ({read}); one step "
+                              "takes 16 (train.batch_size 16 x 1 worker): add text or lower train.batch_size")
