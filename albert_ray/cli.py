@@ -32,17 +32,31 @@ def _cmd_params(args) -> int:
     return 0
 
 
+def split_inputs(inputs: list[str] | None, overrides: list[str], fields: set[str]) -> tuple[list[str] | None, list[str]]:
+    """``--input a b key=value`` (and ``--predict``): argparse's greedy list also collects the
+    overrides after it; an item whose key (before ``=``, up to its first dot) is a config field is one."""
+    def is_override(item: str) -> bool:
+        return "=" in item and item.split("=", 1)[0].split(".", 1)[0] in fields
+
+    if inputs is None:
+        return None, list(overrides)
+    return [x for x in inputs if not is_override(x)], list(overrides) + [x for x in inputs if is_override(x)]
+
+
 def _cmd_train(args) -> int:
-    from albert_ray.jobconfig import load_job_config
+    import dataclasses
+
+    from albert_ray.jobconfig import JobConfig, load_job_config
     from albert_ray.training import train, train_in_process
 
-    job = load_job_config(args.config, args.overrides)
+    texts, overrides = split_inputs(args.predict, args.overrides, {f.name for f in dataclasses.fields(JobConfig)})
+    job = load_job_config(args.config, overrides)
     import_tensorflow()
     summary = (train_in_process if args.no_ray else train)(job)
     print(Path(summary["model_dir"], "report.txt").read_text(encoding="utf-8"))
     print(f"model saved to {summary['model_dir']} ({summary['seconds']} s); best dev score {summary['best_dev_score']:.4f}")
-    if args.predict:
-        _print_predictions(summary["model_dir"], args.predict)
+    if texts:
+        _print_predictions(summary["model_dir"], texts)
     return 0
 
 
@@ -138,11 +152,8 @@ def _cmd_label(args) -> int:
 
     fields = {f.name for f in dataclasses.fields(LabelConfig)}
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
-    # `--input a b key=value`: the greedy --input list also collects trailing overrides
-    overrides = list(args.overrides) + [x for x in given.get("inputs", []) if x.split("=", 1)[0] in fields]
-    if "inputs" in given:
-        given["inputs"] = [x for x in given["inputs"] if x.split("=", 1)[0] not in fields]
-    cfg = load_label_config(args.config, overrides, given)
+    inputs, overrides = split_inputs(given.pop("inputs", None), args.overrides, fields)
+    cfg = load_label_config(args.config, overrides, given if inputs is None else {**given, "inputs": inputs})
     m = label_corpus(cfg, address=args.address)
     from albert_ray.tasks import task_for
 
@@ -155,9 +166,12 @@ def _cmd_label(args) -> int:
 
 
 def _cmd_pretrain(args) -> int:
-    from albert_ray.pretrain import load_pretrain_config, pretrain
+    import dataclasses
 
-    cfg = load_pretrain_config(args.config, args.overrides, args.inputs)
+    from albert_ray.pretrain import PretrainConfig, load_pretrain_config, pretrain
+
+    inputs, overrides = split_inputs(args.inputs, args.overrides, {f.name for f in dataclasses.fields(PretrainConfig)})
+    cfg = load_pretrain_config(args.config, overrides, inputs)
     import_tensorflow()
     summary = pretrain(cfg, in_process=args.no_ray)
     last = summary["history"][-1]

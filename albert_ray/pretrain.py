@@ -198,11 +198,15 @@ class CorpusCount:
 
     def describe(self) -> str:
         """One line: ``800 texts, 120 sequences; 3 rows skipped (empty text 2, NUL character 1; the first: f line 4: ...)``."""
-        line = f"{self.texts:,} texts, {self.sequences:,} sequences"
+        line = f"{_count(self.texts, 'text')}, {_count(self.sequences, 'sequence')}"
         if self.skipped:
             kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
-            line += f"; {sum(self.skipped.values()):,} rows skipped ({kinds}; the first: {self.first_skipped})"
+            line += f"; {_count(sum(self.skipped.values()), 'row')} skipped ({kinds}; the first: {self.first_skipped})"
         return line
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def task_sequences(task: dict, cfg: PretrainConfig, vocab: Vocab, count: CorpusCount):
@@ -242,10 +246,9 @@ def too_small(cfg: PretrainConfig, training: int, workers: int, count: CorpusCou
     """The one-line error of a corpus with fewer training sequences than one step takes."""
     inputs = ", ".join(cfg.inputs[:3]) + (f" (+{len(cfg.inputs) - 3} more)" if len(cfg.inputs) > 3 else "")
     read = f" ({count.describe()})" if count else ""
-    return ValueError(f"{inputs}: the corpus gives {training} training sequences of model.max_len={cfg.model.max_len}"
-                      f"{read}; one step takes {cfg.train.batch_size * workers} (train.batch_size "
-                      f"{cfg.train.batch_size} x {workers} worker{'s' if workers > 1 else ''}): add text or lower "
-                      "train.batch_size")
+    return ValueError(f"{inputs}: the corpus gives {_count(training, 'training sequence')} of model.max_len="
+                      f"{cfg.model.max_len}{read}; one step takes {cfg.train.batch_size * workers} (train.batch_size "
+                      f"{cfg.train.batch_size} x {_count(workers, 'worker')}): add text or lower train.batch_size")
 
 
 def require_enough_text(cfg: PretrainConfig, vocab: Vocab) -> None:

@@ -310,3 +310,25 @@ def test_a_corpus_too_small_for_one_step_is_one_line_before_any_worker(tmp_path)
         pretrain(load_pretrain_config(None, overrides, [str(folder)]), in_process=True)
     assert str(err.value) == (f"{folder}: the corpus gives 5 training sequences of model.max_len=8 ({read}); one step "
                               "takes 16 (train.batch_size 16 x 1 worker): add text or lower train.batch_size")
+
+
+def test_overrides_after_a_greedy_list_are_overrides_not_files_or_texts():
+    import dataclasses
+
+    from albert_ray.cli import build_parser, split_inputs
+    from albert_ray.jobconfig import JobConfig
+    from albert_ray.pretrain import PretrainConfig
+
+    args = build_parser().parse_args(["pretrain", "--config", "jobs/configs/pretrain/sample.yaml", "--input", "a.txt",
+                                      "b/*.jsonl", "train.epochs=1", "output_dir=x", "name=y"])
+    assert args.inputs == ["a.txt", "b/*.jsonl", "train.epochs=1", "output_dir=x", "name=y"]  # argparse is greedy
+    inputs, overrides = split_inputs(args.inputs, args.overrides, {f.name for f in dataclasses.fields(PretrainConfig)})
+    cfg = load_pretrain_config(args.config, overrides, inputs)
+    assert (cfg.inputs, cfg.train.epochs, cfg.output_dir, cfg.name) == (("a.txt", "b/*.jsonl"), 1, "x", "y")
+    assert split_inputs(["x=1.txt"], [], {"name"}) == (["x=1.txt"], [])  # a file name with '=' stays a file
+    assert split_inputs(None, ["train.epochs=2"], {"train"}) == (None, ["train.epochs=2"])
+    # `train --predict TEXT ... key=value` likewise
+    args = build_parser().parse_args(["train", "--config", "jobs/configs/sample_ner.yaml", "--predict", "张三在北京",
+                                      "a=b", "train.epochs=1"])
+    assert split_inputs(args.predict, args.overrides, {f.name for f in dataclasses.fields(JobConfig)}) == \
+        (["张三在北京", "a=b"], ["train.epochs=1"])
