@@ -149,14 +149,16 @@ def throughput(corpus: Path, corpora: Path, steps: int, repeat: int = 1) -> list
     configs = [(shape, precision, xla) for shape in SHAPES
                for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False))]
     runs: dict[tuple, list[float]] = {c: [] for c in configs}
+    ran: dict[tuple, int] = {}  # the steps a run took (the corpus' one epoch may hold fewer than asked)
     for _ in range(repeat):
         for shape, precision, xla in configs:
             with tempfile.TemporaryDirectory() as tmp:
                 s = pretrain_run(corpus, Path(tmp), corpora, f"train.precision={precision}", f"train.xla={xla}",
                                  f"train.max_steps={steps}", "train.epochs=1", shape=shape)
             runs[(shape, precision, xla)].append(s["history"][-1]["sequences_per_second"])
+            ran[(shape, precision, xla)] = s["history"][-1]["steps"]
     median = {c: statistics.median(rates) for c, rates in runs.items()}
-    return [{"shape": shape, "precision": precision, "xla": xla, "steps": steps,
+    return [{"shape": shape, "precision": precision, "xla": xla, "steps": ran[(shape, precision, xla)],
              "sequences_per_second": round(median[(shape, precision, xla)], 1),
              "runs": [round(r, 1) for r in runs[(shape, precision, xla)]],
              "x_float32": round(median[(shape, precision, xla)] / median[(shape, "float32", False)], 2)}
