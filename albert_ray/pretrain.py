@@ -183,7 +183,8 @@ class CorpusCount:
         rows = table.filter(pc.is_null(table.column("meta")))  # a unit's end row is no input row
         bad = rows.filter(pc.is_valid(rows.column("reason")))
         for source, line, reason in zip(*(bad.column(c).to_pylist() for c in ("source", "line", "reason"))):
-            self.skipped[reason_kind(reason)] = self.skipped.get(reason_kind(reason), 0) + 1
+            kind = reason_kind(reason)
+            self.skipped[kind] = self.skipped.get(kind, 0) + 1
             if self.first_skipped is None:
                 self.first_skipped = f"{source}{'' if line is None else f' line {line}'}: {reason}"
         texts = rows.filter(pc.is_null(rows.column("reason"))).column("text").to_pylist()
