@@ -137,6 +137,9 @@ class DriverBars:
             bar.set_description(f"{state['desc']} loss {state['loss']:.4f}", refresh=False)
         bar.update(state["n"] - bar.n)
         if state["done"]:
+            # tqdm draws an update only mininterval (0.1 s) after the last one, and the log monitor
+            # hands over a worker's lines in batches: without this the final state was never drawn
+            bar.refresh()
             bar.close()
             del self.bars[state["desc"]]
 

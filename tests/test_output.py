@@ -166,3 +166,21 @@ def test_evaluate_output_writes_the_report_page_for_any_data_set(tmp_path):
     micro = next(line for line in report.splitlines() if "micro avg" in line).split()
     assert f"<td>micro avg F1</td><td>{float(micro[4]):.4f}</td>" in page
     assert "100 examples evaluated" in page
+
+
+def test_the_driver_draws_a_workers_final_state_even_when_its_lines_arrive_together():
+    """The log monitor hands a worker's lines over in batches, closer together than tqdm's
+    mininterval: the final state (100 %, the last loss) must still be drawn before the bar goes."""
+    import io
+    import json
+
+    from albert_ray.progress import PROGRESS_MARK, DriverBars
+
+    stream = io.StringIO()
+    bars = DriverBars(stream)
+    for n, done in ((0, False), (7, False), (20, True)):
+        bars.update(PROGRESS_MARK + json.dumps({"desc": "epoch 2/2", "n": n, "total": 20, "loss": 1.25 + n,
+                                                "done": done}))
+    drawn = stream.getvalue().replace("\r", "\n")
+    assert "epoch 2/2 loss 21.2500: 100%|" in drawn
+    assert bars.bars == {}
