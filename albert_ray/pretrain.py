@@ -332,6 +332,8 @@ def pretrain_loop_per_worker(config: dict) -> None:
     train_rows = [r for r in ctx.rows if not is_heldout(r, t.heldout_permille)]
     keras.utils.set_random_seed(t.seed)
     steps_per_epoch = _min_across(ctx.strategy, len(train_rows) // t.batch_size, ctx.world)
+    # the run's totals (collectives: every worker asks), for the header
+    sequences, held_out = (_sum_across(ctx.strategy, n, ctx.world) for n in (len(ctx.rows), len(heldout)))
     if steps_per_epoch == 0:  # in this process; through Ray, require_enough_text refused it first
         raise too_small(cfg, len(train_rows) * ctx.world, ctx.world)
     if not heldout and ctx.rank == 0:
@@ -343,7 +345,7 @@ def pretrain_loop_per_worker(config: dict) -> None:
     state = _restore_pretraining(model, optimizer, w, ctx.resume)
     if ctx.rank == 0:
         log.info("pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
-                 "%s, %s", cfg.name, len(ctx.rows), len(heldout), ctx.world, t.batch_size, steps_per_epoch, cap,
+                 "%s, %s", cfg.name, sequences, held_out, ctx.world, t.batch_size, steps_per_epoch, cap,
                  f", {t.max_minutes:g} min" if t.max_minutes else "", t.precision)
 
     def checkpoint(folder):
@@ -361,7 +363,7 @@ def pretrain_loop_per_worker(config: dict) -> None:
         first = state.batch if epoch == state.epoch else 0
         metrics = _pretrain_epoch(step, optimizer, train_rows, w, ctx.rank, epoch, (first, steps_per_epoch), budget,
                                   lambda batch: midway(epoch, batch))
-        metrics.update(evaluate_mlm(model, heldout, w.vocab, t))
+        metrics.update(evaluate_mlm(model, heldout, w.vocab, t), sequences=sequences)
         state.history.append(metrics)
         state.epoch, state.batch = epoch + 1, 0
         if ctx.rank == 0:
@@ -571,11 +573,15 @@ def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain) -> dict:
 
 
 def _min_across(strategy, n: int, world: int) -> int:
-    if world == 1:
-        return n
     from albert_ray.worker import _min_across_workers
 
-    return _min_across_workers(strategy, n)
+    return n if world == 1 else _min_across_workers(strategy, n)
+
+
+def _sum_across(strategy, n: int, world: int) -> int:
+    from albert_ray.worker import _sum_across_workers
+
+    return n if world == 1 else _sum_across_workers(strategy, n)
 
 
 # ---- driver ----------------------------------------------------------------------------------------
@@ -586,7 +592,7 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     """Pre-train; write ``<output_dir>/<name>/pretrained/``; return its summary."""
     import shutil
 
-    from albert_ray.runtime import init_ray, require_read_room, require_shared_storage
+    from albert_ray.runtime import every_row_split, init_ray, require_read_room, require_shared_storage
 
     began = time.time()
     encoder, vocab = resolve_model_files(cfg)
@@ -613,6 +619,8 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
         require_shared_storage(cfg.storage_path, "storage_path")
         require_read_room(t.num_workers, t.cpus_per_worker, READ_TASK_CPUS, "the corpus")
         tally = ray.remote(num_cpus=0)(CorpusTally).remote()
+        sequences = sequences_dataset(cfg, vocab, tally)
+        split = every_row_split(sequences, t.num_workers, f"{cfg.name}: packed corpus")
         storage = cfg.storage_path or str(Path(cfg.output_dir, "ray").resolve())
         threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
         trainer = TensorflowTrainer(
@@ -620,7 +628,7 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
             train_loop_config={"worker": PretrainWorker(cfg, encoder, vocab, threads, progress_bar=bars_wanted())},
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                          resources_per_worker={"CPU": t.cpus_per_worker}),
-            datasets={"train": sequences_dataset(cfg, vocab, tally)},
+            datasets={"train": sequences}, dataset_config=split,
             run_config=RunConfig(name=f"{cfg.name}-pretrain", storage_path=storage,
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  failure_config=FailureConfig(max_failures=t.max_failures)))

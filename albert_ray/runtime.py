@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,37 @@ def require_read_room(num_workers: int, cpus_per_worker: float, read_cpus: float
                          f"{taken:g} of the cluster's {total:g} CPUs leaves less than {read_cpus:g} for reading "
                          f"{what}: lower train.cpus_per_worker (TensorFlow's threads are set apart, by "
                          f"train.tf_threads)")
+
+
+def every_row_split(ds, workers: int, what: str):
+    """Materialize ``ds`` and cut it into ``workers`` shards that differ by at most one row;
+    returns the Ray Train ``DataConfig`` that hands shard i to rank i (the trainer's ``datasets``
+    only name the dataset then).
+
+    Ray Train's own split, ``streaming_split(workers, equal=True)``
+    (``ray/train/_internal/data_config.py``), drops the rows that do not divide evenly, up to
+    workers - 1 of them, without a word; ``equal=False`` keeps them but deals whole blocks, so one
+    worker may get everything. The cut runs here in the driver, before the workers hold their
+    CPUs: it starts Ray tasks, which would wait for ever beside workers that leave too little
+    CPU free. The loops agree on the steps of an epoch themselves. Materialized, the rows are
+    read and featurised once: a restarted worker group reads the same shards."""
+    from ray.train import DataConfig
+
+    began = time.time()
+    ds = ds.materialize()
+    rows = ds.count()
+    cuts = [rows * i // workers for i in range(1, workers)]
+    shards = ds.split_at_indices(cuts) if cuts else [ds]
+    log.info("%s: %s rows ready in %.1f s, %s to each of %d workers", what, f"{rows:,}", time.time() - began,
+             "/".join(sorted({f"{s.count():,}" for s in shards})), workers)
+
+    class EveryRowSplit(DataConfig):
+        def configure(self, datasets, world_size, worker_handles=None, worker_node_ids=None, **kwargs):
+            if world_size != len(shards):  # not elastic: the shards were cut for the configured workers
+                raise ValueError(f"{what}: cut for {len(shards)} workers, started with {world_size}")
+            return [{name: shard.iterator() for name in datasets} for shard in shards]
+
+    return EveryRowSplit()
 
 
 def configure_tf(threads: int) -> None:

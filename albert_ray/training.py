@@ -22,7 +22,7 @@ from albert_ray.config import EncoderConfig, check_fits
 from albert_ray.data import Example, read_examples
 from albert_ray.jobconfig import JobConfig
 from albert_ray.progress import bars_wanted
-from albert_ray.runtime import init_ray, require_read_room, require_shared_storage
+from albert_ray.runtime import every_row_split, init_ray, require_read_room, require_shared_storage
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks import task_for
 from albert_ray.tokenization import CharTokenizer, Vocab, build_char_vocab
@@ -211,14 +211,17 @@ def train(job: JobConfig) -> dict:
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     worker = WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev, tf_threads=threads,
                           progress_bar=bars_wanted(), tensorboard_dir=job.tensorboard_dir)
+    if t.shard == "deterministic":  # every worker reads all rows and takes its slice of each global batch
+        data_config = DataConfig(datasets_to_split=[])
+    else:
+        data_config = every_row_split(train_ds, t.num_workers, f"{job.name}: featurised training")
     trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config={"worker": worker},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
                                      placement_strategy=t.placement_strategy),
         datasets={"train": train_ds},
-        # deterministic sharding: every worker reads all rows and takes its slice of each global batch
-        dataset_config=DataConfig(datasets_to_split=[] if t.shard == "deterministic" else "all"),
+        dataset_config=data_config,
         run_config=RunConfig(name=job.name, storage_path=storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints,
                                                                 checkpoint_score_attribute="dev_score",

@@ -95,10 +95,10 @@ class Schedule:
     global_rows: int
 
     @classmethod
-    def of(cls, job: JobConfig, local_rows: int, world: int) -> "Schedule":
+    def of(cls, job: JobConfig, global_rows: int, world: int) -> "Schedule":
+        """``global_rows``: the rows of the whole run (the sum of the shards, or the rows every
+        worker holds under ``train.shard: deterministic``)."""
         t = job.train
-        # "deterministic": every worker holds all rows; "ray": each holds its own shard
-        global_rows = local_rows * (world if t.shard == "ray" else 1)
         steps_per_epoch = math.ceil(global_rows / (t.batch_size * world * t.grad_accum_steps))
         total = max(1, steps_per_epoch * t.epochs)
         return cls(steps_per_epoch, total, int(total * t.warmup_ratio), learning_rate(job), global_rows)
@@ -346,7 +346,9 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = local_context(cfg) if cfg.rows is not None else ray_context(cfg)
     t, spec, task = cfg.job.train, cfg.spec, task_for(cfg.spec)
     keras.utils.set_random_seed(t.seed)
-    schedule = Schedule.of(cfg.job, len(ctx.rows), ctx.world)
+    # "deterministic": every worker holds all rows; "ray": each holds its own shard
+    rows = _sum_across_workers(ctx.strategy, len(ctx.rows)) if ctx.world > 1 and t.shard == "ray" else len(ctx.rows)
+    schedule = Schedule.of(cfg.job, rows, ctx.world)
     if ctx.rank == 0:
         log.info("run %s: task=%s, %d training rows, %d workers (%s shards), per-worker batch %d x %d accumulation, "
                  "global batch %d, %d optimizer steps/epoch, %d epochs, peak lr %.2e, warmup %d steps", cfg.job.name,
@@ -455,11 +457,20 @@ def tune_on_dev(labeler, task: Task, cfg: WorkerConfig, ctx: Context) -> ModelSp
     return tuned
 
 
-def _min_across_workers(strategy, n: int) -> int:
+def _across_workers(strategy, n: int) -> np.ndarray:
+    """Every worker's ``n``, in rank order (a collective: every worker must call it)."""
     import tensorflow as tf
 
-    value = strategy.run(lambda: tf.constant([float(n)]))
-    return int(tf.reduce_min(strategy.gather(value, axis=0)).numpy())
+    value = strategy.run(lambda: tf.constant([n], tf.float64))  # float64: exact far past a billion rows
+    return strategy.gather(value, axis=0).numpy().astype(np.int64)
+
+
+def _min_across_workers(strategy, n: int) -> int:
+    return int(_across_workers(strategy, n).min())
+
+
+def _sum_across_workers(strategy, n: int) -> int:
+    return int(_across_workers(strategy, n).sum())
 
 
 def _broadcast_from_rank0(strategy, score: float) -> float:

@@ -217,6 +217,22 @@ def test_a_killed_pretraining_worker_resumes_from_its_step_checkpoint(tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.ci  # Ray Train pre-training on two workers, a few steps
+def test_two_pretraining_workers_get_every_sequence_once(tmp_path, local_ray):
+    """801 sequences on 2 workers: Ray Train's own split would hand over 800 and say nothing."""
+    from albert_ray.pretrain import pretrain
+
+    corpus = _corpus(tmp_path)
+    with corpus.open("a", encoding="utf-8") as f:
+        f.write("甲乙丙丁戊" * 6 + "\n")
+    summary = pretrain(_cfg(tmp_path, "train.epochs=1", "train.max_steps=3", "train.num_workers=2",
+                            "train.cpus_per_worker=0.75", "train.batch_size=8", f"storage_path={tmp_path}/ray"))
+    assert summary["corpus"]["sequences"] == 801
+    assert [h["sequences"] for h in summary["history"]] == [801]
+    assert summary["history"][0]["steps"] == 3
+
+
+@pytest.mark.slow
 @pytest.mark.ci  # in-process pre-training with sentence-order prediction
 def test_sentence_order_is_learned_and_written_under_the_published_names(tmp_path):
     import tensorflow as tf
