@@ -592,7 +592,8 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     """Pre-train; write ``<output_dir>/<name>/pretrained/``; return its summary."""
     import shutil
 
-    from albert_ray.runtime import every_row_split, init_ray, require_read_room, require_shared_storage
+    from albert_ray.runtime import (every_row_split, init_ray, require_read_room, require_shared_storage,
+                                    trainer_class)
 
     began = time.time()
     encoder, vocab = resolve_model_files(cfg)
@@ -612,7 +613,6 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     else:
         import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.tensorflow import TensorflowTrainer
 
         require_enough_text(cfg, vocab)
         init_ray(cfg.ray_address)
@@ -623,7 +623,7 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
         split = every_row_split(sequences, t.num_workers, f"{cfg.name}: packed corpus")
         storage = cfg.storage_path or str(Path(cfg.output_dir, "ray").resolve())
         threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
-        trainer = TensorflowTrainer(
+        trainer = trainer_class()(
             pretrain_loop_per_worker,
             train_loop_config={"worker": PretrainWorker(cfg, encoder, vocab, threads, progress_bar=bars_wanted())},
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,

@@ -150,6 +150,39 @@ def every_row_split(ds, workers: int, what: str):
     return EveryRowSplit()
 
 
+def trainer_class():
+    """``TensorflowTrainer`` whose Ctrl-C ends in one line, for ``train`` and ``pretrain`` alike.
+    Ray Train's own SIGINT handler aborts the run and then exits with status 1 and no message;
+    this one aborts the same way and raises :class:`Interrupted` (a second Ctrl-C stops at once)."""
+    import signal
+
+    import ray
+    from ray.train.tensorflow import TensorflowTrainer
+
+    class Trainer(TensorflowTrainer):
+        def _register_sigint_handler(self, controller):
+            def handler(signum, frame):
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                try:
+                    ray.get(controller.abort.remote(), timeout=60)
+                except Exception:  # the controller may be gone already; the run is over either way
+                    pass
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, handler)
+
+        def fit(self):
+            try:
+                return super().fit()
+            except KeyboardInterrupt:  # ray.get re-raises a plain one: say what is kept
+                ray.shutdown()  # stop streaming the actors' last log lines after ours
+                storage = self.run_config.storage_path
+                raise Interrupted(f"interrupted: checkpoints so far are in {storage}/{self.run_config.name}; run "
+                                  f"the same command again to resume from the latest") from None
+
+    return Trainer
+
+
 def configure_tf(threads: int) -> None:
     """TensorFlow threads of this process (``threads`` intra-op, at most 2 inter-op; 0 keeps TF's
     default) and on-demand GPU memory. For training workers and labeling actors alike."""

@@ -22,7 +22,8 @@ from albert_ray.config import EncoderConfig, check_fits
 from albert_ray.data import Example, read_examples
 from albert_ray.jobconfig import JobConfig
 from albert_ray.progress import bars_wanted
-from albert_ray.runtime import every_row_split, init_ray, require_read_room, require_shared_storage
+from albert_ray.runtime import (every_row_split, init_ray, require_read_room, require_shared_storage,
+                                trainer_class)
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks import task_for
 from albert_ray.tokenization import CharTokenizer, Vocab, build_char_vocab
@@ -215,7 +216,7 @@ def train(job: JobConfig) -> dict:
         data_config = DataConfig(datasets_to_split=[])
     else:
         data_config = every_row_split(train_ds, t.num_workers, f"{job.name}: featurised training")
-    trainer = _trainer_class()(
+    trainer = trainer_class()(
         train_loop_per_worker,
         train_loop_config={"worker": worker},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
@@ -237,41 +238,6 @@ def train(job: JobConfig) -> dict:
     with result.checkpoint.as_directory() as d:
         shutil.copytree(d, out)
     return finish(job, prep, out, time.time() - began)
-
-
-def _trainer_class():
-    """``TensorflowTrainer`` whose Ctrl-C ends in one line. Ray Train's own SIGINT handler aborts
-    the run and then exits with status 1 and no message; this one aborts the same way and raises
-    :class:`~albert_ray.runtime.Interrupted` (a second Ctrl-C stops at once)."""
-    import signal
-
-    import ray
-    from ray.train.tensorflow import TensorflowTrainer
-
-    from albert_ray.runtime import Interrupted
-
-    class Trainer(TensorflowTrainer):
-        def _register_sigint_handler(self, controller):
-            def handler(signum, frame):
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                try:
-                    ray.get(controller.abort.remote(), timeout=60)
-                except Exception:  # the controller may be gone already; the run is over either way
-                    pass
-                raise KeyboardInterrupt
-
-            signal.signal(signal.SIGINT, handler)
-
-        def fit(self):
-            try:
-                return super().fit()
-            except KeyboardInterrupt:  # ray.get re-raises a plain one: say what is kept
-                ray.shutdown()  # stop streaming the actors' last log lines after ours
-                storage = self.run_config.storage_path
-                raise Interrupted(f"interrupted: checkpoints so far are in {storage}/{self.run_config.name}; run "
-                                  f"the same command again to resume from the latest") from None
-
-    return Trainer
 
 
 def train_in_process(job: JobConfig) -> dict:

@@ -351,3 +351,27 @@ def test_overrides_after_a_greedy_list_are_overrides_not_files_or_texts():
                                       "a=b", "train.epochs=1"])
     assert split_inputs(args.predict, args.overrides, {f.name for f in dataclasses.fields(JobConfig)}) == \
         (["张三在北京", "a=b"], ["train.epochs=1"])
+
+
+@pytest.mark.slow  # not in CI's bounded set: train's Ctrl-C test covers the shared trainer there
+def test_ctrl_c_on_pretrain_is_one_line_and_the_same_command_resumes(tmp_path):
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_ray_training import interrupt_once_checkpointed
+
+    cmd = [sys.executable, "-m", "albert_ray.cli", "pretrain", "--config", "jobs/configs/pretrain/sample.yaml",
+           f"output_dir={tmp_path}", "train.epochs=30", "train.log_every=0", "train.max_minutes=0"]
+    err = tmp_path / "err.txt"
+    rc = interrupt_once_checkpointed(cmd, err, tmp_path / "ray" / "sample_pretrain-pretrain" /
+                                     "checkpoint_manager_snapshot.json")
+    lines = err.read_text().splitlines()
+    assert rc == 130
+    assert lines[-1] == (f"albert-ray pretrain: interrupted: checkpoints so far are in {tmp_path}/ray/"
+                         f"sample_pretrain-pretrain; run the same command again to resume from the latest")
+    assert not any("Traceback" in line for line in lines[-20:])
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # the same command
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = [line for line in again.stderr.splitlines() if "resumed pre-training at epoch" in line]
+    assert len(resumed) == 1 and "epoch 1, batch 0" not in resumed[0]

@@ -210,37 +210,45 @@ def _initial_weights(job, tmp_path):
     return _weights(tmp_path / "init")
 
 
-@pytest.mark.slow
-@pytest.mark.ci
-def test_ctrl_c_on_train_is_one_line_and_the_same_command_resumes(tmp_path):
+def interrupt_once_checkpointed(cmd: list, err: Path, snapshot: Path, ready=lambda text: True) -> int:
+    """Run ``cmd`` (stderr to ``err``), press Ctrl-C once Ray Train's controller has taken a
+    checkpoint in (it polls for them; ``snapshot`` is its record) and ``ready(stderr so far)``;
+    returns the exit status."""
     import os
     import signal
     import subprocess
-    import sys
     import time
 
-    cmd = [sys.executable, "-m", "albert_ray.cli", "train", "--config", "jobs/configs/sample_ner.yaml",
-           f"output_dir={tmp_path}", "train.epochs=30", "data.max_train_examples=200", "train.log_every=0"]
-    err = tmp_path / "err.txt"
+    def registered() -> bool:
+        try:
+            return bool(json.loads(snapshot.read_text()).get("checkpoint_results")) if snapshot.exists() else False
+        except ValueError:  # being written
+            return False
+
     with open(err, "w") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
     try:
         deadline = time.time() + 300
-        snapshot = tmp_path / "ray" / "sample_ner" / "checkpoint_manager_snapshot.json"
-
-        def registered() -> bool:  # Ray Train's controller has taken a checkpoint in (it polls for them)
-            try:
-                return bool(json.loads(snapshot.read_text()).get("checkpoint_results")) if snapshot.exists() else False
-            except ValueError:  # being written
-                return False
-
-        while not ("epoch 2/30" in err.read_text() and registered()) and time.time() < deadline:
+        while not (ready(err.read_text()) and registered()) and time.time() < deadline:
             time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
-        rc = proc.wait(timeout=120)
+        return proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_ctrl_c_on_train_is_one_line_and_the_same_command_resumes(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "albert_ray.cli", "train", "--config", "jobs/configs/sample_ner.yaml",
+           f"output_dir={tmp_path}", "train.epochs=30", "data.max_train_examples=200", "train.log_every=0"]
+    err = tmp_path / "err.txt"
+    rc = interrupt_once_checkpointed(cmd, err, tmp_path / "ray" / "sample_ner" / "checkpoint_manager_snapshot.json",
+                                     lambda text: "epoch 2/30" in text)
     lines = err.read_text().splitlines()
     assert rc == 130
     assert lines[-1] == (f"albert-ray train: interrupted: checkpoints so far are in {tmp_path}/ray/sample_ner; run "
