@@ -331,14 +331,19 @@ def pretrain_loop_per_worker(config: dict) -> None:
     heldout = [r for r in ctx.rows if is_heldout(r, t.heldout_permille)]
     train_rows = [r for r in ctx.rows if not is_heldout(r, t.heldout_permille)]
     keras.utils.set_random_seed(t.seed)
-    steps_per_epoch = _min_across(ctx.strategy, len(train_rows) // t.batch_size, ctx.world)
-    # the run's totals (collectives: every worker asks), for the header
-    sequences, held_out = (_sum_across(ctx.strategy, n, ctx.world) for n in (len(ctx.rows), len(heldout)))
+    from albert_ray.worker import _min_across_workers, sums_across_workers
+
+    # the workers' totals (collectives: every worker asks): held-out metrics, the header
+    combine = None if ctx.world == 1 else lambda values: sums_across_workers(ctx.strategy, values)
+    sequences, held_out = (int(n) for n in (combine or np.asarray)([len(ctx.rows), len(heldout)]))
+    steps_per_epoch = len(train_rows) // t.batch_size
+    if ctx.world > 1:  # every worker must run the same number of steps: the smallest shard decides
+        steps_per_epoch = _min_across_workers(ctx.strategy, steps_per_epoch)
     if steps_per_epoch == 0:  # in this process; through Ray, require_enough_text refused it first
         raise too_small(cfg, len(train_rows) * ctx.world, ctx.world)
-    if not heldout and ctx.rank == 0:
+    if not held_out and ctx.rank == 0:
         log.warning("no held-out sequence among %d (train.heldout_permille=%d): held-out loss and accuracy will read "
-                    "nan; raise train.heldout_permille", len(ctx.rows), t.heldout_permille)
+                    "nan; raise train.heldout_permille", sequences, t.heldout_permille)
     cap = max(1, steps_per_epoch * t.epochs)
     cap = min(cap, t.max_steps) if t.max_steps else cap
     model, optimizer, step, budget = _build_pretraining(w, ctx.strategy, cap)
@@ -363,7 +368,7 @@ def pretrain_loop_per_worker(config: dict) -> None:
         first = state.batch if epoch == state.epoch else 0
         metrics = _pretrain_epoch(step, optimizer, train_rows, w, ctx.rank, epoch, (first, steps_per_epoch), budget,
                                   lambda batch: midway(epoch, batch))
-        metrics.update(evaluate_mlm(model, heldout, w.vocab, t), sequences=sequences)
+        metrics.update(evaluate_mlm(model, heldout, w.vocab, t, combine), sequences=sequences)
         state.history.append(metrics)
         state.epoch, state.batch = epoch + 1, 0
         if ctx.rank == 0:
@@ -552,36 +557,27 @@ def _rate(seqs: int, seconds: float, opening: tuple[int, float]) -> float:
     return n / max(t, 1e-9)
 
 
-def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain) -> dict:
+def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain, combine=None) -> dict:
     """MLM loss and masked-token accuracy (and sentence-order accuracy) on held-out sequences
-    (fixed masking and order)."""
-    if not rows:
-        return {"heldout_loss": float("nan"), "heldout_accuracy": float("nan"), "heldout_sequences": 0}
+    (fixed masking and order). ``combine`` sums the workers' totals (each evaluates its own
+    held-out rows), so the numbers are the whole held-out slice's whatever the workers."""
     rng = np.random.default_rng([t.seed, 999])
-    sums = np.zeros(5)  # loss, correct, count; order correct, order count
+    sums = np.zeros(6)  # loss, correct, count; order correct, order count; sequences
     for i in range(0, len(rows), 64):
         ids, seg, pos, labels, weights, order_labels, order_weights = make_batch(rows[i : i + 64], rng, vocab, t)
         out = model([ids, seg, pos], training=False)
         mlm = masked_loss(out[0] if t.sentence_order else out, labels, weights)
         order = order_loss(out[1], order_labels, order_weights)[1:] if t.sentence_order else (0.0, 0.0)
-        sums += [float(x) for x in (*mlm, *order)]
-    result = {"heldout_loss": sums[0] / max(sums[2], 1), "heldout_accuracy": sums[1] / max(sums[2], 1),
-              "heldout_sequences": len(rows)}
+        sums[:5] += [float(x) for x in (*mlm, *order)]
+    sums[5] = len(rows)
+    if combine is not None:
+        sums = combine(sums)
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    result = {"heldout_loss": ratio(sums[0], sums[2]), "heldout_accuracy": ratio(sums[1], sums[2]),
+              "heldout_sequences": int(sums[5])}
     if t.sentence_order:
-        result["heldout_order_accuracy"] = sums[3] / max(sums[4], 1)
+        result["heldout_order_accuracy"] = ratio(sums[3], sums[4])
     return result
-
-
-def _min_across(strategy, n: int, world: int) -> int:
-    from albert_ray.worker import _min_across_workers
-
-    return n if world == 1 else _min_across_workers(strategy, n)
-
-
-def _sum_across(strategy, n: int, world: int) -> int:
-    from albert_ray.worker import _sum_across_workers
-
-    return n if world == 1 else _sum_across_workers(strategy, n)
 
 
 # ---- driver ----------------------------------------------------------------------------------------

@@ -113,6 +113,7 @@ class StepBar:
         if self.bar == "driver":
             self._send(done=True)
         elif self.bar is not None:
+            self.bar.refresh()  # the last steps may have come within tqdm's mininterval (see DriverBars)
             self.bar.close()
         self.bar = None
 

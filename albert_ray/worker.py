@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -457,20 +457,26 @@ def tune_on_dev(labeler, task: Task, cfg: WorkerConfig, ctx: Context) -> ModelSp
     return tuned
 
 
-def _across_workers(strategy, n: int) -> np.ndarray:
-    """Every worker's ``n``, in rank order (a collective: every worker must call it)."""
+def _across_workers(strategy, values: Sequence[float]) -> np.ndarray:
+    """Every worker's ``values``, one row a worker in rank order (a collective: every worker must
+    call it). float64: counts stay exact far past a billion rows."""
     import tensorflow as tf
 
-    value = strategy.run(lambda: tf.constant([n], tf.float64))  # float64: exact far past a billion rows
-    return strategy.gather(value, axis=0).numpy().astype(np.int64)
+    value = strategy.run(lambda: tf.constant([list(values)], tf.float64))
+    return strategy.gather(value, axis=0).numpy()
 
 
 def _min_across_workers(strategy, n: int) -> int:
-    return int(_across_workers(strategy, n).min())
+    return int(_across_workers(strategy, [n]).min())
 
 
 def _sum_across_workers(strategy, n: int) -> int:
-    return int(_across_workers(strategy, n).sum())
+    return int(_across_workers(strategy, [n]).sum())
+
+
+def sums_across_workers(strategy, values: Sequence[float]) -> np.ndarray:
+    """The element-wise sum of every worker's ``values``."""
+    return _across_workers(strategy, values).sum(axis=0)
 
 
 def _broadcast_from_rank0(strategy, score: float) -> float:

@@ -225,11 +225,20 @@ def test_two_pretraining_workers_get_every_sequence_once(tmp_path, local_ray):
     corpus = _corpus(tmp_path)
     with corpus.open("a", encoding="utf-8") as f:
         f.write("甲乙丙丁戊" * 6 + "\n")
-    summary = pretrain(_cfg(tmp_path, "train.epochs=1", "train.max_steps=3", "train.num_workers=2",
-                            "train.cpus_per_worker=0.75", "train.batch_size=8", f"storage_path={tmp_path}/ray"))
+    cfg = _cfg(tmp_path, "train.epochs=1", "train.max_steps=3", "train.num_workers=2", "train.cpus_per_worker=0.75",
+               "train.batch_size=8", f"storage_path={tmp_path}/ray")
+    summary = pretrain(cfg)
     assert summary["corpus"]["sequences"] == 801
     assert [h["sequences"] for h in summary["history"]] == [801]
     assert summary["history"][0]["steps"] == 3
+    # the held-out numbers are the whole held-out slice's, not rank 0's share of it
+    from albert_ray.masking import is_heldout
+    from albert_ray.pretrain import corpus_sequences
+
+    rows, _ = corpus_sequences(cfg, VOCAB)
+    held_out = sum(is_heldout(r, 100) for r in rows)
+    assert 40 < held_out < 120
+    assert summary["history"][0]["heldout_sequences"] == held_out
 
 
 @pytest.mark.slow
