@@ -233,7 +233,7 @@ def test_two_pretraining_workers_get_every_sequence_once(tmp_path, local_ray):
     assert summary["history"][0]["steps"] == 3
     # the held-out numbers are the whole held-out slice's, not rank 0's share of it
     from albert_ray.masking import is_heldout
-    from albert_ray.pretrain import corpus_sequences
+    from albert_ray.pretrain_corpus import corpus_sequences
 
     rows, _ = corpus_sequences(cfg, VOCAB)
     held_out = sum(is_heldout(r, 100) for r in rows)
@@ -263,7 +263,7 @@ def test_sentence_order_is_learned_and_written_under_the_published_names(tmp_pat
 def test_workers_that_leave_no_cpu_for_reading_the_corpus_are_one_line(monkeypatch):
     import ray
 
-    from albert_ray.pretrain import READ_TASK_CPUS
+    from albert_ray.pretrain_corpus import READ_TASK_CPUS
     from albert_ray.runtime import require_read_room
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
@@ -293,7 +293,7 @@ def _mixed_corpus(tmp_path) -> tuple[Path, list[str]]:
 
 
 def test_the_corpus_read_keeps_every_readable_text_and_counts_every_skipped_row(tmp_path):
-    from albert_ray.pretrain import corpus_sequences
+    from albert_ray.pretrain_corpus import corpus_sequences
 
     folder, good = _mixed_corpus(tmp_path)
     (tmp_path / "vocab.txt").write_text("\n".join(VOCAB.tokens) + "\n", encoding="utf-8")
