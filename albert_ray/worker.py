@@ -95,13 +95,17 @@ class Schedule:
     global_rows: int
 
     @classmethod
-    def of(cls, job: JobConfig, global_rows: int, world: int) -> "Schedule":
-        """``global_rows``: the rows of the whole run (the sum of the shards, or the rows every
-        worker holds under ``train.shard: deterministic``)."""
+    def of(cls, job: JobConfig, shard_rows: int, world: int, global_rows: int | None = None) -> "Schedule":
+        """``shard_rows``: the smallest worker's rows, which set the steps of an epoch (under
+        ``train.shard: deterministic`` every worker holds all rows); ``global_rows``: the run's
+        rows, as reported (default: as if every shard were the smallest)."""
         t = job.train
-        steps_per_epoch = math.ceil(global_rows / (t.batch_size * world * t.grad_accum_steps))
+        # "deterministic": every worker holds all rows; "ray": each holds its own shard
+        steps_rows = shard_rows * (world if t.shard == "ray" else 1)
+        steps_per_epoch = math.ceil(steps_rows / (t.batch_size * world * t.grad_accum_steps))
         total = max(1, steps_per_epoch * t.epochs)
-        return cls(steps_per_epoch, total, int(total * t.warmup_ratio), learning_rate(job), global_rows)
+        return cls(steps_per_epoch, total, int(total * t.warmup_ratio), learning_rate(job),
+                   steps_rows if global_rows is None else global_rows)
 
 
 def learning_rate(job: JobConfig) -> float:
@@ -346,9 +350,11 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = local_context(cfg) if cfg.rows is not None else ray_context(cfg)
     t, spec, task = cfg.job.train, cfg.spec, task_for(cfg.spec)
     keras.utils.set_random_seed(t.seed)
-    # "deterministic": every worker holds all rows; "ray": each holds its own shard
-    rows = _sum_across_workers(ctx.strategy, len(ctx.rows)) if ctx.world > 1 and t.shard == "ray" else len(ctx.rows)
-    schedule = Schedule.of(cfg.job, rows, ctx.world)
+    if ctx.world > 1 and t.shard == "ray":  # shards may differ by a row (runtime.every_row_split)
+        shards = _across_workers(ctx.strategy, [len(ctx.rows)])
+        schedule = Schedule.of(cfg.job, int(shards.min()), ctx.world, int(shards.sum()))
+    else:
+        schedule = Schedule.of(cfg.job, len(ctx.rows), ctx.world)
     if ctx.rank == 0:
         log.info("run %s: task=%s, %d training rows, %d workers (%s shards), per-worker batch %d x %d accumulation, "
                  "global batch %d, %d optimizer steps/epoch, %d epochs, peak lr %.2e, warmup %d steps", cfg.job.name,
@@ -468,10 +474,6 @@ def _across_workers(strategy, values: Sequence[float]) -> np.ndarray:
 
 def _min_across_workers(strategy, n: int) -> int:
     return int(_across_workers(strategy, [n]).min())
-
-
-def _sum_across_workers(strategy, n: int) -> int:
-    return int(_across_workers(strategy, [n]).sum())
 
 
 def sums_across_workers(strategy, values: Sequence[float]) -> np.ndarray:
