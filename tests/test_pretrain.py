@@ -169,8 +169,10 @@ def test_bfloat16_pretraining_follows_float32(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.ci  # Ray Train pre-training with a worker killed after its first step checkpoint
-def test_a_killed_pretraining_worker_resumes_from_its_step_checkpoint(tmp_path, local_ray):
+@pytest.mark.ci  # Ray Train pre-training on two workers, killed after the first step checkpoint
+def test_killed_pretraining_workers_resume_from_their_step_checkpoint_with_every_sequence_once(tmp_path, local_ray):
+    """801 sequences on 2 workers (Ray Train's own split would hand over 800 and say nothing),
+    both workers killed once a step checkpoint is registered."""
     import os
     import signal
     import sys
@@ -182,9 +184,10 @@ def test_a_killed_pretraining_worker_resumes_from_its_step_checkpoint(tmp_path, 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_ray_training import _train_worker_pids
 
-    _corpus(tmp_path)
-    cfg = _cfg(tmp_path, "train.epochs=3", "train.checkpoint_every_steps=10", "train.max_failures=1",
-               f"storage_path={tmp_path}/ray")
+    with _corpus(tmp_path).open("a", encoding="utf-8") as f:
+        f.write("甲乙丙丁戊" * 6 + "\n")  # an 801st sequence
+    cfg = _cfg(tmp_path, "train.epochs=3", "train.checkpoint_every_steps=5", "train.max_failures=1",
+               "train.num_workers=2", "train.cpus_per_worker=0.75", f"storage_path={tmp_path}/ray")
     snapshot = tmp_path / "ray" / "p-pretrain" / "checkpoint_manager_snapshot.json"
     killed = []
 
@@ -207,38 +210,21 @@ def test_a_killed_pretraining_worker_resumes_from_its_step_checkpoint(tmp_path, 
     summary = pretrain(cfg)
     thread.join(timeout=5)
     assert killed, "no training worker was found to kill"
-    assert summary["corpus"] == _corpus_count(tmp_path)  # the read tasks ran again after the kill: counted once
+    assert summary["corpus"] == {**_corpus_count(tmp_path), "texts": 801, "sequences": 801}  # counted once
     assert len(summary["resumes"]) == 1
     resumed = summary["resumes"][0]
-    assert resumed["step"] >= 10 and resumed["step"] % 10 == 0  # from a step checkpoint, not from scratch
+    assert resumed["step"] >= 5 and resumed["step"] % 5 == 0  # from a step checkpoint, not from scratch
     history = summary["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert history[-1]["steps"] == 3 * history[0]["steps"]      # every step ran exactly once overall
-
-
-@pytest.mark.slow
-@pytest.mark.ci  # Ray Train pre-training on two workers, a few steps
-def test_two_pretraining_workers_get_every_sequence_once(tmp_path, local_ray):
-    """801 sequences on 2 workers: Ray Train's own split would hand over 800 and say nothing."""
-    from albert_ray.pretrain import pretrain
-
-    corpus = _corpus(tmp_path)
-    with corpus.open("a", encoding="utf-8") as f:
-        f.write("甲乙丙丁戊" * 6 + "\n")
-    cfg = _cfg(tmp_path, "train.epochs=1", "train.max_steps=3", "train.num_workers=2", "train.cpus_per_worker=0.75",
-               "train.batch_size=8", f"storage_path={tmp_path}/ray")
-    summary = pretrain(cfg)
-    assert summary["corpus"]["sequences"] == 801
-    assert [h["sequences"] for h in summary["history"]] == [801]
-    assert summary["history"][0]["steps"] == 3
+    assert history[-1]["steps"] == 3 * history[0]["steps"]    # every step ran exactly once overall
+    assert [h["sequences"] for h in history] == [801] * 3      # every sequence reached one worker
     # the held-out numbers are the whole held-out slice's, not rank 0's share of it
     from albert_ray.masking import is_heldout
     from albert_ray.pretrain_corpus import corpus_sequences
 
     rows, _ = corpus_sequences(cfg, VOCAB)
     held_out = sum(is_heldout(r, 100) for r in rows)
-    assert 40 < held_out < 120
-    assert summary["history"][0]["heldout_sequences"] == held_out
+    assert 40 < held_out < 120 and {h["heldout_sequences"] for h in history} == {held_out}
 
 
 @pytest.mark.slow
