@@ -116,14 +116,19 @@ def _weights_after_zero_steps(tmp_path, common):
 
 
 def _train_worker_pids():
+    """The Ray Train workers of this test process's own Ray (its raylet is our child), never those
+    of another run on the machine: a second test run beside this one lost its workers to it."""
+    import os
+
+    from albert_ray.localcluster import descendants
+
     pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
+    for pid in descendants(os.getpid()):
+        try:
+            if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            pass
     return pids
 
 
