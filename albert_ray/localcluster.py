@@ -26,10 +26,33 @@ log = logging.getLogger(__name__)
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
+# Ray's fixed default ports: a port the kernel hands out may be one of them (52365, the dashboard
+# agent's, lies in Linux's ephemeral range) and a Ray started with only some ports chosen then
+# refuses to start: "Ray component dashboard_agent_http is trying to use a port number 52365
+# that is used by other components" (seen in CI, 1 start in ~28 000)
+RAY_DEFAULT_PORTS = frozenset({6379, 8076, 8265, 10001, 52365})
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports, none of them a Ray default: all are held open until
+    all are chosen, so that two calls in a row cannot return the same port."""
+    held: list[socket.socket] = []  # a Ray default is held too, so the kernel moves on from it
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] not in RAY_DEFAULT_PORTS:
+                ports.append(s.getsockname()[1])
+        return ports
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -183,7 +206,7 @@ def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | Non
     token_path = state / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
-    port, dash = free_port(), free_port()
+    port, dash, client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager = free_ports(9)
     ray_bin = ray_bin or str(Path(sys.executable).with_name("ray"))
     # `python` in job entrypoints must be this environment's Python
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -195,12 +218,12 @@ def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | Non
     env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     cmd = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
-           f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
+           f"--ray-client-server-port={client}", "--disable-usage-stats",
            # the agents' default ports (e.g. 52365) clash with any other Ray on this machine:
            # the job server then answers "No available agent to submit job" forever
-           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-           f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+           f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+           f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+           f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)

@@ -68,6 +68,32 @@ def _submit(cluster, entrypoint):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def test_free_ports_are_distinct_and_skip_rays_default_ports(monkeypatch):
+    """The kernel may hand out 52365, the port Ray's dashboard agent takes by default: a local
+    Ray given that as its GCS port refused to start (seen in CI)."""
+    import socket
+
+    from albert_ray import localcluster
+
+    handed = iter([52365, 40001, 8265, 40002, 40003])
+    bound, closed = [], []
+
+    class Kernel:
+        def bind(self, address):
+            self.port = next(handed)
+            bound.append(self.port)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+        def close(self):
+            closed.append(self.port)
+
+    monkeypatch.setattr(socket, "socket", Kernel)
+    assert localcluster.free_ports(3) == [40001, 40002, 40003]
+    assert sorted(closed) == sorted(bound) == [8265, 40001, 40002, 40003, 52365]  # all held until the end
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_submit_train_then_label_to_a_real_local_cluster(tmp_path):
