@@ -181,14 +181,14 @@ def pretrain_loop_per_worker(config: dict) -> None:
     heldout = [r for r in ctx.rows if is_heldout(r, t.heldout_permille)]
     train_rows = [r for r in ctx.rows if not is_heldout(r, t.heldout_permille)]
     keras.utils.set_random_seed(t.seed)
-    from albert_ray.worker import _min_across_workers, sums_across_workers
+    from albert_ray.worker import min_across_workers, sums_across_workers
 
     # the workers' totals (collectives: every worker asks): held-out metrics, the header
     combine = None if ctx.world == 1 else lambda values: sums_across_workers(ctx.strategy, values)
     sequences, held_out = (int(n) for n in (combine or np.asarray)([len(ctx.rows), len(heldout)]))
     steps_per_epoch = len(train_rows) // t.batch_size
     if ctx.world > 1:  # every worker must run the same number of steps: the smallest shard decides
-        steps_per_epoch = _min_across_workers(ctx.strategy, steps_per_epoch)
+        steps_per_epoch = min_across_workers(ctx.strategy, steps_per_epoch)
     if steps_per_epoch == 0:  # in this process; through Ray, require_enough_text refused it first
         raise too_small(cfg, len(train_rows) * ctx.world, ctx.world)
     if not held_out and ctx.rank == 0:

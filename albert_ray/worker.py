@@ -411,7 +411,7 @@ def run_epoch(tr: Training, ctx: Context, cfg: WorkerConfig, task: Task, state: 
                              split_global=t.shard == "deterministic", bucket_by_length=t.bucket_by_length,
                              pad_to=cfg.spec.max_len)
     # every worker must run the same number of steps (collectives): the smallest shard decides
-    n = _min_across_workers(ctx.strategy, len(batches)) if ctx.world > 1 and t.shard == "ray" else len(batches)
+    n = min_across_workers(ctx.strategy, len(batches)) if ctx.world > 1 and t.shard == "ray" else len(batches)
     n -= n % t.grad_accum_steps if n >= t.grad_accum_steps else 0
     first = state.batch if epoch == state.epoch else 0
     bar = StepBar(cfg.progress_bar and ctx.rank == 0, n - first, f"epoch {epoch + 1}/{t.epochs}", cfg.rows is None)
@@ -472,7 +472,8 @@ def _across_workers(strategy, values: Sequence[float]) -> np.ndarray:
     return strategy.gather(value, axis=0).numpy()
 
 
-def _min_across_workers(strategy, n: int) -> int:
+def min_across_workers(strategy, n: int) -> int:
+    """The smallest ``n`` of any worker (the steps every worker can run in step)."""
     return int(_across_workers(strategy, [n]).min())
 
 
