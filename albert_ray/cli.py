@@ -281,7 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show everything: TensorFlow's C++ logs, Ray's internal messages, Ray Data's bars")
     sub = parser.add_subparsers(dest="command", required=True)
+    _training_commands(sub)
+    _model_commands(sub)
+    _cluster_commands(sub)
+    return parser
 
+
+def _training_commands(sub) -> None:
+    """params, train, pretrain."""
     p = sub.add_parser("params", help="parameter counts of every encoder config in a folder")
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
                    help="folder of albert_config*.json / bert_config.json (default: %(default)s or $ALBERT_RAY_CONFIGS)")
@@ -303,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ray", action="store_true", help="run the loop in this process, without Ray")
     p.set_defaults(func=_cmd_pretrain)
 
+
+def _model_commands(sub) -> None:
+    """What a trained model directory is used for: evaluate, predict, export, label."""
     p = sub.add_parser("evaluate", help="evaluate a model directory on labelled data")
     p.add_argument("--model", required=True, help="model directory written by train")
     p.add_argument("--data", required=True, help="labelled file in any supported format")
@@ -329,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
     p.set_defaults(func=_cmd_label)
 
+
+def _cluster_commands(sub) -> None:
+    """plan (GPU memory) and cluster (a local Ray head)."""
     p = sub.add_parser("plan", help="estimate per-GPU memory and recommend batch / accumulation")
     p.add_argument("--model", required=True, help="encoder config JSON, e.g. albert_config_xlarge.json")
     p.add_argument("--gpu-mem", required=True, help="memory per GPU, e.g. 16GiB")
@@ -343,7 +356,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="CPUs the node offers (default: all)")
     p.add_argument("--state-dir", default=".ray-local", help="where the cluster's state and token live")
     p.set_defaults(func=_cmd_cluster)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

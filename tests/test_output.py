@@ -65,7 +65,7 @@ def test_the_demo_prints_our_lines_and_bars_only_and_v_brings_the_rest_back(tmp_
     if not shutil.which("script"):
         pytest.skip("util-linux 'script' (a pseudo-terminal) is not installed")
     cmd = (f"stty cols 120 rows 40; {sys.executable} -m albert_ray.cli train --config jobs/configs/sample_ner.yaml "
-           f"output_dir={tmp_path} train.epochs=2 --predict 张伟昨天在北京会见了新华社代表团。")
+           f"output_dir={tmp_path} train.epochs=2 data.max_train_examples=300 --predict 张伟昨天在北京会见了新华社代表团。")
     out = subprocess.run(["script", "-qec", cmd, str(tmp_path / "tty.log")], capture_output=True, timeout=400,
                          stdin=subprocess.DEVNULL)
     assert out.returncode == 0
