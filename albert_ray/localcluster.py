@@ -29,8 +29,10 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Ray's fixed default ports: a port the kernel hands out may be one of them (52365, the dashboard
 # agent's, lies in Linux's ephemeral range) and a Ray started with only some ports chosen then
 # refuses to start: "Ray component dashboard_agent_http is trying to use a port number 52365
-# that is used by other components" (seen in CI, 1 start in ~28 000)
-RAY_DEFAULT_PORTS = frozenset({6379, 8076, 8265, 10001, 52365})
+# that is used by other components" (seen in CI, 1 start in ~28 000). Ray 2.60's defaults:
+# ray_constants DEFAULT_PORT, DEFAULT_DASHBOARD_PORT, DEFAULT_DASHBOARD_AGENT_LISTEN_PORT, and the
+# client server's 10001 (scripts.py); its default worker ports (10002-19999) lie below the range
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
 
 
 def free_ports(n: int) -> list[int]:
