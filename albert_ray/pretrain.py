@@ -28,7 +28,8 @@ from albert_ray.config import EncoderConfig, check_fits, checkpoint_folder_files
 from albert_ray.masking import is_heldout, make_batch
 from albert_ray.mlm import build_mlm_model, load_head, masked_loss, order_loss, save_pretrained
 from albert_ray.pretrain_corpus import (READ_TASK_CPUS, CorpusTally, corpus_sequences, corpus_texts,
-                                        require_enough_text, sequences_dataset, tallied, too_small)
+                                        peek_tally, require_a_step_per_share, require_enough_text,
+                                        sequences_dataset, tallied, too_small)
 from albert_ray.progress import StepBar, bars_wanted
 from albert_ray.tokenization import Vocab
 
@@ -463,7 +464,12 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
         require_read_room(t.num_workers, t.cpus_per_worker, READ_TASK_CPUS, "the corpus")
         tally = ray.remote(num_cpus=0)(CorpusTally).remote()
         sequences = sequences_dataset(cfg, vocab, tally)
-        split = every_row_split(sequences, t.num_workers, f"{cfg.name}: packed corpus")
+        try:
+            split = every_row_split(sequences, t.num_workers, f"{cfg.name}: packed corpus",
+                                    lambda shares: require_a_step_per_share(cfg, shares, peek_tally(tally)))
+        except ValueError:
+            ray.kill(tally)
+            raise
         storage = cfg.storage_path or str(Path(cfg.output_dir, "ray").resolve())
         threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
         trainer = trainer_class()(

@@ -137,6 +137,26 @@ def require_enough_text(cfg: PretrainConfig, vocab: Vocab) -> None:
     raise too_small(cfg, training, t.num_workers, count)
 
 
+def require_a_step_per_share(cfg: PretrainConfig, shares, count: CorpusCount) -> None:
+    """After the corpus is cut among the workers (``runtime.every_row_split``): each worker's
+    share must hold one step's training sequences. Held-out sequences are chosen by content, so
+    they can gather in one share and leave it short although the whole corpus has enough.
+
+    Raises:
+        ValueError: one line with every share's training sequences and what to change.
+    """
+    b = cfg.train.batch_size
+    training = [s.count() - int(s.sum("heldout") or 0) for s in shares]
+    if min(training) >= b:
+        return
+    inputs = ", ".join(cfg.inputs[:3]) + (f" (+{len(cfg.inputs) - 3} more)" if len(cfg.inputs) > 3 else "")
+    raise ValueError(f"{inputs}: the corpus gives {_count(sum(training), 'training sequence')} of model.max_len="
+                     f"{cfg.model.max_len} ({count.describe()}), cut among {len(shares)} workers as "
+                     f"{' + '.join(f'{n:,}' for n in training)} (held-out sequences fall unevenly); each worker's "
+                     f"step takes train.batch_size {b}: add text or lower train.batch_size or "
+                     f"train.heldout_permille")
+
+
 class CorpusTally:
     """A Ray actor the read tasks report to, a count per file: a re-executed task (a retry, a
     lost block read again) overwrites its file's count instead of adding to it."""
@@ -174,13 +194,21 @@ def sequences_dataset(cfg: PretrainConfig, vocab: Vocab, tally):
         _read_and_pack, fn_kwargs={"cfg": cfg, "vocab": vocab, "tally": tally}, batch_size=1, num_cpus=READ_TASK_CPUS)
 
 
-def tallied(tally) -> CorpusCount:
-    """The whole corpus' count from a :class:`CorpusTally` actor (the first skipped row: in path
-    order), which is then let go."""
+def peek_tally(tally) -> CorpusCount:
+    """The whole corpus' count so far from a :class:`CorpusTally` actor (the first skipped row: in
+    path order)."""
     import ray
 
     count = CorpusCount()
     for path in sorted(by_file := ray.get(tally.get.remote())):
         count.merge(by_file[path])
+    return count
+
+
+def tallied(tally) -> CorpusCount:
+    """The whole corpus' count from a :class:`CorpusTally` actor, which is then let go."""
+    import ray
+
+    count = peek_tally(tally)
     ray.kill(tally)
     return count

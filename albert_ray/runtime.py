@@ -119,10 +119,11 @@ def require_read_room(num_workers: int, cpus_per_worker: float, read_cpus: float
                          f"train.tf_threads)")
 
 
-def every_row_split(ds, workers: int, what: str):
+def every_row_split(ds, workers: int, what: str, require=None):
     """Materialize ``ds`` and cut it into ``workers`` shards that differ by at most one row;
     returns the Ray Train ``DataConfig`` that hands shard i to rank i (the trainer's ``datasets``
-    only name the dataset then).
+    only name the dataset then). ``require(shards)``, if given, may refuse the shards (with a
+    one-line error) before any worker starts.
 
     Ray Train's own split, ``streaming_split(workers, equal=True)``
     (``ray/train/_internal/data_config.py``), drops the rows that do not divide evenly, up to
@@ -140,6 +141,8 @@ def every_row_split(ds, workers: int, what: str):
     shards = ds.split_at_indices(cuts) if cuts else [ds]
     log.info("%s: %s rows ready in %.1f s, %s to each of %d workers", what, f"{rows:,}", time.time() - began,
              "/".join(sorted({f"{s.count():,}" for s in shards})), workers)
+    if require is not None:
+        require(shards)
 
     class EveryRowSplit(DataConfig):
         def configure(self, datasets, world_size, worker_handles=None, worker_node_ids=None, **kwargs):

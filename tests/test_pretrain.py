@@ -228,6 +228,34 @@ def test_killed_pretraining_workers_resume_from_their_step_checkpoint_with_every
 
 
 @pytest.mark.slow
+@pytest.mark.ci  # a few seconds beside the module's Ray of the test above
+def test_a_worker_share_short_of_a_step_is_one_line_before_any_worker(tmp_path, local_ray):
+    """Enough training sequences overall (the check before Ray passes), but the held-out ones all
+    in the first worker's share: refused after the cut, before the workers start."""
+    from albert_ray.masking import is_heldout
+    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain_corpus import corpus_sequences
+
+    corpus = _corpus(tmp_path)
+    rng = np.random.default_rng(1)
+    candidates = ["".join(rng.choice(CHARS, 6)) for _ in range(40)]  # a body of 6: one sequence of 8 each
+    corpus.write_text("\n".join(candidates) + "\n", encoding="utf-8")
+    overrides = ["model.max_len=8", "train.batch_size=2", "train.heldout_permille=500", "train.num_workers=2",
+                 "train.cpus_per_worker=0.75", f"storage_path={tmp_path}/ray"]
+    rows, _ = corpus_sequences(_cfg(tmp_path, *overrides), VOCAB)
+    held = [is_heldout(r, 500) for r in rows]
+    lines = [c for c, h in zip(candidates, held) if h][:5] + [c for c, h in zip(candidates, held) if not h][:5]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        pretrain(_cfg(tmp_path, *overrides))
+    assert str(err.value) == (f"{corpus}: the corpus gives 5 training sequences of model.max_len=8 (10 texts, 10 "
+                              "sequences), cut among 2 workers as 0 + 5 (held-out sequences fall unevenly); each "
+                              "worker's step takes train.batch_size 2: add text or lower train.batch_size or "
+                              "train.heldout_permille")
+    assert not (tmp_path / "ray" / "p-pretrain").exists()  # no Ray Train run began
+
+
+@pytest.mark.slow
 @pytest.mark.ci  # in-process pre-training with sentence-order prediction
 def test_sentence_order_is_learned_and_written_under_the_published_names(tmp_path):
     import tensorflow as tf
