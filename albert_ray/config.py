@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from albert_ray.paths import not_found
+
 LAYOUTS = ("albert_brightmart", "albert_google", "bert")
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "tanh", "swish", "linear")
 LN_TYPES = ("postln", "preln")
@@ -104,7 +106,7 @@ class EncoderConfig:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"encoder config not found: {path}")
+            raise not_found("encoder config", path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:

@@ -41,6 +41,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from albert_ray.paths import where
+
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet")
 RAW_LIMIT = 1000          # characters of an offending line kept in the quarantine
 BOM = b"\xef\xbb\xbf"
@@ -149,7 +151,7 @@ def expand_inputs(inputs, fmt: str = "auto") -> list[InputFile]:
             fs = pafs.LocalFileSystem()
             found = [(os.path.abspath(p), fs.get_file_info(os.path.abspath(p))) for p in paths]
         if not found:
-            raise FileNotFoundError(f"input {item!r} matches no file")
+            raise FileNotFoundError(f"input {item!r} matches no file{where(item)}")
         for path, info in found:
             files.append(InputFile(path, detect_input_format(path, fmt), int(info.size or 0), int(info.mtime_ns or 0)))
     seen: set[str] = set()

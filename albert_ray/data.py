@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from albert_ray.labels import tag_error, tags_to_spans
+from albert_ray.paths import not_found
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def read_examples(path: str | Path, fmt: str = "auto", multilabel: bool = False,
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise not_found("data file", path)
     if on_bad_records not in BAD_RECORD_POLICIES:
         raise ValueError(f"on_bad_records={on_bad_records!r}: must be one of {BAD_RECORD_POLICIES}")
     fmt = detect_format(path) if fmt == "auto" else fmt

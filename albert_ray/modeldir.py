@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from albert_ray.paths import where
 from albert_ray.spec import PRECISION_POLICIES, ModelSpec
 from albert_ray.tasks import build_task_model, task_for
 from albert_ray.tokenization import Vocab
@@ -83,7 +84,7 @@ def check(path: str | Path) -> tuple[ModelSpec, Vocab]:
     """
     path = Path(path)
     if not path.is_dir():
-        raise ModelDirError(f"model directory not found: {path}")
+        raise ModelDirError(f"model directory not found: {path}{where(path)}")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
     if missing:
         raise ModelDirError(f"{path} is not a model directory: {', '.join(missing)} missing "

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from albert_ray.config import EncoderConfig
+from albert_ray.paths import not_found
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def params_table(config_dir: str | Path, num_classes: int = 5, seq_len: int = 51
     """
     folder = Path(config_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"config folder not found: {folder}")
+        raise not_found("config folder", folder)
     files = sorted(folder.glob("*config*.json"))
     if not files:
         raise FileNotFoundError(f"no *config*.json files in {folder}")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from albert_ray.paths import not_found
+
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 
 
@@ -47,7 +49,7 @@ class Vocab:
     def from_file(cls, path: str | Path) -> "Vocab":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"vocab file not found: {path}")
+            raise not_found("vocab file", path)
         with path.open(encoding="utf-8") as f:
             tokens = [line.rstrip("\n").rstrip("\r") for line in f]
         try:

@@ -21,6 +21,7 @@ from albert_ray import modeldir
 from albert_ray.config import EncoderConfig, check_fits
 from albert_ray.data import Example, read_examples
 from albert_ray.jobconfig import JobConfig
+from albert_ray.paths import where
 from albert_ray.progress import bars_wanted
 from albert_ray.runtime import (every_row_split, init_ray, require_read_room, require_shared_storage,
                                 trainer_class)
@@ -44,7 +45,7 @@ def check_job(job: JobConfig) -> None:
     for key in ("train", "dev", "test"):
         path = getattr(job.data, key)
         if path and "://" not in path and not Path(path).exists():
-            raise FileNotFoundError(f"data.{key}: {path} not found")
+            raise FileNotFoundError(f"data.{key}: {path} not found{where(path)}")
     encoder, _ = encoder_and_vocab(job)
     if job.model.init == "checkpoint":
         from albert_ray.runtime import import_tensorflow

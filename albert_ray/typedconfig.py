@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from albert_ray.paths import not_found
+
 
 class ConfigFileError(ValueError):
     """A config value that is missing, unknown or out of range; names the field."""
@@ -28,7 +30,7 @@ def read_yaml(path: str | Path, what: str = "config") -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise not_found(what, path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

@@ -65,6 +65,22 @@ def test_file_level_problems_are_found_in_the_driver_before_ray(tmp_path):
     assert seconds < 60
 
 
+
+def test_a_relative_path_not_found_names_the_working_directory_it_was_read_from(tmp_path):
+    # the usual cause: the repo's configs (paths relative to the repo) run from another folder
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "pretrain", "--config",
+                          str(repo / "jobs/configs/pretrain/sample.yaml"), "--no-ray"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "albert-ray pretrain: error: encoder config not found: data/albert_config_sample.json "
+        f"(relative to the working directory {tmp_path})"]
+    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "train", "--config", str(repo / SAMPLE)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"albert-ray train: error: data.train: data/ner_sample.train.bio not found "
+        f"(relative to the working directory {tmp_path})"]
+
 def test_a_bad_record_found_while_preparing_is_one_line_without_a_ray_traceback(tmp_path):
     bad = tmp_path / "bad.bio"
     bad.write_text("张 B-PER\n伟 I-PER\n\n李 X-PER\n", encoding="utf-8")

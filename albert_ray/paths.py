@@ -1,0 +1,21 @@
+"""How a path the user gave is named when it is not there: relative paths in configs and on the
+command line are read from the working directory, so the message says which one (the usual
+cause is a command run from another folder than the one the config's paths assume)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def where(path: str | Path) -> str:
+    """``""`` for an absolute path or a URI, else `` (relative to the working directory DIR)``."""
+    text = str(path)
+    if "://" in text or os.path.isabs(text):
+        return ""
+    return f" (relative to the working directory {os.getcwd()})"
+
+
+def not_found(what: str, path: str | Path) -> FileNotFoundError:
+    """``FileNotFoundError("<what> not found: <path>[ (relative to the working directory DIR)]")``."""
+    return FileNotFoundError(f"{what} not found: {path}{where(path)}")
