@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -283,6 +284,12 @@ def print_result(result: dict, tasks: list[str], rates: list[float]) -> None:
             print(f"{name:<17}{'best':>8}{b['random']:>12.4f}{b['pretrained']:>12.4f}  gain {b['gain']:+.4f}")
 
 
+def head_commit() -> str:
+    """The checkout's commit when the run starts (``git rev-parse --short HEAD``), "" outside a git checkout."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
@@ -313,6 +320,7 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    run = {"command": " ".join(["python benchmarks/pretrain_gain.py", *sys.argv[1:]]), "commit": head_commit()}
     if args.checkpoints:
         with tempfile.TemporaryDirectory() as tmp:
             rows = reference_table(Path(args.checkpoints), args.configs.split(","), Path(tmp), args.overrides)
@@ -320,13 +328,13 @@ def main() -> None:
         output = Path(args.output if args.output != parser.get_default("output")
                       else ROOT / "benchmarks" / "results" / "reference_table.json")
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({"checkpoints": args.checkpoints, "rows": rows}, indent=2))
+        output.write_text(json.dumps({**run, "checkpoints": args.checkpoints, "rows": rows}, indent=2))
         return
     corpora = Path(args.corpora)
     tasks, rates = args.tasks.split(","), [float(v) for v in args.learning_rates.split(",")]
     if unknown := [t for t in tasks if t not in RECIPES]:
         raise SystemExit(f"--tasks: unknown {', '.join(unknown)} (choose from {', '.join(RECIPES)})")
-    result: dict = {"machine": f"{os.cpu_count()} CPUs", "encoder": "data/albert_config_sample.json"}
+    result: dict = {**run, "machine": f"{os.cpu_count()} CPUs", "encoder": "data/albert_config_sample.json"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(args.workdir or tmp)
         tmp.mkdir(parents=True, exist_ok=True)

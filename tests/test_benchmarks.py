@@ -47,7 +47,12 @@ def test_reference_table_fine_tunes_every_config_from_every_release_folder(tmp_p
                           "--set", "data.max_train_examples=200", "--output", str(tmp_path / "ref.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = json.loads((tmp_path / "ref.json").read_text())["rows"]
+    ref = json.loads((tmp_path / "ref.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert (ref["command"], ref["commit"]) == (
+        f"python benchmarks/pretrain_gain.py --checkpoints {tmp_path / 'ckpts'} --configs sample_ner,sample_classify "
+        f"--set train.epochs=1 --set data.max_train_examples=200 --output {tmp_path / 'ref.json'}", head)
+    rows = ref["rows"]
     assert [(r["config"], r["size"], r["published"]) for r in rows] == [("sample_ner", "tiny", None),
                                                                          ("sample_classify", "tiny", None)]
     assert all(0.0 <= r["score"] <= 1.0 for r in rows)
