@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -320,7 +321,7 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run = {"command": " ".join(["python benchmarks/pretrain_gain.py", *sys.argv[1:]]), "commit": head_commit()}
+    run = {"command": shlex.join(["python", "benchmarks/pretrain_gain.py", *sys.argv[1:]]), "commit": head_commit()}
     if args.checkpoints:
         with tempfile.TemporaryDirectory() as tmp:
             rows = reference_table(Path(args.checkpoints), args.configs.split(","), Path(tmp), args.overrides)
