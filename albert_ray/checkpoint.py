@@ -20,6 +20,7 @@ from tensorflow import keras
 
 from albert_ray.config import EncoderConfig
 from albert_ray.encoder import encoder_for
+from albert_ray.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {prefix}: its index file {prefix}.index cannot be read "
-                              f"({_first_line(exc)}); it is damaged or truncated") from None
+                              f"({first_line(exc)}); it is damaged or truncated") from None
     shapes = reader.get_variable_to_shape_map()
     layout = detect_layout(shapes)
     if layout != config.layout:
@@ -173,7 +174,7 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
         try:
             value = reader.get_tensor(var)
         except (tf.errors.OpError, IndexError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {prefix}: variable {var} cannot be read ({_first_line(exc)}); its "
+            raise CheckpointError(f"checkpoint {prefix}: variable {var} cannot be read ({first_line(exc)}); its "
                                   f"data file is damaged or truncated") from None
         weight.assign(value)
     ignored = tuple(sorted(set(shapes) - wanted))
@@ -189,11 +190,6 @@ def check_checkpoint(config: EncoderConfig, path: str | Path) -> LoadReport:
     from albert_ray.encoder import build_encoder
 
     return load_checkpoint(build_encoder(config), config, path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return text.strip().splitlines()[0]
 
 
 def encoder_variables(model: keras.Model, config: EncoderConfig) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from albert_ray.errors import first_line
 from albert_ray.paths import where
 from albert_ray.spec import PRECISION_POLICIES, ModelSpec
 from albert_ray.tasks import build_task_model, task_for
@@ -171,9 +172,8 @@ def load(path: str | Path, precision: str = "float32"):
     try:
         model.load_weights(str(path / WEIGHTS_FILE))
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelDirError(f"{path / WEIGHTS_FILE}: does not fit the model {path / SPEC_FILE} describes "
-                            f"({first})") from None
+                            f"({first_line(exc)})") from None
     return model, spec, vocab
 
 

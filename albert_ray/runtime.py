@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import os
 import re
 import time
+
+from albert_ray.errors import USER_ERRORS, first_line
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +179,31 @@ def trainer_class():
             signal.signal(signal.SIGINT, handler)
 
         def fit(self):
+            """Run, starting again from the latest checkpoint after a worker failure, at most
+            ``failure_config.max_failures`` times; a user error raised by a worker ends the run
+            at once, as itself. Ray Train's own policy retries every worker error alike (2.60
+            has no public way to tell a bad input from a lost node), so Ray is told 0 retries."""
+            from ray.train.v2.api.exceptions import WorkerGroupError
+
+            budget = self.run_config.failure_config.max_failures
+            # in place: the run context holds this same RunConfig
+            self.run_config.failure_config = dataclasses.replace(self.run_config.failure_config, max_failures=0)
+            for failures in itertools.count(1):
+                try:
+                    return self._fit_once()
+                except WorkerGroupError as exc:
+                    ranks = sorted(exc.worker_failures.items())
+                    user = next((err for _, err in ranks if isinstance(err, USER_ERRORS)), None)
+                    if user is not None:
+                        raise user.with_traceback(None) from None
+                    if failures > budget:
+                        raise
+                    rank, err = ranks[0]
+                    log.warning("%s: worker %d failed (%s: %s); starting again from the latest checkpoint "
+                                "(failure %d of %d allowed, train.max_failures)", self.run_config.name, rank,
+                                type(err).__name__, first_line(err), failures, budget)
+
+        def _fit_once(self):
             try:
                 return super().fit()
             except KeyboardInterrupt:  # ray.get re-raises a plain one: say what is kept

@@ -215,3 +215,83 @@ def test_predict_file_keeps_one_output_line_per_input_line(tmp_path):
     assert "entities" in records[0] and "entities" in records[3]
     assert [line for line in out.stderr.splitlines() if "predict" in line] == [
         f"albert-ray predict: {f}:3: invalid UTF-8 (byte 0xff at column 7); its output line holds the error"]
+
+
+# ---- errors inside Ray Train workers ----------------------------------------------------------
+def _failing_loop():
+    """A training loop for Ray Train workers (nested: pickled by value, workers need not import this file)."""
+
+    def loop(config):
+        """Resume from the last checkpoint, record the step this attempt starts at, report a checkpoint,
+        then let rank 0 fail as ``config["fail"]`` says while fewer than ``config["until"]`` attempts ran."""
+        import json
+        import os
+        import tempfile
+        import time
+
+        import ray.train
+
+        from albert_ray.data import DataError
+
+        start = 0
+        if ray.train.get_checkpoint():
+            with ray.train.get_checkpoint().as_directory() as d:
+                start = json.loads(open(os.path.join(d, "state.json")).read())["step"]
+        rank = ray.train.get_context().get_world_rank()
+        if rank == 0:
+            with open(config["log"], "a") as f:
+                f.write(f"{start}\n")
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "state.json"), "w") as f:
+                f.write(json.dumps({"step": start + 1}))
+            ray.train.report({"step": start + 1}, checkpoint=ray.train.Checkpoint.from_directory(d))
+        if rank == 0 and start < config["until"]:
+            if config["fail"] == "user":
+                raise DataError("corpus.txt line 3: the text is not a string (a list)")
+            snapshot = os.path.join(config["run_dir"], "checkpoint_manager_snapshot.json")
+            for _ in range(600):  # die once the controller has registered this attempt's checkpoint
+                try:
+                    if len(json.loads(open(snapshot).read()).get("checkpoint_results") or []) > start:
+                        break
+                except (OSError, ValueError):  # not there yet, or being written
+                    pass
+                time.sleep(0.05)
+            os._exit(1)  # the process dies: what a lost node or the OOM killer looks like
+
+    return loop
+
+
+def _run(tmp_path, name: str, fail: str, until: int, max_failures: int):
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+
+    from albert_ray.runtime import trainer_class
+
+    log = tmp_path / f"{name}.log"
+    trainer = trainer_class()(
+        _failing_loop(), train_loop_config={"log": str(log), "fail": fail, "until": until,
+                                         "run_dir": str(tmp_path / "ray" / name)},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=RunConfig(name=name, storage_path=str(tmp_path / "ray"),
+                             failure_config=FailureConfig(max_failures=max_failures)))
+    try:
+        return trainer.fit(), None, [int(v) for v in log.read_text().split()]
+    except Exception as exc:  # noqa: BLE001 (the test looks at which one)
+        return None, exc, [int(v) for v in log.read_text().split()]
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_its_checkpoint(tmp_path,
+                                                                                               local_ray):
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from albert_ray.data import DataError
+
+    # a user error: one attempt although two retries are allowed, and the error is the worker's own
+    result, exc, starts = _run(tmp_path, "user", "user", until=9, max_failures=2)
+    assert type(exc) is DataError and str(exc) == "corpus.txt line 3: the text is not a string (a list)"
+    assert starts == [0]
+    # a dead worker: started again from the latest checkpoint, as often as allowed, then Ray's error
+    # (that a run finishes after a restart is test_ray_training's killed-worker test)
+    result, exc, starts = _run(tmp_path, "dies", "exit", until=9, max_failures=2)
+    assert isinstance(exc, WorkerGroupError) and starts == [0, 1, 2]
