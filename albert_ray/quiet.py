@@ -69,6 +69,35 @@ def set_verbose(on: bool) -> None:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
+# Ray Train 2.60's loggers that print a failed training function's traceback: the worker's, and
+# the controller's with its failure decision (the same traceback again)
+_TRACEBACK_LOGGERS = ("ray.train.v2._internal.util", "ray.train.v2._internal.execution.failure_handling.default")
+SETUP_HOOK = "albert_ray.quiet.hide_user_error_tracebacks"  # runtime_env worker_process_setup_hook
+
+
+def hide_user_error_tracebacks() -> None:
+    """Ray's process setup hook (``SETUP_HOOK``): for a user error raised in a training worker
+    the driver prints the error's own line (:mod:`albert_ray.errors`), so Ray Train's two
+    tracebacks of it are not logged. Every other failure keeps them; ``-v`` keeps all."""
+    for name in _TRACEBACK_LOGGERS:
+        logging.getLogger(name).addFilter(_not_a_user_error)
+
+
+def _not_a_user_error(record: logging.LogRecord) -> bool:
+    import sys
+
+    from albert_ray.errors import USER_ERRORS
+
+    if verbose():
+        return True
+    # the worker logs inside its except block; the controller passes the WorkerGroupError
+    exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    failures = getattr(exc, "worker_failures", None)
+    errors = failures.values() if failures else [exc]
+    # on the controller a worker's error is wrapped with its traceback text (UserExceptionWithTraceback)
+    return not any(isinstance(getattr(err, "_base_exc", err), USER_ERRORS) for err in errors)
+
+
 def is_noise(line: str) -> bool:
     """A line the default output leaves out (never when verbose)."""
     return not verbose() and bool(NOISE.search(_RAY_PREFIX.sub("", _ANSI.sub("", line))))

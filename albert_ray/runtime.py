@@ -41,12 +41,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
     if ray.is_initialized():
         return
-    from albert_ray.quiet import VERBOSE_ENV
+    from albert_ray.quiet import SETUP_HOOK, VERBOSE_ENV
 
     env = {**WORKER_ENV, VERBOSE_ENV: os.environ.get(VERBOSE_ENV, "0"),
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", WORKER_ENV["TF_CPP_MIN_LOG_LEVEL"])}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env})
+        ray.init(address=address, runtime_env={"env_vars": env, "worker_process_setup_hook": SETUP_HOOK})
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
@@ -70,6 +70,7 @@ def start_local_ray(env: dict, num_cpus: int | None, dashboard: bool) -> None:
     from ray._private import ray_constants
 
     from albert_ray.localcluster import free_port
+    from albert_ray.quiet import SETUP_HOOK
 
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before (see LOOPBACK_ENV)
     port = free_port()
@@ -78,7 +79,7 @@ def start_local_ray(env: dict, num_cpus: int | None, dashboard: bool) -> None:
     os.environ[ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)  # read by the head node it starts
     try:
         ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=dashboard,
-                 runtime_env={"env_vars": env}, configure_logging=False)
+                 runtime_env={"env_vars": env, "worker_process_setup_hook": SETUP_HOOK}, configure_logging=False)
     finally:
         if saved is None:
             os.environ.pop(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE, None)

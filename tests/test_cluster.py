@@ -17,10 +17,17 @@ def load(path):
 
 
 def test_runtime_env_sets_legacy_keras_and_excludes_the_venv():
+    from albert_ray.quiet import SETUP_HOOK
+
     for name in ("cluster/runtime_env.yaml", "cluster/runtime_env_pip.yaml"):
         env = load(name)
         assert env["env_vars"]["TF_USE_LEGACY_KERAS"] == "1"
         assert ".venv" in env["excludes"] and ".git" in env["excludes"]
+        assert env["worker_process_setup_hook"] == SETUP_HOOK
+    job_env = yaml.safe_load(load("cluster/kuberay/rayjob.yaml")["spec"]["runtimeEnvYAML"])
+    assert job_env["worker_process_setup_hook"] == SETUP_HOOK and job_env["env_vars"]["TF_USE_LEGACY_KERAS"] == "1"
+    module, function = SETUP_HOOK.rsplit(".", 1)  # what Ray imports in every worker
+    assert callable(getattr(__import__(module, fromlist=[function]), function))
     pins = load("cluster/runtime_env_pip.yaml")["pip"]["packages"]
     pyproject = (ROOT / "pyproject.toml").read_text()
     for pin in pins:  # the pip runtime env installs exactly the project's pins

@@ -295,3 +295,34 @@ def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_
     # (that a run finishes after a restart is test_ray_training's killed-worker test)
     result, exc, starts = _run(tmp_path, "dies", "exit", until=9, max_failures=2)
     assert isinstance(exc, WorkerGroupError) and starts == [0, 1, 2]
+
+
+def test_ray_train_tracebacks_of_a_user_error_are_not_logged_and_others_are():
+    import logging
+
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from albert_ray.data import DataError
+    from albert_ray.quiet import _not_a_user_error
+
+    def record(exc_info=None):
+        return logging.LogRecord("ray.train", logging.ERROR, __file__, 1, "failed", None, exc_info)
+
+    def controller_record(*errors):  # the controller logs its decision with the WorkerGroupError
+        exc = WorkerGroupError("snippet", {rank: UserExceptionWithTraceback(err, "Traceback ...")
+                                           for rank, err in enumerate(errors)})
+        return record((WorkerGroupError, exc, None))
+
+    assert not _not_a_user_error(controller_record(RuntimeError("collective aborted"), DataError("a.txt line 3")))
+    assert not _not_a_user_error(controller_record(FileNotFoundError("corpus.txt")))
+    assert _not_a_user_error(controller_record(RuntimeError("CUDA out of memory"), MemoryError()))
+    try:  # the worker logs inside the except block that caught its training function's error
+        raise DataError("a.txt line 3: bad label 'X'")
+    except DataError:
+        assert not _not_a_user_error(record())
+    try:
+        raise ZeroDivisionError("a bug")
+    except ZeroDivisionError:
+        assert _not_a_user_error(record())
+    assert _not_a_user_error(record())  # no error at all
