@@ -169,7 +169,8 @@ def _cmd_label(args) -> int:
 def _cmd_pretrain(args) -> int:
     import dataclasses
 
-    from albert_ray.pretrain import PretrainConfig, load_pretrain_config, pretrain
+    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain_config import PretrainConfig, load_pretrain_config
 
     inputs, overrides = split_inputs(args.inputs, args.overrides, {f.name for f in dataclasses.fields(PretrainConfig)})
     cfg = load_pretrain_config(args.config, overrides, inputs)

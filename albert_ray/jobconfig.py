@@ -14,12 +14,11 @@ from typing import Any
 
 from albert_ray.data import BAD_RECORD_POLICIES, FORMATS
 from albert_ray.labels import SCHEMES
-from albert_ray.spec import POOLINGS, TRUNCATIONS
+from albert_ray.spec import POOLINGS, TRAIN_PRECISIONS, TRUNCATIONS
 from albert_ray.tasks import task_names
 from albert_ray.typedconfig import ConfigFileError, apply_overrides, build, flatten, read_yaml
 
 JobConfigError = ConfigFileError  # the name job-config callers know
-TRAIN_PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)

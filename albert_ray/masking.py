@@ -18,7 +18,7 @@ from albert_ray.batching import pad_batch
 from albert_ray.tokenization import CLS, MASK, PAD, SEP, UNK, CharTokenizer, Vocab
 
 if TYPE_CHECKING:
-    from albert_ray.pretrain import PretrainTrain
+    from albert_ray.pretrain_config import PretrainTrain
 
 
 WORD_START = 1 << 30  # flag bit on a token id: a word begins here (whole-word masking)

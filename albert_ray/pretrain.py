@@ -9,8 +9,9 @@ and write the encoder in its own published checkpoint layout with the MLM head b
 (``cls/predictions/...``), its config JSON and ``vocab.txt`` — a directory that fine-tuning takes
 with ``model.init: checkpoint`` and ``model.checkpoint: <dir>`` alone. Packing and masking live
 in :mod:`albert_ray.masking`, the model, its heads and losses in :mod:`albert_ray.mlm`, the
-corpus read and its count in :mod:`albert_ray.pretrain_corpus`; this module owns the
-configuration, the worker loop and the driver.
+corpus read and its count in :mod:`albert_ray.pretrain_corpus`, the job's configuration in
+:mod:`albert_ray.pretrain_config`; this module owns the model files' resolution, the worker loop
+and the driver.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,25 +28,17 @@ import numpy as np
 from albert_ray.config import EncoderConfig, check_fits, checkpoint_folder_files
 from albert_ray.masking import is_heldout, make_batch
 from albert_ray.mlm import build_mlm_model, load_head, masked_loss, order_loss, save_pretrained
-from albert_ray.pretrain_corpus import (READ_TASK_CPUS, CorpusTally, corpus_sequences, corpus_texts,
+from albert_ray.pretrain_corpus import (READ_TASK_CPUS, CorpusCount, CorpusTally, corpus_sequences, corpus_texts,
                                         peek_tally, require_a_step_per_share, require_enough_text,
-                                        sequences_dataset, tallied, too_small)
+                                        sequences_dataset, too_small)
+from albert_ray.pretrain_config import PretrainConfig, PretrainTrain
 from albert_ray.progress import StepBar, bars_wanted
 from albert_ray.tokenization import Vocab
 
 log = logging.getLogger(__name__)
 
 
-# ---- configuration -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PretrainModel:
-    encoder_config: str | None = None    # default: the checkpoint's own, else data/albert_config_sample.json
-    vocab: str | None = None             # a vocab.txt; default: the checkpoint's; "auto": the corpus' characters
-    checkpoint: str | None = None        # continue from this checkpoint (domain adaptation)
-    max_len: int = 128
-    init_range: float | None = None      # std of a random start; default: init_std(encoder), see there
-
-
+# ---- the model ------------------------------------------------------------------------------
 def init_std(encoder: EncoderConfig, init_range: float | None = None) -> float:
     """The standard deviation of a random start: ``init_range`` if given, else
     ``max(initializer_range, 1/sqrt(hidden_size))``.
@@ -58,77 +51,6 @@ def init_std(encoder: EncoderConfig, init_range: float | None = None) -> float:
     baseline), 0.143 at 0.1; 0.02 needed 5,300 steps to reach 0.132.
     """
     return init_range if init_range is not None else max(encoder.initializer_range, encoder.hidden_size ** -0.5)
-
-
-@dataclass(frozen=True)
-class PretrainTrain:
-    epochs: int = 1
-    batch_size: int = 32                 # sequences per worker and step
-    learning_rate: float = 5e-4
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.01
-    mask_rate: float = 0.15
-    whole_word_masking: bool = False     # the corpus is word-segmented with spaces: mask whole words
-    sentence_order: bool = False         # ALBERT's sentence-order prediction beside the masked LM
-    max_steps: int = 0                   # 0: no limit
-    max_minutes: float = 0.0             # wall-clock budget of the training loop; 0: none
-    heldout_permille: int = 10           # sequences kept out of training to report MLM loss / accuracy
-    precision: str = "float32"           # float32 | mixed_float16 | mixed_bfloat16
-    xla: bool = False                    # jit-compile the training step (XLA)
-    seed: int = 42
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    tf_threads: int = 0
-    log_every: int = 50
-    max_failures: int = 1
-    checkpoint_every_steps: int = 0      # also checkpoint within epochs: a killed worker loses at most this many
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    name: str
-    inputs: tuple[str, ...]
-    format: str = "auto"
-    text_field: str = "text"
-    model: PretrainModel = field(default_factory=PretrainModel)
-    train: PretrainTrain = field(default_factory=PretrainTrain)
-    output_dir: str = "runs"
-    storage_path: str | None = None
-    ray_address: str | None = None
-
-    @property
-    def pretrained_dir(self) -> Path:
-        return Path(self.output_dir) / self.name / "pretrained"
-
-
-def load_pretrain_config(path: str | None, overrides: list[str] | None = None,
-                         inputs: list[str] | None = None) -> PretrainConfig:
-    """A :class:`PretrainConfig` from YAML and dotted overrides (``--input`` replaces ``inputs``).
-
-    Raises:
-        FileNotFoundError, ValueError: one line naming the field.
-    """
-    from albert_ray.typedconfig import apply_overrides, build, read_yaml
-
-    data = apply_overrides(read_yaml(path, "pretrain config") if path else {}, list(overrides or []))
-    if inputs:
-        data["inputs"] = list(inputs)
-    cfg = build(PretrainConfig, data)
-    t = cfg.train
-    for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("model.max_len", cfg.model.max_len),
-                       ("train.num_workers", t.num_workers), ("train.learning_rate", t.learning_rate)):
-        if value <= 0:
-            raise ValueError(f"{key}={value!r}: must be > 0")
-    if cfg.model.init_range is not None and cfg.model.init_range <= 0:
-        raise ValueError(f"model.init_range={cfg.model.init_range!r}: must be > 0")
-    if not 0 < t.mask_rate < 1:
-        raise ValueError(f"train.mask_rate={t.mask_rate!r}: must be in (0, 1)")
-    if t.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
-        raise ValueError(f"train.precision={t.precision!r}: must be one of ['float32', 'mixed_float16', 'mixed_bfloat16']")
-    if not cfg.inputs:
-        raise ValueError("inputs: give at least one file, directory or glob (or --input)")
-    return cfg
 
 
 def resolve_model_files(cfg: PretrainConfig) -> tuple[EncoderConfig, Vocab]:
@@ -434,11 +356,6 @@ def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain, combine=None) -> d
 # ---- driver ----------------------------------------------------------------------------------------
 def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     """Pre-train; write ``<output_dir>/<name>/pretrained/``; return its summary."""
-    import shutil
-
-    from albert_ray.runtime import (every_row_split, init_ray, require_read_room, require_shared_storage,
-                                    trainer_class)
-
     began = time.time()
     encoder, vocab = resolve_model_files(cfg)
     if cfg.model.checkpoint:
@@ -446,30 +363,47 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
 
         check_checkpoint(encoder, cfg.model.checkpoint)
     out = cfg.pretrained_dir
-    t = cfg.train
-    if in_process:
-        rows, count = corpus_sequences(cfg, vocab)
-        log.info("corpus: %s", count.describe())
-        if (training := sum(not is_heldout(r, t.heldout_permille) for r in rows)) < t.batch_size:
-            raise too_small(cfg, training, 1, count)
-        pretrain_loop_per_worker({"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out),
-                                                           bars_wanted())})
-    else:
-        import ray
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    count = (_pretrain_here if in_process else _pretrain_on_ray)(cfg, encoder, vocab, out)
+    (out / "optimizer.npz").unlink(missing_ok=True)
+    summary = json.loads((out / "pretrain.json").read_text())
+    summary.update(name=cfg.name, pretrained_dir=str(out), seconds=round(time.time() - began, 1),
+                   precision=cfg.train.precision, corpus=asdict(count))
+    (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
-        require_enough_text(cfg, vocab)
-        init_ray(cfg.ray_address)
-        require_shared_storage(cfg.storage_path, "storage_path")
-        require_read_room(t.num_workers, t.cpus_per_worker, READ_TASK_CPUS, "the corpus")
-        tally = ray.remote(num_cpus=0)(CorpusTally).remote()
+
+def _pretrain_here(cfg: PretrainConfig, encoder: EncoderConfig, vocab: Vocab, out: Path) -> CorpusCount:
+    """The worker loop in this process, on a corpus read here (no Ray): for tests and debugging."""
+    t = cfg.train
+    rows, count = corpus_sequences(cfg, vocab)
+    log.info("corpus: %s", count.describe())
+    if (training := sum(not is_heldout(r, t.heldout_permille) for r in rows)) < t.batch_size:
+        raise too_small(cfg, training, 1, count)
+    pretrain_loop_per_worker({"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out),
+                                                       bars_wanted())})
+    return count
+
+
+def _pretrain_on_ray(cfg: PretrainConfig, encoder: EncoderConfig, vocab: Vocab, out: Path) -> CorpusCount:
+    """Ray Train workers fed by Ray Data read tasks; the corpus count comes from a tally actor."""
+    import shutil
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+    from albert_ray.runtime import (every_row_split, init_ray, require_read_room, require_shared_storage,
+                                    trainer_class)
+
+    t = cfg.train
+    require_enough_text(cfg, vocab)
+    init_ray(cfg.ray_address)
+    require_shared_storage(cfg.storage_path, "storage_path")
+    require_read_room(t.num_workers, t.cpus_per_worker, READ_TASK_CPUS, "the corpus")
+    tally = ray.remote(num_cpus=0)(CorpusTally).remote()
+    try:
         sequences = sequences_dataset(cfg, vocab, tally)
-        try:
-            split = every_row_split(sequences, t.num_workers, f"{cfg.name}: packed corpus",
-                                    lambda shares: require_a_step_per_share(cfg, shares, peek_tally(tally)))
-        except ValueError:
-            ray.kill(tally)
-            raise
+        split = every_row_split(sequences, t.num_workers, f"{cfg.name}: packed corpus",
+                                lambda shares: require_a_step_per_share(cfg, shares, peek_tally(tally)))
         storage = cfg.storage_path or str(Path(cfg.output_dir, "ray").resolve())
         threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
         trainer = trainer_class()(
@@ -482,18 +416,15 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  failure_config=FailureConfig(max_failures=t.max_failures)))
         result = trainer.fit()
-        count = tallied(tally)
-        log.info("corpus: %s", count.describe())
-        if result.checkpoint is None:
-            raise RuntimeError(f"pre-training run {cfg.name} ended without a checkpoint; see the log above")
-        if out.exists():
-            shutil.rmtree(out)
-        with result.checkpoint.as_directory() as d:
-            shutil.copytree(d, out)
-    for name in ("optimizer.npz",):
-        (out / name).unlink(missing_ok=True)
-    summary = json.loads((out / "pretrain.json").read_text())
-    summary.update(name=cfg.name, pretrained_dir=str(out), seconds=round(time.time() - began, 1),
-                   precision=t.precision, corpus=asdict(count))
-    (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
-    return summary
+        count = peek_tally(tally)
+    finally:
+        if ray.is_initialized():  # not after Ctrl-C: runtime.trainer_class shuts Ray down then
+            ray.kill(tally)
+    log.info("corpus: %s", count.describe())
+    if result.checkpoint is None:
+        raise RuntimeError(f"pre-training run {cfg.name} ended without a checkpoint; see the log above")
+    if out.exists():
+        shutil.rmtree(out)
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(d, out)
+    return count

@@ -15,7 +15,7 @@ from albert_ray.masking import is_heldout, pack_texts
 from albert_ray.tokenization import CharTokenizer, Vocab
 
 if TYPE_CHECKING:
-    from albert_ray.pretrain import PretrainConfig
+    from albert_ray.pretrain_config import PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +204,3 @@ def peek_tally(tally) -> CorpusCount:
         count.merge(by_file[path])
     return count
 
-
-def tallied(tally) -> CorpusCount:
-    """The whole corpus' count from a :class:`CorpusTally` actor, which is then let go."""
-    import ray
-
-    count = peek_tally(tally)
-    ray.kill(tally)
-    return count

@@ -119,7 +119,8 @@ SHAPES = {"sample": "data/albert_config_sample.json", "tiny": "{corpora}/albert_
 
 def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str, in_process: bool = True,
                  shape: str = "sample") -> dict:
-    from albert_ray.pretrain import load_pretrain_config, pretrain
+    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain_config import load_pretrain_config
 
     encoder = SHAPES[shape].format(corpora=corpora)
     cfg = load_pretrain_config(None, ["name=bench", f"output_dir={out}", f"model.encoder_config={encoder}",

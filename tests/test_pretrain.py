@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_ray.pretrain import load_pretrain_config
+from albert_ray.pretrain_config import load_pretrain_config
 from albert_ray.tokenization import Vocab
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -359,7 +359,7 @@ def test_overrides_after_a_greedy_list_are_overrides_not_files_or_texts():
 
     from albert_ray.cli import build_parser, split_inputs
     from albert_ray.jobconfig import JobConfig
-    from albert_ray.pretrain import PretrainConfig
+    from albert_ray.pretrain_config import PretrainConfig
 
     args = build_parser().parse_args(["pretrain", "--config", "jobs/configs/pretrain/sample.yaml", "--input", "a.txt",
                                       "b/*.jsonl", "train.epochs=1", "output_dir=x", "name=y"])
