@@ -281,8 +281,11 @@ def _run(tmp_path, name: str, fail: str, until: int, max_failures: int):
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_its_checkpoint(tmp_path,
-                                                                                               local_ray):
+def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_its_checkpoint(tmp_path, local_ray,
+                                                                                               caplog):
+    import logging
+    import re
+
     from ray.train.v2.api.exceptions import WorkerGroupError
 
     from albert_ray.data import DataError
@@ -293,8 +296,12 @@ def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_
     assert starts == [0]
     # a dead worker: started again from the latest checkpoint, as often as allowed, then Ray's error
     # (that a run finishes after a restart is test_ray_training's killed-worker test)
+    caplog.set_level(logging.WARNING, logger="albert_ray.runtime")
     result, exc, starts = _run(tmp_path, "dies", "exit", until=9, max_failures=2)
     assert isinstance(exc, WorkerGroupError) and starts == [0, 1, 2]
+    said = [re.sub(r"\(\w+: [^)]*\)", "(ERROR)", r.getMessage()) for r in caplog.records if r.name == "albert_ray.runtime"]
+    assert said == [f"dies: worker 0 failed (ERROR); starting again from the latest checkpoint (failure {n} of 2 "
+                    f"allowed, train.max_failures)" for n in (1, 2)]
 
 
 def test_ray_train_tracebacks_of_a_user_error_are_not_logged_and_others_are():
