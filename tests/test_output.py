@@ -51,7 +51,7 @@ def test_noise_lines_are_recognised_and_ours_are_kept(monkeypatch):
 
 MARKERS = ["absl::InitializeLog", "oneDNN", "cuda", "cuInit", "TrainingReport(", "Checkpoint successfully created",
            "RayDeprecationWarning", "Token authentication is enabled", "Execution plan of Dataset", "core_worker.cc",
-           "albert-ray-progress"]
+           "albert-ray-progress", "execution finished in", "Tip: Use", "Failed to query Ray Train Controller"]
 
 
 @pytest.mark.slow

@@ -391,6 +391,9 @@ def test_ctrl_c_on_pretrain_is_one_line_and_the_same_command_resumes(tmp_path):
                                      "checkpoint_manager_snapshot.json")
     lines = err.read_text().splitlines()
     assert rc == 130
+    from test_output import MARKERS
+
+    assert [m for m in MARKERS if m.lower() in err.read_text().lower()] == []  # our lines only
     assert lines[-1] == (f"albert-ray pretrain: interrupted: checkpoints so far are in {tmp_path}/ray/"
                          f"sample_pretrain-pretrain; run the same command again to resume from the latest")
     assert not any("Traceback" in line for line in lines[-20:])
