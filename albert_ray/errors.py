@@ -12,3 +12,15 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its class name if it has none)."""
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return text.strip().splitlines()[0]
+
+
+def worker_user_error(exc: BaseException | None) -> BaseException | None:
+    """The first user error (by worker rank) in a Ray Train worker-group failure, or ``exc``
+    itself if it is one; else None. On Ray Train's controller a worker's error is still wrapped
+    with its traceback text (``UserExceptionWithTraceback._base_exc``)."""
+    failures = getattr(exc, "worker_failures", None)
+    for err in [failures[rank] for rank in sorted(failures)] if failures else [exc]:
+        err = getattr(err, "_base_exc", err)
+        if isinstance(err, USER_ERRORS):
+            return err
+    return None

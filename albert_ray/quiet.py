@@ -88,16 +88,11 @@ def hide_user_error_tracebacks() -> None:
 def _not_a_user_error(record: logging.LogRecord) -> bool:
     import sys
 
-    from albert_ray.errors import USER_ERRORS
+    from albert_ray.errors import worker_user_error
 
-    if verbose():
-        return True
     # the worker logs inside its except block; the controller passes the WorkerGroupError
     exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
-    failures = getattr(exc, "worker_failures", None)
-    errors = failures.values() if failures else [exc]
-    # on the controller a worker's error is wrapped with its traceback text (UserExceptionWithTraceback)
-    return not any(isinstance(getattr(err, "_base_exc", err), USER_ERRORS) for err in errors)
+    return verbose() or worker_user_error(exc) is None
 
 
 def is_noise(line: str) -> bool:

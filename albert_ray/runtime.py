@@ -9,7 +9,7 @@ import os
 import re
 import time
 
-from albert_ray.errors import USER_ERRORS, first_line
+from albert_ray.errors import first_line, worker_user_error
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
     if ray.is_initialized():
         return
-    from albert_ray.quiet import SETUP_HOOK, VERBOSE_ENV
+    from albert_ray.quiet import VERBOSE_ENV
 
     env = {**WORKER_ENV, VERBOSE_ENV: os.environ.get(VERBOSE_ENV, "0"),
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", WORKER_ENV["TF_CPP_MIN_LOG_LEVEL"])}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env, "worker_process_setup_hook": SETUP_HOOK})
+        ray.init(address=address, runtime_env=runtime_env(env))
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
@@ -56,6 +56,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     filter_ray_logs()
     quiet_ray_data()
     log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def runtime_env(env: dict) -> dict:
+    """The runtime environment of the Ray this process starts or joins: ``env`` for every worker,
+    and the setup hook that keeps Ray Train's tracebacks of user errors out of the output."""
+    from albert_ray.quiet import SETUP_HOOK
+
+    return {"env_vars": env, "worker_process_setup_hook": SETUP_HOOK}
 
 
 def start_local_ray(env: dict, num_cpus: int | None, dashboard: bool) -> None:
@@ -70,7 +78,6 @@ def start_local_ray(env: dict, num_cpus: int | None, dashboard: bool) -> None:
     from ray._private import ray_constants
 
     from albert_ray.localcluster import free_port
-    from albert_ray.quiet import SETUP_HOOK
 
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before (see LOOPBACK_ENV)
     port = free_port()
@@ -79,7 +86,7 @@ def start_local_ray(env: dict, num_cpus: int | None, dashboard: bool) -> None:
     os.environ[ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)  # read by the head node it starts
     try:
         ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=dashboard,
-                 runtime_env={"env_vars": env, "worker_process_setup_hook": SETUP_HOOK}, configure_logging=False)
+                 runtime_env=runtime_env(env), configure_logging=False)
     finally:
         if saved is None:
             os.environ.pop(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE, None)
@@ -179,30 +186,32 @@ def trainer_class():
 
             signal.signal(signal.SIGINT, handler)
 
-        def fit(self):
-            """Run, starting again from the latest checkpoint after a worker failure, at most
-            ``failure_config.max_failures`` times; a user error raised by a worker ends the run
-            at once, as itself. Ray Train's own policy retries every worker error alike (2.60
-            has no public way to tell a bad input from a lost node), so Ray is told 0 retries."""
-            from ray.train.v2.api.exceptions import WorkerGroupError
-
-            budget = self.run_config.failure_config.max_failures
+        def __init__(self, *args, **kwargs):
+            """Ray Train's own policy retries every worker error alike (2.60 has no public way to
+            tell a bad input from a lost node), so Ray is told 0 retries and :meth:`fit` keeps
+            the ``max_failures`` budget."""
+            super().__init__(*args, **kwargs)
+            self.max_failures = self.run_config.failure_config.max_failures
             # in place: the run context holds this same RunConfig
             self.run_config.failure_config = dataclasses.replace(self.run_config.failure_config, max_failures=0)
+
+        def fit(self):
+            """Run, starting again from the latest checkpoint after a worker failure, at most
+            ``max_failures`` times; a user error raised by a worker ends the run at once, as itself."""
+            from ray.train.v2.api.exceptions import WorkerGroupError
+
             for failures in itertools.count(1):
                 try:
                     return self._fit_once()
                 except WorkerGroupError as exc:
-                    ranks = sorted(exc.worker_failures.items())
-                    user = next((err for _, err in ranks if isinstance(err, USER_ERRORS)), None)
-                    if user is not None:
+                    if (user := worker_user_error(exc)) is not None:
                         raise user.with_traceback(None) from None
-                    if failures > budget:
+                    if failures > self.max_failures:
                         raise
-                    rank, err = ranks[0]
+                    rank, err = min(exc.worker_failures.items())
                     log.warning("%s: worker %d failed (%s: %s); starting again from the latest checkpoint "
                                 "(failure %d of %d allowed, train.max_failures)", self.run_config.name, rank,
-                                type(err).__name__, first_line(err), failures, budget)
+                                type(err).__name__, first_line(err), failures, self.max_failures)
 
         def _fit_once(self):
             try:
