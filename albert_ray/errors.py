@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-# The input or the config is wrong (every project error class derives from ValueError): the same
-# run fails the same way again, so these are never retried, and the command line prints them as
-# one line instead of a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError)
+# The input or the config is wrong (every project error class derives from ValueError), or a path
+# names something that is missing, unreadable, or a folder where a file is meant: the same run
+# fails the same way again, so these are never retried, and the command line prints them as one
+# line instead of a traceback. Other OSErrors (a network or object-store hiccup) may pass.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def first_line(exc: BaseException) -> str:

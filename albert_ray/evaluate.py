@@ -25,11 +25,21 @@ def evaluate_examples(model_dir: str | Path, examples: Sequence[Example], labele
     predictions = labeler.predict([e.text for e in examples], progress="evaluating")
     text, report = task_for(labeler.spec).report(examples, predictions, labeler.spec)
     if page is not None:
-        from albert_ray.reportpage import write_report_page
-
-        write_report_page(page, labeler.spec, examples, predictions, text, report, history,
-                          title=f"{Path(model_dir).resolve().parent.name}: {labeler.spec.task}")
+        report_page(page, labeler.spec, examples, predictions, text, report, history,
+                    title=f"{Path(model_dir).resolve().parent.name}: {labeler.spec.task}")
     return text, report
+
+
+def report_page(folder: str | Path, spec, examples: Sequence[Example], predictions: Sequence[dict], text: str,
+                report: dict, history: Sequence[dict] | None = None, title: str = "") -> Path:
+    """``report.html`` in ``folder`` with the task's own plots (the task draws those; the page
+    module draws the rest and does not know the tasks)."""
+    from albert_ray.reportpage import write_report_page
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = task_for(spec).plots(folder, examples, predictions, report, spec)
+    return write_report_page(folder, spec.task, len(examples), text, report, plots, history, title)
 
 
 def evaluate_file(model_dir: str | Path, data: str | Path, fmt: str = "auto", on_bad_records: str = "error",

@@ -16,6 +16,10 @@ def where(path: str | Path) -> str:
     return f" (relative to the working directory {os.getcwd()})"
 
 
-def not_found(what: str, path: str | Path) -> FileNotFoundError:
-    """``FileNotFoundError("<what> not found: <path>[ (relative to the working directory DIR)]")``."""
+def not_found(what: str, path: str | Path) -> FileNotFoundError | IsADirectoryError:
+    """The error for a file that is not there: ``FileNotFoundError("<what> not found: <path>[
+    (relative to the working directory DIR)]")``, or, when ``path`` is a folder,
+    ``IsADirectoryError("<what> is a folder, not a file: <path>")``."""
+    if Path(path).is_dir():
+        return IsADirectoryError(f"{what} is a folder, not a file: {path}{where(path)}")
     return FileNotFoundError(f"{what} not found: {path}{where(path)}")

@@ -142,15 +142,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write_report_page(folder: str | Path, spec, examples, predictions, text: str, report: dict,
-                      history: Sequence[dict] | None = None, title: str = "") -> Path:
-    """The plots and ``report.html`` (text report, headline metrics, plots) in ``folder``."""
-    from albert_ray.tasks import task_for
-
+def write_report_page(folder: str | Path, task: str, examples: int, text: str, report: dict,
+                      task_plots: Sequence[Path | None] = (), history: Sequence[dict] | None = None,
+                      title: str = "") -> Path:
+    """The curves and per-label plots and ``report.html`` (text report, headline metrics, those
+    plots and the task's own, already drawn into ``folder``) in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    plots = [curves_plot(folder, history or []), per_label_plot(folder, report),
-             *task_for(spec).plots(folder, examples, predictions, report, spec)]
+    plots = [curves_plot(folder, history or []), per_label_plot(folder, report), *task_plots]
     headline = {k: v for k, v in report.items() if not isinstance(v, dict)}
     for avg in AVERAGES:
         if avg in report:
@@ -162,11 +161,11 @@ def write_report_page(folder: str | Path, spec, examples, predictions, text: str
     legend = "" if tick_names(names) == names else "<p>labels in the plots: " + ", ".join(
         f"{i + 1} = {html.escape(n)}" for i, n in enumerate(names)) + "</p>"
     images = legend + "".join(f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in plots if p is not None)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or spec.task)}</title>"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or task)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}"
             "td{padding:0 1em}</style></head><body>"
-            f"<h1>{html.escape(title or spec.task)}</h1><p>task {html.escape(spec.task)}, "
-            f"{len(examples)} examples evaluated</p><table>{rows}</table>"
+            f"<h1>{html.escape(title or task)}</h1><p>task {html.escape(task)}, "
+            f"{examples} examples evaluated</p><table>{rows}</table>"
             f"<h2>report</h2><pre>{html.escape(text)}</pre><h2>plots</h2>{images}</body></html>")
     out = folder / REPORT_HTML
     out.write_text(page, encoding="utf-8")

@@ -435,10 +435,10 @@ class NerTask(Task):
     def serving_outputs(self, g, spec):
         """``num_entities`` (B,); ``starts``, ``ends`` (character offsets), ``labels``, ``texts``,
         ``scores`` (B, E), padded with -1 / "" / 0; ordered by start."""
-        from albert_ray.export import entities
+        from albert_ray.crf_graph import entities
 
         crf = self.crf(g.m._model)
-        return entities(g, spec, crf.transitions, crf.start, crf.end, 2 if spec.scheme == "BIO" else 4,
+        return entities(g, crf.transitions, crf.start, crf.end, 2 if spec.scheme == "BIO" else 4,
                         spec.scheme == "BIOES", spec.window_stride)
 
     def plots(self, folder, examples, predictions, report, spec):

@@ -20,8 +20,9 @@ import numpy as np
 from albert_ray import modeldir
 from albert_ray.config import EncoderConfig, check_fits
 from albert_ray.data import Example, read_examples
+from albert_ray.errors import USER_ERRORS
 from albert_ray.jobconfig import JobConfig
-from albert_ray.paths import where
+from albert_ray.paths import not_found
 from albert_ray.progress import bars_wanted
 from albert_ray.runtime import (every_row_split, init_ray, require_read_room, require_shared_storage,
                                 trainer_class)
@@ -44,8 +45,8 @@ def check_job(job: JobConfig) -> None:
     """
     for key in ("train", "dev", "test"):
         path = getattr(job.data, key)
-        if path and "://" not in path and not Path(path).exists():
-            raise FileNotFoundError(f"data.{key}: {path} not found{where(path)}")
+        if path and "://" not in path and not Path(path).is_file():
+            raise not_found(f"data.{key}", path)
     encoder, _ = encoder_and_vocab(job)
     if job.model.init == "checkpoint":
         from albert_ray.runtime import import_tensorflow
@@ -80,7 +81,7 @@ def encoder_and_vocab(job: JobConfig, texts: Sequence[str] | None = None) -> tup
 def prepare_error(exc: BaseException) -> BaseException:
     """A user error raised inside a Ray task, without Ray's remote traceback."""
     cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, (ValueError, FileNotFoundError)) else exc
+    return cause if isinstance(cause, USER_ERRORS) else exc
 
 @dataclass
 class Prepared:

@@ -61,8 +61,15 @@ def test_file_level_problems_are_found_in_the_driver_before_ray(tmp_path):
                               "data/albert_config_sample.json")
     # the Ray path: one line, exit 2, in seconds (no Ray started: it would print its own lines)
     rc, lines, seconds = _cli("train", "--config", SAMPLE, f"data.train={tmp_path}/missing.bio")
-    assert rc == 2 and lines == [f"albert-ray train: error: data.train: {tmp_path}/missing.bio not found"]
+    assert rc == 2 and lines == [f"albert-ray train: error: data.train not found: {tmp_path}/missing.bio"]
     assert seconds < 60
+    # a folder where a file is meant: said as such, also before Ray, for every kind of input file
+    rc, lines, _ = _cli("train", "--config", SAMPLE, f"data.dev={tmp_path}")
+    assert rc == 2 and lines == [f"albert-ray train: error: data.dev is a folder, not a file: {tmp_path}"]
+    rc, lines, _ = _cli("train", "--config", str(tmp_path))
+    assert rc == 2 and lines == [f"albert-ray train: error: job config is a folder, not a file: {tmp_path}"]
+    rc, lines, _ = _cli("train", "--config", SAMPLE, f"model.vocab={tmp_path}")
+    assert rc == 2 and lines == [f"albert-ray train: error: vocab file is a folder, not a file: {tmp_path}"]
 
 
 
@@ -78,7 +85,7 @@ def test_a_relative_path_not_found_names_the_working_directory_it_was_read_from(
     out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "train", "--config", str(repo / SAMPLE)],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        f"albert-ray train: error: data.train: data/ner_sample.train.bio not found "
+        f"albert-ray train: error: data.train not found: data/ner_sample.train.bio "
         f"(relative to the working directory {tmp_path})"]
 
 def test_a_bad_record_found_while_preparing_is_one_line_without_a_ray_traceback(tmp_path):
@@ -323,6 +330,9 @@ def test_ray_train_tracebacks_of_a_user_error_are_not_logged_and_others_are():
 
     assert not _not_a_user_error(controller_record(RuntimeError("collective aborted"), DataError("a.txt line 3")))
     assert not _not_a_user_error(controller_record(FileNotFoundError("corpus.txt")))
+    assert not _not_a_user_error(controller_record(PermissionError(13, "Permission denied", "/data/a.txt")))
+    assert not _not_a_user_error(controller_record(IsADirectoryError(21, "Is a directory", "/data")))
+    assert _not_a_user_error(controller_record(ConnectionResetError("object store connection reset")))
     assert _not_a_user_error(controller_record(RuntimeError("CUDA out of memory"), MemoryError()))
     try:  # the worker logs inside the except block that caught its training function's error
         raise DataError("a.txt line 3: bad label 'X'")

@@ -99,15 +99,15 @@ def test_report_page_has_the_curves_per_label_bars_the_task_plots_and_the_text(t
     from albert_ray.data import Example
     from albert_ray.metrics import classification_reports, ner_reports
     from albert_ray import reportpage
-    from albert_ray.reportpage import write_report_page
+    from albert_ray.evaluate import report_page
 
     history = [{"epoch": e, "train_loss": 2.0 / e, "dev_score": 0.5 + 0.1 * e} for e in (1, 2, 3)]
     gold, pred = ["体育", "体育", "汽车", "教育"], ["体育", "汽车", "汽车", "教育"]
     examples = [Example(text="x", source="t:1", label=g) for g in gold]
     text, report = classification_reports(gold, pred)
     spec = SimpleNamespace(task="classify", labels=("体育", "教育", "汽车"))
-    page = write_report_page(tmp_path / "c", spec, examples, [{"label": p} for p in pred], text, report, history,
-                             title="sogou")
+    page = report_page(tmp_path / "c", spec, examples, [{"label": p} for p in pred], text, report, history,
+                       title="sogou")
     names = sorted(p.name for p in (tmp_path / "c").glob("*.png"))
     assert names == ["confusion.png", "curves.png", "per_label.png"]
     assert all(_png(tmp_path / "c" / n) > 5000 for n in names)
@@ -120,7 +120,7 @@ def test_report_page_has_the_curves_per_label_bars_the_task_plots_and_the_text(t
 
     text, report = ner_reports([["B-PER", "I-PER", "O", "B-LOC"]], [["B-PER", "I-PER", "O", "O"]])
     spec = SimpleNamespace(task="ner", labels=("LOC", "PER"))
-    page = write_report_page(tmp_path / "n", spec, [Example(text="张伟在京", source="t:1")], [{}], text, report)
+    page = report_page(tmp_path / "n", spec, [Example(text="张伟在京", source="t:1")], [{}], text, report)
     names = sorted(p.name for p in (tmp_path / "n").glob("*.png"))
     assert names == ["entity_types.png", "per_label.png"]  # no history: no curves
     assert all(_png(tmp_path / "n" / n) > 5000 for n in names)
