@@ -9,6 +9,13 @@ from __future__ import annotations
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
+def unwrapped(exc: BaseException) -> BaseException:
+    """A user error raised inside a Ray task or actor, without Ray's wrapper (``RayTaskError``,
+    whose text holds the remote traceback): its cause; any other error as it is."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, USER_ERRORS) else exc
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its class name if it has none)."""
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__

@@ -20,7 +20,7 @@ import numpy as np
 from albert_ray import modeldir
 from albert_ray.config import EncoderConfig, check_fits
 from albert_ray.data import Example, read_examples
-from albert_ray.errors import USER_ERRORS
+from albert_ray.errors import unwrapped
 from albert_ray.jobconfig import JobConfig
 from albert_ray.paths import not_found
 from albert_ray.progress import bars_wanted
@@ -77,11 +77,6 @@ def encoder_and_vocab(job: JobConfig, texts: Sequence[str] | None = None) -> tup
         encoder = replace(encoder, vocab_size=len(vocab))
     return encoder, vocab
 
-
-def prepare_error(exc: BaseException) -> BaseException:
-    """A user error raised inside a Ray task, without Ray's remote traceback."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, USER_ERRORS) else exc
 
 @dataclass
 class Prepared:
@@ -187,7 +182,7 @@ def prepare_distributed(job: JobConfig):
     try:
         prep = ray.get(next(gen))
     except ray.exceptions.RayTaskError as exc:  # a bad record or label: the reader's one line
-        raise prepare_error(exc) from None
+        raise unwrapped(exc) from None
     refs = list(gen)
     ds = ray.data.from_arrow_refs(refs).map_batches(
         _featurize_batch, fn_kwargs={"spec": prep.spec, "vocab": prep.vocab}, batch_size=256, num_cpus=FEATURIZE_CPUS)

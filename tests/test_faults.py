@@ -343,3 +343,25 @@ def test_ray_train_tracebacks_of_a_user_error_are_not_logged_and_others_are():
     except ZeroDivisionError:
         assert _not_a_user_error(record())
     assert _not_a_user_error(record())  # no error at all
+
+
+def test_a_user_error_raised_in_a_ray_task_prints_its_own_line_without_the_remote_traceback(monkeypatch, capsys):
+    from ray.exceptions import RayTaskError
+
+    from albert_ray import cli
+    from albert_ray.data import DataError
+    from albert_ray.errors import unwrapped
+
+    cause = DataError("a.jsonl line 3: text is not a string")
+    wrapped = RayTaskError("read_unit", "Traceback (most recent call last):\n  File ...", cause).as_instanceof_cause()
+    assert isinstance(wrapped, DataError) and "(pid=" in str(wrapped)  # what Ray raises: its text is the remote trace
+    assert unwrapped(wrapped) is cause
+    bug = RayTaskError("read_unit", "Traceback ...", ZeroDivisionError("a bug")).as_instanceof_cause()
+    assert unwrapped(bug) is bug  # not the user's: kept whole
+
+    def fails(args):
+        raise wrapped
+
+    monkeypatch.setattr(cli, "_cmd_label", fails)
+    assert cli.main(["label", "--model", "m", "--input", "a.jsonl", "--output", "o"]) == 2
+    assert capsys.readouterr().err == "albert-ray label: error: a.jsonl line 3: text is not a string\n"
