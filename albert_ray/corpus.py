@@ -127,6 +127,8 @@ def expand_inputs(inputs, fmt: str = "auto") -> list[InputFile]:
 
     Raises:
         FileNotFoundError: an input matches no file.
+        PermissionError: a local file this process cannot open (said here, in the driver, before
+            any read task would fail on it).
     """
     files: list[InputFile] = []
     for item in inputs:
@@ -149,13 +151,22 @@ def expand_inputs(inputs, fmt: str = "auto") -> list[InputFile]:
             else:
                 paths = [item] if os.path.isfile(item) else []
             fs = pafs.LocalFileSystem()
-            found = [(os.path.abspath(p), fs.get_file_info(os.path.abspath(p))) for p in paths]
+            found = [(os.path.abspath(p), fs.get_file_info(_readable(os.path.abspath(p)))) for p in paths]
         if not found:
             raise FileNotFoundError(f"input {item!r} matches no file{where(item)}")
         for path, info in found:
             files.append(InputFile(path, detect_input_format(path, fmt), int(info.size or 0), int(info.mtime_ns or 0)))
     seen: set[str] = set()
     return [f for f in files if not (f.path in seen or seen.add(f.path))]
+
+
+def _readable(path: str) -> str:
+    """``path``, once this process has opened it: PermissionError naming the file otherwise."""
+    try:
+        with open(path, "rb"):
+            return path
+    except PermissionError as exc:
+        raise PermissionError(f"input {path} cannot be read: {exc.strerror}") from None
 
 
 def input_roots(inputs) -> list[str]:

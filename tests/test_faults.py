@@ -365,3 +365,22 @@ def test_a_user_error_raised_in_a_ray_task_prints_its_own_line_without_the_remot
     monkeypatch.setattr(cli, "_cmd_label", fails)
     assert cli.main(["label", "--model", "m", "--input", "a.jsonl", "--output", "o"]) == 2
     assert capsys.readouterr().err == "albert-ray label: error: a.jsonl line 3: text is not a string\n"
+
+
+def test_an_unreadable_input_is_one_line_naming_it_before_any_read_task(tmp_path):
+    from albert_ray.corpus import expand_inputs
+
+    unreadable = "/proc/sys/vm/drop_caches"  # a file that is write-only even for root
+    try:
+        open(unreadable, "rb").close()
+        pytest.skip(f"{unreadable} is readable here")
+    except FileNotFoundError:
+        pytest.skip(f"no {unreadable} here")
+    except PermissionError:
+        pass
+    (tmp_path / "ok.txt").write_text("北京欢迎你\n", encoding="utf-8")
+    with pytest.raises(PermissionError) as err:  # label and pretrain plan their inputs with it
+        expand_inputs([str(tmp_path / "ok.txt"), unreadable])
+    assert str(err.value) == f"input {unreadable} cannot be read: Permission denied"
+    rc, lines, _ = _cli("pretrain", "--config", "jobs/configs/pretrain/sample.yaml", "--input", unreadable, "--no-ray")
+    assert rc == 2 and lines == [f"albert-ray pretrain: error: input {unreadable} cannot be read: Permission denied"]
