@@ -488,19 +488,19 @@ def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
     progress = RowProgress(plan.todo_bytes(), enabled=cfg.progress)
     committer = _Committer(plan, store, progress)
     labeled_began = time.time()
-    first_commit = _label_units(cfg, plan, committer, progress, began)
+    first_commit = _label_units(cfg, plan, todo, committer, progress, began)
     labeled_seconds = time.time() - labeled_began
     timings = {"plan_seconds": round(plan_seconds, 3), "first_commit_seconds": round(first_commit, 2),
                "actor_label_seconds": round(committer.label_seconds, 2),
                "actor_write_seconds": round(committer.call_seconds - committer.label_seconds, 2),
                "pipeline_seconds": round(labeled_seconds, 2)}
-    return _finish(cfg, spec, store, plan, committer.rows_done, (time.time() - began, labeled_seconds), timings)
+    return _finish(cfg, spec, store, plan, committer.rows_done, time.time() - began, labeled_seconds, timings)
 
 
-def _label_units(cfg: LabelConfig, plan: Plan, committer: _Committer, progress, began: float) -> float:
-    """Label and commit the units still to do; the seconds from ``began`` to the first commit.
-    Ctrl-C raises :class:`Interrupted` (committed units stay); a unit left pending, RuntimeError."""
-    todo, first_commit = plan.todo(), 0.0
+def _label_units(cfg: LabelConfig, plan: Plan, todo: list, committer: _Committer, progress, began: float) -> float:
+    """Label and commit the units still to do (``todo``); the seconds from ``began`` to the first
+    commit. Ctrl-C raises :class:`Interrupted` (committed units stay); a unit left pending, RuntimeError."""
+    first_commit = 0.0
     try:
         if todo:
             for stats in _pipeline(cfg, plan).iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -518,16 +518,16 @@ def _label_units(cfg: LabelConfig, plan: Plan, committer: _Committer, progress, 
     return first_commit
 
 
-def _finish(cfg: LabelConfig, spec, store: OutputStore, plan: Plan, rows_done: int, seconds: tuple[float, float],
-            timings: dict) -> dict:
-    """Check the output reads back, write the manifest (``seconds``: the run's and the labeling's;
-    ``timings``: the stages') and ``_summary.html``, log the totals, and check the row accounting
+def _finish(cfg: LabelConfig, spec, store: OutputStore, plan: Plan, rows_done: int, seconds: float,
+            labeled_seconds: float, timings: dict) -> dict:
+    """Check the output reads back, write the manifest (the run's and the labeling's seconds, and
+    the stages' ``timings``) and ``_summary.html``, log the totals, and check the row accounting
     (rows in = rows out + rows quarantined)."""
     from albert_ray.reportpage import label_summary_page
     from albert_ray.tasks import task_for
 
     _ensure_readable(store, output_schema(spec, cfg.include_text, cfg.include_probs), plan)
-    manifest = _manifest(cfg, spec, plan, rows_done, *seconds)
+    manifest = _manifest(cfg, spec, plan, rows_done, seconds, labeled_seconds)
     manifest.update(timings)
     store.write_json(manifest, MANIFEST)
     store.write_bytes(label_summary_page(manifest, task_for(spec).counts_key).encode("utf-8"), SUMMARY_HTML)
@@ -538,6 +538,7 @@ def _finish(cfg: LabelConfig, spec, store: OutputStore, plan: Plan, rows_done: i
         raise RuntimeError(f"row accounting failed: {manifest['rows_in']} in != {manifest['rows_out']} out + "
                            f"{manifest['rows_quarantined']} quarantined")
     return manifest
+
 
 def _pipeline(cfg: LabelConfig, plan: Plan):
     import ray

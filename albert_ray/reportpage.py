@@ -146,9 +146,8 @@ def write_report_page(folder: str | Path, task: str, examples: int, text: str, r
                       task_plots: Sequence[Path | None] = (), history: Sequence[dict] | None = None,
                       title: str = "") -> Path:
     """The curves and per-label plots and ``report.html`` (text report, headline metrics, those
-    plots and the task's own, already drawn into ``folder``) in ``folder``."""
+    plots and the task's own, already drawn into ``folder``, which exists) in ``folder``."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     plots = [curves_plot(folder, history or []), per_label_plot(folder, report), *task_plots]
     headline = {k: v for k, v in report.items() if not isinstance(v, dict)}
     for avg in AVERAGES:
