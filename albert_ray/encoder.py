@@ -15,6 +15,8 @@ checkpoint module reads and writes through it.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import math
 import warnings
 
@@ -30,6 +32,8 @@ from tensorflow import keras
 
 from albert_ray import fused
 from albert_ray.config import EncoderConfig
+
+log = logging.getLogger(__name__)
 
 # keras-bert's layers call one GlorotNormal instance for several kernels and tf-keras warns; the
 # encoder weights are re-initialised by `initialize_encoder` or loaded from a checkpoint anyway.
@@ -160,12 +164,26 @@ def dtype_policy(name: str):
     """Build layers under a Keras dtype policy ("float32", "mixed_float16"), then restore the
     previous global policy.  Layers keep the policy they were built with, so a mixed-precision
     training model does not leak float16 into models built later in the same process."""
+    if name == "mixed_float16":
+        _warn_float16_without_gpu()
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(name)
     try:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+FLOAT16_ON_CPU = ("train.precision=mixed_float16 without a GPU: this process's CPU runs float16 matmuls in a "
+                  "reference kernel (one ~300x slower than float32 was measured on a CPU with AVX512_FP16); "
+                  "mixed_bfloat16 is the fast precision on CPUs")
+
+
+@functools.cache
+def _warn_float16_without_gpu() -> None:
+    """Once per process: Keras' own warning about this is one of the TensorFlow lines the CLI hides."""
+    if not tf.config.list_physical_devices("GPU"):
+        log.warning(FLOAT16_ON_CPU)
 
 
 class BertEncoder:

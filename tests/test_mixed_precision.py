@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from tensorflow import keras
 
+from albert_ray import encoder
 from albert_ray.checkpoint import load_checkpoint, write_variables
 from albert_ray.config import EncoderConfig
 from albert_ray.encoder import build_encoder, dtype_policy
@@ -94,11 +95,30 @@ def test_loss_scale_state_is_part_of_the_resume_state():
     assert float(fresh.loss_scale) == 2.0 ** 14 and int(fresh.iterations.numpy()) == 2
 
 
+def narrow_encoder(folder) -> str:
+    """The sample encoder at a quarter of its width: this CPU runs float16 matmuls in a reference
+    kernel (``encoder.FLOAT16_ON_CPU``), which made a float16 test at full width take 3 minutes."""
+    config = json.loads(open("data/albert_config_sample.json").read())
+    config.update(hidden_size=32, intermediate_size=128, embedding_size=32, num_attention_heads=2)
+    path = folder / "albert_config_narrow.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_float16_without_a_gpu_is_one_warning_per_process(caplog):
+    encoder._warn_float16_without_gpu.cache_clear()
+    for policy in ("mixed_float16", "mixed_bfloat16", "mixed_float16"):
+        with dtype_policy(policy):
+            pass
+    assert [r.getMessage() for r in caplog.records if r.name == "albert_ray.encoder"] == [encoder.FLOAT16_ON_CPU]
+    assert encoder.FLOAT16_ON_CPU.startswith("train.precision=mixed_float16 without a GPU: ")
+
+
 @pytest.mark.slow
 @pytest.mark.ci  # in-process training
 def test_mixed_precision_training_scales_the_loss_and_learns(tmp_path):
     base = [f"output_dir={tmp_path}", "train.log_every=0", "train.epochs=2", "data.max_train_examples=256",
-            "train.learning_rate=3e-3"]
+            "train.learning_rate=1e-2", f"model.encoder_config={narrow_encoder(tmp_path)}"]
     summary = train_in_process(load_job_config("jobs/configs/sample_ner.yaml", [*base, "train.mixed_precision=true"]))
     first, last = summary["history"]
     assert summary["steps"] == 16  # 256 rows / 32 x 2 epochs; skipped updates still count as steps

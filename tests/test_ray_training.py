@@ -8,6 +8,7 @@ import pytest
 from albert_ray.jobconfig import load_job_config
 from albert_ray.predict import Labeler
 from albert_ray.training import train, train_in_process
+from test_mixed_precision import narrow_encoder
 
 
 @pytest.mark.slow
@@ -77,7 +78,8 @@ def test_mixed_precision_on_two_workers_scales_the_loss_and_updates(tmp_path, lo
     import numpy as np
 
     common = ["data.max_train_examples=256", "train.epochs=1", "model.dropout=0", "train.log_every=0",
-              "train.cpus_per_worker=0.5", "train.learning_rate=3e-3", "train.mixed_precision=true"]
+              "train.cpus_per_worker=0.5", "train.learning_rate=3e-3", "train.mixed_precision=true",
+              f"model.encoder_config={narrow_encoder(tmp_path)}"]
     two = train(load_job_config("jobs/configs/sample_ner.yaml",
                                 [f"output_dir={tmp_path / 'two'}", "train.batch_size=16", "train.num_workers=2", *common]))
     last = two["history"][-1]
