@@ -130,6 +130,24 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
             conflicts, all listed in one message.
     """
     prefix = resolve_checkpoint(path)
+    reader, shapes = _open(prefix, config)
+    vmap = encoder_for(config).variable_map()
+    assignments = _matched_weights(model, vmap, shapes, prefix, config)
+    for weight, var in assignments:
+        try:
+            value = reader.get_tensor(var)
+        except (tf.errors.OpError, IndexError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {prefix}: variable {var} cannot be read ({first_line(exc)}); its "
+                                  f"data file is damaged or truncated") from None
+        weight.assign(value)
+    ignored = tuple(sorted(set(shapes) - {v for names in vmap.values() for v in names}))
+    log.info("loaded %d tensors from %s (%s); ignored %d (pooler / pre-training heads / optimizer slots)",
+             len(assignments), prefix, config.layout, len(ignored))
+    return LoadReport(prefix=prefix, layout=config.layout, assigned=len(assignments), ignored=ignored)
+
+
+def _open(prefix: str, config: EncoderConfig):
+    """The checkpoint's reader and its variables' shapes, once its layout is ``config``'s."""
     try:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as exc:
@@ -142,16 +160,18 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
             f"checkpoint {prefix} is a {_LAYOUT_NAMES[layout]} checkpoint, but config {config.source} describes "
             f"a {_LAYOUT_NAMES[config.layout]} model; use {_CONFIG_HINT[layout]} with this checkpoint"
         )
-    vmap = encoder_for(config).variable_map()
+    return reader, shapes
+
+
+def _matched_weights(model: keras.Model, vmap: dict, shapes: dict, prefix: str, config: EncoderConfig) -> list:
+    """``(weight, variable name)`` for every encoder weight of ``model``; every missing or
+    unexpected variable and shape conflict is listed in one :class:`CheckpointError`."""
     wanted = {v for names in vmap.values() for v in names}
-    relevant = {n for n in shapes if not _IGNORED.search(n)}
     missing = sorted(wanted - set(shapes))
-    unexpected = sorted(relevant - wanted)
-    conflicts = []
-    assignments = []
+    unexpected = sorted({n for n in shapes if not _IGNORED.search(n)} - wanted)
+    conflicts, assignments = [], []
     for layer_name, var_names in vmap.items():
-        layer = _find_layer(model, layer_name)
-        weights = layer.weights
+        weights = _find_layer(model, layer_name).weights
         if len(weights) != len(var_names):
             raise CheckpointError(f"layer {layer_name} has {len(weights)} weights, mapping names {len(var_names)}")
         for weight, var in zip(weights, var_names):
@@ -170,17 +190,7 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
         if conflicts:
             parts.append(f"shape conflicts ({len(conflicts)}): {'; '.join(conflicts)}")
         raise CheckpointError(" ".join(parts[:1]) + " " + "; ".join(parts[1:]))
-    for weight, var in assignments:
-        try:
-            value = reader.get_tensor(var)
-        except (tf.errors.OpError, IndexError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {prefix}: variable {var} cannot be read ({first_line(exc)}); its "
-                                  f"data file is damaged or truncated") from None
-        weight.assign(value)
-    ignored = tuple(sorted(set(shapes) - wanted))
-    log.info("loaded %d tensors from %s (%s); ignored %d (pooler / pre-training heads / optimizer slots)",
-             len(assignments), prefix, layout, len(ignored))
-    return LoadReport(prefix=prefix, layout=layout, assigned=len(assignments), ignored=ignored)
+    return assignments
 
 
 def check_checkpoint(config: EncoderConfig, path: str | Path) -> LoadReport:
