@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from albert_ray.errors import USER_ERRORS, unwrapped
+from albert_ray.errors import ONE_LINE, USER_ERRORS, first_line, unwrapped
 from albert_ray.runtime import import_tensorflow
 
 DEFAULT_CONFIGS = os.environ.get("ALBERT_RAY_CONFIGS", str(Path("..") / "shared" / "corpora" / "albert_zh"))
@@ -366,9 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return args.func(args)
-    except USER_ERRORS as exc:  # one clear line, no TensorFlow or Ray traceback
-        print(f"albert-ray {args.command}: error: {unwrapped(exc)}", file=sys.stderr)
-        return 2
+    except ONE_LINE as exc:  # one clear line, no TensorFlow or Ray traceback
+        print(f"albert-ray {args.command}: error: {first_line(unwrapped(exc))}", file=sys.stderr)
+        return 2 if isinstance(exc, USER_ERRORS) else 1
     except KeyboardInterrupt as exc:
         from albert_ray.runtime import Interrupted
 

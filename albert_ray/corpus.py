@@ -37,11 +37,13 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from albert_ray.paths import where
+from albert_ray.errors import USER_ERRORS, InputUnreadable, first_line
+from albert_ray.paths import where, without_credentials
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet")
 RAW_LIMIT = 1000          # characters of an offending line kept in the quarantine
@@ -72,10 +74,16 @@ class ReadOptions:
 
 @dataclass(frozen=True)
 class InputFile:
-    path: str          # local absolute path or URI
+    path: str          # local absolute path or URI (without the input's credentials and options)
     fmt: str
     size: int
     mtime_ns: int
+    opener: str = ""   # a URI input's file with the input's credentials and options, as opened
+
+    @property
+    def location(self) -> str:
+        """What :func:`fs_and_path` opens the file by."""
+        return self.opener or self.path
 
     @property
     def identity(self) -> str:
@@ -134,14 +142,13 @@ def expand_inputs(inputs, fmt: str = "auto") -> list[InputFile]:
     for item in inputs:
         if "://" in item:
             fs, path = fs_and_path(item)
-            scheme = item.split("://", 1)[0]
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.Directory:
                 infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
                          if i.type == pafs.FileType.File and _visible(Path(i.path).name)]
             else:
                 infos = [info] if info.type == pafs.FileType.File else []
-            found = [(f"{scheme}://{i.path}", i) for i in sorted(infos, key=lambda i: i.path)]
+            found = [(*file_uris(item, path, i.path), i) for i in sorted(infos, key=lambda i: i.path)]
         else:
             if os.path.isdir(item):
                 paths = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and _visible(p.name)
@@ -151,13 +158,27 @@ def expand_inputs(inputs, fmt: str = "auto") -> list[InputFile]:
             else:
                 paths = [item] if os.path.isfile(item) else []
             fs = pafs.LocalFileSystem()
-            found = [(os.path.abspath(p), fs.get_file_info(_readable(os.path.abspath(p)))) for p in paths]
+            found = [(os.path.abspath(p), "", fs.get_file_info(_readable(os.path.abspath(p)))) for p in paths]
         if not found:
-            raise FileNotFoundError(f"input {item!r} matches no file{where(item)}")
-        for path, info in found:
-            files.append(InputFile(path, detect_input_format(path, fmt), int(info.size or 0), int(info.mtime_ns or 0)))
+            raise FileNotFoundError(f"input {without_credentials(item)!r} matches no file{where(item)}")
+        for path, opener, info in found:
+            files.append(InputFile(path, detect_input_format(path, fmt), int(info.size or 0), int(info.mtime_ns or 0),
+                                   opener if opener != path else ""))
     seen: set[str] = set()
     return [f for f in files if not (f.path in seen or seen.add(f.path))]
+
+
+def file_uris(item: str, root: str, file: str) -> tuple[str, str]:
+    """A file found under URI input ``item`` (``root`` its path in the filesystem, ``file`` the
+    file's): its URI as shown and recorded (no credentials, no ``?options``), and the URI it is
+    opened by, which keeps the input's credentials and options (``s3://KEY:SECRET@bucket/dir?
+    endpoint_override=host:port``: a file opened as ``s3://bucket/dir/f`` would be looked for
+    on AWS) and its host (``hdfs://namenode:8020/...``)."""
+    parts = urlsplit(item)
+    suffix = file[len(root.rstrip("/")):] if file.startswith(root.rstrip("/")) else "/" + file
+    path = parts.path.rstrip("/") + suffix if parts.path else suffix
+    return (urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], path, "", "")),
+            urlunsplit(parts._replace(path=path)))
 
 
 def _readable(path: str) -> str:
@@ -196,7 +217,7 @@ def unit_id(path: str, identity: str, start: int, stop: int) -> str:
 def _row_groups(f: InputFile) -> int | None:
     import pyarrow.parquet as pq
 
-    fs, p = fs_and_path(f.path)
+    fs, p = fs_and_path(f.location)
     try:
         with fs.open_input_file(p) as fh:
             return pq.ParquetFile(fh).metadata.num_row_groups
@@ -471,9 +492,18 @@ def read_file(task: dict, opts: ReadOptions, block_rows: int = 1024) -> Iterator
     """The rows of one file's pending units, in order, as Arrow tables of ``ROW_SCHEMA``.
 
     ``task``: ``{"path", "fmt", "units": [{"uid", "start", "stop", "todo", "resume"}]}`` in file
-    order; a unit with ``todo`` false is skipped, and its ``resume`` (``next_offset``,
+    order, and ``"open"`` (:attr:`InputFile.location`) when the file is opened by another URI; a unit with ``todo`` false is skipped, and its ``resume`` (``next_offset``,
     ``next_line`` from its commit record) says where the next unit starts.
     """
+    try:
+        yield from _read_file(task, opts, block_rows)
+    except OSError as exc:  # one line naming the file; a missing or forbidden file stays the user's error
+        user = isinstance(exc, USER_ERRORS) and type(exc).__module__ == "builtins"
+        raise (type(exc) if user else InputUnreadable)(f"input {task['path']} cannot be read: {first_line(exc)}") \
+            from None
+
+
+def _read_file(task: dict, opts: ReadOptions, block_rows: int) -> Iterator[pa.Table]:
     out = _Blocks(task["path"], block_rows)
     units = task["units"]
     if task["fmt"] in ("text", "jsonl") and units[0]["stop"] >= 0:
@@ -497,7 +527,7 @@ def _read_ranges(task: dict, run: list[dict], at: dict, opts: ReadOptions, out: 
         out.end(run[k]["uid"], {"rows": rows, "first_line": first_line, "lines": line_no - first_line,
                                 "next_offset": next_offset, "next_line": line_no})
 
-    for offset, raw, end in physical_lines(task["path"], end):
+    for offset, raw, end in physical_lines(task.get("open", task["path"]), end):
         while k < len(run) and offset >= run[k]["stop"]:
             finish(offset)
             k, rows, first_line = k + 1, 0, line_no
@@ -515,11 +545,11 @@ def _read_whole(task: dict, unit: dict, opts: ReadOptions, out: _Blocks):
     """A whole-file unit (compressed, CSV, or Parquet row group)."""
     uid, fmt, rows, last = unit["uid"], task["fmt"], 0, 0
     if fmt == "parquet":
-        parsed = _parquet_rows(task["path"], unit["start"] if unit["stop"] >= 0 else -1, opts)
+        parsed = _parquet_rows(task.get("open", task["path"]), unit["start"] if unit["stop"] >= 0 else -1, opts)
     elif fmt == "csv":
-        parsed = _csv_rows(physical_lines(task["path"]), opts)
+        parsed = _csv_rows(physical_lines(task.get("open", task["path"])), opts)
     else:
-        parsed = (_line_row(i + 1, raw, fmt, opts) for i, (_, raw, _) in enumerate(physical_lines(task["path"])))
+        parsed = (_line_row(i + 1, raw, fmt, opts) for i, (_, raw, _) in enumerate(physical_lines(task.get("open", task["path"]))))
     try:
         for row in parsed:
             out.add(uid, rows, *row)

@@ -9,11 +9,20 @@ from __future__ import annotations
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
+class InputUnreadable(OSError):
+    """An input file a read task could not open or read: an object store that refused it, or a
+    network failure that outlived Ray Data's retries. One line naming the file, like a user
+    error, but not one: it may pass, so it is not in ``USER_ERRORS`` (Ray Train may retry it)."""
+
+
+ONE_LINE = USER_ERRORS + (InputUnreadable,)  # what the command line prints as one line, not a traceback
+
+
 def unwrapped(exc: BaseException) -> BaseException:
-    """A user error raised inside a Ray task or actor, without Ray's wrapper (``RayTaskError``,
+    """A user error (or :class:`InputUnreadable`) raised inside a Ray task or actor, without Ray's wrapper (``RayTaskError``,
     whose text holds the remote traceback): its cause; any other error as it is."""
     cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, USER_ERRORS) else exc
+    return cause if isinstance(cause, ONE_LINE) else exc
 
 
 def first_line(exc: BaseException) -> str:

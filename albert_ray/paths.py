@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 def where(path: str | Path) -> str:
@@ -23,3 +24,12 @@ def not_found(what: str, path: str | Path) -> FileNotFoundError | IsADirectoryEr
     if Path(path).is_dir():
         return IsADirectoryError(f"{what} is a folder, not a file: {path}{where(path)}")
     return FileNotFoundError(f"{what} not found: {path}{where(path)}")
+
+
+def without_credentials(text: str) -> str:
+    """A URI as written in outputs, logs and errors: without the ``KEY:SECRET@`` that pyarrow
+    accepts in it (``s3://KEY:SECRET@bucket/dir?endpoint_override=...``); anything else as it is."""
+    if "://" not in text:
+        return text
+    parts = urlsplit(text)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])) if "@" in parts.netloc else text

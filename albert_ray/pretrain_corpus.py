@@ -26,9 +26,11 @@ def read_tasks(cfg: PretrainConfig) -> list[dict]:
     """One read task per input file (the whole file as one unit: pre-training keeps no unit records)."""
     from albert_ray.corpus import expand_inputs, plan_units
 
-    return [{"path": u.path, "fmt": u.fmt,
+    files = expand_inputs(cfg.inputs, cfg.format)
+    openers = {f.path: f.opener for f in files if f.opener}
+    return [{"path": u.path, "fmt": u.fmt, **({"open": openers[u.path]} if u.path in openers else {}),
              "units": [{"uid": u.uid, "start": u.start, "stop": u.stop, "todo": True, "resume": None}]}
-            for u in plan_units(expand_inputs(cfg.inputs, cfg.format), 1 << 62)]
+            for u in plan_units(files, 1 << 62)]
 
 
 @dataclass
@@ -111,9 +113,16 @@ def corpus_sequences(cfg: PretrainConfig, vocab: Vocab) -> tuple[list[list[int]]
     return rows, count
 
 
+def _named(inputs) -> str:
+    """The inputs as an error names them: the first three, without credentials."""
+    from albert_ray.paths import without_credentials
+
+    return ", ".join(map(without_credentials, inputs[:3])) + (f" (+{len(inputs) - 3} more)" if len(inputs) > 3 else "")
+
+
 def too_small(cfg: PretrainConfig, training: int, workers: int, count: CorpusCount | None = None) -> ValueError:
     """The one-line error of a corpus with fewer training sequences than one step takes."""
-    inputs = ", ".join(cfg.inputs[:3]) + (f" (+{len(cfg.inputs) - 3} more)" if len(cfg.inputs) > 3 else "")
+    inputs = _named(cfg.inputs)
     read = f" ({count.describe()})" if count else ""
     return ValueError(f"{inputs}: the corpus gives {_count(training, 'training sequence')} of model.max_len="
                       f"{cfg.model.max_len}{read}; one step takes {cfg.train.batch_size * workers} (train.batch_size "
@@ -149,7 +158,7 @@ def require_a_step_per_share(cfg: PretrainConfig, shares, count: CorpusCount) ->
     training = [s.count() - int(s.sum("heldout") or 0) for s in shares]
     if min(training) >= b:
         return
-    inputs = ", ".join(cfg.inputs[:3]) + (f" (+{len(cfg.inputs) - 3} more)" if len(cfg.inputs) > 3 else "")
+    inputs = _named(cfg.inputs)
     raise ValueError(f"{inputs}: the corpus gives {_count(sum(training), 'training sequence')} of model.max_len="
                      f"{cfg.model.max_len} ({count.describe()}), cut among {len(shares)} workers as "
                      f"{' + '.join(f'{n:,}' for n in training)} (held-out sequences fall unevenly); each worker's "

@@ -155,3 +155,20 @@ def quiet_ray_data() -> None:
     # "Dataset ... execution finished in 2.2 seconds", "Tip: Use `take_batch()` ...": ours say the
     # same ("packed corpus: 87 rows ready in 2.3 s"); Ray Data's warnings and errors still show
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # a read task's one-line error (albert_ray.errors.ONE_LINE) is printed by the command line;
+    # Ray Data's two tracebacks of it are not
+    for name in _DATA_TRACEBACK_LOGGERS:
+        logging.getLogger(name).addFilter(_not_a_one_line_error)
+
+
+# Ray Data 2.60's driver loggers that print a failed task's traceback as the dataset aborts
+_DATA_TRACEBACK_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+
+
+def _not_a_one_line_error(record: logging.LogRecord) -> bool:
+    import sys
+
+    from albert_ray.errors import ONE_LINE, unwrapped
+
+    exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    return exc is None or not isinstance(unwrapped(exc), ONE_LINE)

@@ -190,3 +190,19 @@ def test_physical_lines_offsets_resume_mid_file(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfab\r\ncd\nef")
     assert list(physical_lines(str(tmp_path / "a.txt"))) == [(0, b"ab", 7), (7, b"cd", 10), (10, b"ef", 12)]
     assert list(physical_lines(str(tmp_path / "a.txt"), 7)) == [(7, b"cd", 10), (10, b"ef", 12)]
+
+
+def test_a_file_under_a_uri_input_is_opened_with_the_inputs_credentials_and_options_and_shown_without_them():
+    from albert_ray.corpus import file_uris
+    from albert_ray.paths import without_credentials
+
+    item = "s3://KEY:SECRET@bucket/in?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert file_uris(item, "bucket/in", "bucket/in/sub/a.txt") == (
+        "s3://bucket/in/sub/a.txt", "s3://KEY:SECRET@bucket/in/sub/a.txt?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert file_uris("s3://bucket/in/a.txt", "bucket/in/a.txt", "bucket/in/a.txt") == ("s3://bucket/in/a.txt",) * 2
+    assert file_uris("s3://bucket", "bucket", "bucket/a.txt") == ("s3://bucket/a.txt",) * 2
+    # a host and port that are not in the filesystem's paths stay in the URI
+    assert file_uris("hdfs://namenode:8020/data/", "/data", "/data/x/a.txt") == ("hdfs://namenode:8020/data/x/a.txt",) * 2
+    assert without_credentials(item) == "s3://bucket/in?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert without_credentials("s3://bucket/in") == "s3://bucket/in"
+    assert without_credentials("/data/a@b.txt") == "/data/a@b.txt"

@@ -367,6 +367,39 @@ def test_a_user_error_raised_in_a_ray_task_prints_its_own_line_without_the_remot
     assert capsys.readouterr().err == "albert-ray label: error: a.jsonl line 3: text is not a string\n"
 
 
+def test_an_object_a_read_task_cannot_read_is_one_line_exit_1_and_ray_datas_tracebacks_of_it_are_not_logged(
+        monkeypatch, capsys):
+    import logging
+
+    from ray.exceptions import RayTaskError
+
+    from albert_ray import cli
+    from albert_ray.errors import InputUnreadable
+    from albert_ray.quiet import _not_a_one_line_error
+
+    cause = InputUnreadable("input s3://b/in/a.txt cannot be read: AWS Error NETWORK_CONNECTION during GetObject")
+    wrapped = RayTaskError("read", "Traceback ...", cause).as_instanceof_cause()
+    # what Ray Data appends to a failed task's message: kept out of the line
+    wrapped.args = (f"{wrapped.args[0]}\nFailed to apply UDF transform after 1/1 attempts (total backoff 0.0s).",)
+
+    def fails(args):
+        raise wrapped
+
+    monkeypatch.setattr(cli, "_cmd_label", fails)
+    assert cli.main(["label", "--model", "m", "--input", "s3://b/in", "--output", "o"]) == 1  # not the user's: 1, not 2
+    assert capsys.readouterr().err == ("albert-ray label: error: input s3://b/in/a.txt cannot be read: AWS Error "
+                                       "NETWORK_CONNECTION during GetObject\n")
+
+    def record(exc):
+        return logging.LogRecord("ray.data", logging.ERROR, __file__, 1, "An exception was raised", None,
+                                 (type(exc), exc, None) if exc else None)
+
+    assert not _not_a_one_line_error(record(wrapped))
+    assert not _not_a_one_line_error(record(RayTaskError("read", "Traceback ...", ValueError("x")).as_instanceof_cause()))
+    assert _not_a_one_line_error(record(RayTaskError("read", "Traceback ...", KeyError("bug")).as_instanceof_cause()))
+    assert _not_a_one_line_error(record(None))
+
+
 def test_an_unreadable_input_is_one_line_naming_it_before_any_read_task(tmp_path):
     from albert_ray.corpus import expand_inputs
 

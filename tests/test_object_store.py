@@ -2,6 +2,7 @@
 started here on 127.0.0.1 and stopped by its PID), and re-running the job resumes from them."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -70,3 +71,48 @@ def test_checkpoints_in_an_object_store_and_resume_from_it(tmp_path, local_ray, 
     assert len(checkpoints) <= 2
     with fs.open_input_stream(f"{BUCKET}/runs/sample_ner/{checkpoints[-1]}/train_state.json") as f:
         assert json.loads(f.read())["epoch"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unreadable_object(tmp_path, local_ray,
+                                                                                                 s3_endpoint):
+    """The endpoint and credentials in an input URI reach the read tasks (a file opened as
+    ``s3://bucket/key`` alone would be looked for on AWS), are kept out of the output, and an
+    object the store refuses to serve is one line naming it."""
+    import boto3
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from albert_ray.errors import InputUnreadable, first_line, unwrapped
+    from albert_ray.labeling import LabelConfig, label_corpus
+    from albert_ray.training import train_in_process
+
+    model = train_in_process(load_job_config("jobs/configs/sample_ner.yaml", [
+        f"output_dir={tmp_path}", "train.epochs=1", "model.max_len=64", "data.max_train_examples=64",
+        "train.log_every=0"]))["model_dir"]
+    uri = f"s3://key:secret@{BUCKET}/in?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
+    fs.create_dir(BUCKET)
+    for name, text in (("a.txt", "张伟在北京。\n王芳去上海。\n"), ("b.jsonl", '{"text": "李明"}\n{"text": "新华社"}\n')):
+        with fs.open_output_stream(f"{BUCKET}/in/{name}") as f:
+            f.write(text.encode())
+    out = tmp_path / "labels"
+    config = LabelConfig(model=model, inputs=(uri,), output=str(out), progress=False)
+
+    manifest = label_corpus(config)
+    assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (4, 4, 0)
+    rows = sorted((r["source"], r["line"]) for r in pq.read_table(out).to_pylist())
+    assert rows == [(f"s3://{BUCKET}/in/a.txt", 1), (f"s3://{BUCKET}/in/a.txt", 2),
+                    (f"s3://{BUCKET}/in/b.jsonl", 1), (f"s3://{BUCKET}/in/b.jsonl", 2)]
+    assert "secret" not in (out / "_manifest.json").read_text()
+
+    # an archived object: listed, but the store refuses its bytes (moto answers InvalidObjectState)
+    boto3.client("s3", endpoint_url=f"http://{s3_endpoint}", aws_access_key_id="key", aws_secret_access_key="secret",
+                 region_name="us-east-1").put_object(Bucket=BUCKET, Key="in/cold.txt", Body="冷\n".encode(),
+                                                     StorageClass="GLACIER")
+    with pytest.raises(InputUnreadable) as err:  # Ray's RayTaskError(InputUnreadable); the CLI prints its line
+        label_corpus(config)
+    assert re.match(rf"input s3://{BUCKET}/in/cold\.txt cannot be read: AWS Error INTERNAL_FAILURE during GetObject "
+                    rf"operation: ", first_line(unwrapped(err.value)))
+    assert "secret" not in str(err.value)
