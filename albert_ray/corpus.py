@@ -177,8 +177,8 @@ def file_uris(item: str, root: str, file: str) -> tuple[str, str]:
     parts = urlsplit(item)
     suffix = file[len(root.rstrip("/")):] if file.startswith(root.rstrip("/")) else "/" + file
     path = parts.path.rstrip("/") + suffix if parts.path else suffix
-    return (urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], path, "", "")),
-            urlunsplit(parts._replace(path=path)))
+    shown = without_credentials(urlunsplit((parts.scheme, parts.netloc, path, "", "")))
+    return shown, urlunsplit(parts._replace(path=path))
 
 
 def _readable(path: str) -> str:
@@ -492,8 +492,9 @@ def read_file(task: dict, opts: ReadOptions, block_rows: int = 1024) -> Iterator
     """The rows of one file's pending units, in order, as Arrow tables of ``ROW_SCHEMA``.
 
     ``task``: ``{"path", "fmt", "units": [{"uid", "start", "stop", "todo", "resume"}]}`` in file
-    order, and ``"open"`` (:attr:`InputFile.location`) when the file is opened by another URI; a unit with ``todo`` false is skipped, and its ``resume`` (``next_offset``,
-    ``next_line`` from its commit record) says where the next unit starts.
+    order, and ``"open"`` (:attr:`InputFile.location`) when the file is opened by another URI; a
+    unit with ``todo`` false is skipped, and its ``resume`` (``next_offset``, ``next_line`` from
+    its commit record) says where the next unit starts.
     """
     try:
         yield from _read_file(task, opts, block_rows)
@@ -501,6 +502,11 @@ def read_file(task: dict, opts: ReadOptions, block_rows: int = 1024) -> Iterator
         user = isinstance(exc, USER_ERRORS) and type(exc).__module__ == "builtins"
         raise (type(exc) if user else InputUnreadable)(f"input {task['path']} cannot be read: {first_line(exc)}") \
             from None
+
+
+def _opened(task: dict) -> str:
+    """What a read task opens its file by (``InputFile.location``)."""
+    return task.get("open", task["path"])
 
 
 def _read_file(task: dict, opts: ReadOptions, block_rows: int) -> Iterator[pa.Table]:
@@ -527,7 +533,7 @@ def _read_ranges(task: dict, run: list[dict], at: dict, opts: ReadOptions, out: 
         out.end(run[k]["uid"], {"rows": rows, "first_line": first_line, "lines": line_no - first_line,
                                 "next_offset": next_offset, "next_line": line_no})
 
-    for offset, raw, end in physical_lines(task.get("open", task["path"]), end):
+    for offset, raw, end in physical_lines(_opened(task), end):
         while k < len(run) and offset >= run[k]["stop"]:
             finish(offset)
             k, rows, first_line = k + 1, 0, line_no
@@ -545,11 +551,12 @@ def _read_whole(task: dict, unit: dict, opts: ReadOptions, out: _Blocks):
     """A whole-file unit (compressed, CSV, or Parquet row group)."""
     uid, fmt, rows, last = unit["uid"], task["fmt"], 0, 0
     if fmt == "parquet":
-        parsed = _parquet_rows(task.get("open", task["path"]), unit["start"] if unit["stop"] >= 0 else -1, opts)
+        parsed = _parquet_rows(_opened(task), unit["start"] if unit["stop"] >= 0 else -1, opts)
     elif fmt == "csv":
-        parsed = _csv_rows(physical_lines(task.get("open", task["path"])), opts)
+        parsed = _csv_rows(physical_lines(_opened(task)), opts)
     else:
-        parsed = (_line_row(i + 1, raw, fmt, opts) for i, (_, raw, _) in enumerate(physical_lines(task.get("open", task["path"]))))
+        lines = physical_lines(_opened(task))
+        parsed = (_line_row(i + 1, raw, fmt, opts) for i, (_, raw, _) in enumerate(lines))
     try:
         for row in parsed:
             out.add(uid, rows, *row)

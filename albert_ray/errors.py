@@ -19,8 +19,9 @@ ONE_LINE = USER_ERRORS + (InputUnreadable,)  # what the command line prints as o
 
 
 def unwrapped(exc: BaseException) -> BaseException:
-    """A user error (or :class:`InputUnreadable`) raised inside a Ray task or actor, without Ray's wrapper (``RayTaskError``,
-    whose text holds the remote traceback): its cause; any other error as it is."""
+    """A user error (or :class:`InputUnreadable`) raised inside a Ray task or actor, without Ray's
+    wrapper (``RayTaskError``, whose text holds the remote traceback): its cause; any other error
+    as it is."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, ONE_LINE) else exc
 

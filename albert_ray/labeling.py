@@ -39,8 +39,8 @@ import pyarrow.fs as pafs
 from albert_ray import __version__
 from albert_ray.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs, fs_and_path,
                                input_roots, plan_units, read_file, reason_kind)
-from albert_ray.runtime import Interrupted
 from albert_ray.paths import without_credentials
+from albert_ray.runtime import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,8 @@ class Plan:
             units = by_file[f.path]
             if all(u.uid in self.complete for u in units):
                 continue
-            tasks.append(json.dumps({"path": f.path, "fmt": f.fmt, **({"open": f.opener} if f.opener else {}), "units": [
+            opened = {"open": f.opener} if f.opener else {}
+            tasks.append(json.dumps({"path": f.path, "fmt": f.fmt, **opened, "units": [
                 {"uid": u.uid, "start": u.start, "stop": u.stop, "todo": u.uid not in self.complete,
                  "resume": _resume_point(self.complete.get(u.uid))} for u in units]}))
         return tasks
@@ -378,7 +379,8 @@ def plan_run(cfg: LabelConfig, store: OutputStore) -> Plan:
     given = {f.path for f in files}
     gone = sorted({r["source"] for r in records.values() if r["source"] not in given})
     if gone and not cfg.prune:
-        raise ValueError(f"output {without_credentials(cfg.output)} holds labels of {len(gone)} input file(s) not given now "
+        raise ValueError(f"output {without_credentials(cfg.output)} holds labels of {len(gone)} input file(s) not "
+                         f"given now "
                          f"(e.g. {gone[0]}): give them again, choose another output, or pass --prune to delete them")
     for uid, rec in records.items():
         if uid in planned and rec.get("settings") == plan.settings and _files_present(store, rec):
@@ -534,7 +536,8 @@ def _finish(cfg: LabelConfig, spec, store: OutputStore, plan: Plan, rows_done: i
     store.write_bytes(label_summary_page(manifest, task_for(spec).counts_key).encode("utf-8"), SUMMARY_HTML)
     log.info("labeled: %d rows in = %d out + %d quarantined; %d units (%d reused); %.1f rows/s; manifest %s",
              manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"], manifest["units"],
-             manifest["units_reused"], manifest["rows_per_second"], f"{without_credentials(cfg.output).rstrip('/')}/{MANIFEST}")
+             manifest["units_reused"], manifest["rows_per_second"],
+             f"{without_credentials(cfg.output).rstrip('/')}/{MANIFEST}")
     if manifest["rows_in"] != manifest["rows_out"] + manifest["rows_quarantined"]:
         raise RuntimeError(f"row accounting failed: {manifest['rows_in']} in != {manifest['rows_out']} out + "
                            f"{manifest['rows_quarantined']} quarantined")
@@ -615,7 +618,8 @@ def _manifest(cfg: LabelConfig, spec, plan: Plan, rows_labeled: int, seconds: fl
         precisions.update(r.get("precision", []))
     return {
         "model": str(cfg.model), "model_name": spec.name, "task": spec.task, "labels": list(spec.labels),
-        "albert_ray_version": __version__, "inputs": [f.path for f in plan.files], "output": without_credentials(cfg.output),
+        "albert_ray_version": __version__, "inputs": [f.path for f in plan.files],
+        "output": without_credentials(cfg.output),
         "rows_in": sum(r["rows_in"] for r in records), "rows_out": sum(r["rows_out"] for r in records),
         "rows_quarantined": sum(r["rows_quarantined"] for r in records),
         "units": len(plan.units), "units_complete": len(records), "units_reused": plan.reused,
