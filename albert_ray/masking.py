@@ -108,6 +108,19 @@ def is_heldout(ids, permille: int) -> bool:
     return zlib.crc32(np.asarray(ids, dtype=np.int32).tobytes()) % 1000 < permille
 
 
+def special_ids(vocab: Vocab) -> np.ndarray:
+    """The ids never masked, never a label: ``[PAD]``, ``[CLS]``, ``[SEP]``, ``[MASK]``, ``[UNK]``."""
+    return np.array([vocab.index[t] for t in (PAD, CLS, SEP, MASK, UNK) if t in vocab.index], dtype=np.int64)
+
+
+def token_counts(rows, vocab_size: int) -> np.ndarray:
+    """How often each vocabulary id occurs in ``rows`` (packed sequences; word-start flags dropped)."""
+    counts = np.zeros(vocab_size, np.int64)
+    for i in range(0, len(rows), 4096):
+        counts += np.bincount(np.concatenate(rows[i : i + 4096]) & ~WORD_START, minlength=vocab_size)
+    return counts
+
+
 def mask_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: float = 0.15,
                whole_words: bool = False) -> tuple:
     """Dynamic masking of a padded batch: ``rate`` of each row's ordinary tokens (never
@@ -122,7 +135,7 @@ def mask_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: fl
     """
     starts = (ids & WORD_START) != 0
     ids = ids & ~WORD_START
-    special = np.array([vocab.index[t] for t in (PAD, CLS, SEP, MASK, UNK) if t in vocab.index])
+    special = special_ids(vocab)
     ordinary = np.setdiff1d(np.arange(len(vocab)), special)
     b, length = ids.shape
     p = max(1, math.ceil(rate * length))

@@ -10,7 +10,10 @@ layout plus ``cls/predictions/...``, readable by the original code and by fine-t
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from albert_ray.config import EncoderConfig
 from albert_ray.tokenization import Vocab
@@ -18,19 +21,52 @@ from albert_ray.tokenization import Vocab
 HEAD_PREFIX = "cls/predictions"
 
 
-def build_mlm_model(config: EncoderConfig, sentence_order: bool = False):
+@dataclass(frozen=True)
+class OutputVocabulary:
+    """The vocabulary ids the MLM softmax runs over, and the batch labels as indices into them.
+
+    Why: a corpus holds a fraction of a 21,128-word vocabulary (4,670 ids in the benchmark's 1.8M
+    characters), and a label is always a token of the corpus. A softmax over those ids alone
+    computes the same targets' probabilities against the tokens that can occur, and the output
+    layer, its cross-entropy and their gradients (a quarter of a step on the sample encoder) shrink
+    with it. Ids outside keep their head weights as they were (zeros, or a checkpoint's)."""
+
+    ids: np.ndarray  # sorted, int32
+
+    @classmethod
+    def of_counts(cls, counts: np.ndarray, special: np.ndarray) -> "OutputVocabulary":
+        """The ids a per-id count of the corpus' tokens holds, special tokens (never labels) left out."""
+        return cls(np.setdiff1d(np.flatnonzero(counts), special).astype(np.int32))
+
+    def targets(self, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``labels`` (vocabulary ids) as indices into :attr:`ids`; padding slots (weight 0) 0.
+
+        Raises:
+            RuntimeError: a weighted label outside the ids (a bug: the ids come from every
+                sequence the worker masks).
+        """
+        index = np.minimum(np.searchsorted(self.ids, labels), len(self.ids) - 1).astype(np.int32)
+        real = weights > 0
+        if not np.array_equal(self.ids[index[real]], labels[real]):
+            raise RuntimeError("a masked token outside the MLM output vocabulary")
+        return np.where(real, index, 0).astype(np.int32)
+
+
+def build_mlm_model(config: EncoderConfig, sentence_order: bool = False, output: OutputVocabulary | None = None):
     """``[token_ids, segment_ids, masked_positions] -> logits (B, P, vocab)`` (float32): the
     encoder and an MLM head whose output layer is the token embedding, transposed (as in BERT and
-    ALBERT), evaluated at the masked positions only. ``sentence_order``: also ``(B, 2)`` logits
-    of ALBERT's sentence-order head (the pooler, ``tanh`` of a dense layer on ``[CLS]``, then a
-    dense layer), as a second output."""
+    ALBERT), evaluated at the masked positions only; with ``output``, over its ids only
+    (``(B, P, len(output.ids))``, labels then :meth:`OutputVocabulary.targets`).
+    ``sentence_order``: also ``(B, 2)`` logits of ALBERT's sentence-order head (the pooler,
+    ``tanh`` of a dense layer on ``[CLS]``, then a dense layer), as a second output."""
     from tensorflow import keras
 
     from albert_ray.encoder import build_encoder
 
     encoder = build_encoder(config, name="encoder")
     positions = keras.layers.Input((None,), dtype="int32", name="Input-Masked-Positions")
-    logits = MaskedLMHead(config, encoder, name="MLM-Head")([encoder.outputs[0], positions])
+    head = MaskedLMHead(config, encoder, name="MLM-Head", output=output)
+    logits = head([encoder.outputs[0], positions])
     if sentence_order:
         pooled = keras.layers.Dense(config.hidden_size, activation="tanh", name="SOP-Pooler")(encoder.outputs[1])
         order = keras.layers.Dense(2, name="SOP-Output", dtype="float32")(pooled)
@@ -54,10 +90,11 @@ def head_variables(model) -> dict:
 _TRANSPOSED = {"cls/seq_relationship/output_weights"}
 
 
-def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a layer factory)
+def MaskedLMHead(config: EncoderConfig, encoder, name: str,  # noqa: N802  (a layer factory)
+                 output: OutputVocabulary | None = None):
     """The MLM head layer: transform (dense + activation + LayerNorm) at the width the layout's
     published head has, then logits against the token embedding (brightmart projects back
-    through ``word_embeddings_2`` first), plus ``output_bias``."""
+    through ``word_embeddings_2`` first), plus ``output_bias``; with ``output``, against its rows only."""
     import tensorflow as tf
     from tensorflow import keras
 
@@ -65,6 +102,11 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
     from albert_ray.encoder import LN_EPSILON, activation_for
 
     width = config.embedding_size if config.layout == "albert_google" else config.hidden_size
+    rows = None if output is None else tf.constant(output.ids)
+    size = config.vocab_size if output is None else len(output.ids)
+
+    def restricted(table):
+        return table if rows is None else tf.gather(table, rows)
 
     class _Head(keras.layers.Layer):
         def build(self, input_shape):
@@ -97,9 +139,9 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str):  # noqa: N802  (a l
             x = tf.cast(fused.layer_norm(x, self.gamma, self.beta, LN_EPSILON), compute)  # LayerNorm in float32
             if config.layout == "albert_brightmart":
                 x = tf.matmul(x, tf.cast(self.projection(), compute), transpose_b=True)  # H -> E
-            logits = tf.matmul(x, tf.cast(self.embedding(), compute), transpose_b=True)
-            logits = fused.logits_with_bias(logits, self.output_bias)  # float32: softmax and loss
-            return tf.reshape(logits, tf.concat([tf.shape(positions), [config.vocab_size]], axis=0))
+            logits = tf.matmul(x, tf.cast(restricted(self.embedding()), compute), transpose_b=True)
+            logits = fused.logits_with_bias(logits, restricted(self.output_bias))  # float32: softmax and loss
+            return tf.reshape(logits, tf.concat([tf.shape(positions), [size]], axis=0))
 
         def variables_by_name(self) -> dict:
             p = HEAD_PREFIX

@@ -20,18 +20,18 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from albert_ray.config import EncoderConfig, check_fits, checkpoint_folder_files
-from albert_ray.masking import is_heldout, make_batch
-from albert_ray.mlm import build_mlm_model, load_head, masked_loss, order_loss, save_pretrained
+from albert_ray.masking import is_heldout, make_batch, special_ids, token_counts
+from albert_ray.mlm import OutputVocabulary, build_mlm_model, load_head, masked_loss, order_loss, save_pretrained
 from albert_ray.pretrain_corpus import (READ_TASK_CPUS, CorpusCount, CorpusTally, corpus_sequences, corpus_texts,
                                         peek_tally, require_a_step_per_share, require_enough_text,
                                         sequences_dataset, too_small)
-from albert_ray.pretrain_config import PretrainConfig, PretrainTrain
+from albert_ray.pretrain_config import PretrainConfig
 from albert_ray.progress import StepBar, bars_wanted
 from albert_ray.tokenization import Vocab
 
@@ -89,6 +89,7 @@ class PretrainWorker:
     rows: list | None = None          # in-process runs: the sequences
     local_output: str | None = None
     progress_bar: bool = False        # the driver writes to a terminal: a step bar on rank 0
+    output: OutputVocabulary | None = None  # the MLM softmax's ids (train.output_vocabulary=corpus): set by the loop
 
 
 def pretrain_loop_per_worker(config: dict) -> None:
@@ -114,6 +115,7 @@ def pretrain_loop_per_worker(config: dict) -> None:
         steps_per_epoch = min_across_workers(ctx.strategy, steps_per_epoch)
     if steps_per_epoch == 0:  # in this process; through Ray, require_enough_text refused it first
         raise too_small(cfg, len(train_rows) * ctx.world, ctx.world)
+    w = replace(w, output=_output_vocabulary(ctx.rows, w, combine))
     if not held_out and ctx.rank == 0:
         log.warning("no held-out sequence among %d (train.heldout_permille=%d): held-out loss and accuracy will read "
                     "nan; raise train.heldout_permille", sequences, t.heldout_permille)
@@ -123,8 +125,10 @@ def pretrain_loop_per_worker(config: dict) -> None:
     state = _restore_pretraining(model, optimizer, w, ctx.resume)
     if ctx.rank == 0:
         log.info("pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
-                 "%s, %s", cfg.name, sequences, held_out, ctx.world, t.batch_size, steps_per_epoch, cap,
-                 f", {t.max_minutes:g} min" if t.max_minutes else "", t.precision)
+                 "%s, %s, MLM softmax over %s", cfg.name, sequences, held_out, ctx.world, t.batch_size, steps_per_epoch,
+                 cap, f", {t.max_minutes:g} min" if t.max_minutes else "", t.precision,
+                 f"all {len(w.vocab):,} vocabulary ids" if w.output is None else
+                 f"the {len(w.output.ids):,} of {len(w.vocab):,} vocabulary ids the corpus holds")
 
     def checkpoint(folder):
         from albert_ray.worker import optimizer_state
@@ -141,7 +145,7 @@ def pretrain_loop_per_worker(config: dict) -> None:
         first = state.batch if epoch == state.epoch else 0
         metrics = _pretrain_epoch(step, optimizer, train_rows, w, ctx.rank, epoch, (first, steps_per_epoch), budget,
                                   lambda batch: midway(epoch, batch))
-        metrics.update(evaluate_mlm(model, heldout, w.vocab, t, combine), sequences=sequences)
+        metrics.update(evaluate_mlm(model, heldout, w, combine), sequences=sequences)
         state.history.append(metrics)
         state.epoch, state.batch = epoch + 1, 0
         if ctx.rank == 0:
@@ -152,6 +156,22 @@ def pretrain_loop_per_worker(config: dict) -> None:
         ctx.reporter.report({**metrics, "final": budget.hit or epoch + 1 == t.epochs}, checkpoint)
         if budget.hit:
             break
+
+
+def _output_vocabulary(rows, w: PretrainWorker, combine) -> OutputVocabulary | None:
+    """The ids the workers' sequences (held-out ones too) hold, for ``train.output_vocabulary=corpus``."""
+    if w.cfg.train.output_vocabulary == "full":
+        return None
+    counts = token_counts(rows, len(w.vocab))
+    return OutputVocabulary.of_counts(counts if combine is None else combine(counts), special_ids(w.vocab))
+
+
+def masked_batch(rows, rng: np.random.Generator, w: PretrainWorker) -> tuple:
+    """:func:`~albert_ray.masking.make_batch`, its labels indices into the model's output vocabulary."""
+    ids, seg, pos, labels, weights, order_labels, order_weights = make_batch(rows, rng, w.vocab, w.cfg.train)
+    if w.output is not None:
+        labels = w.output.targets(labels, weights)
+    return ids, seg, pos, labels, weights, order_labels, order_weights
 
 
 class Budget:
@@ -208,8 +228,6 @@ def _pretrain_context(w: PretrainWorker):
 def _build_pretraining(w: PretrainWorker, strategy, cap: int):
     """The MLM model (initialised, or from ``model.checkpoint``), AdamW with warmup and a decay
     that follows the :class:`Budget`, and the compiled step ``(ids, positions, labels, weights) -> loss``."""
-    from dataclasses import replace
-
     import tensorflow as tf
     from tensorflow import keras
 
@@ -220,7 +238,7 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
     t, checkpoint = w.cfg.train, w.cfg.model.checkpoint
     with strategy.scope():
         with dtype_policy(t.precision):
-            model = build_mlm_model(w.encoder, t.sentence_order)
+            model = build_mlm_model(w.encoder, t.sentence_order, w.output)
         fused.enable(model)  # packed sequences: one batch shape, compiled once
         std = init_std(w.encoder, w.cfg.model.init_range)
         initialize_encoder(model, replace(w.encoder, initializer_range=std), seed=t.seed)
@@ -305,7 +323,7 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
     for i in range(first, steps):
         if budget.over(int(optimizer.iterations.numpy())):
             break
-        batch = make_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]], rng, w.vocab, t)
+        batch = masked_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]], rng, w)
         losses.append(float(step(*(tf.constant(x) for x in batch))))
         bar.step(losses[-1])
         if len(losses) == 1:  # sequences/s from the end of the first step on: not the tracing (and XLA) compile
@@ -330,14 +348,15 @@ def _rate(seqs: int, seconds: float, opening: tuple[int, float]) -> float:
     return n / max(t, 1e-9)
 
 
-def evaluate_mlm(model, rows, vocab: Vocab, t: PretrainTrain, combine=None) -> dict:
+def evaluate_mlm(model, rows, w: PretrainWorker, combine=None) -> dict:
     """MLM loss and masked-token accuracy (and sentence-order accuracy) on held-out sequences
     (fixed masking and order). ``combine`` sums the workers' totals (each evaluates its own
     held-out rows), so the numbers are the whole held-out slice's whatever the workers."""
+    t = w.cfg.train
     rng = np.random.default_rng([t.seed, 999])
     sums = np.zeros(6)  # loss, correct, count; order correct, order count; sequences
     for i in range(0, len(rows), 64):
-        ids, seg, pos, labels, weights, order_labels, order_weights = make_batch(rows[i : i + 64], rng, vocab, t)
+        ids, seg, pos, labels, weights, order_labels, order_weights = masked_batch(rows[i : i + 64], rng, w)
         out = model([ids, seg, pos], training=False)
         mlm = masked_loss(out[0] if t.sentence_order else out, labels, weights)
         order = order_loss(out[1], order_labels, order_weights)[1:] if t.sentence_order else (0.0, 0.0)

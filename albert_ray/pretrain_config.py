@@ -10,6 +10,8 @@ from pathlib import Path
 
 from albert_ray.spec import TRAIN_PRECISIONS
 
+OUTPUT_VOCABULARIES = ("corpus", "full")
+
 
 @dataclass(frozen=True)
 class PretrainModel:
@@ -30,6 +32,7 @@ class PretrainTrain:
     mask_rate: float = 0.15
     whole_word_masking: bool = False     # the corpus is word-segmented with spaces: mask whole words
     sentence_order: bool = False         # ALBERT's sentence-order prediction beside the masked LM
+    output_vocabulary: str = "corpus"    # the MLM softmax over: corpus (the ids the corpus holds) | full
     max_steps: int = 0                   # 0: no limit
     max_minutes: float = 0.0             # wall-clock budget of the training loop; 0: none
     heldout_permille: int = 10           # sequences kept out of training to report MLM loss / accuracy
@@ -86,6 +89,8 @@ def load_pretrain_config(path: str | None, overrides: list[str] | None = None,
         raise ValueError(f"train.mask_rate={t.mask_rate!r}: must be in (0, 1)")
     if t.precision not in TRAIN_PRECISIONS:
         raise ValueError(f"train.precision={t.precision!r}: must be one of {list(TRAIN_PRECISIONS)}")
+    if t.output_vocabulary not in OUTPUT_VOCABULARIES:
+        raise ValueError(f"train.output_vocabulary={t.output_vocabulary!r}: must be one of {list(OUTPUT_VOCABULARIES)}")
     if not cfg.inputs:
         raise ValueError("inputs: give at least one file, directory or glob (or --input)")
     return cfg

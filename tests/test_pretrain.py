@@ -74,6 +74,10 @@ def test_pretraining_learns_writes_the_published_layout_and_fine_tuning_starts_f
     assert shapes["bert/encoder/layer_shared/attention/self/query/kernel"] == [128, 128]
     assert shapes["cls/predictions/output_bias"] == [len(VOCAB)]
     assert shapes["cls/predictions/transform/dense/kernel"] == [128, 128]
+    # the softmax ran over the corpus' 20 characters (train.output_vocabulary=corpus): the special
+    # tokens' output biases were never in it, so never moved from their zeros; the characters' did
+    bias = tf.train.load_checkpoint(str(folder / "model.ckpt")).get_tensor("cls/predictions/output_bias")
+    assert bias[:len(SPECIAL)].tolist() == [0.0] * len(SPECIAL) and np.all(bias[len(SPECIAL):] != 0)
 
     # fine-tuning takes the directory alone: its config and vocab by default, exactly its weights
     from albert_ray import modeldir
