@@ -42,7 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from albert_ray.errors import USER_ERRORS, InputUnreadable, first_line
+from albert_ray.errors import USER_ERRORS, InputUnreadable, first_line, one_line
 from albert_ray.paths import where, without_credentials
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet")
@@ -422,21 +422,63 @@ def _csv_rows(lines: Iterator[tuple[int, bytes, int]], opts: ReadOptions):
             yield line_no, rid, text, text_problem(text, opts.text_field, opts.max_chars), raw
 
 
+class _ByteSource:
+    """A file's bytes for pyarrow that remember an error of the source itself (a network failure,
+    a refused object), told apart from one of decoding them: pyarrow raises ``OSError`` for both."""
+
+    def __init__(self, f):
+        self.f, self.failed = f, None
+
+    def _io(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+    def read(self, n=-1):
+        return self._io(self.f.read, None if n is None or n < 0 else n)
+
+    def seek(self, offset, whence=0):
+        return self._io(self.f.seek, offset, whence)
+
+    def tell(self):
+        return self._io(self.f.tell)
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    @property
+    def closed(self):
+        return self.f.closed
+
+    def close(self):
+        self.f.close()
+
+
 def _parquet_rows(path: str, group: int, opts: ReadOptions):
+    """A row group's rows (``group`` -1: the file's). A file that does not decode is one quarantine
+    row; a source that fails to give its bytes raises (the read task's error, not the file's)."""
     import pyarrow.parquet as pq
 
     fs, p = fs_and_path(path)
     first = 0
-    try:
-        with fs.open_input_file(p) as f:
-            pf = pq.ParquetFile(f)
+    with fs.open_input_file(p) as f:
+        source = _ByteSource(f)
+        try:
+            pf = pq.ParquetFile(source)
             names = pf.schema_arrow.names
             first = sum(pf.metadata.row_group(i).num_rows for i in range(max(group, 0)))
             cols = [c for c in (opts.text_field, opts.id_field) if c and c in names]
             table = pf.read_row_group(group, columns=cols) if group >= 0 else pf.read(columns=cols)
-    except (OSError, pa.ArrowInvalid) as exc:
-        yield first + 1, None, None, f"unreadable Parquet ({exc})", ""
-        return
+        except (OSError, pa.ArrowInvalid) as exc:
+            if source.failed is not None:
+                raise source.failed from None
+            yield first + 1, None, None, f"unreadable Parquet ({one_line(exc)})", ""
+            return
     ids = table.column(opts.id_field).to_pylist() if opts.id_field in table.column_names else [None] * table.num_rows
     if opts.text_field not in table.column_names:
         for i in range(table.num_rows):

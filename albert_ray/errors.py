@@ -26,6 +26,13 @@ def unwrapped(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, ONE_LINE) else exc
 
 
+def one_line(text: str) -> str:
+    """A library's message as one printable line: its lines joined by ``; ``, control characters
+    escaped (a decoder's message may quote the byte it choked on)."""
+    lines = (line.strip() for line in str(text).splitlines())
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in "; ".join(x for x in lines if x))
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its class name if it has none)."""
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__

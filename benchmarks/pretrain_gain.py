@@ -4,8 +4,10 @@
 
 * throughput: pre-training sequences/s of the sample encoder (brightmart layout, H=128, 4 layers)
   and of the albert-tiny shape (H=312), both with the 21,128-word brightmart vocabulary and
-  128-token sequences: float32, float32 with XLA, mixed_bfloat16, the same steps each (counted
-  from the end of the first, compiled step); with ``--workers``, Ray Train on 1 against 2 workers;
+  128-token sequences: float32, float32 with XLA, mixed_bfloat16, each with the MLM softmax over
+  the ids the corpus holds (the default) and over the whole vocabulary (``full``), the same steps
+  each (counted from the end of the first, compiled step); with ``--workers``, Ray Train on 1
+  against 2 workers;
 * gain: pre-train the sample encoder for ``--minutes`` (XLA on, lr ``PRETRAIN_LR``) on unlabelled
   text of training splits only (CLUENER train, DuEE train, sogou, the albert_zh news sample, and
   the 90 % of People's Daily its job trains on; never CLUENER's test split, DuEE's dev split or
@@ -146,26 +148,30 @@ def workers_throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
 
 
 def throughput(corpus: Path, corpora: Path, steps: int, repeat: int = 1) -> list[dict]:
-    """Sequences/s of the same steps per shape: float32, float32 with XLA, mixed_bfloat16; with
-    ``repeat`` > 1 the configurations run in turn that many times (so a drift of the machine's
-    speed touches all of them) and each reports its median."""
-    configs = [(shape, precision, xla) for shape in SHAPES
+    """Sequences/s of the same steps per shape: float32, float32 with XLA, mixed_bfloat16, each
+    with the softmax over the corpus' ids and over the whole vocabulary; with ``repeat`` > 1 the
+    configurations run in turn that many times (so a drift of the machine's speed touches all of
+    them) and each reports its median. ``x_float32``: against float32 with the same softmax."""
+    configs = [(shape, precision, xla, output) for shape in SHAPES for output in ("corpus", "full")
                for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False))]
     runs: dict[tuple, list[float]] = {c: [] for c in configs}
     ran: dict[tuple, int] = {}  # the steps a run took (the corpus' one epoch may hold fewer than asked)
     for _ in range(repeat):
-        for shape, precision, xla in configs:
+        for shape, precision, xla, output in configs:
             with tempfile.TemporaryDirectory() as tmp:
                 s = pretrain_run(corpus, Path(tmp), corpora, f"train.precision={precision}", f"train.xla={xla}",
-                                 f"train.max_steps={steps}", "train.epochs=1", shape=shape)
-            runs[(shape, precision, xla)].append(s["history"][-1]["sequences_per_second"])
-            ran[(shape, precision, xla)] = s["history"][-1]["steps"]
+                                 f"train.output_vocabulary={output}", f"train.max_steps={steps}", "train.epochs=1",
+                                 shape=shape)
+            runs[(shape, precision, xla, output)].append(s["history"][-1]["sequences_per_second"])
+            ran[(shape, precision, xla, output)] = s["history"][-1]["steps"]
     median = {c: statistics.median(rates) for c, rates in runs.items()}
-    return [{"shape": shape, "precision": precision, "xla": xla, "steps": ran[(shape, precision, xla)],
-             "sequences_per_second": round(median[(shape, precision, xla)], 1),
-             "runs": [round(r, 1) for r in runs[(shape, precision, xla)]],
-             "x_float32": round(median[(shape, precision, xla)] / median[(shape, "float32", False)], 2)}
-            for shape, precision, xla in configs]
+    return [{"shape": shape, "precision": precision, "xla": xla, "output_vocabulary": output,
+             "steps": ran[(shape, precision, xla, output)],
+             "sequences_per_second": round(median[(shape, precision, xla, output)], 1),
+             "runs": [round(r, 1) for r in runs[(shape, precision, xla, output)]],
+             "x_float32": round(median[(shape, precision, xla, output)] / median[(shape, "float32", False, output)], 2),
+             "x_full_softmax": round(median[(shape, precision, xla, output)] / median[(shape, precision, xla, "full")], 2)}
+            for shape, precision, xla, output in configs]
 
 
 def fine_tune(name: str, out: Path, corpora: Path, checkpoint: Path | None, learning_rate: float,
@@ -268,8 +274,9 @@ def print_result(result: dict, tasks: list[str], rates: list[float]) -> None:
     print(f"unlabelled text: {result['unlabelled']['chars']:,} characters "
           f"({', '.join(f'{k} {v:,}' for k, v in result['unlabelled'].items() if k != 'chars')})")
     for row in result.get("throughput", []):
-        print(f"pre-training {row['shape']:>6} {row['precision']:>15}{' + XLA' if row['xla'] else '':6}: "
-              f"{row['sequences_per_second']:>7.1f} sequences/s  ({row['x_float32']}x float32)")
+        print(f"pre-training {row['shape']:>6} {row['precision']:>15}{' + XLA' if row['xla'] else '':6} "
+              f"softmax {row.get('output_vocabulary', 'full'):>6}: {row['sequences_per_second']:>7.1f} sequences/s  "
+              f"({row['x_float32']}x float32, {row.get('x_full_softmax', 1.0)}x the full softmax)")
     for row in result.get("workers", []):
         print(f"pre-training on {row['workers']} Ray Train worker(s): {row['sequences_per_second']:>7.1f} sequences/s"
               + (f"  ({row['x_one_worker']}x one worker)" if "x_one_worker" in row else ""))

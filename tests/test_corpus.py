@@ -172,6 +172,45 @@ def test_parquet_units_are_row_groups_with_row_numbers(tmp_path):
     assert [r["reason"] for r in rows] == ["field 'text' is not a string (int64)"] * 2
 
 
+def test_a_parquet_file_that_does_not_decode_is_a_quarantine_row_but_a_failing_source_is_the_tasks_error(
+        tmp_path, monkeypatch):
+    import io
+
+    from albert_ray import corpus
+    from albert_ray.errors import InputUnreadable
+
+    pq.write_table(pa.table({"text": ["一二三四五六七八九十" * 50] * 40}), tmp_path / "a.parquet", compression="none")
+    data = (tmp_path / "a.parquet").read_bytes()
+    files = expand_inputs([str(tmp_path / "a.parquet")])
+    units = plan_units(files, 1)
+
+    # the column's bytes overwritten with garbage, the footer intact: the file is at fault
+    damaged = bytearray(data)
+    damaged[4:200] = b"\xff" * 196
+    (tmp_path / "a.parquet").write_bytes(bytes(damaged))
+    rows, ends = _read(_task(files[0], units))
+    assert [(r["line"], r["text"]) for r in rows] == [(1, None)]
+    assert rows[0]["reason"] == ("unreadable Parquet (Couldn't deserialize thrift: don't know what type: \\x0f; "
+                                 "Deserializing page header failed.)")
+
+    # the footer read, then the store fails to give the column's bytes: the read task fails, in one line
+    class Flaky(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() < len(data) // 2:
+                raise OSError("AWS Error NETWORK_CONNECTION during GetObject operation: connection reset")
+            return super().read(n)
+
+    class Store:
+        def open_input_file(self, path):
+            return Flaky(data)
+
+    monkeypatch.setattr(corpus, "fs_and_path", lambda uri: (Store(), uri))
+    with pytest.raises(InputUnreadable) as caught:
+        _read(_task(files[0], units))
+    assert str(caught.value) == (f"input {files[0].path} cannot be read: AWS Error NETWORK_CONNECTION during "
+                                 "GetObject operation: connection reset")
+
+
 def test_inputs_skip_hidden_names_and_roots_of_globs(tmp_path):
     (tmp_path / "d" / "_quarantine").mkdir(parents=True)
     (tmp_path / "d" / "a.txt").write_text("x\n")
