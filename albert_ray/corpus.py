@@ -530,13 +530,27 @@ class _Blocks:
             self.bytes = 0
 
 
+def read_task(file: InputFile, units: list[Unit], done: dict[str, dict] | None = None) -> dict:
+    """What :func:`read_file` takes for ``units`` of ``file`` (in file order): the units in ``done``
+    (uid -> its commit record) are skipped, their records saying where the next unit starts."""
+    done = done or {}
+    opened = {"open": file.opener} if file.opener else {}
+    return {"path": file.path, "fmt": file.fmt, **opened, "units": [
+        {"uid": u.uid, "start": u.start, "stop": u.stop, "todo": u.uid not in done,
+         "resume": _resume_point(done.get(u.uid))} for u in units]}
+
+
+def _resume_point(record: dict | None) -> dict | None:
+    return None if record is None else {"next_offset": record.get("next_offset"), "next_line": record.get("next_line")}
+
+
 def read_file(task: dict, opts: ReadOptions, block_rows: int = 1024) -> Iterator[pa.Table]:
     """The rows of one file's pending units, in order, as Arrow tables of ``ROW_SCHEMA``.
 
-    ``task``: ``{"path", "fmt", "units": [{"uid", "start", "stop", "todo", "resume"}]}`` in file
-    order, and ``"open"`` (:attr:`InputFile.location`) when the file is opened by another URI; a
-    unit with ``todo`` false is skipped, and its ``resume`` (``next_offset``, ``next_line`` from
-    its commit record) says where the next unit starts.
+    ``task`` (:func:`read_task`): ``{"path", "fmt", "units": [{"uid", "start", "stop", "todo",
+    "resume"}]}`` in file order, and ``"open"`` (:attr:`InputFile.location`) when the file is
+    opened by another URI; a unit with ``todo`` false is skipped, and its ``resume``
+    (``next_offset``, ``next_line`` from its commit record) says where the next unit starts.
     """
     try:
         yield from _read_file(task, opts, block_rows)

@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 
 from albert_ray import __version__
 from albert_ray.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs, fs_and_path,
-                               input_roots, plan_units, read_file, reason_kind)
+                               input_roots, plan_units, read_file, read_task, reason_kind)
 from albert_ray.paths import without_credentials
 from albert_ray.runtime import Interrupted
 
@@ -322,19 +322,12 @@ class Plan:
             units = by_file[f.path]
             if all(u.uid in self.complete for u in units):
                 continue
-            opened = {"open": f.opener} if f.opener else {}
-            tasks.append(json.dumps({"path": f.path, "fmt": f.fmt, **opened, "units": [
-                {"uid": u.uid, "start": u.start, "stop": u.stop, "todo": u.uid not in self.complete,
-                 "resume": _resume_point(self.complete.get(u.uid))} for u in units]}))
+            tasks.append(json.dumps(read_task(f, units, self.complete)))
         return tasks
 
     def todo_bytes(self) -> int:
         sizes = {f.path: f.size for f in self.files}
         return sum(sizes[u.path] if u.stop < 0 or u.fmt == "parquet" else u.stop - u.start for u in self.todo())
-
-
-def _resume_point(record: dict | None) -> dict | None:
-    return None if record is None else {"next_offset": record.get("next_offset"), "next_line": record.get("next_line")}
 
 
 def _settings(cfg: LabelConfig) -> dict:

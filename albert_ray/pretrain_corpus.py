@@ -24,13 +24,11 @@ READ_TASK_CPUS = 0.5  # what sequences_dataset asks per read task (runtime.requi
 
 def read_tasks(cfg: PretrainConfig) -> list[dict]:
     """One read task per input file (the whole file as one unit: pre-training keeps no unit records)."""
-    from albert_ray.corpus import expand_inputs, plan_units
+    from albert_ray.corpus import expand_inputs, plan_units, read_task
 
     files = expand_inputs(cfg.inputs, cfg.format)
-    openers = {f.path: f.opener for f in files if f.opener}
-    return [{"path": u.path, "fmt": u.fmt, **({"open": openers[u.path]} if u.path in openers else {}),
-             "units": [{"uid": u.uid, "start": u.start, "stop": u.stop, "todo": True, "resume": None}]}
-            for u in plan_units(files, 1 << 62)]
+    by_path = {f.path: f for f in files}
+    return [read_task(by_path[u.path], [u]) for u in plan_units(files, 1 << 62)]
 
 
 @dataclass

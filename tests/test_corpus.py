@@ -9,14 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from albert_ray.corpus import (ReadOptions, expand_inputs, input_roots, physical_lines, plan_units, read_file)
+from albert_ray.corpus import (ReadOptions, expand_inputs, input_roots, physical_lines, plan_units, read_file,
+                               read_task)
 
 
 def _task(f, units, done=None, ends=None):
-    done = done or set()
-    return {"path": f.path, "fmt": f.fmt, "units": [
-        {"uid": u.uid, "start": u.start, "stop": u.stop, "todo": u.uid not in done,
-         "resume": ends[u.uid] if u.uid in done else None} for u in units]}
+    return read_task(f, units, {uid: ends[uid] for uid in done or ()})
 
 
 def _read(task, opts=ReadOptions(), block_rows=1024):
