@@ -385,15 +385,7 @@ def _csv_rows(lines: Iterator[tuple[int, bytes, int]], opts: ReadOptions):
         except csv.Error as exc:
             if not consumed:
                 return
-            if "unexpected end of data" in str(exc):
-                reason = (f"unterminated quote (from line {consumed[0][0]} to the end of the file; the following "
-                          f"lines are read again)")
-            elif len(consumed) > 1:
-                reason = (f"unterminated quote (the record ran over lines {consumed[0][0]}-{consumed[-1][0]}, then: "
-                          f"{exc}; the following lines are read again)")
-            else:
-                reason = f"malformed CSV ({exc})"
-            yield consumed[0][0], None, None, reason, consumed[0][1].rstrip("\n")
+            yield consumed[0][0], None, None, _csv_error_reason(exc, consumed), consumed[0][1].rstrip("\n")
             pending.extendleft(reversed(consumed[1:]))
             reader = csv.reader(feed(), strict=True)
             continue
@@ -403,23 +395,43 @@ def _csv_rows(lines: Iterator[tuple[int, bytes, int]], opts: ReadOptions):
             text_col = header.index(opts.text_field) if opts.text_field in header else None
             id_col = header.index(opts.id_field) if opts.id_field in header else None
             continue
-        bad_utf8 = next((c for c in consumed if c[2]), None)
-        if bad_utf8:
-            yield line_no, None, None, f"{bad_utf8[2][:-1]}, line {bad_utf8[0]})", raw
-        elif not rec:
-            yield line_no, None, None, "empty line", raw
-        elif len(rec) != len(header) and len(consumed) > 1:
-            yield (line_no, None, None, f"unterminated quote (the record ran over lines {line_no}-{consumed[-1][0]} "
-                   f"with {len(rec)} fields, the header has {len(header)}; the following lines are read again)",
-                   consumed[0][1].rstrip("\n"))
+        problem, swallowed = _csv_record_problem(rec, consumed, header)
+        if swallowed:  # quarantined by its first line; the lines it swallowed are read again
+            yield line_no, None, None, problem, consumed[0][1].rstrip("\n")
             pending.extendleft(reversed(consumed[1:]))
-        elif len(rec) != len(header):
-            yield line_no, None, None, f"wrong number of fields ({len(rec)}, the header has {len(header)})", raw
+        elif problem:
+            yield line_no, None, None, problem, raw
         elif text_col is None:
             yield line_no, None, None, f"missing field {opts.text_field!r} (the header has {', '.join(header)})", raw
         else:
             text, rid = rec[text_col], rec[id_col] if id_col is not None else None
             yield line_no, rid, text, text_problem(text, opts.text_field, opts.max_chars), raw
+
+
+def _csv_error_reason(exc: csv.Error, consumed: list) -> str:
+    """Why the CSV reader failed on the lines it ``consumed`` (``(line_no, text, decode problem)``)."""
+    if "unexpected end of data" in str(exc):
+        return f"unterminated quote (from line {consumed[0][0]} to the end of the file; the following lines are read again)"
+    if len(consumed) > 1:
+        return (f"unterminated quote (the record ran over lines {consumed[0][0]}-{consumed[-1][0]}, then: {exc}; "
+                f"the following lines are read again)")
+    return f"malformed CSV ({one_line(exc)})"
+
+
+def _csv_record_problem(rec: list[str], consumed: list, header: list[str]) -> tuple[str | None, bool]:
+    """Why a parsed CSV record is quarantined (None: it is not), and whether it swallowed the
+    lines after its first (a field count off the header's over several lines: an unterminated quote)."""
+    bad_utf8 = next((c for c in consumed if c[2]), None)
+    if bad_utf8:
+        return f"{bad_utf8[2][:-1]}, line {bad_utf8[0]})", False
+    if not rec:
+        return "empty line", False
+    if len(rec) != len(header) and len(consumed) > 1:
+        return (f"unterminated quote (the record ran over lines {consumed[0][0]}-{consumed[-1][0]} with {len(rec)} "
+                f"fields, the header has {len(header)}; the following lines are read again)"), True
+    if len(rec) != len(header):
+        return f"wrong number of fields ({len(rec)}, the header has {len(header)})", False
+    return None, False
 
 
 class _ByteSource:
