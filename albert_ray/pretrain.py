@@ -205,6 +205,13 @@ class Budget:
                 self.warmup_var.assign(self.warmup_ratio * total)
         return self.hit
 
+    def progress(self, done: int) -> str:
+        """The log line's account of the budget: steps done of the cap (of the steps that fit, ``~``,
+        under a wall-clock budget) and the minutes used."""
+        if not self.minutes:
+            return f"step {done:,} of {self.total:,}"
+        return f"step {done:,} of ~{self.total:,}, {(time.time() - self.began) / 60:.1f} of {self.minutes:g} min"
+
 
 def _pretrain_context(w: PretrainWorker):
     """Rank, rows, strategy, resume checkpoint and reporter: Ray Train's, or this process's."""
@@ -331,8 +338,9 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, rank: int, epoch: 
         else:
             seqs += len(batch[0])
         if rank == 0 and t.log_every and (i + 1) % t.log_every == 0 and bar.bar is None:
-            log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker)", epoch + 1, i + 1, steps,
-                     np.mean(losses[-t.log_every:]), seqs / (time.time() - began))
+            log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker; %s)", epoch + 1, i + 1, steps,
+                     np.mean(losses[-t.log_every:]), seqs / (time.time() - began),
+                     budget.progress(int(optimizer.iterations.numpy())))
         every = t.checkpoint_every_steps
         if every and i + 1 < steps and int(optimizer.iterations.numpy()) % every == 0 and not budget.hit:
             midway(i + 1)

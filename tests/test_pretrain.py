@@ -115,6 +115,36 @@ def test_pretrain_config_errors_are_one_line(tmp_path):
         resolve_model_files(load_pretrain_config(None, ["name=x"], ["a.txt"]))
 
 
+def test_the_measured_recipe_config_asks_for_its_inputs_and_vocabulary_in_one_line():
+    from albert_ray.pretrain import resolve_model_files
+
+    recipe = "jobs/configs/pretrain/corpus_30min.yaml"
+    with pytest.raises(ValueError, match=r"^inputs: give at least one file, directory or glob \(or --input\)$"):
+        load_pretrain_config(recipe)
+    cfg = load_pretrain_config(recipe, [], ["my_text/"])
+    with pytest.raises(ValueError, match=r"^model.vocab: give a vocab.txt \(the brightmart one\), 'auto'"):
+        resolve_model_files(cfg)
+    t = cfg.train
+    assert (cfg.name, cfg.inputs, cfg.model.max_len, cfg.model.encoder_config) == \
+        ("corpus_30min", ("my_text/",), 128, "data/albert_config_sample.json")
+    assert (t.max_minutes, t.batch_size, t.learning_rate, t.precision, t.output_vocabulary, t.xla) == \
+        (30.0, 32, 3e-3, "mixed_bfloat16", "corpus", False)
+    bundled = sorted(p.name for p in Path("jobs/configs/pretrain").glob("*.yaml"))
+    assert bundled == ["corpus_30min.yaml", "sample.yaml"]
+    assert [load_pretrain_config(f"jobs/configs/pretrain/{name}", [], ["a.txt"]).inputs for name in bundled] == [("a.txt",)] * 2
+
+
+def test_the_log_line_gives_the_steps_and_minutes_of_the_budget():
+    import tensorflow as tf
+
+    from albert_ray.pretrain import Budget
+
+    assert Budget(400, 0.0, tf.Variable(400.0)).progress(120) == "step 120 of 400"
+    timed = Budget(20_000, 30.0, tf.Variable(9_800.0))  # the total: the steps that fit (re-fitted as it runs)
+    timed.began -= 90
+    assert timed.progress(2_400) == "step 2,400 of ~9,800, 1.5 of 30 min"
+
+
 @pytest.mark.slow
 @pytest.mark.ci  # in-process pre-training
 def test_the_wall_clock_budget_ends_the_run_and_shortens_the_schedule(tmp_path):
