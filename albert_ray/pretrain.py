@@ -175,15 +175,18 @@ def masked_batch(rows, rng: np.random.Generator, w: PretrainWorker) -> tuple:
 
 
 class Budget:
-    """The step cap and the wall-clock budget. Steps are timed from step 10 (after tracing and
-    warm-up); every 50 steps the schedule's total (a ``tf.Variable``) is re-fitted to the steps
-    that still fit (and the warmup to its share of them), so the learning rate reaches 0 when the
-    time is up."""
+    """The step cap and the wall-clock budget. Steps are timed from the 10th step the run takes
+    (after tracing and warm-up; a resumed run counts from its first step); every 50 steps after
+    that the schedule's total (a ``tf.Variable``) is re-fitted to the steps that still fit (and the
+    warmup to its share of them), so the learning rate reaches 0 when the time is up."""
 
-    def __init__(self, cap: int, minutes: float, total_var, warmup_var=None, warmup_ratio: float = 0.0):
+    def __init__(self, cap: int, minutes: float, total_var, warmup_var=None, warmup_ratio: float = 0.0,
+                 clock=time.time):
         self.cap, self.minutes, self.total_var = cap, minutes, total_var
-        self.warmup_var, self.warmup_ratio = warmup_var, warmup_ratio
-        self.began, self.timed_from, self.hit = time.time(), (time.time(), 0), False
+        self.warmup_var, self.warmup_ratio, self.clock = warmup_var, warmup_ratio, clock
+        self.began, self.hit = clock(), False
+        self.first: int | None = None                   # the step the run started at
+        self.timed_from: tuple[float, int] | None = None  # (time, step) the pace is measured from
 
     @property
     def total(self) -> int:
@@ -191,26 +194,32 @@ class Budget:
 
     def over(self, done: int) -> bool:
         """True (and ``hit``) once the steps or the minutes are used up; else re-fits the schedule."""
-        now = time.time()
+        now = self.clock()
+        self.first = done if self.first is None else self.first
         if done >= self.total or (self.minutes and now - self.began > 60 * self.minutes):
             self.hit = True
-        elif self.minutes and done == 10:
+        elif self.minutes and done == self.first + 10:
             self.timed_from = (now, done)
-        elif self.minutes and done % 50 == 0 and done > 10:
-            per_step = (now - self.timed_from[0]) / (done - self.timed_from[1])
-            fit = done + int((60 * self.minutes - (now - self.began)) / per_step)
-            total = float(max(done + 1, min(self.cap, fit)))
+        elif self.minutes and self.timed_from and done % 50 == 0 and done > self.timed_from[1]:
+            total = float(self._fit(done, now))
             self.total_var.assign(total)
             if self.warmup_var is not None:  # the warmup is a share of the steps that fit, too
                 self.warmup_var.assign(self.warmup_ratio * total)
         return self.hit
 
+    def _fit(self, done: int, now: float) -> int:
+        """The steps that fit in the budget at the pace since :attr:`timed_from` (at most the cap)."""
+        per_step = max((now - self.timed_from[0]) / (done - self.timed_from[1]), 1e-9)
+        return max(done + 1, min(self.cap, done + int((60 * self.minutes - (now - self.began)) / per_step)))
+
     def progress(self, done: int) -> str:
-        """The log line's account of the budget: steps done of the cap (of the steps that fit, ``~``,
-        under a wall-clock budget) and the minutes used."""
+        """The log line's account of the budget: steps done of the cap, or under a wall-clock budget
+        of the steps that fit (``~``, once the pace is measured), and the minutes used."""
         if not self.minutes:
             return f"step {done:,} of {self.total:,}"
-        return f"step {done:,} of ~{self.total:,}, {(time.time() - self.began) / 60:.1f} of {self.minutes:g} min"
+        now = self.clock()
+        fit = f" of ~{self._fit(done, now):,}" if self.timed_from and done > self.timed_from[1] else ""
+        return f"step {done:,}{fit}, {(now - self.began) / 60:.1f} of {self.minutes:g} min"
 
 
 def _pretrain_context(w: PretrainWorker):

@@ -134,15 +134,25 @@ def test_the_measured_recipe_config_asks_for_its_inputs_and_vocabulary_in_one_li
     assert [load_pretrain_config(f"jobs/configs/pretrain/{name}", [], ["a.txt"]).inputs for name in bundled] == [("a.txt",)] * 2
 
 
-def test_the_log_line_gives_the_steps_and_minutes_of_the_budget():
+def test_the_budget_fits_the_schedule_to_the_pace_after_a_resume_and_the_log_line_says_so():
     import tensorflow as tf
 
     from albert_ray.pretrain import Budget
 
     assert Budget(400, 0.0, tf.Variable(400.0)).progress(120) == "step 120 of 400"
-    timed = Budget(20_000, 30.0, tf.Variable(9_800.0))  # the total: the steps that fit (re-fitted as it runs)
-    timed.began -= 90
-    assert timed.progress(2_400) == "step 2,400 of ~9,800, 1.5 of 30 min"
+    now = [0.0]
+    total, warmup = tf.Variable(100_000.0), tf.Variable(5_000.0)
+    budget = Budget(100_000, 30.0, total, warmup, 0.05, clock=lambda: now[0])
+    for done in range(5_000, 5_051):  # resumed at step 5,000; 0.1 s a step
+        now[0] = 0.1 * (done - 5_000)
+        assert not budget.over(done)
+        if done == 5_005:
+            assert budget.progress(done) == "step 5,005, 0.0 of 30 min"  # no pace yet
+    # timed from step 5,010 (1 s): 0.1 s a step, 1,795 s left at step 5,050 -> 17,950 more steps
+    assert (budget.total, int(warmup.numpy())) == (23_000, 1_150)
+    assert budget.progress(5_050) == "step 5,050 of ~23,000, 0.1 of 30 min"
+    now[0] = 1_800.5
+    assert budget.over(5_051) and budget.hit
 
 
 @pytest.mark.slow
