@@ -250,11 +250,10 @@ def gain(args: argparse.Namespace, corpus: Path, corpora: Path, workdir: Path, t
         folder = Path(args.pretrained)
         summary = json.loads((folder / "pretrain.json").read_text())
     else:
+        xla = args.precision == "float32" if args.xla is None else args.xla  # the recipe's precision: off
         precision = [f"train.precision={args.precision}"] if args.precision else []
-        xla = [f"train.xla={args.xla}"] if args.xla is not None else \
-            ["train.xla=true"] if args.precision == "float32" else []
-        summary = pretrain_run(corpus, workdir / "pt", corpora, f"train.max_minutes={args.minutes}", *precision, *xla,
-                               *args.pretrain_overrides)
+        summary = pretrain_run(corpus, workdir / "pt", corpora, f"train.max_minutes={args.minutes}", f"train.xla={xla}",
+                               *precision, *args.pretrain_overrides)
         folder = Path(summary["pretrained_dir"])
     recipes = RECIPES if args.recipe == "bounded" else FULL_RECIPES
     rows = [fine_tune(name, workdir / f"{name}-{init}-{lr}", corpora, folder if init == "pt" else None, lr, recipes[name])
