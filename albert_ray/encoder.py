@@ -227,12 +227,7 @@ class BertEncoder:
     # -- checkpoint mapping --------------------------------------------------------------
     def variable_map(self) -> dict[str, list[str]]:
         c = self.config
-        out = {
-            "Embedding-Token": ["bert/embeddings/word_embeddings"],
-            "Embedding-Segment": ["bert/embeddings/token_type_embeddings"],
-            "Embedding-Position": ["bert/embeddings/position_embeddings"],
-            "Embedding-Norm": _ln("bert/embeddings/LayerNorm"),
-        }
+        out = _embeddings_map()
         for i in range(c.num_hidden_layers):
             out.update(_bert_block_map(f"Encoder-{i + 1}", f"bert/encoder/layer_{i}"))
         return out
@@ -289,13 +284,7 @@ class BrightmartAlbertEncoder(BertEncoder):
         return "Encoder-Shared"
 
     def variable_map(self) -> dict[str, list[str]]:
-        out = {
-            "Embedding-Token": ["bert/embeddings/word_embeddings"],
-            "Embedding-Token-Projection": ["bert/embeddings/word_embeddings_2"],
-            "Embedding-Segment": ["bert/embeddings/token_type_embeddings"],
-            "Embedding-Position": ["bert/embeddings/position_embeddings"],
-            "Embedding-Norm": _ln("bert/embeddings/LayerNorm"),
-        }
+        out = {**_embeddings_map(), "Embedding-Token-Projection": ["bert/embeddings/word_embeddings_2"]}
         out.update(_bert_block_map("Encoder-Shared", "bert/encoder/layer_shared"))
         return out
 
@@ -327,12 +316,7 @@ class GoogleAlbertEncoder(BrightmartAlbertEncoder):
 
     def variable_map(self) -> dict[str, list[str]]:
         c = self.config
-        out = {
-            "Embedding-Token": ["bert/embeddings/word_embeddings"],
-            "Embedding-Segment": ["bert/embeddings/token_type_embeddings"],
-            "Embedding-Position": ["bert/embeddings/position_embeddings"],
-            "Embedding-Norm": _ln("bert/embeddings/LayerNorm"),
-        }
+        out = _embeddings_map()
         if c.embedding_size != c.hidden_size:
             out["Embedding-Mapping"] = _dense("bert/encoder/embedding_hidden_mapping_in")
         for g in self.groups():
@@ -455,6 +439,16 @@ def _ln(scope: str) -> list[str]:
 
 def _dense(scope: str) -> list[str]:
     return [f"{scope}/kernel", f"{scope}/bias"]
+
+
+def _embeddings_map() -> dict[str, list[str]]:
+    """The embedding layers' checkpoint names, the same in every published layout."""
+    return {
+        "Embedding-Token": ["bert/embeddings/word_embeddings"],
+        "Embedding-Segment": ["bert/embeddings/token_type_embeddings"],
+        "Embedding-Position": ["bert/embeddings/position_embeddings"],
+        "Embedding-Norm": _ln("bert/embeddings/LayerNorm"),
+    }
 
 
 def _bert_block_map(layer_prefix: str, scope: str) -> dict[str, list[str]]:

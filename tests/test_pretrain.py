@@ -217,42 +217,20 @@ def test_bfloat16_pretraining_follows_float32(tmp_path):
 def test_killed_pretraining_workers_resume_from_their_step_checkpoint_with_every_sequence_once(tmp_path, local_ray):
     """801 sequences on 2 workers (Ray Train's own split would hand over 800 and say nothing),
     both workers killed once a step checkpoint is registered."""
-    import os
-    import signal
     import sys
-    import threading
-    import time
 
     from albert_ray.pretrain import pretrain
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_ray_training import _train_worker_pids
+    from test_ray_training import kill_workers_once_checkpointed
 
     with _corpus(tmp_path).open("a", encoding="utf-8") as f:
         f.write("甲乙丙丁戊" * 6 + "\n")  # an 801st sequence
     cfg = _cfg(tmp_path, "train.epochs=3", "train.checkpoint_every_steps=5", "train.max_failures=1",
                "train.num_workers=2", "train.cpus_per_worker=0.75", f"storage_path={tmp_path}/ray")
     snapshot = tmp_path / "ray" / "p-pretrain" / "checkpoint_manager_snapshot.json"
-    killed = []
-
-    def killer():
-        deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            try:
-                registered = json.loads(snapshot.read_text()).get("checkpoint_results") if snapshot.exists() else None
-            except ValueError:  # being written
-                registered = None
-            if registered:
-                for pid in _train_worker_pids():
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    killed = kill_workers_once_checkpointed(snapshot)
     summary = pretrain(cfg)
-    thread.join(timeout=5)
     assert killed, "no training worker was found to kill"
     assert summary["corpus"] == {**_corpus_count(tmp_path), "texts": 801, "sequences": 801}  # counted once
     assert len(summary["resumes"]) == 1

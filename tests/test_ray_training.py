@@ -135,25 +135,21 @@ def _train_worker_pids():
     return pids
 
 
-@pytest.mark.slow
-@pytest.mark.ci
-def test_killed_worker_resumes_from_checkpoint_not_from_scratch(tmp_path, local_ray):
+def kill_workers_once_checkpointed(snapshot: Path) -> list[int]:
+    """SIGKILL this process's Ray Train workers (in a thread) once Ray Train's controller has
+    registered a checkpoint in ``snapshot`` (it collects reports by polling); the list fills with
+    the PIDs killed."""
+    import json
     import os
     import signal
     import threading
     import time
 
-    job = load_job_config("jobs/configs/sample_ner.yaml", [
-        f"output_dir={tmp_path}", "data.max_train_examples=400", "train.batch_size=8", "train.epochs=4",
-        "train.checkpoint_every_steps=10", "train.max_failures=1", "train.log_every=0", "model.max_len=64"])
-    storage = tmp_path / "ray" / job.name
-    killed = []
+    killed: list[int] = []
 
     def killer():
         deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            # kill once Ray Train's controller has registered a checkpoint (it collects reports by polling)
-            snapshot = storage / "checkpoint_manager_snapshot.json"
+        while time.time() < deadline:
             try:
                 registered = json.loads(snapshot.read_text()).get("checkpoint_results") if snapshot.exists() else None
             except ValueError:  # being written
@@ -165,10 +161,19 @@ def test_killed_worker_resumes_from_checkpoint_not_from_scratch(tmp_path, local_
                 return
             time.sleep(0.05)
 
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    threading.Thread(target=killer, daemon=True).start()
+    return killed
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_killed_worker_resumes_from_checkpoint_not_from_scratch(tmp_path, local_ray):
+    job = load_job_config("jobs/configs/sample_ner.yaml", [
+        f"output_dir={tmp_path}", "data.max_train_examples=400", "train.batch_size=8", "train.epochs=4",
+        "train.checkpoint_every_steps=10", "train.max_failures=1", "train.log_every=0", "model.max_len=64"])
+    storage = tmp_path / "ray" / job.name
+    killed = kill_workers_once_checkpointed(storage / "checkpoint_manager_snapshot.json")
     summary = train(job)
-    thread.join(timeout=5)
     assert killed, "no training worker was found to kill"
     assert len(summary["resumes"]) == 1
     resumed = summary["resumes"][0]
