@@ -96,15 +96,8 @@ class MultiHeadAttention(KerasMultiHeadAttention):
                    for x, w, b in ((q, self.Wq, self.bq), (k, self.Wk, self.bk), (v, self.Wv, self.bv)))
         q, k, v = (self._reshape_to_batches(x, self.head_num) for x in (q, k, v))
         scores = tf.matmul(q, k, transpose_b=True)
-        scale = 1.0 / tf.sqrt(tf.cast(tf.shape(q)[-1], tf.float32))
-        if fused.wanted(self, training) and key_mask is not None:
-            probs = fused.attention_probs(scores, self._reshape_mask(key_mask, self.head_num), scale)
-        else:
-            logits = tf.cast(scores, tf.float32) * scale
-            if key_mask is not None:
-                keep = tf.cast(self._reshape_mask(key_mask, self.head_num), tf.float32)
-                logits -= 10000.0 * (1.0 - keep[:, None, :])
-            probs = tf.nn.softmax(logits, axis=-1)
+        keep = None if key_mask is None else self._reshape_mask(key_mask, self.head_num)
+        probs = attention_probs(scores, keep, 1.0 / tf.sqrt(tf.cast(tf.shape(q)[-1], tf.float32)))
         y = tf.matmul(tf.cast(probs, v.dtype), v)
         return self._project(self._reshape_from_batches(y, self.head_num), self.Wo, self.bo)
 
@@ -119,6 +112,19 @@ class MultiHeadAttention(KerasMultiHeadAttention):
         if self.activation is not None:
             y = self.activation(y)
         return tf.reshape(y, tf.concat([shape[:-1], [-1]], axis=0))
+
+
+def attention_probs(scores, keep, scale):
+    """``softmax(scores * scale - 10000 * (1 - keep))`` over the keys, in float32; ``keep``
+    ``(B * heads, keys)`` is 1 for real tokens and 0 for padding (``None``: no padding).
+
+    Plain ops in pre-training too: one XLA pass (as :mod:`fused` gives GELU and LayerNorm) runs
+    this softmax on one thread, and the pre-training step was 5-13 % slower with it
+    (``benchmarks/pretrain_step_parts.py`` times both)."""
+    logits = tf.cast(scores, tf.float32) * scale
+    if keep is not None:
+        logits -= 10000.0 * (1.0 - tf.cast(keep, tf.float32)[:, None, :])
+    return tf.nn.softmax(logits, axis=-1)
 
 
 class LayerNormalization(KerasLayerNormalization):

@@ -7,7 +7,9 @@ gradients; each op a full pass over memory, and in bfloat16 each is emulated) th
 which oneDNN runs ~2-4x faster in bfloat16 than in float32 here.  Compiling the whole step with
 XLA (``train.xla``) fuses these too, but XLA's CPU matmuls are not oneDNN's, so it loses the
 bfloat16 gain.  The functions take and return the caller's dtype; the result equals the
-composite ops' within float32 rounding.
+composite ops' within float32 rounding.  GELU and LayerNorm gain from it; the attention
+softmax lost (XLA runs it on one thread, the plain float32 ops on all: the step ran 5-13 % faster
+without it), so it stays plain (``benchmarks/pretrain_step_parts.py`` times each part).
 
 Only models passed to :func:`enable` use them, and only when called with ``training=True``:
 pre-training, whose batches all have one shape.  XLA compiles each function once per input
@@ -68,14 +70,6 @@ def layer_norm(x, gamma, beta, epsilon):
     centered = x - mean
     variance = tf.reduce_mean(tf.square(centered), axis=-1, keepdims=True)
     return centered / tf.sqrt(variance + epsilon) * gamma + beta
-
-
-@tf.function(jit_compile=True)
-def attention_probs(scores, keep, scale):
-    """``softmax(scores * scale - 10000 * (1 - keep))`` over the keys in float32, returned in the
-    scores' dtype; ``keep`` ``(B * heads, keys)`` is 1 for real tokens, 0 for padding."""
-    logits = tf.cast(scores, tf.float32) * scale - 10000.0 * (1.0 - tf.cast(keep, tf.float32)[:, None, :])
-    return tf.cast(tf.nn.softmax(logits, axis=-1), scores.dtype)
 
 
 @tf.function(jit_compile=True)
