@@ -290,7 +290,7 @@ class BrightmartAlbertEncoder(BertEncoder):
         return "Encoder-Shared"
 
     def variable_map(self) -> dict[str, list[str]]:
-        out = {**_embeddings_map(), "Embedding-Token-Projection": ["bert/embeddings/word_embeddings_2"]}
+        out = _embeddings_map(projection=True)
         out.update(_bert_block_map("Encoder-Shared", "bert/encoder/layer_shared"))
         return out
 
@@ -447,10 +447,15 @@ def _dense(scope: str) -> list[str]:
     return [f"{scope}/kernel", f"{scope}/bias"]
 
 
-def _embeddings_map() -> dict[str, list[str]]:
-    """The embedding layers' checkpoint names, the same in every published layout."""
+def _embeddings_map(projection: bool = False) -> dict[str, list[str]]:
+    """The embedding layers' checkpoint names, the same in every published layout; with
+    ``projection``, brightmart's factorised token embedding. The order is the random start's
+    draw order (:func:`initialize_encoder`): changing it changes every seeded model."""
+    token = {"Embedding-Token": ["bert/embeddings/word_embeddings"]}
+    if projection:
+        token["Embedding-Token-Projection"] = ["bert/embeddings/word_embeddings_2"]
     return {
-        "Embedding-Token": ["bert/embeddings/word_embeddings"],
+        **token,
         "Embedding-Segment": ["bert/embeddings/token_type_embeddings"],
         "Embedding-Position": ["bert/embeddings/position_embeddings"],
         "Embedding-Norm": _ln("bert/embeddings/LayerNorm"),

@@ -273,3 +273,17 @@ def test_seq_len_over_positions_names_both_values(tmp_path):
     _, config = _write(tmp_path, "albert_brightmart")
     with pytest.raises(ValueError, match=f"max_seq_length=64 exceeds max_position_embeddings={P}"):
         build_encoder(config, seq_len=64)
+
+
+@pytest.mark.parametrize("layout, first", [
+    ("bert", ["Embedding-Token", "Embedding-Segment", "Embedding-Position", "Embedding-Norm", "Encoder-1-MultiHeadSelfAttention"]),
+    ("albert_brightmart", ["Embedding-Token", "Embedding-Token-Projection", "Embedding-Segment", "Embedding-Position",
+                           "Embedding-Norm"]),
+    ("albert_google", ["Embedding-Token", "Embedding-Segment", "Embedding-Position", "Embedding-Norm", "Embedding-Mapping"]),
+])
+def test_variable_map_order_is_the_random_start_draw_order(layout, first):
+    """initialize_encoder draws the layers in the map's order: a reordered map changes every
+    seeded model (and every benchmark's random-init score), so the order is pinned."""
+    from albert_ray.encoder import encoder_for
+
+    assert list(encoder_for(EncoderConfig.from_dict(tiny(layout), layout=layout)).variable_map())[:5] == first
