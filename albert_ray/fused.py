@@ -7,9 +7,8 @@ gradients; each op a full pass over memory, and in bfloat16 each is emulated) th
 which oneDNN runs ~2-4x faster in bfloat16 than in float32 here.  Compiling the whole step with
 XLA (``train.xla``) fuses these too, but XLA's CPU matmuls are not oneDNN's, so it loses the
 bfloat16 gain.  The functions take and return the caller's dtype; the result equals the
-composite ops' within float32 rounding.  GELU and LayerNorm gain from it; the attention
-softmax lost (XLA runs it on one thread, the plain float32 ops on all: the step ran 5-13 % faster
-without it), so it stays plain (``benchmarks/pretrain_step_parts.py`` times each part).
+composite ops' within float32 rounding.  The attention softmax lost from it and stays plain
+(:func:`albert_ray.encoder.attention_probs` says why).
 
 Only models passed to :func:`enable` use them, and only when called with ``training=True``:
 pre-training, whose batches all have one shape.  XLA compiles each function once per input

@@ -69,6 +69,21 @@ def test_task_outputs_are_float32_under_mixed_precision():
         assert out.dtype.name == "float32"
 
 
+def test_attention_probabilities_are_float32_and_padding_keys_get_nothing():
+    """encoder.attention_probs (plain ops in every path, pre-training included): bfloat16 scores
+    give float32 probabilities equal to the float32 softmax of the masked, scaled scores."""
+    import tensorflow as tf
+
+    scores = tf.random.stateless_normal([6, 5, 7], seed=[0, 5]) * 4.0
+    keep = tf.constant([[1, 1, 1, 1, 0, 0, 0]] * 3 + [[1, 1, 1, 1, 1, 1, 1]] * 3, tf.float32)
+    probs = encoder.attention_probs(tf.cast(scores, tf.bfloat16), keep, 0.5)
+    assert probs.dtype == tf.float32
+    expected = tf.nn.softmax(tf.cast(tf.cast(scores, tf.bfloat16), tf.float32) * 0.5 - 10000.0 * (1.0 - keep[:, None, :]))
+    np.testing.assert_allclose(probs.numpy(), expected.numpy(), atol=1e-6)
+    assert probs.numpy()[:3, :, 4:].max() == 0.0  # padding keys get nothing
+    np.testing.assert_allclose(probs.numpy().sum(-1), 1.0, atol=1e-6)
+
+
 def test_bert_layout_refuses_mixed_precision_with_the_reason(tmp_path):
     (tmp_path / "bert.json").write_text(json.dumps(tiny("bert")))
     config = EncoderConfig.from_json_file(tmp_path / "bert.json")
