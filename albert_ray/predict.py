@@ -18,23 +18,13 @@ import albert_ray  # noqa: F401
 import tensorflow as tf
 from tensorflow import keras
 
-from albert_ray import modeldir
+from albert_ray import hardware, modeldir
 from albert_ray.batching import pad_batch
 from albert_ray.spec import PRECISIONS, ModelSpec
 from albert_ray.tasks import task_for
 from albert_ray.tokenization import CharTokenizer, Vocab
 
 log = logging.getLogger(__name__)
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def resolve_precision(precision: str) -> str:
@@ -52,7 +42,7 @@ def resolve_precision(precision: str) -> str:
     if gpus:
         capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
         return "bfloat16" if capability >= (8, 0) else "float16"
-    return "bfloat16" if _cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
+    return "bfloat16" if hardware.has_bf16() else "float32"
 
 
 class Labeler:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from albert_ray.hardware import machine_record  # noqa: E402
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -215,7 +217,7 @@ def main():
             print(results[-1], flush=True)
     print_table(results)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2))
+    Path(args.output).write_text(json.dumps({"machine": machine_record(), "results": results}, indent=2))
 
 
 def print_table(results: list[dict]) -> None:

@@ -64,6 +64,7 @@ def main():
     mixed = "--mixed-precision" in sys.argv[1:]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from albert_ray.config import EncoderConfig
+    from albert_ray.hardware import machine_record
     from albert_ray.planner import estimate
 
     rows = []
@@ -86,7 +87,7 @@ def main():
         print(f"{shape:<28} {r['measured_mib']:>13} {r['predicted_mib']:>12} {r['ratio']:>6}")
     out = Path(__file__).with_name("results")
     out.mkdir(exist_ok=True)
-    (out / ("planner_check_mixed.json" if mixed else "planner_check.json")).write_text(json.dumps(rows, indent=2))
+    (out / ("planner_check_mixed.json" if mixed else "planner_check.json")).write_text(json.dumps({"machine": machine_record(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

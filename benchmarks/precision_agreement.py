@@ -18,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from albert_ray.hardware import machine_record  # noqa: E402
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -71,7 +73,7 @@ def main():
         print(f"{r['precision']:<10} {r['test_score']:>10} {r['drift']:>8} {r['agreement_with_float32']:>20} "
               f"{r['rows_per_second']:>8}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"model": args.model, "data": args.data, "task": base.spec.task,
+    Path(args.output).write_text(json.dumps({"machine": machine_record(), "model": args.model, "data": args.data, "task": base.spec.task,
                                              "results": rows}, indent=2))
 
 

@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
+from albert_ray.hardware import machine_record  # noqa: E402
+
 MODELS = {"cluener": ["model.bilstm_units=0"], "peoples_daily": ["model.bilstm_units=0"],  # in both recipes
           "duee_multilabel": ["model.max_len=128"]}
 RECIPES = {  # bounded fine-tuning recipes (a few minutes each on 2 cores), the same for both starts
@@ -295,12 +297,6 @@ def print_result(result: dict, tasks: list[str], rates: list[float]) -> None:
             print(f"{name:<17}{'best':>8}{b['random']:>12.4f}{b['pretrained']:>12.4f}  gain {b['gain']:+.4f}")
 
 
-def head_commit() -> str:
-    """The checkout's commit when the run starts (``git rev-parse --short HEAD``), "" outside a git checkout."""
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
@@ -332,7 +328,7 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run = {"command": shlex.join(["python", "benchmarks/pretrain_gain.py", *sys.argv[1:]]), "commit": head_commit()}
+    run = {"command": shlex.join(["python", "benchmarks/pretrain_gain.py", *sys.argv[1:]]), **machine_record()}
     if args.checkpoints:
         with tempfile.TemporaryDirectory() as tmp:
             rows = reference_table(Path(args.checkpoints), args.configs.split(","), Path(tmp), args.overrides)
@@ -346,7 +342,7 @@ def main() -> None:
     tasks, rates = args.tasks.split(","), [float(v) for v in args.learning_rates.split(",")]
     if unknown := [t for t in tasks if t not in RECIPES]:
         raise SystemExit(f"--tasks: unknown {', '.join(unknown)} (choose from {', '.join(RECIPES)})")
-    result: dict = {**run, "machine": f"{os.cpu_count()} CPUs", "encoder": "data/albert_config_sample.json"}
+    result: dict = {**run, "encoder": "data/albert_config_sample.json"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(args.workdir or tmp)
         tmp.mkdir(parents=True, exist_ok=True)

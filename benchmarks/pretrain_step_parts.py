@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import tensorflow as tf  # noqa: E402
 
 from albert_ray import fused  # noqa: E402
+from albert_ray.hardware import machine_record  # noqa: E402
 from albert_ray.encoder import attention_probs  # noqa: E402
 
 BATCH, LENGTH = 32, 128
@@ -115,7 +116,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['shape']:<7}{r['part']:<44}{r['float32_ms']:>11.2f}{r['bfloat16_ms']:>9.2f}{r['x_float32']:>6.2f}")
     Path(args.output).write_text(json.dumps({
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "machine": f"{os.cpu_count()} CPUs",
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), **machine_record(),
         "batch": BATCH, "length": LENGTH, "shapes": SHAPES, "parts": rows}, indent=1) + "\n")
     print(f"wrote {args.output}")
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from albert_ray.hardware import machine_record  # noqa: E402
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -133,7 +135,7 @@ def main():
         print(f"{r['run']:<46} {r['examples_per_second']:>8} {r['wall_seconds'] or '':>8}  {r['all_examples_per_second']}")
     res = ROOT / "benchmarks" / "results"
     res.mkdir(exist_ok=True)
-    (res / "train_throughput.json").write_text(json.dumps(results, indent=2))
+    (res / "train_throughput.json").write_text(json.dumps({"machine": machine_record(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

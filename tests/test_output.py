@@ -76,14 +76,48 @@ def test_the_demo_prints_our_lines_and_bars_only_and_v_brings_the_rest_back(tmp_
     lines = [line for line in text.splitlines() if line.strip() and "%|" not in line]
     assert len(lines) < 40
 
-    loud = subprocess.run([sys.executable, "-m", "albert_ray.cli", "-v", "predict", "--model",
-                           "tests/data/model_before_mixed_precision", "张伟"], capture_output=True, text=True, timeout=300)
-    assert loud.returncode == 0
-    assert "oneDNN custom operations are on" in loud.stderr and "Could not find cuda drivers" in loud.stderr
+    loud_predict_brings_back_what_this_cpu_prints()
     quiet_run = subprocess.run([sys.executable, "-m", "albert_ray.cli", "predict", "--model",
                                 "tests/data/model_before_mixed_precision", "张伟"], capture_output=True, text=True,
                                timeout=300)
     assert quiet_run.returncode == 0 and quiet_run.stderr == ""
+
+
+def loud_predict_brings_back_what_this_cpu_prints(env: dict | None = None) -> None:
+    """``-v``: TensorFlow's start-up lines come back. "Could not find cuda drivers" comes on every
+    CPU without a GPU; the oneDNN line only where TensorFlow turns oneDNN on (hardware.onednn_on:
+    TF_ENABLE_ONEDNN_OPTS, else the CPU's flags), so it is expected exactly there."""
+    import os
+
+    from albert_ray import hardware
+
+    env = {**os.environ, **(env or {})}
+    loud = subprocess.run([sys.executable, "-m", "albert_ray.cli", "-v", "predict", "--model",
+                           "tests/data/model_before_mixed_precision", "张伟"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "Could not find cuda drivers" in loud.stderr
+    assert ("oneDNN custom operations are on" in loud.stderr) == hardware.onednn_on(env=env)
+
+
+def test_onednn_expectation_follows_the_cpu_flags_and_the_override():
+    from albert_ray import hardware
+
+    zen3_avx2 = frozenset("fpu sse4_2 avx avx2 fma bmi2 sha_ni vaes vpclmulqdq".split())
+    epyc_amx = zen3_avx2 | {"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"}
+    assert hardware.onednn_on(zen3_avx2, env={}) is False
+    assert hardware.onednn_on(epyc_amx, env={}) is True
+    assert hardware.onednn_on(epyc_amx, env={"TF_ENABLE_ONEDNN_OPTS": "0"}) is False
+    assert hardware.onednn_on(zen3_avx2, env={"TF_ENABLE_ONEDNN_OPTS": "1"}) is True
+    assert hardware.has_bf16(zen3_avx2) is False and hardware.has_bf16(epyc_amx) is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_v_holds_with_onednn_forced_either_way(onednn):
+    """What an AVX2-only CPU does (oneDNN off: no oneDNN line) and what an AMX CPU does (on),
+    forced through TensorFlow's own switch on whatever CPU runs the test."""
+    loud_predict_brings_back_what_this_cpu_prints({"TF_ENABLE_ONEDNN_OPTS": onednn})
 
 
 # ---- plots and report.html ---------------------------------------------------------------------

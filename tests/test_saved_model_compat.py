@@ -45,9 +45,10 @@ def test_bfloat16_labeling_keeps_float32_parts_and_agrees():
 
 
 def test_auto_precision_follows_the_cpu():
-    from albert_ray.predict import _cpu_flags, resolve_precision
+    from albert_ray.hardware import has_bf16
+    from albert_ray.predict import resolve_precision
 
-    wants_bf16 = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    wants_bf16 = has_bf16()
     assert resolve_precision("auto") == ("bfloat16" if wants_bf16 else "float32")
     assert resolve_precision("float16") == "float16"
     with pytest.raises(ValueError, match=r"precision='int8': must be one of"):
