@@ -252,6 +252,7 @@ LABEL_HELP = {
     "tf_threads": "TensorFlow threads per actor (0: CPUs / actors)",
     "precision": "auto | float32 | bfloat16 | float16",
     "prune": "delete labels of inputs no longer given",
+    "verify": "checksum every committed part before reusing its unit (sizes are always checked)",
     "progress": "no progress bar / progress lines",
 }
 

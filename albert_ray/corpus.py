@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from albert_ray.errors import USER_ERRORS, InputUnreadable, first_line, one_line
-from albert_ray.paths import where, without_credentials
+from albert_ray.paths import fs_and_path, where, without_credentials
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet")
 RAW_LIMIT = 1000          # characters of an offending line kept in the quarantine
@@ -108,13 +108,6 @@ class Unit:
 
 
 # ---- inputs ---------------------------------------------------------------------------------
-def fs_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem of a local path or URI, and the path inside it."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
 def detect_input_format(path: str, default: str = "auto") -> str:
     if default != "auto":
         return default

@@ -28,6 +28,7 @@ import logging
 import os
 import time
 import uuid
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,9 +38,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from albert_ray import __version__
-from albert_ray.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs, fs_and_path,
+from albert_ray.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs,
                                input_roots, plan_units, read_file, read_task, reason_kind)
-from albert_ray.paths import without_credentials
+from albert_ray.paths import fs_and_path, is_uri, shown, without_credentials
 from albert_ray.runtime import Interrupted
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ MANIFEST = "_manifest.json"
 SUMMARY_HTML = "_summary.html"   # the manifest for people: counts, quarantine reasons, throughput
 READ_AHEAD_BYTES = 64 << 20   # object store bytes the pipeline may hold (blocks read ahead of the actors)
 STATS_SCHEMA = pa.schema([("unit", pa.string()), ("precision", pa.string()), ("rows", pa.int64()), ("out", pa.int64()),
-                          ("bad", pa.int64()), ("parts", pa.string()), ("quarantine_parts", pa.string()),
+                          ("bad", pa.int64()), ("parts", pa.string()), ("quarantine_parts", pa.string()), ("sizes", pa.string()),
+                          ("quarantine_sizes", pa.string()),
                           ("counts", pa.string()), ("reasons", pa.string()), ("text_bytes", pa.int64()),
                           ("meta", pa.string()), ("label_seconds", pa.float64()), ("call_seconds", pa.float64())])
 QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("id", pa.string()),
@@ -79,6 +81,7 @@ class LabelConfig:
     tf_threads: int = 0              # per actor; 0: the cluster's CPUs / actors
     precision: str = "auto"          # auto | float32 | bfloat16 | float16
     prune: bool = False              # delete the labels of inputs no longer given
+    verify: bool = False             # checksum every committed part before reusing its unit (sizes always)
     progress: bool = True
 
     def __post_init__(self):
@@ -158,20 +161,37 @@ class OutputStore:
         write(tmp)
         self.fs.move(tmp, path)
 
-    def write_table(self, table: pa.Table, path: str) -> None:
+    def write_table(self, table: pa.Table, path: str) -> list[int]:
+        """Write ``table`` as Parquet; ``[bytes, crc32]`` of the file, which its unit's commit
+        record keeps so that a damaged or truncated part is found before the unit is reused."""
         import pyarrow.parquet as pq
 
-        self._write(path, lambda p: pq.write_table(table, p, filesystem=self.fs))
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
+        self._write(path, lambda p: self._write_stream(p, data))
+        return [len(data), zlib.crc32(data)]
+
+    def _write_stream(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
 
     def write_json(self, data: dict, *parts: str) -> None:
         self.write_bytes(json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"), *parts)
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
-        def write(p):
-            with self.fs.open_output_stream(p) as f:
-                f.write(data)
+        self._write(self._path(*parts), lambda p: self._write_stream(p, data))
 
-        self._write(self._path(*parts), write)
+    def sizes(self, directory: str) -> dict[str, int]:
+        """``{file name: bytes}`` of the files in a folder."""
+        if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
+            return {}
+        return {i.path.rsplit("/", 1)[-1]: i.size for i in self.fs.get_file_info(pafs.FileSelector(directory))
+                if i.type == pafs.FileType.File}
+
+    def crc32(self, path: str) -> int:
+        with self.fs.open_input_stream(path) as f:
+            return zlib.crc32(f.read())
 
     def files(self, directory: str) -> list[str]:
         if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
@@ -229,15 +249,26 @@ class LabelWriter:
     of it (labeled and quarantined rows) as its own Parquet files; returns one stats row per
     unit of the batch."""
 
-    def __init__(self, model_dir: str, output: str, include_text: bool, include_probs: bool,
+    def __init__(self, model: list, output: str, include_text: bool, include_probs: bool,
                  model_batch_size: int, tf_threads: int, precision: str):
+        """``model``: ``[ref]``, the object-store reference of :func:`modeldir.pack`'s files (in a
+        list, so Ray hands it over as a reference): the actor never opens the driver's disk."""
+        import shutil
+
+        import ray
+
         import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+        from albert_ray import modeldir
         from albert_ray.predict import Labeler
         from albert_ray.tasks import task_for
         from albert_ray.runtime import configure_tf
 
         configure_tf(tf_threads)
-        self.labeler = Labeler.from_dir(model_dir, batch_size=model_batch_size, precision=precision)
+        folder = modeldir.unpack(ray.get(model[0]))
+        try:
+            self.labeler = Labeler.from_dir(folder, batch_size=model_batch_size, precision=precision)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         self.spec, self.task = self.labeler.spec, task_for(self.labeler.spec)
         self.store = OutputStore(output)
         self.include_text, self.include_probs = include_text, include_probs
@@ -258,7 +289,8 @@ class LabelWriter:
             stats.setdefault(uid, {})["meta"] = meta
         call_seconds = time.perf_counter() - began
         return pa.Table.from_pylist([{"unit": uid, "precision": self.labeler.precision, "rows": 0, "out": 0, "bad": 0,
-                                      "parts": "[]", "quarantine_parts": "[]", "counts": "{}", "reasons": "{}",
+                                      "parts": "[]", "quarantine_parts": "[]", "sizes": "{}", "quarantine_sizes": "{}",
+                                      "counts": "{}", "reasons": "{}",
                                       "text_bytes": 0, "label_seconds": 0.0 if i else label_seconds,
                                       "call_seconds": 0.0 if i else call_seconds, **s}
                                      for i, (uid, s) in enumerate(stats.items())], schema=STATS_SCHEMA)
@@ -272,16 +304,17 @@ class LabelWriter:
         good_mask = pc.equal(good.column("unit"), uid)
         out = labeled.filter(good_mask)
         if out.num_rows:
-            self.store.write_table(out, f"{self.store.unit_dir(uid)}/{name}")
-            s.update(out=out.num_rows, parts=json.dumps([name]),
+            info = self.store.write_table(out, f"{self.store.unit_dir(uid)}/{name}")
+            s.update(out=out.num_rows, parts=json.dumps([name]), sizes=json.dumps({name: info}),
                      counts=json.dumps(_value_counts(self.task.counted_values(out))),
                      text_bytes=pc.sum(pc.binary_length(good.filter(good_mask).column("text"))).as_py() or 0)
         quarantined = bad.filter(pc.equal(bad.column("unit"), uid))
         if quarantined.num_rows:
             table = quarantined.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
-            self.store.write_table(table, f"{self.store.unit_dir(uid, quarantine=True)}/{name}")
+            info = self.store.write_table(table, f"{self.store.unit_dir(uid, quarantine=True)}/{name}")
             reasons = Counter(map(reason_kind, table.column("reason").to_pylist()))
-            s.update(bad=table.num_rows, quarantine_parts=json.dumps([name]), reasons=json.dumps(reasons))
+            s.update(bad=table.num_rows, quarantine_parts=json.dumps([name]), reasons=json.dumps(reasons),
+                     quarantine_sizes=json.dumps({name: info}))
         return s
 
     def _label(self, good: pa.Table) -> pa.Table:
@@ -330,12 +363,14 @@ class Plan:
         return sum(sizes[u.path] if u.stop < 0 or u.fmt == "parquet" else u.stop - u.start for u in self.todo())
 
 
-def _settings(cfg: LabelConfig) -> dict:
-    """What a unit's labels depend on besides its input: a change relabels every unit."""
-    from albert_ray.modeldir import WEIGHTS_FILE
+def model_location(cfg: LabelConfig) -> str:
+    """The model as recorded: an absolute local path, or the URI without credentials."""
+    return shown(cfg.model) if is_uri(cfg.model) else str(Path(cfg.model).resolve())
 
-    weights = Path(cfg.model, WEIGHTS_FILE).stat()
-    return {"model": str(Path(cfg.model).resolve()), "weights": f"{weights.st_size}:{weights.st_mtime_ns}",
+
+def _settings(cfg: LabelConfig, model_checksum: str) -> dict:
+    """What a unit's labels depend on besides its input: a change relabels every unit."""
+    return {"model": model_location(cfg), "model_checksum": model_checksum,
             "read": asdict(cfg.read_options()), "include_text": cfg.include_text, "include_probs": cfg.include_probs}
 
 
@@ -358,7 +393,7 @@ def check_output_location(cfg: LabelConfig, files: list[InputFile]) -> None:
         raise ValueError(f"input {inside[0]} lies inside output {cfg.output}; choose an output folder outside the inputs")
 
 
-def plan_run(cfg: LabelConfig, store: OutputStore) -> Plan:
+def plan_run(cfg: LabelConfig, store: OutputStore, model_checksum: str | None = None) -> Plan:
     """Plan units from the inputs' metadata, reuse committed units, delete everything else.
 
     Raises:
@@ -366,7 +401,11 @@ def plan_run(cfg: LabelConfig, store: OutputStore) -> Plan:
     """
     files = expand_inputs(cfg.inputs, cfg.format)
     check_output_location(cfg, files)
-    plan = Plan(files, plan_units(files, cfg.unit_bytes), _settings(cfg))
+    if model_checksum is None:
+        from albert_ray import modeldir
+
+        model_checksum = modeldir.checksum(modeldir.pack(cfg.model))
+    plan = Plan(files, plan_units(files, cfg.unit_bytes), _settings(cfg, model_checksum))
     planned = {u.uid for u in plan.units}
     records = store.records()
     given = {f.path for f in files}
@@ -376,7 +415,7 @@ def plan_run(cfg: LabelConfig, store: OutputStore) -> Plan:
                          f"given now "
                          f"(e.g. {gone[0]}): give them again, choose another output, or pass --prune to delete them")
     for uid, rec in records.items():
-        if uid in planned and rec.get("settings") == plan.settings and _files_present(store, rec):
+        if uid in planned and rec.get("settings") == plan.settings and _parts_intact(store, rec, cfg.verify):
             plan.complete[uid] = rec
     plan.reused = len(plan.complete)
     stale = (set(records) | store.unit_dirs()) - set(plan.complete)
@@ -391,11 +430,25 @@ def plan_run(cfg: LabelConfig, store: OutputStore) -> Plan:
     return plan
 
 
-def _files_present(store: OutputStore, rec: dict) -> bool:
-    for quarantine, names in ((False, rec.get("parts", [])), (True, rec.get("quarantine_parts", []))):
-        present = {p.rsplit("/", 1)[-1] for p in store.files(store.unit_dir(rec["uid"], quarantine))}
-        if not set(names) <= present:
-            return False
+def _parts_intact(store: OutputStore, rec: dict, verify: bool = False) -> bool:
+    """Every part the record lists is there with the size it was written with (and, with
+    ``verify``, the same crc32): a truncated or damaged part makes its unit run again."""
+    for quarantine, key in ((False, "parts"), (True, "quarantine_parts")):
+        written = rec.get("quarantine_sizes" if quarantine else "sizes")
+        if written is None:
+            return False  # a record from before sizes were kept: nothing vouches for its parts
+        folder = store.unit_dir(rec["uid"], quarantine)
+        present = store.sizes(folder)
+        for name in rec.get(key, []):
+            if name not in present or [present[name]] != written.get(name, [None])[:1]:
+                log.warning("unit %s: part %s is %s; labeling the unit again", rec["uid"], f"{folder}/{name}",
+                            "missing" if name not in present else
+                            f"{present[name]} bytes, not the {written.get(name, [0])[0]} committed")
+                return False
+            if verify and store.crc32(f"{folder}/{name}") != written[name][1]:
+                log.warning("unit %s: part %s fails its checksum; labeling the unit again", rec["uid"],
+                            f"{folder}/{name}")
+                return False
     return True
 
 
@@ -407,7 +460,8 @@ class _Committer:
         self.plan, self.store, self.progress = plan, store, progress
         self.units = {u.uid: u for u in plan.todo()}
         self.pending: dict[str, dict] = defaultdict(lambda: {"rows": 0, "out": 0, "bad": 0, "parts": [],
-                                                             "quarantine_parts": [], "counts": Counter(),
+                                                             "quarantine_parts": [], "sizes": {},
+                                                             "quarantine_sizes": {}, "counts": Counter(),
                                                              "reasons": Counter(), "precision": set(), "meta": None})
         self.committed = 0
         self.rows_done = 0
@@ -422,6 +476,8 @@ class _Committer:
                 p[key] += s[key]
             p["parts"] += json.loads(s["parts"])
             p["quarantine_parts"] += json.loads(s["quarantine_parts"])
+            p["sizes"].update(json.loads(s["sizes"]))
+            p["quarantine_sizes"].update(json.loads(s["quarantine_sizes"]))
             p["counts"].update(json.loads(s["counts"]))
             p["reasons"].update(json.loads(s["reasons"]))
             p["precision"].add(s["precision"])
@@ -445,6 +501,7 @@ class _Committer:
                   "first_line": meta.get("first_line"), "lines": meta.get("lines"),
                   "next_offset": meta.get("next_offset"), "next_line": meta.get("next_line"),
                   "parts": sorted(p["parts"]), "quarantine_parts": sorted(p["quarantine_parts"]),
+                  "sizes": p["sizes"], "quarantine_sizes": p["quarantine_sizes"],
                   "counts": dict(p["counts"]), "reasons": dict(p["reasons"]),
                   "precision": sorted(p["precision"]), "committed_at": time.time()}
         self.store.write_json(record, UNITS_DIR, f"{uid}.json")
@@ -467,24 +524,24 @@ def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
     """
     from albert_ray import modeldir
     from albert_ray.progress import RowProgress
-    from albert_ray.runtime import alive_nodes, init_ray
+    from albert_ray.runtime import init_ray
 
     began = time.time()
     spec, _ = modeldir.check(cfg.model)
+    model_files = modeldir.pack(cfg.model)  # to every actor through the object store, wherever it runs
     store = OutputStore(cfg.output)
-    plan = plan_run(cfg, store)
+    plan = plan_run(cfg, store, modeldir.checksum(model_files))
     plan_seconds = time.time() - began
     init_ray(address, dashboard=False)
     todo = plan.todo()
     log.info("labeling %d files: %d units, %d already complete, %d to do (%.1f MB) with %s (%s)", len(plan.files),
-             len(plan.units), len(plan.complete), len(todo), plan.todo_bytes() / 1e6, cfg.model, spec.task)
-    if "://" not in cfg.output and todo and alive_nodes() > 1:
-        log.warning("output %s is a local path on a %d-node cluster: it must be a filesystem every node mounts "
-                    "(or use s3://...)", cfg.output, alive_nodes())
+             len(plan.units), len(plan.complete), len(todo), plan.todo_bytes() / 1e6, shown(cfg.model), spec.task)
+    if todo:
+        _require_visible_everywhere(cfg, plan, store)
     progress = RowProgress(plan.todo_bytes(), enabled=cfg.progress)
     committer = _Committer(plan, store, progress)
     labeled_began = time.time()
-    first_commit = _label_units(cfg, plan, todo, committer, progress, began)
+    first_commit = _label_units(cfg, plan, todo, committer, progress, began, model_files)
     labeled_seconds = time.time() - labeled_began
     timings = {"plan_seconds": round(plan_seconds, 3), "first_commit_seconds": round(first_commit, 2),
                "actor_label_seconds": round(committer.label_seconds, 2),
@@ -493,13 +550,31 @@ def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
     return _finish(cfg, spec, store, plan, committer.rows_done, time.time() - began, labeled_seconds, timings)
 
 
-def _label_units(cfg: LabelConfig, plan: Plan, todo: list, committer: _Committer, progress, began: float) -> float:
+def _require_visible_everywhere(cfg: LabelConfig, plan: Plan, store: OutputStore) -> None:
+    """Local inputs and a local output on a multi-node cluster: every node that runs tasks must
+    see them (the output through a marker the driver writes), checked before any read task."""
+    from albert_ray.runtime import alive_nodes, require_visible
+
+    if alive_nodes() < 2:
+        return
+    require_visible("input", "read tasks open it", [(f.path, f.size) for f in plan.files if not is_uri(f.path)])
+    if store.local:
+        marker = f".albert-ray-visible-{uuid.uuid4().hex[:12]}"
+        store.write_bytes(b"", marker)
+        try:
+            require_visible("output", "labeling actors write into it", [(os.path.join(store.root, marker), 0)])
+        finally:
+            store.fs.delete_file(store._path(marker))
+
+
+def _label_units(cfg: LabelConfig, plan: Plan, todo: list, committer: _Committer, progress, began: float,
+                 model_files: dict) -> float:
     """Label and commit the units still to do (``todo``); the seconds from ``began`` to the first
     commit. Ctrl-C raises :class:`Interrupted` (committed units stay); a unit left pending, RuntimeError."""
     first_commit = 0.0
     try:
         if todo:
-            for stats in _pipeline(cfg, plan).iter_batches(batch_size=None, batch_format="pyarrow"):
+            for stats in _pipeline(cfg, plan, model_files).iter_batches(batch_size=None, batch_format="pyarrow"):
                 committer.add(stats)
                 first_commit = first_commit or (committer.committed and time.time() - began)
     except KeyboardInterrupt:
@@ -537,7 +612,7 @@ def _finish(cfg: LabelConfig, spec, store: OutputStore, plan: Plan, rows_done: i
     return manifest
 
 
-def _pipeline(cfg: LabelConfig, plan: Plan):
+def _pipeline(cfg: LabelConfig, plan: Plan, model_files: dict):
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -563,7 +638,7 @@ def _pipeline(cfg: LabelConfig, plan: Plan):
         read, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
     return rows.map_batches(
         LabelWriter, batch_size=cfg.batch_size, batch_format="pyarrow",
-        fn_constructor_kwargs=dict(model_dir=str(Path(cfg.model).resolve()), output=cfg.output,
+        fn_constructor_kwargs=dict(model=[ray.put(model_files)], output=cfg.output,
                                    include_text=cfg.include_text, include_probs=cfg.include_probs,
                                    model_batch_size=cfg.model_batch_size, tf_threads=threads, precision=cfg.precision),
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus or None)
@@ -593,10 +668,11 @@ def _ensure_readable(store: OutputStore, schema: pa.Schema, plan: Plan) -> None:
     for base, sch, quarantine in ((store.root, schema, False), (store.unit_dir("x", True).rsplit("/", 1)[0],
                                                                  QUARANTINE_SCHEMA, True)):
         if not store.has_parquet(base):
-            store.write_table(sch.empty_table(), f"{store.unit_dir(uid, quarantine)}/part-empty.parquet")
+            info = store.write_table(sch.empty_table(), f"{store.unit_dir(uid, quarantine)}/part-empty.parquet")
             rec = plan.complete.get(uid)
             if rec is not None:  # listed, so a resumed run keeps the unit
                 rec["quarantine_parts" if quarantine else "parts"].append("part-empty.parquet")
+                rec.setdefault("quarantine_sizes" if quarantine else "sizes", {})["part-empty.parquet"] = info
                 store.write_json(rec, UNITS_DIR, f"{uid}.json")
 
 
@@ -610,7 +686,7 @@ def _manifest(cfg: LabelConfig, spec, plan: Plan, rows_labeled: int, seconds: fl
         reasons.update(r["reasons"])
         precisions.update(r.get("precision", []))
     return {
-        "model": str(cfg.model), "model_name": spec.name, "task": spec.task, "labels": list(spec.labels),
+        "model": model_location(cfg), "model_checksum": plan.settings["model_checksum"], "model_name": spec.name, "task": spec.task, "labels": list(spec.labels),
         "albert_ray_version": __version__, "inputs": [f.path for f in plan.files],
         "output": without_credentials(cfg.output),
         "rows_in": sum(r["rows_in"] for r in records), "rows_out": sum(r["rows_out"] for r in records),
@@ -622,5 +698,5 @@ def _manifest(cfg: LabelConfig, spec, plan: Plan, rows_labeled: int, seconds: fl
         task_for(spec).counts_key: dict(counts.most_common()),
         "quarantine_reasons": dict(reasons.most_common()),
         "config": {**asdict(cfg), "inputs": [without_credentials(i) for i in cfg.inputs],
-                   "output": without_credentials(cfg.output)},
+                   "output": without_credentials(cfg.output), "model": shown(cfg.model)},
     }

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -257,3 +258,81 @@ def _wait_for_dashboard(cluster: LocalCluster, timeout: float = 90.0) -> None:
             time.sleep(1)
     cluster.stop()
     raise RuntimeError(f"the dashboard / job server at {cluster.dashboard_url} did not come up in {timeout:.0f} s")
+
+
+# ---- several nodes on one machine ---------------------------------------------------------------
+# `ray start --address` refuses to add a node while clusters are disabled (LOOPBACK_ENV), so a
+# worker node is started from Python, as ray.cluster_utils.Cluster does; with node_ip_address
+# 127.0.0.1 its servers stay on loopback.  It runs under `unshare -m` with a tmpfs over Ray's
+# temp dir (its own session folder and logs, as on a separate machine, each with its own log
+# monitor) and over every "private" folder (the job folder the driver sees), so a test finds
+# every place the code still opens the driver's disk from another node.
+_NODE_MAIN = r'''
+import json, sys, time
+from ray._private.node import Node
+from ray._private.parameter import RayParams
+args = json.loads(sys.argv[1])
+params = RayParams(gcs_address=args["gcs"], node_ip_address="127.0.0.1", num_cpus=args["num_cpus"], num_gpus=0,
+                   temp_dir=args["temp_dir"], object_store_memory=args["object_store_bytes"], min_worker_port=0,
+                   max_worker_port=0, node_manager_port=args["ports"][0], object_manager_port=args["ports"][1],
+                   dashboard_agent_listen_port=args["ports"][2], metrics_agent_port=args["ports"][3],
+                   runtime_env_agent_port=args["ports"][4], metrics_export_port=args["ports"][5],
+                   include_log_monitor=True, resources=args["resources"])
+Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False)
+print("node started", flush=True)
+while True:
+    time.sleep(3600)
+'''
+
+
+@dataclass
+class WorkerNode:
+    """A worker node started by :func:`add_worker_node`: ``pid`` is its launcher, the parent of
+    its raylet and agents; ``kill()`` ends it as a lost machine would end."""
+
+    pid: int
+    name: str
+    log: str
+
+    def processes(self) -> set[int]:
+        return _below({self.pid}) if _alive(self.pid) else set()
+
+    def kill(self) -> None:
+        for pid in self.processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def add_worker_node(cluster: LocalCluster, num_cpus: int = 1, private_dirs: tuple[str, ...] = (),
+                    object_store_mb: int = 256, name: str = "worker", timeout: float = 90.0) -> WorkerNode:
+    """Start a worker node of ``cluster`` on 127.0.0.1 in a private mount namespace (root only:
+    ``unshare -m``), where Ray's temp dir and each of ``private_dirs`` are empty tmpfs folders.
+
+    Raises:
+        RuntimeError: the node did not join within ``timeout`` seconds (its log is in the message).
+    """
+    state = Path(cluster.token_path).parent
+    args = {"gcs": cluster.address, "num_cpus": num_cpus, "temp_dir": cluster.temp_dir,
+            "object_store_bytes": object_store_mb << 20, "ports": free_ports(6), "resources": {f"node:{name}": 1}}
+    mounts = " && ".join(f"mkdir -p {shlex.quote(d)} && mount -t tmpfs -o size=256m tmpfs {shlex.quote(d)}"
+                         for d in (cluster.temp_dir, *private_dirs))
+    launch = f"{mounts} && exec {shlex.quote(sys.executable)} -c {shlex.quote(_NODE_MAIN)} {shlex.quote(json.dumps(args))}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": cluster.token_path, **LOOPBACK_ENV,
+           "TF_USE_LEGACY_KERAS": "1", "RAY_ADDRESS": cluster.address,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    log_path = state / f"{name}.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", launch], env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    node = WorkerNode(pid=proc.pid, name=name, log=str(log_path))
+    deadline = time.time() + timeout
+    while "node started" not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.time() > deadline:
+            node.kill()
+            raise RuntimeError(f"worker node {name} did not start: {log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.3)
+    cluster.pids = sorted(set(cluster.pids) | node.processes())
+    return node

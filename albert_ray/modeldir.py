@@ -8,13 +8,24 @@ A model directory is self-describing: ``model.weights.h5`` (weights), ``model.js
 
 :func:`check` reads only metadata and small files (no TensorFlow), so drivers run it before any
 Ray worker starts; every problem is one :class:`ModelDirError` line naming the file.
+
+A model directory may live at any location :mod:`albert_ray.paths` opens (a local folder,
+``s3://...``): :func:`local_copy` fetches one at a URI into a local cache once (checked against
+its listing), :func:`publish` writes a finished one there, and :func:`pack` / :func:`unpack` carry
+the files a model needs through Ray's object store to processes on nodes that cannot see the
+driver's disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from albert_ray import paths
 from albert_ray.errors import first_line
 from albert_ray.paths import where
 from albert_ray.spec import PRECISION_POLICIES, ModelSpec
@@ -83,7 +94,16 @@ def check(path: str | Path) -> tuple[ModelSpec, Vocab]:
     Raises:
         ModelDirError: one line naming the file and the problem.
     """
-    path = Path(path)
+    local = local_copy(path)
+    if local == Path(path):
+        return _check_local(local)
+    try:
+        return _check_local(local)
+    except ModelDirError as exc:  # name the location the user gave, not the cache
+        raise ModelDirError(str(exc).replace(str(local), paths.shown(path))) from None
+
+
+def _check_local(path: Path) -> tuple[ModelSpec, Vocab]:
     if not path.is_dir():
         raise ModelDirError(f"model directory not found: {path}{where(path)}")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
@@ -165,8 +185,8 @@ def load(path: str | Path, precision: str = "float32"):
     """
     from albert_ray.encoder import dtype_policy
 
-    path = Path(path)
     spec, vocab = check(path)
+    path = local_copy(path)
     with dtype_policy(PRECISION_POLICIES[precision]):
         model = build_task_model(spec)
     try:
@@ -180,3 +200,78 @@ def load(path: str | Path, precision: str = "float32"):
 def drop_resume_state(path: str | Path) -> None:
     """Remove what only a training checkpoint needs (the optimizer slots)."""
     (Path(path) / OPTIMIZER_FILE).unlink(missing_ok=True)
+
+
+# ---- locations: a model directory anywhere, and on every node ------------------------------------
+def cache_root() -> Path:
+    """Where model directories fetched from URIs are kept: ``$ALBERT_RAY_CACHE`` or
+    ``~/.cache/albert_ray/models``."""
+    return Path(os.environ.get("ALBERT_RAY_CACHE") or Path.home() / ".cache" / "albert_ray" / "models")
+
+
+def local_copy(location: str | Path) -> Path:
+    """A local folder holding the model directory at ``location``: the folder itself for a local
+    path; for a URI, a copy of its files in :func:`cache_root`, fetched again only when the
+    listing (names and sizes) changed.
+
+    Raises:
+        ModelDirError: nothing at the URI, or the store refuses to list or serve it.
+    """
+    if not paths.is_uri(location):
+        return Path(location)
+    shown = paths.shown(location)
+    try:
+        listing = paths.files_under(location)
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"model directory {shown} cannot be read: {first_line(exc)}") from None
+    listing = {name: size for name, size in listing.items() if "/" not in name}  # the folder's own files
+    if not listing:
+        raise ModelDirError(f"model directory not found: {shown}")
+    cache = cache_root() / hashlib.sha256(shown.encode()).hexdigest()[:20]
+    stamp = cache / ".listing.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == listing:
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache.parent))
+    try:
+        paths.fetch_dir(location, staging, tuple(listing))
+    except (OSError, ValueError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelDirError(f"model directory {shown} cannot be read: {first_line(exc)}") from None
+    (staging / ".listing.json").write_text(json.dumps(listing, sort_keys=True))
+    shutil.rmtree(cache, ignore_errors=True)
+    os.replace(staging, cache)
+    return cache
+
+
+def publish(local: str | Path, location: str | Path) -> str:
+    """Write the finished model directory ``local`` to ``location`` (a URI or another folder);
+    the location as shown (no credentials)."""
+    paths.publish_dir(local, location)
+    return paths.shown(location)
+
+
+def pack(location: str | Path) -> dict[str, bytes]:
+    """The files a model needs to load (``REQUIRED``), as bytes: put them into Ray's object store
+    once and every node's processes :func:`unpack` them, whatever disk they see."""
+    local = local_copy(location)
+    return {name: (local / name).read_bytes() for name in REQUIRED}
+
+
+def unpack(files: dict[str, bytes], folder: str | Path | None = None) -> Path:
+    """Write packed model files into ``folder`` (a new temporary folder by default); the folder."""
+    folder = Path(folder or tempfile.mkdtemp(prefix="albert-ray-model-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        if name not in REQUIRED:
+            raise ModelDirError(f"unexpected model file {name!r} in a packed model")
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def checksum(files: dict[str, bytes]) -> str:
+    """sha256 over a packed model's files (names and bytes), short: which model a run used."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name])
+    return digest.hexdigest()[:16]

@@ -1,12 +1,22 @@
-"""How a path the user gave is named when it is not there: relative paths in configs and on the
-command line are read from the working directory, so the message says which one (the usual
-cause is a command run from another folder than the one the config's paths assume)."""
+"""Where an artifact lives and how it is named: a local path or any URI pyarrow opens
+(``s3://``, ``gs://``, ``hdfs://``...).  The one owner of opening, joining, copying and showing
+locations; the model directory's layout is :mod:`albert_ray.modeldir`'s.
+
+Relative paths in configs and on the command line are read from the working directory, so a
+message about a missing one says which (the usual cause is a command run from another folder
+than the one the config's paths assume).  Credentials written into a URI
+(``s3://KEY:SECRET@bucket/...``) never reach a log, an error or a file: :func:`shown`.  The
+standard chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_ENDPOINT_URL`` /
+``AWS_REGION``, config files, instance and pod roles) is what a cluster should use.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow.fs as pafs
 
 
 def where(path: str | Path) -> str:
@@ -33,3 +43,66 @@ def without_credentials(text: str) -> str:
         return text
     parts = urlsplit(text)
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])) if "@" in parts.netloc else text
+
+
+def shown(location: str | Path) -> str:
+    """A location as written in outputs, logs and errors (no credentials)."""
+    return without_credentials(str(location))
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def fs_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of a local path or URI, and the path inside it."""
+    if is_uri(uri):
+        return pafs.FileSystem.from_uri(str(uri))
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(location: str | Path, *parts: str) -> str:
+    """``location/part/...``; a URI keeps its query (``?endpoint_override=...``) at the end."""
+    text = str(location)
+    if not is_uri(text):
+        return str(Path(text, *parts))
+    split = urlsplit(text)
+    return urlunsplit(split._replace(path="/".join([split.path.rstrip("/"), *parts])))
+
+
+def exists(location: str | Path) -> bool:
+    fs, path = fs_and_path(str(location))
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def files_under(location: str | Path) -> dict[str, int]:
+    """``{relative path: bytes}`` of every file under a folder (empty when it is not there)."""
+    fs, root = fs_and_path(str(location))
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    base = root.rstrip("/") + "/"
+    return {i.path[len(base):]: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def publish_dir(local: str | Path, location: str | Path) -> None:
+    """Make ``location`` hold exactly the files of the local folder ``local`` (what was there
+    before goes first). A no-op when both are the same local folder."""
+    if not is_uri(location) and Path(local).resolve() == Path(location).resolve():
+        return
+    fs, path = fs_and_path(str(location))
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(Path(local).resolve()), path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+
+
+def fetch_dir(location: str | Path, local: str | Path, names: tuple[str, ...] | None = None) -> list[str]:
+    """Copy the files under ``location`` (only ``names`` when given) into the local folder
+    ``local``; the relative paths copied."""
+    fs, root = fs_and_path(str(location))
+    wanted = sorted(files_under(location) if names is None else names)
+    for rel in wanted:
+        target = Path(local, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(f"{root.rstrip('/')}/{rel}", str(target), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+    return wanted

@@ -96,9 +96,7 @@ def start_local_ray(env: dict, num_cpus: int | None, dashboard: bool) -> None:
 
 def alive_nodes() -> int:
     """Nodes of the attached Ray cluster that are alive."""
-    import ray
-
-    return sum(1 for n in ray.nodes() if n.get("Alive"))
+    return len(ray_nodes_alive())
 
 
 def require_shared_storage(path: str | None, what: str) -> None:
@@ -110,6 +108,62 @@ def require_shared_storage(path: str | None, what: str) -> None:
     if path is None and alive_nodes() > 1:
         raise ValueError(f"{what} is not set and the cluster has {alive_nodes()} nodes: set it to shared storage "
                          f"(an NFS path mounted on every node, or s3://bucket/prefix), not a node's local disk")
+
+
+def task_nodes() -> list[dict]:
+    """The alive nodes that can run tasks (some CPU or GPU): a head started with ``num-cpus: 0``
+    runs none, so what it sees does not matter."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive") and
+            (n.get("Resources", {}).get("CPU", 0) > 0 or n.get("Resources", {}).get("GPU", 0) > 0)]
+
+
+def _sees(files: list[tuple[str, int | None]]) -> str | None:
+    """The first local path this node does not see as the driver does (``size`` None: any file
+    or folder; else a file of that size), or None."""
+    for path, size in files:
+        if size is None and not os.path.exists(path):
+            return path
+        if size is not None and (not os.path.isfile(path) or os.path.getsize(path) != size):
+            return path
+    return None
+
+
+def require_visible(what: str, role: str, files: list[tuple[str, int | None]]) -> None:
+    """On a multi-node cluster, refuse local paths a node that runs tasks cannot see, before any
+    task reads them: one small task per such node (pinned to it) looks for each path.
+
+    Args:
+        what: the setting, as the user knows it (``input``, ``output``, ``data.train``).
+        role: who needs it on every node (``read tasks read it``).
+        files: ``(local path, size)``; size None for a folder or a marker the driver wrote.
+
+    Raises:
+        ValueError: one line naming the path, the node and the fix.
+    """
+    files = [(os.path.abspath(p), size) for p, size in files if "://" not in p]
+    if not files or alive_nodes() < 2:
+        return
+    nodes = task_nodes()
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    check = ray.remote(num_cpus=0, max_retries=0)(_sees)
+    refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(files)
+            for n in nodes]
+    for node, missing in zip(nodes, ray.get(refs)):
+        if missing is not None:
+            raise ValueError(f"{what} {missing} is a local path that node {node['NodeManagerAddress']} "
+                             f"({node['NodeID'][:8]}) of this {len(ray_nodes_alive())}-node cluster cannot see, and "
+                             f"{role} on every node: give a URI (s3://bucket/...) or a path on a filesystem every "
+                             f"node mounts")
+
+
+def ray_nodes_alive() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
 
 
 def require_read_room(num_workers: int, cpus_per_worker: float, read_cpus: float, what: str) -> None:
