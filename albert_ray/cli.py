@@ -54,10 +54,10 @@ def _cmd_train(args) -> int:
     job = load_job_config(args.config, overrides)
     import_tensorflow()
     summary = (train_in_process if args.no_ray else train)(job)
-    print(Path(summary["model_dir"], "report.txt").read_text(encoding="utf-8"))
+    print(summary["report_text"])
     print(f"model saved to {summary['model_dir']} ({summary['seconds']} s); best dev score {summary['best_dev_score']:.4f}")
     if texts:
-        _print_predictions(summary["model_dir"], texts)
+        _print_predictions(job.model_dir, texts)
     return 0
 
 

@@ -26,7 +26,7 @@ def evaluate_examples(model_dir: str | Path, examples: Sequence[Example], labele
     text, report = task_for(labeler.spec).report(examples, predictions, labeler.spec)
     if page is not None:
         report_page(page, labeler.spec, examples, predictions, text, report, history,
-                    title=f"{Path(model_dir).resolve().parent.name}: {labeler.spec.task}")
+                    title=f"{labeler.spec.name}: {labeler.spec.task}")
     return text, report
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from albert_ray import paths
 from albert_ray.data import BAD_RECORD_POLICIES, FORMATS
 from albert_ray.labels import SCHEMES
 from albert_ray.spec import POOLINGS, TRAIN_PRECISIONS, TRUNCATIONS
@@ -98,16 +99,23 @@ class JobConfig:
         return "mixed_float16" if self.train.mixed_precision else self.train.precision
 
     @property
-    def model_dir(self) -> Path:
-        return Path(self.output_dir) / self.name / "model"
+    def model_dir(self) -> str:
+        """Where the best model goes: ``<output_dir>/<name>/model``, a local path or a URI."""
+        return paths.join(self.output_dir, self.name, "model")
+
+    @property
+    def ray_storage(self) -> str:
+        """Ray Train's storage: ``storage_path``, else ``<output_dir>/ray`` (absolute when local)."""
+        if self.storage_path:
+            return self.storage_path
+        return paths.join(self.output_dir, "ray") if paths.is_uri(self.output_dir) else \
+            str(Path(self.output_dir, "ray").resolve())
 
     @property
     def tensorboard_dir(self) -> str:
-        """TensorBoard scalars: ``<storage_path>/<name>/tensorboard``, or under ``output_dir``
-        when the storage path is a URI (TensorFlow writes no ``s3://`` without tensorflow-io)."""
-        local = self.storage_path and "://" not in self.storage_path
-        base = Path(self.storage_path) if local else Path(self.output_dir, "ray")
-        return str(base.resolve() / self.name / "tensorboard")
+        """TensorBoard scalars: ``<Ray Train's storage>/<name>/tensorboard`` (a URI too:
+        :class:`~albert_ray.scalars.Scalars` writes locally and copies the files there)."""
+        return paths.join(self.ray_storage, self.name, "tensorboard")
 
 
 _CHOICES = {

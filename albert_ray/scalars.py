@@ -3,16 +3,25 @@ epoch: ``tensorboard --logdir <storage_path>/<name>/tensorboard``."""
 
 from __future__ import annotations
 
+import tempfile
+
+from albert_ray import paths
+
 
 class Scalars:
-    """A ``tf.summary`` file writer under ``logdir``; a no-op without one (ranks other than 0)."""
+    """A ``tf.summary`` file writer under ``logdir``; a no-op without one (ranks other than 0).
+
+    TensorFlow writes no ``s3://`` without tensorflow-io, so for a URI the events go to a local
+    folder first and are copied to ``logdir`` after every write (they are a few KB)."""
 
     def __init__(self, logdir: str | None):
         self.writer = None
+        self.target = logdir if logdir and paths.is_uri(logdir) else None
         if logdir:
             import tensorflow as tf
 
-            self.writer = tf.summary.create_file_writer(logdir)
+            self.local = tempfile.mkdtemp(prefix="albert-ray-tb-") if self.target else logdir
+            self.writer = tf.summary.create_file_writer(self.local)
 
     def write(self, step: int, values: dict[str, float | None]) -> None:
         """Each non-None value as the scalar ``tag`` at ``step``."""
@@ -25,6 +34,8 @@ class Scalars:
                 if value is not None:
                     tf.summary.scalar(tag, float(value))
         self.writer.flush()
+        if self.target:
+            paths.publish_dir(self.local, self.target)
 
     def close(self) -> None:
         if self.writer is not None:

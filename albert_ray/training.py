@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from albert_ray import modeldir
+from albert_ray import modeldir, paths
 from albert_ray.config import EncoderConfig, check_fits
 from albert_ray.data import Example, read_examples
 from albert_ray.errors import unwrapped
@@ -198,6 +199,7 @@ def train(job: JobConfig) -> dict:
     check_job(job)
     init_ray(job.ray_address)
     require_shared_storage(job.storage_path, "storage_path")
+    require_visible_job(job)
     require_read_room(job.train.num_workers, job.train.cpus_per_worker, FEATURIZE_CPUS, "the training data")
     prep, train_ds = prepare_distributed(job)
     log.info("prepared %s: %d train, %d dev, %d test examples, labels %s", job.name, prep.train_count,
@@ -205,7 +207,6 @@ def train(job: JobConfig) -> dict:
     t = job.train
     cpus = os.cpu_count() or 1
     threads = t.tf_threads or max(1, cpus // max(1, t.num_workers))
-    storage = job.storage_path or str(Path(job.output_dir, "ray").resolve())
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     worker = WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev, tf_threads=threads,
                           progress_bar=bars_wanted(), tensorboard_dir=job.tensorboard_dir)
@@ -220,7 +221,7 @@ def train(job: JobConfig) -> dict:
                                      placement_strategy=t.placement_strategy),
         datasets={"train": train_ds},
         dataset_config=data_config,
-        run_config=RunConfig(name=job.name, storage_path=storage,
+        run_config=RunConfig(name=job.name, storage_path=job.ray_storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints,
                                                                 checkpoint_score_attribute="dev_score",
                                                                 checkpoint_score_order="max"),
@@ -229,12 +230,41 @@ def train(job: JobConfig) -> dict:
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {job.name} ended without a checkpoint; see the log above")
-    out = job.model_dir
-    if out.exists():
-        shutil.rmtree(out)
+    out = staging_dir(job)
     with result.checkpoint.as_directory() as d:
         shutil.copytree(d, out)
     return finish(job, prep, out, time.time() - began)
+
+
+def staging_dir(job: JobConfig) -> Path:
+    """Where the driver assembles the model directory: ``job.model_dir`` itself when it is local
+    (emptied first), else a local folder that :func:`finish` publishes to the URI."""
+    if paths.is_uri(job.model_dir):
+        return Path(tempfile.mkdtemp(prefix="albert-ray-model-")) / "model"
+    out = Path(job.model_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    return out
+
+
+def require_visible_job(job: JobConfig) -> None:
+    """On a multi-node cluster, local data files and a local Ray Train storage folder
+    (``storage_path``, or ``<output_dir>/ray``) must be seen by every node that runs tasks: the
+    data are read in a Ray task, and workers write checkpoints and TensorBoard scalars there.
+    Checked before any task starts; the model directory itself is written by the driver."""
+    from albert_ray.runtime import require_visible
+
+    data = [(p, os.path.getsize(p)) for p in (job.data.train, job.data.dev, job.data.test) if p and not paths.is_uri(p)]
+    require_visible("data file", "it is read in a Ray task", data)
+    if not paths.is_uri(job.ray_storage):
+        Path(job.ray_storage).mkdir(parents=True, exist_ok=True)
+        marker = Path(job.ray_storage, f".albert-ray-visible-{os.getpid()}")
+        marker.write_bytes(b"")
+        try:
+            require_visible("storage_path" if job.storage_path else "output_dir", "Ray Train's workers write "
+                            "checkpoints and TensorBoard scalars under it", [(str(marker), 0)])
+        finally:
+            marker.unlink(missing_ok=True)
 
 
 def train_in_process(job: JobConfig) -> dict:
@@ -243,7 +273,7 @@ def train_in_process(job: JobConfig) -> dict:
     check_job(job)
     prep = prepare(job)
     rows = featurize(prep.spec, prep.vocab, prep.train)
-    out = job.model_dir
+    out = staging_dir(job)
     train_loop_per_worker({"worker": WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev,
                                                   tf_threads=job.train.tf_threads, rows=rows, local_output=str(out),
                                                   progress_bar=bars_wanted(), tensorboard_dir=job.tensorboard_dir)})
@@ -251,20 +281,25 @@ def train_in_process(job: JobConfig) -> dict:
 
 
 def finish(job: JobConfig, prep: Prepared, model_dir: Path, seconds: float) -> dict:
-    """Evaluate the saved model on test (or dev) from its directory and write the reports."""
+    """Evaluate the saved model on test (or dev) from its directory, write the reports, and
+    publish the directory to ``job.model_dir`` when that is a URI."""
     from albert_ray.evaluate import evaluate_examples
 
     state = TrainState.load(model_dir)
     modeldir.drop_resume_state(model_dir)
     split, examples = ("test", prep.test) if prep.test else ("dev", prep.dev)
     text, report = evaluate_examples(model_dir, examples, page=model_dir, history=state.history)
-    summary = {"name": job.name, "task": job.task, "model_dir": str(model_dir), "eval_split": split,
+    summary = {"name": job.name, "task": job.task, "model_dir": paths.shown(job.model_dir), "eval_split": split,
                "eval_examples": len(examples), "train_examples": prep.train_count, "skipped_records": prep.skipped,
                "best_dev_score": state.best_score, "history": state.history,
                "resumes": state.resumes, "steps": state.steps,
                "seconds": round(seconds, 1), "metrics": report}
     (model_dir / modeldir.METRICS_FILE).write_text(json.dumps(summary, ensure_ascii=False, indent=2))
     (model_dir / modeldir.REPORT_FILE).write_text(text, encoding="utf-8")
+    if paths.is_uri(job.model_dir):
+        modeldir.publish(model_dir, job.model_dir)
+        shutil.rmtree(model_dir.parent, ignore_errors=True)
+    summary["report_text"] = text
     log.info("%s: evaluated on %d %s examples; report in %s", job.name, len(examples), split,
-             model_dir / modeldir.REPORT_FILE)
+             paths.join(paths.shown(job.model_dir), modeldir.REPORT_FILE))
     return summary
