@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # The input or the config is wrong (every project error class derives from ValueError), or a path
 # names something that is missing, unreadable, or a folder where a file is meant: the same run
 # fails the same way again, so these are never retried, and the command line prints them as one
@@ -15,7 +17,53 @@ class InputUnreadable(OSError):
     error, but not one: it may pass, so it is not in ``USER_ERRORS`` (Ray Train may retry it)."""
 
 
-ONE_LINE = USER_ERRORS + (InputUnreadable,)  # what the command line prints as one line, not a traceback
+class EnvironmentFault(OSError):
+    """A fault of the environment a cluster meets — a full disk or bucket quota, a store that
+    refuses or times out, a node or actor that disappeared beyond Ray's retries: one line naming
+    what failed and saying that the same command resumes (exit code 1, not a user error)."""
+
+
+ONE_LINE = USER_ERRORS + (InputUnreadable, EnvironmentFault)  # printed as one line, not a traceback
+
+_NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
+_NO_SPACE_LINE = re.compile(r"[^\n]*(No space left on device|Disk quota exceeded|QuotaExceeded)[^\n]*")
+_LOST = ("ActorDiedError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
+         "WorkerCrashedError", "ObjectReconstructionFailedError")
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything it wraps: Ray's ``cause``, Python's ``__cause__`` / ``__context__``."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return seen
+
+
+def environment_fault(exc: BaseException, where: str, resume: str) -> EnvironmentFault | None:
+    """The one line for a fault of the environment found anywhere in ``exc``'s chain, else None.
+    A remote error reaches the driver as Ray's wrapper whose text holds the remote traceback (the
+    chain itself does not cross processes), so the text is searched too.
+
+    Args:
+        where: what was being written or run (``output s3://bucket/labels``).
+        resume: what is kept and how to resume (``12 of 40 units are committed: ...``).
+    """
+    for e in causes(exc):
+        if getattr(e, "errno", None) in _NO_SPACE:
+            return EnvironmentFault(f"{where}: no space left on the device or quota ({first_line(e)}); {resume}")
+        found = _NO_SPACE_LINE.search(str(e))
+        if found:
+            return EnvironmentFault(f"{where}: no space left on the device or quota ({found.group(0).strip()}); "
+                                    f"{resume}")
+        if type(e).__name__ in _LOST:
+            return EnvironmentFault(f"{where}: a node or Ray worker was lost beyond Ray's retries "
+                                    f"({type(e).__name__}); {resume}")
+    return None
 
 
 def unwrapped(exc: BaseException) -> BaseException:

@@ -29,3 +29,16 @@ def local_ray():
     start_local_ray(dict(WORKER_ENV), num_cpus=2, dashboard=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_ner_model(tmp_path_factory) -> str:
+    """One small NER model for the session (1 epoch on 64 sample rows, max_len 64), trained in
+    this process: the label, object-store, multi-node and fault tests only need *a* model."""
+    from albert_ray.jobconfig import load_job_config
+    from albert_ray.training import train_in_process
+
+    out = tmp_path_factory.mktemp("small_ner")
+    return train_in_process(load_job_config("jobs/configs/sample_ner.yaml", [
+        f"output_dir={out}", "train.epochs=1", "model.max_len=64", "data.max_train_examples=64",
+        "train.log_every=0"]))["model_dir"]

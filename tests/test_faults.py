@@ -417,3 +417,43 @@ def test_an_unreadable_input_is_one_line_naming_it_before_any_read_task(tmp_path
     assert str(err.value) == f"input {unreadable} cannot be read: Permission denied"
     rc, lines, _ = _cli("pretrain", "--config", "jobs/configs/pretrain/sample.yaml", "--input", unreadable, "--no-ray")
     assert rc == 2 and lines == [f"albert-ray pretrain: error: input {unreadable} cannot be read: Permission denied"]
+
+
+# ---- faults of the environment -------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.skipif(shutil.which("mount") is None or __import__("os").geteuid() != 0, reason="needs root for a tmpfs")
+def test_a_full_output_disk_is_one_line_exit_1_and_the_same_command_then_finishes(tmp_path, small_ner_model):
+    """A 64 KiB tmpfs output fills mid-run: one line with the cause and that the same command
+    resumes, exit code 1, no traceback; with space freed (the tmpfs grown) the same command
+    finishes with every row once."""
+    import re
+
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus.txt"
+    lines = [f"张伟在北京见了王芳，第{i}次。" for i in range(3000)]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)], check=True)
+    try:
+        cmd = ("label", "--model", small_ner_model, "--input", str(corpus), "--output", str(out), "--no-progress",
+               "--include-text", "--unit-bytes", "16KiB", "--batch-size", "250")
+        code, err, _ = _cli(*cmd, timeout=600)
+        assert code == 1, err
+        errors = [line for line in err if line.startswith("albert-ray label: error:")]
+        assert len(errors) == 1 and not any("Traceback" in line for line in err), err
+        found = re.fullmatch(rf"albert-ray label: error: output {re.escape(str(out))}: no space left on the device or "
+                             r"quota \(.*No space left on device.*\); (\d+) of (\d+) units are committed and kept: mend "
+                             r"it and run the same command again to resume", errors[0])
+        assert found, errors[0]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(out)], check=True)
+        code, err, _ = _cli(*cmd, timeout=600)
+        assert code == 0, err
+        rows = pq.read_table(out).select(["source", "line"]).to_pylist()
+        assert len(rows) == len({(r["source"], r["line"]) for r in rows}) == 3000
+        manifest = json.loads((out / "_manifest.json").read_text())
+        assert (manifest["units_reused"], manifest["units"]) == (int(found.group(1)), int(found.group(2)))
+    finally:
+        subprocess.run(["umount", str(out)], check=False)

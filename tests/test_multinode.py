@@ -110,14 +110,11 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def model(job_folder):
-    """A small NER model trained in this process, in the job folder (the driver's disk only)."""
-    from albert_ray.jobconfig import load_job_config
-    from albert_ray.training import train_in_process
+def model(small_ner_model, job_folder) -> str:
+    """The session's small NER model, copied into the job folder (the driver's disk only)."""
+    import shutil
 
-    return train_in_process(load_job_config("jobs/configs/sample_ner.yaml", [
-        f"output_dir={job_folder}", "train.epochs=1", "model.max_len=64", "data.max_train_examples=64",
-        "train.log_every=0"]))["model_dir"]
+    return str(shutil.copytree(small_ner_model, job_folder / "model"))
 
 
 def _put(fs, key: str, text: str) -> str:

@@ -76,7 +76,8 @@ def test_checkpoints_in_an_object_store_and_resume_from_it(tmp_path, local_ray, 
 @pytest.mark.slow
 @pytest.mark.ci
 def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unreadable_object(tmp_path, local_ray,
-                                                                                                 s3_endpoint):
+                                                                                                 s3_endpoint,
+                                                                                                 small_ner_model):
     """The endpoint and credentials in an input URI reach the read tasks (a file opened as
     ``s3://bucket/key`` alone would be looked for on AWS), are kept out of the output, and an
     object the store refuses to serve is one line naming it."""
@@ -86,11 +87,8 @@ def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unre
 
     from albert_ray.errors import InputUnreadable, first_line, unwrapped
     from albert_ray.labeling import LabelConfig, label_corpus
-    from albert_ray.training import train_in_process
 
-    model = train_in_process(load_job_config("jobs/configs/sample_ner.yaml", [
-        f"output_dir={tmp_path}", "train.epochs=1", "model.max_len=64", "data.max_train_examples=64",
-        "train.log_every=0"]))["model_dir"]
+    model = small_ner_model
     uri = f"s3://key:secret@{BUCKET}/in?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
     fs.create_dir(BUCKET)
