@@ -27,8 +27,18 @@ ONE_LINE = USER_ERRORS + (InputUnreadable, EnvironmentFault)  # printed as one l
 
 _NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
 _NO_SPACE_LINE = re.compile(r"[^\n]*(No space left on device|Disk quota exceeded|QuotaExceeded)[^\n]*")
-_LOST = ("ActorDiedError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
-         "WorkerCrashedError", "ObjectReconstructionFailedError")
+_LOST = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError",
+         "OwnerDiedError", "WorkerCrashedError", "ObjectReconstructionFailedError",
+         "WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError")  # Ray Train's names for a dead worker
+
+
+def lost_worker(exc: BaseException | None) -> bool:
+    """A Ray Train worker-group failure in which every failed worker was lost (its process or
+    node died), not one that raised: the driver says so in one line and starts again."""
+    failures = getattr(exc, "worker_failures", None)
+    if not failures:
+        return False
+    return all(type(getattr(e, "_base_exc", e)).__name__ in _LOST for e in failures.values())
 
 
 def causes(exc: BaseException) -> list[BaseException]:
@@ -60,9 +70,11 @@ def environment_fault(exc: BaseException, where: str, resume: str) -> Environmen
         if found:
             return EnvironmentFault(f"{where}: no space left on the device or quota ({found.group(0).strip()}); "
                                     f"{resume}")
-        if type(e).__name__ in _LOST:
+        if type(e).__name__ in _LOST or lost_worker(e):
+            failures = getattr(e, "worker_failures", None)
+            kind = type(getattr(failures[min(failures)], "_base_exc", failures[min(failures)])) if failures else type(e)
             return EnvironmentFault(f"{where}: a node or Ray worker was lost beyond Ray's retries "
-                                    f"({type(e).__name__}); {resume}")
+                                    f"({kind.__name__}); {resume}")
     return None
 
 

@@ -41,6 +41,8 @@ NOISE = re.compile("|".join([
     r"^A run snapshot was found in storage folder at: ",  # we say "resumed from checkpoint at epoch N"
     r"^This snapshot contains a list of checkpoints reported via ",
     r"^If you meant to start a brand new training job without any information about previous",
+    # the raylet's note of a worker process that died (the driver's own warning names it)
+    r"^A worker died or was killed while executing a task by an unexpected system error\.",
     # its placement-group cleaner, while the controller is being torn down (Ctrl-C)
     r"^Failed to query Ray Train Controller actor state\. ",
     # Ray Data's execution notes and deprecation chatter
@@ -79,8 +81,9 @@ SETUP_HOOK = "albert_ray.quiet.hide_user_error_tracebacks"  # runtime_env worker
 
 def hide_user_error_tracebacks() -> None:
     """Ray's process setup hook (``SETUP_HOOK``): for a user error raised in a training worker
-    the driver prints the error's own line (:mod:`albert_ray.errors`), so Ray Train's two
-    tracebacks of it are not logged. Every other failure keeps them; ``-v`` keeps all."""
+    the driver prints the error's own line (:mod:`albert_ray.errors`), and for a lost worker its
+    one warning line, so Ray Train's tracebacks of them are not logged. Every other failure keeps
+    them; ``-v`` keeps all."""
     for name in _TRACEBACK_LOGGERS:
         logging.getLogger(name).addFilter(_not_a_user_error)
 
@@ -90,9 +93,12 @@ def _not_a_user_error(record: logging.LogRecord) -> bool:
 
     from albert_ray.errors import worker_user_error
 
-    # the worker logs inside its except block; the controller passes the WorkerGroupError
+    from albert_ray.errors import lost_worker
+
+    # the worker logs inside its except block; the controller passes the WorkerGroupError. A
+    # lost worker gets the driver's one warning line instead of the controller's dump of it
     exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
-    return verbose() or worker_user_error(exc) is None
+    return verbose() or (worker_user_error(exc) is None and not lost_worker(exc))
 
 
 def is_noise(line: str) -> bool:

@@ -9,7 +9,8 @@ import os
 import re
 import time
 
-from albert_ray.errors import first_line, worker_user_error
+from albert_ray import paths
+from albert_ray.errors import environment_fault, first_line, worker_user_error
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,11 @@ def trainer_class():
                     if (user := worker_user_error(exc)) is not None:
                         raise user.with_traceback(None) from None
                     if failures > self.max_failures:
-                        raise
+                        fault = environment_fault(exc, f"training run {self.run_config.name}",
+                                                  f"checkpoints so far are in {paths.shown(self.run_config.storage_path)}"
+                                                  f"/{self.run_config.name}: run the same command again to resume "
+                                                  f"from the latest (or raise train.max_failures)")
+                        raise (fault or exc) from None
                     rank, err = min(exc.worker_failures.items())
                     log.warning("%s: worker %d failed (%s: %s); starting again from the latest checkpoint "
                                 "(failure %d of %d allowed, train.max_failures)", self.run_config.name, rank,

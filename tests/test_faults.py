@@ -293,9 +293,8 @@ def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_
     import logging
     import re
 
-    from ray.train.v2.api.exceptions import WorkerGroupError
-
     from albert_ray.data import DataError
+    from albert_ray.errors import EnvironmentFault
 
     # a user error: one attempt although two retries are allowed, and the error is the worker's own
     result, exc, starts = _run(tmp_path, "user", "user", until=9, max_failures=2)
@@ -305,7 +304,10 @@ def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_
     # (that a run finishes after a restart is test_ray_training's killed-worker test)
     caplog.set_level(logging.WARNING, logger="albert_ray.runtime")
     result, exc, starts = _run(tmp_path, "dies", "exit", until=9, max_failures=2)
-    assert isinstance(exc, WorkerGroupError) and starts == [0, 1, 2]
+    assert isinstance(exc, EnvironmentFault) and starts == [0, 1, 2]
+    assert str(exc) == (f"training run dies: a node or Ray worker was lost beyond Ray's retries "
+                        f"(WorkerHealthCheckFailedError); checkpoints so far are in {tmp_path / 'ray'}/dies: run the "
+                        f"same command again to resume from the latest (or raise train.max_failures)")
     said = [re.sub(r"\(\w+: [^)]*\)", "(ERROR)", r.getMessage()) for r in caplog.records if r.name == "albert_ray.runtime"]
     assert said == [f"dies: worker 0 failed (ERROR); starting again from the latest checkpoint (failure {n} of 2 "
                     f"allowed, train.max_failures)" for n in (1, 2)]
@@ -334,6 +336,11 @@ def test_ray_train_tracebacks_of_a_user_error_are_not_logged_and_others_are():
     assert not _not_a_user_error(controller_record(IsADirectoryError(21, "Is a directory", "/data")))
     assert _not_a_user_error(controller_record(ConnectionResetError("object store connection reset")))
     assert _not_a_user_error(controller_record(RuntimeError("CUDA out of memory"), MemoryError()))
+    from ray.exceptions import ActorDiedError
+
+    # a lost worker: the driver's one warning line says it; a lost worker beside a bug keeps the dump
+    assert not _not_a_user_error(controller_record(ActorDiedError()))
+    assert _not_a_user_error(controller_record(ActorDiedError(), ZeroDivisionError("a bug")))
     try:  # the worker logs inside the except block that caught its training function's error
         raise DataError("a.txt line 3: bad label 'X'")
     except DataError:
