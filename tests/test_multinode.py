@@ -156,6 +156,7 @@ def _grep_store(fs, prefix: str, needle: str) -> list[str]:
     return hits
 
 
+@pytest.mark.ci
 def test_label_s3_to_s3_with_the_model_on_s3_and_on_the_drivers_disk(cluster, s3, model, job_folder):
     from albert_ray import modeldir
     from albert_ray.labeling import LabelConfig, label_corpus, output_schema
@@ -179,6 +180,7 @@ def test_label_s3_to_s3_with_the_model_on_s3_and_on_the_drivers_disk(cluster, s3
     assert _grep_store(s3, "", SECRET) == []
 
 
+@pytest.mark.ci
 def test_local_inputs_and_outputs_are_refused_in_one_line_before_any_read_task(cluster, s3, model, job_folder):
     from albert_ray.labeling import LabelConfig, label_corpus
 
@@ -201,6 +203,7 @@ def test_local_inputs_and_outputs_are_refused_in_one_line_before_any_read_task(c
     assert _grep_store(s3, "never", "") == []
 
 
+@pytest.mark.ci
 def test_a_truncated_committed_part_is_relabeled_and_the_folder_reads_whole(cluster, s3, model):
     import pyarrow.fs as pafs
 
@@ -256,6 +259,7 @@ def test_a_killed_labeling_actor_costs_a_retry_not_a_row(cluster, s3, model):
     assert sorted(got) == sorted(expected)
 
 
+@pytest.mark.ci
 def test_two_workers_one_per_node_write_the_model_to_the_store_log_once_and_match_one_worker(cluster, s3,
                                                                                             job_folder):
     """The CLI, attached to the cluster as a user's driver: 2 workers placed one per worker node
