@@ -18,6 +18,7 @@ import albert_ray  # noqa: F401
 import tensorflow as tf
 from tensorflow import keras
 
+from albert_ray import paths
 from albert_ray.config import EncoderConfig
 from albert_ray.encoder import encoder_for
 from albert_ray.errors import first_line
@@ -129,6 +130,8 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
         CheckpointError: wrong layout for the config, or missing / unexpected variables and shape
             conflicts, all listed in one message.
     """
+    if paths.is_uri(path):  # each node fetches it itself into its own cache
+        path = paths.local_folder(path)
     prefix = resolve_checkpoint(path)
     reader, shapes = _open(prefix, config)
     vmap = encoder_for(config).variable_map()

@@ -220,7 +220,9 @@ def check_fits(encoder: EncoderConfig, max_len: int, vocab_len: int | None = Non
 def checkpoint_folder_files(checkpoint: str) -> tuple[str | None, str | None]:
     """The config JSON (when the folder holds exactly one) and ``vocab.txt`` beside a checkpoint
     (a brightmart release folder, or one written by ``albert-ray pretrain``)."""
-    folder = Path(checkpoint)
+    from albert_ray import paths
+
+    folder = paths.local_folder(checkpoint) if paths.is_uri(checkpoint) else Path(checkpoint)
     folder = folder if folder.is_dir() else folder.parent
     configs = sorted(folder.glob("albert_config*.json")) + sorted(folder.glob("bert_config*.json"))
     vocab = folder / "vocab.txt"

@@ -554,18 +554,13 @@ def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
 def _require_visible_everywhere(cfg: LabelConfig, plan: Plan, store: OutputStore) -> None:
     """Local inputs and a local output on a multi-node cluster: every node that runs tasks must
     see them (the output through a marker the driver writes), checked before any read task."""
-    from albert_ray.runtime import alive_nodes, require_visible
+    from albert_ray.runtime import alive_nodes, require_visible, require_visible_folder
 
     if alive_nodes() < 2:
         return
     require_visible("input", "read tasks open it", [(f.path, f.size) for f in plan.files if not is_uri(f.path)])
     if store.local:
-        marker = f".albert-ray-visible-{uuid.uuid4().hex[:12]}"
-        store.write_bytes(b"", marker)
-        try:
-            require_visible("output", "labeling actors write into it", [(os.path.join(store.root, marker), 0)])
-        finally:
-            store.fs.delete_file(store._path(marker))
+        require_visible_folder("output", "labeling actors write into it", store.root)
 
 
 def _label_units(cfg: LabelConfig, plan: Plan, todo: list, committer: _Committer, progress, began: float,

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -203,45 +201,18 @@ def drop_resume_state(path: str | Path) -> None:
 
 
 # ---- locations: a model directory anywhere, and on every node ------------------------------------
-def cache_root() -> Path:
-    """Where model directories fetched from URIs are kept: ``$ALBERT_RAY_CACHE`` or
-    ``~/.cache/albert_ray/models``."""
-    return Path(os.environ.get("ALBERT_RAY_CACHE") or Path.home() / ".cache" / "albert_ray" / "models")
-
-
 def local_copy(location: str | Path) -> Path:
-    """A local folder holding the model directory at ``location``: the folder itself for a local
-    path; for a URI, a copy of its files in :func:`cache_root`, fetched again only when the
-    listing (names and sizes) changed.
+    """A local folder holding the model directory at ``location`` (:func:`paths.local_folder`).
 
     Raises:
         ModelDirError: nothing at the URI, or the store refuses to list or serve it.
     """
-    if not paths.is_uri(location):
-        return Path(location)
-    shown = paths.shown(location)
     try:
-        listing = paths.files_under(location)
+        return paths.local_folder(location)
+    except FileNotFoundError:
+        raise ModelDirError(f"model directory not found: {paths.shown(location)}") from None
     except (OSError, ValueError) as exc:
-        raise ModelDirError(f"model directory {shown} cannot be read: {first_line(exc)}") from None
-    listing = {name: size for name, size in listing.items() if "/" not in name}  # the folder's own files
-    if not listing:
-        raise ModelDirError(f"model directory not found: {shown}")
-    cache = cache_root() / hashlib.sha256(shown.encode()).hexdigest()[:20]
-    stamp = cache / ".listing.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == listing:
-        return cache
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache.parent))
-    try:
-        paths.fetch_dir(location, staging, tuple(listing))
-    except (OSError, ValueError) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ModelDirError(f"model directory {shown} cannot be read: {first_line(exc)}") from None
-    (staging / ".listing.json").write_text(json.dumps(listing, sort_keys=True))
-    shutil.rmtree(cache, ignore_errors=True)
-    os.replace(staging, cache)
-    return cache
+        raise ModelDirError(f"model directory {paths.shown(location)} cannot be read: {first_line(exc)}") from None
 
 
 def publish(local: str | Path, location: str | Path) -> str:

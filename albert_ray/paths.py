@@ -12,7 +12,11 @@ standard chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_ENDPOI
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -106,3 +110,40 @@ def fetch_dir(location: str | Path, local: str | Path, names: tuple[str, ...] | 
         pafs.copy_files(f"{root.rstrip('/')}/{rel}", str(target), source_filesystem=fs,
                         destination_filesystem=pafs.LocalFileSystem())
     return wanted
+
+
+def cache_root() -> Path:
+    """Where folders fetched from URIs are kept on this node: ``$ALBERT_RAY_CACHE`` or
+    ``~/.cache/albert_ray``."""
+    return Path(os.environ.get("ALBERT_RAY_CACHE") or Path.home() / ".cache" / "albert_ray")
+
+
+def local_folder(location: str | Path) -> Path:
+    """A local folder holding the files of the folder at ``location`` (not its subfolders): the
+    folder itself for a local path; for a URI, a copy in :func:`cache_root` fetched on this node,
+    again only when the listing (names and sizes) changed.  Every node that needs the folder
+    calls this itself, so no node depends on another's disk.
+
+    Raises:
+        FileNotFoundError: nothing at the URI.
+        OSError: the store refuses to list or serve it.
+    """
+    if not is_uri(location):
+        return Path(location)
+    listing = {name: size for name, size in files_under(location).items() if "/" not in name}
+    if not listing:
+        raise FileNotFoundError(f"folder not found: {shown(location)}")
+    cache = cache_root() / hashlib.sha256(shown(location).encode()).hexdigest()[:20]
+    stamp = cache / ".listing.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == listing:
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache.parent))
+    try:
+        fetch_dir(location, staging, tuple(listing))
+        (staging / ".listing.json").write_text(json.dumps(listing, sort_keys=True))
+        shutil.rmtree(cache, ignore_errors=True)
+        os.replace(staging, cache)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return cache

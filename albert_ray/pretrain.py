@@ -19,12 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from albert_ray import modeldir, paths
 from albert_ray.config import EncoderConfig, check_fits, checkpoint_folder_files
 from albert_ray.masking import is_heldout, make_batch, special_ids, token_counts
 from albert_ray.mlm import OutputVocabulary, build_mlm_model, load_head, masked_loss, order_loss, save_pretrained
@@ -398,13 +401,17 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
         from albert_ray.checkpoint import check_checkpoint
 
         check_checkpoint(encoder, cfg.model.checkpoint)
-    out = cfg.pretrained_dir
+    remote = paths.is_uri(cfg.pretrained_dir)
+    out = Path(tempfile.mkdtemp(prefix="albert-ray-pretrained-")) / "pretrained" if remote else Path(cfg.pretrained_dir)
     count = (_pretrain_here if in_process else _pretrain_on_ray)(cfg, encoder, vocab, out)
-    (out / "optimizer.npz").unlink(missing_ok=True)
+    (out / modeldir.OPTIMIZER_FILE).unlink(missing_ok=True)
     summary = json.loads((out / "pretrain.json").read_text())
-    summary.update(name=cfg.name, pretrained_dir=str(out), seconds=round(time.time() - began, 1),
+    summary.update(name=cfg.name, pretrained_dir=paths.shown(cfg.pretrained_dir), seconds=round(time.time() - began, 1),
                    precision=cfg.train.precision, corpus=asdict(count))
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    if remote:
+        paths.publish_dir(out, cfg.pretrained_dir)
+        shutil.rmtree(out.parent, ignore_errors=True)
     return summary
 
 
@@ -422,25 +429,27 @@ def _pretrain_here(cfg: PretrainConfig, encoder: EncoderConfig, vocab: Vocab, ou
 
 def _pretrain_on_ray(cfg: PretrainConfig, encoder: EncoderConfig, vocab: Vocab, out: Path) -> CorpusCount:
     """Ray Train workers fed by Ray Data read tasks; the corpus count comes from a tally actor."""
-    import shutil
-
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
+    from albert_ray.corpus import expand_inputs
     from albert_ray.runtime import (every_row_split, init_ray, require_read_room, require_shared_storage,
-                                    trainer_class)
+                                    require_visible, require_visible_folder, trainer_class)
 
     t = cfg.train
     require_enough_text(cfg, vocab)
     init_ray(cfg.ray_address)
     require_shared_storage(cfg.storage_path, "storage_path")
+    require_visible("input", "read tasks open it", [(f.path, f.size) for f in expand_inputs(cfg.inputs, cfg.format)
+                                                    if not paths.is_uri(f.path)])
+    require_visible_folder("storage_path" if cfg.storage_path else "output_dir", "Ray Train's workers write "
+                           "checkpoints under it", cfg.ray_storage)
     require_read_room(t.num_workers, t.cpus_per_worker, READ_TASK_CPUS, "the corpus")
     tally = ray.remote(num_cpus=0)(CorpusTally).remote()
     try:
         sequences = sequences_dataset(cfg, vocab, tally)
         split = every_row_split(sequences, t.num_workers, f"{cfg.name}: packed corpus",
                                 lambda shares: require_a_step_per_share(cfg, shares, peek_tally(tally)))
-        storage = cfg.storage_path or str(Path(cfg.output_dir, "ray").resolve())
         threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
         trainer = trainer_class()(
             pretrain_loop_per_worker,
@@ -448,7 +457,7 @@ def _pretrain_on_ray(cfg: PretrainConfig, encoder: EncoderConfig, vocab: Vocab, 
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                          resources_per_worker={"CPU": t.cpus_per_worker}),
             datasets={"train": sequences}, dataset_config=split,
-            run_config=RunConfig(name=f"{cfg.name}-pretrain", storage_path=storage,
+            run_config=RunConfig(name=f"{cfg.name}-pretrain", storage_path=cfg.ray_storage,
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  failure_config=FailureConfig(max_failures=t.max_failures)))
         result = trainer.fit()

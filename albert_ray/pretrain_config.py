@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from albert_ray import paths
 from albert_ray.spec import TRAIN_PRECISIONS
 
 OUTPUT_VOCABULARIES = ("corpus", "full")
@@ -61,8 +62,18 @@ class PretrainConfig:
     ray_address: str | None = None
 
     @property
-    def pretrained_dir(self) -> Path:
-        return Path(self.output_dir) / self.name / "pretrained"
+    def pretrained_dir(self) -> str:
+        """Where the published-layout output goes: ``<output_dir>/<name>/pretrained``, a local
+        path or a URI (fine-tuning takes either as ``model.checkpoint``)."""
+        return paths.join(self.output_dir, self.name, "pretrained")
+
+    @property
+    def ray_storage(self) -> str:
+        """Ray Train's storage: ``storage_path``, else ``<output_dir>/ray`` (absolute when local)."""
+        if self.storage_path:
+            return self.storage_path
+        return paths.join(self.output_dir, "ray") if paths.is_uri(self.output_dir) else \
+            str(Path(self.output_dir, "ray").resolve())
 
 
 def load_pretrain_config(path: str | None, overrides: list[str] | None = None,

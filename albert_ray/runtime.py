@@ -120,18 +120,18 @@ def task_nodes() -> list[dict]:
             (n.get("Resources", {}).get("CPU", 0) > 0 or n.get("Resources", {}).get("GPU", 0) > 0)]
 
 
-def _sees(files: list[tuple[str, int | None]]) -> str | None:
-    """The first local path this node does not see as the driver does (``size`` None: any file
-    or folder; else a file of that size), or None."""
-    for path, size in files:
+def _sees(files: list[tuple[str, int | None]]) -> int | None:
+    """The index of the first local path this node does not see as the driver does (``size``
+    None: any file or folder; else a file of that size), or None."""
+    for i, (path, size) in enumerate(files):
         if size is None and not os.path.exists(path):
-            return path
+            return i
         if size is not None and (not os.path.isfile(path) or os.path.getsize(path) != size):
-            return path
+            return i
     return None
 
 
-def require_visible(what: str, role: str, files: list[tuple[str, int | None]]) -> None:
+def require_visible(what: str, role: str, files: list[tuple[str, int | None]], shown: str | None = None) -> None:
     """On a multi-node cluster, refuse local paths a node that runs tasks cannot see, before any
     task reads them: one small task per such node (pinned to it) looks for each path.
 
@@ -139,6 +139,7 @@ def require_visible(what: str, role: str, files: list[tuple[str, int | None]]) -
         what: the setting, as the user knows it (``input``, ``output``, ``data.train``).
         role: who needs it on every node (``read tasks read it``).
         files: ``(local path, size)``; size None for a folder or a marker the driver wrote.
+        shown: the path to name in the message instead (the folder of a marker).
 
     Raises:
         ValueError: one line naming the path, the node and the fix.
@@ -155,10 +156,26 @@ def require_visible(what: str, role: str, files: list[tuple[str, int | None]]) -
             for n in nodes]
     for node, missing in zip(nodes, ray.get(refs)):
         if missing is not None:
-            raise ValueError(f"{what} {missing} is a local path that node {node['NodeManagerAddress']} "
+            raise ValueError(f"{what} {shown or files[missing][0]} is a local path that node {node['NodeManagerAddress']} "
                              f"({node['NodeID'][:8]}) of this {len(ray_nodes_alive())}-node cluster cannot see, and "
                              f"{role} on every node: give a URI (s3://bucket/...) or a path on a filesystem every "
                              f"node mounts")
+
+
+def require_visible_folder(what: str, role: str, folder: str) -> None:
+    """:func:`require_visible` for a local folder the job writes: the driver writes a marker
+    file into it and every node that runs tasks must see the marker (a folder of the same name
+    on each node's own disk is not enough: the output would be split across nodes)."""
+    if "://" in folder or alive_nodes() < 2:
+        return
+    os.makedirs(folder, exist_ok=True)
+    marker = os.path.join(folder, f".albert-ray-visible-{os.getpid()}-{time.time_ns() % 10**6}")
+    with open(marker, "wb"):
+        pass
+    try:
+        require_visible(what, role, [(marker, 0)], shown=folder)
+    finally:
+        os.unlink(marker)
 
 
 def ray_nodes_alive() -> list[dict]:

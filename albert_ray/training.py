@@ -252,19 +252,12 @@ def require_visible_job(job: JobConfig) -> None:
     (``storage_path``, or ``<output_dir>/ray``) must be seen by every node that runs tasks: the
     data are read in a Ray task, and workers write checkpoints and TensorBoard scalars there.
     Checked before any task starts; the model directory itself is written by the driver."""
-    from albert_ray.runtime import require_visible
+    from albert_ray.runtime import require_visible, require_visible_folder
 
     data = [(p, os.path.getsize(p)) for p in (job.data.train, job.data.dev, job.data.test) if p and not paths.is_uri(p)]
     require_visible("data file", "it is read in a Ray task", data)
-    if not paths.is_uri(job.ray_storage):
-        Path(job.ray_storage).mkdir(parents=True, exist_ok=True)
-        marker = Path(job.ray_storage, f".albert-ray-visible-{os.getpid()}")
-        marker.write_bytes(b"")
-        try:
-            require_visible("storage_path" if job.storage_path else "output_dir", "Ray Train's workers write "
-                            "checkpoints and TensorBoard scalars under it", [(str(marker), 0)])
-        finally:
-            marker.unlink(missing_ok=True)
+    require_visible_folder("storage_path" if job.storage_path else "output_dir", "Ray Train's workers write "
+                           "checkpoints and TensorBoard scalars under it", job.ray_storage)
 
 
 def train_in_process(job: JobConfig) -> dict:

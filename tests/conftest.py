@@ -4,6 +4,8 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # the tests' own Ray on 127.0.0.1 only
+# folders fetched from URIs (models, checkpoints) go to the session's own cache, not ~/.cache
+os.environ.setdefault("ALBERT_RAY_CACHE", __import__("tempfile").mkdtemp(prefix="albert-ray-cache-"))
 
 import pytest  # noqa: E402
 

@@ -114,3 +114,41 @@ def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unre
     assert re.match(rf"input s3://{BUCKET}/in/cold\.txt cannot be read: AWS Error INTERNAL_FAILURE during GetObject "
                     rf"operation: ", first_line(unwrapped(err.value)))
     assert "secret" not in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_pretraining_writes_to_a_uri_and_fine_tuning_starts_from_it_there(tmp_path, s3_endpoint):
+    """``output_dir`` at a URI for pre-training, and ``model.checkpoint`` at a URI for fine-tuning:
+    the published folder is on the store (no local folder named after the URI), and a model
+    built from the URI holds exactly its weights (each node fetches the folder into its own cache)."""
+    import numpy as np
+    import pyarrow.fs as pafs
+    import tensorflow as tf
+
+    from albert_ray import modeldir, paths
+    from albert_ray.config import EncoderConfig
+    from albert_ray.pretrain import pretrain
+    from albert_ray.spec import ModelSpec
+    from test_pretrain import _cfg, _corpus
+
+    uri = f"s3://key:secret@{BUCKET}/pre?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
+    fs.create_dir(BUCKET)
+    _corpus(tmp_path)
+    summary = pretrain(_cfg(tmp_path, "train.epochs=1", f"output_dir={uri}"), in_process=True)
+    folder = paths.join(uri, "p", "pretrained")
+    assert summary["pretrained_dir"] == paths.shown(folder) and "secret" not in json.dumps(summary)
+    assert sorted(paths.files_under(folder)) == ["albert_config.json", "checkpoint", "model.ckpt.data-00000-of-00001",
+                                                 "model.ckpt.index", "pretrain.json", "train_state.json", "vocab.txt"]
+    assert not Path("s3:").exists() and not (tmp_path / "out").exists()
+
+    job = load_job_config("jobs/configs/sample_classify.yaml", ["model.init=checkpoint", f"model.checkpoint={folder}",
+                                                                "model.max_len=32"])
+    local = paths.local_folder(folder)
+    assert (job.model.encoder_config, job.model.vocab) == (str(local / "albert_config.json"), str(local / "vocab.txt"))
+    spec = ModelSpec.from_job(job, ("a", "b"), EncoderConfig.from_json_file(job.model.encoder_config))
+    model = modeldir.new_model(spec, checkpoint=job.model.checkpoint)
+    reader = tf.train.load_checkpoint(str(local / "model.ckpt"))
+    np.testing.assert_array_equal(model.get_layer("Embedding-Token").weights[0].numpy(),
+                                  reader.get_tensor("bert/embeddings/word_embeddings"))
