@@ -43,9 +43,26 @@ def test_kuberay_manifests():
         assert spec["rayVersion"] == "2.60.0"
         gpu = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert gpu["nvidia.com/gpu"] == "1"
-    script = re.search(r"python (\S+)", job["spec"]["entrypoint"]).group(1)
-    config = re.search(r"--config (\S+)", job["spec"]["entrypoint"]).group(1)
-    assert (ROOT / script).is_file() and (ROOT / config).is_file()
+    train_step, label_step = (step.split() for step in job["spec"]["entrypoint"].split("&&"))
+    assert train_step[:2] == ["python", "jobs/train.py"] and label_step[:2] == ["python", "jobs/label_corpus.py"]
+    config = train_step[train_step.index("--config") + 1]
+    assert (ROOT / config).is_file()
+    # it keeps what it makes: every artifact at a URI, the labels made by the model just trained
+    settings = dict(t.split("=", 1) for t in train_step if "=" in t)
+    flags = {label_step[i]: label_step[i + 1] for i in range(2, len(label_step) - 1) if label_step[i].startswith("--")}
+    assert all(v.startswith("s3://") for v in (settings["output_dir"], settings["storage_path"], flags["--model"],
+                                               flags["--input"], flags["--output"]))
+    from albert_ray.jobconfig import load_job_config
+
+    name = load_job_config(ROOT / config).name
+    assert flags["--model"] == f"{settings['output_dir']}/{name}/model"
+    assert settings["train.placement_strategy"] == "STRICT_SPREAD"
+    # credentials from a Secret in every pod, never on the command line
+    assert "@" not in job["spec"]["entrypoint"] and "AWS_SECRET" not in job["spec"]["runtimeEnvYAML"]
+    spec = job["spec"]["rayClusterSpec"]
+    pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+    assert all(p["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "albert-ray-s3"}}]
+               for p in pods)
 
 
 def test_ray_up_config_has_cpu_head_and_gpu_workers():
