@@ -40,7 +40,7 @@ import pyarrow.fs as pafs
 from albert_ray import __version__
 from albert_ray.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs,
                                input_roots, plan_units, read_file, read_task, reason_kind)
-from albert_ray.errors import environment_fault
+from albert_ray.errors import ONE_LINE, environment_fault, unwrapped
 from albert_ray.paths import fs_and_path, is_uri, shown, without_credentials
 from albert_ray.runtime import Interrupted
 
@@ -580,6 +580,8 @@ def _label_units(cfg: LabelConfig, plan: Plan, todo: list, committer: _Committer
                           f"resume") from None
     except Exception as exc:  # noqa: BLE001 - a fault of the environment is one line; anything else as it is
         progress.close()
+        if isinstance(unwrapped(exc), ONE_LINE):  # an input's own line (InputUnreadable, a user error)
+            raise
         fault = environment_fault(exc, f"output {shown(cfg.output)}",
                                   f"{len(plan.complete)} of {len(plan.units)} units are committed and kept: "
                                   f"mend it and run the same command again to resume")

@@ -464,3 +464,29 @@ def test_a_full_output_disk_is_one_line_exit_1_and_the_same_command_then_finishe
         assert (manifest["units_reused"], manifest["units"]) == (int(found.group(1)), int(found.group(2)))
     finally:
         subprocess.run(["umount", str(out)], check=False)
+
+
+def test_faults_of_the_environment_found_in_rays_wrapper_text_are_one_line():
+    """What reaches the driver is Ray's wrapper whose text holds the remote traceback; the line
+    names the cause and that the same command resumes. An unreadable input keeps its own line."""
+    from ray.exceptions import RayTaskError
+
+    from albert_ray.errors import InputUnreadable, environment_fault
+
+    def remote(text):
+        return RayTaskError("MapBatches(LabelWriter)", f"Traceback (most recent call last):\n  File ...\n{text}",
+                            RuntimeError("UDF failed")).as_instanceof_cause()
+
+    resume = "3 of 9 units are committed and kept: run the same command again to resume"
+    full = environment_fault(remote("OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space "
+                                    "left on device"), "output /data/labels", resume)
+    assert str(full) == ("output /data/labels: no space left on the device or quota (OSError: [Errno 28] Error "
+                         "writing bytes to file. Detail: [errno 28] No space left on device); " + resume)
+    slow = environment_fault(remote("OSError: When uploading part for key 'l/unit=a/part-1.parquet' in bucket 'b': "
+                                    "AWS Error SLOW_DOWN during UploadPart operation: Please reduce your request rate."),
+                             "output s3://b/l", resume)
+    assert str(slow) == ("output s3://b/l: the store refused or timed out (When uploading part for key "
+                         "'l/unit=a/part-1.parquet' in bucket 'b': AWS Error SLOW_DOWN during UploadPart operation: "
+                         "Please reduce your request rate.); " + resume)
+    assert environment_fault(remote("ZeroDivisionError: division by zero"), "output x", resume) is None
+    assert environment_fault(InputUnreadable("input s3://b/a.txt cannot be read"), "output x", resume) is None
