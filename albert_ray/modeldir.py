@@ -54,7 +54,7 @@ def save(path: str | Path, model, spec: ModelSpec, vocab: Vocab, job: dict | Non
     spec.save(path / SPEC_FILE)
     vocab.save(path / VOCAB_FILE)
     if job is not None:
-        (path / JOB_FILE).write_text(json.dumps(job, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+        (path / JOB_FILE).write_text(json.dumps(paths.scrub(job), ensure_ascii=False, indent=2, default=str), encoding="utf-8")
     return path
 
 

@@ -54,6 +54,18 @@ def shown(location: str | Path) -> str:
     return without_credentials(str(location))
 
 
+def scrub(value):
+    """``value`` (a config or summary: dicts, lists, strings) with every URI :func:`shown`: what a
+    file the project writes may hold (``job.json``, ``pretrain.json``, ``export.json``)."""
+    if isinstance(value, str):
+        return without_credentials(value)
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return value
+
+
 def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
 

@@ -408,6 +408,7 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     summary = json.loads((out / "pretrain.json").read_text())
     summary.update(name=cfg.name, pretrained_dir=paths.shown(cfg.pretrained_dir), seconds=round(time.time() - began, 1),
                    precision=cfg.train.precision, corpus=asdict(count))
+    summary = paths.scrub(summary)
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
     if remote:
         paths.publish_dir(out, cfg.pretrained_dir)

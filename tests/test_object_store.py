@@ -71,6 +71,14 @@ def test_checkpoints_in_an_object_store_and_resume_from_it(tmp_path, local_ray, 
     assert len(checkpoints) <= 2
     with fs.open_input_stream(f"{BUCKET}/runs/sample_ner/{checkpoints[-1]}/train_state.json") as f:
         assert json.loads(f.read())["epoch"] == 2
+    # the secret in the URI reaches no file the run wrote: not the model directory, not a checkpoint
+    written = [p for p in (tmp_path / "sample_ner").rglob("*") if p.is_file()]
+    assert len(written) > 5 and [p for p in written if b"secret" in p.read_bytes()] == []
+    for path in (p for p in files if p.endswith((".json", ".txt", ".html"))):
+        with fs.open_input_stream(path) as f:
+            assert b"secret" not in f.read(), path
+    assert json.loads((tmp_path / "sample_ner" / "model" / "job.json").read_text())["storage_path"] == \
+        uri.replace("key:secret@", "")
 
 
 @pytest.mark.slow
