@@ -178,6 +178,9 @@ def test_label_s3_to_s3_with_the_model_on_s3_and_on_the_drivers_disk(cluster, s3
     a, b = (json.loads(s3.open_input_stream(f"{BUCKET}/labels-{w}/_manifest.json").read()) for w in ("s3", "local"))
     assert a["model_checksum"] == b["model_checksum"] == modeldir.checksum(modeldir.pack(model))
     assert _grep_store(s3, "", SECRET) == []
+    from albert_ray.predict import Labeler  # predict / evaluate / export open a model at a URI alike
+
+    assert Labeler.from_dir(model_uri).predict(TEXTS) == Labeler.from_dir(model).predict(TEXTS)
 
 
 @pytest.mark.ci
