@@ -91,6 +91,33 @@ def child(nodes: int, model: str, corpus_uri: str, out_uri: str, private: str) -
             "object_store_bytes_per_row": round((model_bytes * max(1, nodes - 1) + text_bytes) / m["rows_out"], 1)}
 
 
+def driver_costs(work: Path, files: int = 2000, units: int = 500) -> dict:
+    """What the driver does alone, whatever the cluster's size: list and plan ``files`` input
+    objects on the store (one listing, then sizes), and commit ``units`` unit records (one JSON
+    object each, written one after another as the actors report)."""
+    import pyarrow.fs as pafs
+
+    from albert_ray.corpus import expand_inputs, plan_units
+    from albert_ray.labeling import OutputStore
+
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}")
+    for i in range(files):
+        with fs.open_output_stream(f"{BUCKET}/many/f{i:05d}.txt") as f:
+            f.write(b"\xe5\xbc\xa0\xe4\xbc\x9f\n" * 100)
+    began = time.perf_counter()
+    planned = plan_units(expand_inputs([f"s3://{BUCKET}/many"]), 32 << 20)
+    plan_seconds = time.perf_counter() - began
+    store = OutputStore(f"s3://{BUCKET}/commits")
+    record = {"uid": "x", "source": f"s3://{BUCKET}/many/f00000.txt", "rows_in": 100, "parts": ["part-1.parquet"],
+              "sizes": {"part-1.parquet": [4000, 123]}, "counts": {"PER": 100}, "settings": {"model": "m"}}
+    began = time.perf_counter()
+    for i in range(units):
+        store.write_json({**record, "uid": f"u{i}"}, "_units", f"u{i}.json")
+    commit_seconds = time.perf_counter() - began
+    return {"files": files, "units_planned": len(planned), "plan_ms_per_file": round(1000 * plan_seconds / files, 3),
+            "units_committed": units, "commit_ms_per_unit": round(1000 * commit_seconds / units, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=20000)
@@ -130,6 +157,7 @@ def main() -> None:
                     raise SystemExit(f"{nodes} node(s) failed:\n{proc.stderr[-3000:]}")
                 results.append({"run": run, **json.loads(proc.stdout.strip().splitlines()[-1])})
                 print(results[-1], flush=True)
+        driver = driver_costs(work)
     finally:
         moto.terminate()
     print(f"\n{'nodes':>5} {'rows/s (median)':>16} {'labeling rows/s':>16} {'plan s':>7} {'first commit s':>15} "
@@ -145,9 +173,13 @@ def main() -> None:
         summary.append(row)
         print(f"{nodes:>5} {row['rows_per_second']:>16.1f} {row['labeling_rows_per_second']:>16.1f} "
               f"{row['plan_seconds']:>7.2f} {row['first_commit_seconds']:>15.1f} {row['object_store_bytes_per_row']:>16.1f}")
+    print(f"driver alone: planning {driver['plan_ms_per_file']} ms per input file ({driver['files']} objects), "
+          f"committing {driver['commit_ms_per_unit']} ms per unit ({driver['units_committed']} records), on the "
+          f"S3 server on 127.0.0.1")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"machine": machine_record(), "command": " ".join(sys.argv),
-                                             "rows": args.rows, "summary": summary, "runs": results}, indent=2))
+                                             "rows": args.rows, "summary": summary, "driver": driver, "runs": results},
+                                            indent=2))
     print(f"wrote {args.output}")
 
 

@@ -54,9 +54,8 @@ def _served(saved: Path, tmp_path: Path) -> dict:
     return result["outputs"]
 
 
-@pytest.mark.slow
-@pytest.mark.ci  # three exports and three fresh TensorFlow processes
-@pytest.mark.parametrize("task", ["classify", "multilabel", "ner"])
+@pytest.mark.slow  # CI runs NER (the in-graph Viterbi); -m slow all three tasks
+@pytest.mark.parametrize("task", ["classify", "multilabel", pytest.param("ner", marks=pytest.mark.ci)])
 def test_the_exported_model_returns_exactly_what_predict_returns(tmp_path, task):
     from albert_ray.predict import Labeler
 

@@ -113,6 +113,7 @@ def test_onednn_expectation_follows_the_cpu_flags_and_the_override():
 
 
 @pytest.mark.slow
+@pytest.mark.ci  # ~10 s: the CPU-dependent expectation, checked both ways on every CI machine
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_v_holds_with_onednn_forced_either_way(onednn):
     """What an AVX2-only CPU does (oneDNN off: no oneDNN line) and what an AMX CPU does (on),

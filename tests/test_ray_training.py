@@ -258,7 +258,8 @@ def test_ctrl_c_on_train_is_one_line_and_the_same_command_resumes(tmp_path):
     import sys
 
     cmd = [sys.executable, "-m", "albert_ray.cli", "train", "--config", "jobs/configs/sample_ner.yaml",
-           f"output_dir={tmp_path}", "train.epochs=30", "data.max_train_examples=200", "train.log_every=0"]
+           f"output_dir={tmp_path}", "model.max_len=64", "train.epochs=30", "data.max_train_examples=200",
+           "train.log_every=0"]
     err = tmp_path / "err.txt"
     rc = interrupt_once_checkpointed(cmd, err, tmp_path / "ray" / "sample_ner" / "checkpoint_manager_snapshot.json",
                                      lambda text: "epoch 2/30" in text)

@@ -19,9 +19,9 @@ def small_job(tmp_path, config, *overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.ci  # in-process training
-@pytest.mark.parametrize("config,extra", [
-    ("jobs/configs/sample_ner.yaml", ["train.epochs=4", "data.max_train_examples=300", "train.learning_rate=3e-3"]),
+@pytest.mark.parametrize("config,extra", [  # CI runs NER (the CRF head); -m slow all three
+    pytest.param("jobs/configs/sample_ner.yaml", ["train.epochs=4", "data.max_train_examples=300",
+                                                  "train.learning_rate=3e-3"], marks=pytest.mark.ci),
     ("jobs/configs/sample_classify.yaml", ["train.epochs=2", "model.max_len=64"]),
     ("jobs/configs/sample_multilabel.yaml", ["train.epochs=2", "model.max_len=64"]),
 ])
@@ -86,8 +86,7 @@ def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.ci  # in-process training
+@pytest.mark.slow  # not in CI: options; the pre-training XLA step is checked in the fast suite
 def test_gradient_accumulation_and_xla_options_train(tmp_path):
     base = ["train.epochs=1", "data.max_train_examples=128", "train.learning_rate=3e-3"]
     plain = train_in_process(small_job(tmp_path / "plain", "jobs/configs/sample_ner.yaml", *base))
