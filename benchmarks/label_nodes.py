@@ -57,9 +57,9 @@ def start_moto(work: Path) -> tuple[subprocess.Popen, dict]:
 
 
 def child(nodes: int, model: str, corpus_uri: str, out_uri: str, private: str) -> dict:
-    """One measurement in a fresh process: start the cluster, label, stop what was started."""
-    import ray
-
+    """One measurement in a fresh process: start the cluster, label, stop what was started.
+    Ray is imported only once the cluster's token settings are in the environment (it reads
+    them at import)."""
     from albert_ray import modeldir, paths
     from albert_ray.labeling import LabelConfig, label_corpus
     from albert_ray.localcluster import add_worker_node, start_local_cluster
@@ -75,11 +75,14 @@ def child(nodes: int, model: str, corpus_uri: str, out_uri: str, private: str) -
                 add_worker_node(head, num_cpus=2 // (nodes - 1), private_dirs=(private,), name=f"w{i}")
             os.environ.update({k: v for k, v in head.client_env().items() if k != "RAY_ADDRESS"})
             init_ray(head.address)
+        import ray
+
         began = time.time()
         m = label_corpus(LabelConfig(model=model, inputs=(corpus_uri,), output=out_uri, progress=False))
         seconds = time.time() - began
     finally:
-        ray.shutdown()
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()
         if head is not None:
             head.stop()
     model_bytes = sum(len(v) for v in modeldir.pack(model).values())
