@@ -106,10 +106,7 @@ class JobConfig:
     @property
     def ray_storage(self) -> str:
         """Ray Train's storage: ``storage_path``, else ``<output_dir>/ray`` (absolute when local)."""
-        if self.storage_path:
-            return self.storage_path
-        return paths.join(self.output_dir, "ray") if paths.is_uri(self.output_dir) else \
-            str(Path(self.output_dir, "ray").resolve())
+        return paths.ray_storage(self.storage_path, self.output_dir)
 
     @property
     def tensorboard_dir(self) -> str:

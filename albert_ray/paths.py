@@ -86,6 +86,13 @@ def join(location: str | Path, *parts: str) -> str:
     return urlunsplit(split._replace(path="/".join([split.path.rstrip("/"), *parts])))
 
 
+def ray_storage(storage_path: str | None, output_dir: str) -> str:
+    """Ray Train's storage of a job: ``storage_path``, else ``<output_dir>/ray`` (absolute when local)."""
+    if storage_path:
+        return storage_path
+    return join(output_dir, "ray") if is_uri(output_dir) else str(Path(output_dir, "ray").resolve())
+
+
 def exists(location: str | Path) -> bool:
     fs, path = fs_and_path(str(location))
     return fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -6,7 +6,6 @@ module so that the corpus read (:mod:`albert_ray.pretrain_corpus`) and masking
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from albert_ray import paths
 from albert_ray.spec import TRAIN_PRECISIONS
@@ -70,10 +69,7 @@ class PretrainConfig:
     @property
     def ray_storage(self) -> str:
         """Ray Train's storage: ``storage_path``, else ``<output_dir>/ray`` (absolute when local)."""
-        if self.storage_path:
-            return self.storage_path
-        return paths.join(self.output_dir, "ray") if paths.is_uri(self.output_dir) else \
-            str(Path(self.output_dir, "ray").resolve())
+        return paths.ray_storage(self.storage_path, self.output_dir)
 
 
 def load_pretrain_config(path: str | None, overrides: list[str] | None = None,

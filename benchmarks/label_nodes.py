@@ -75,8 +75,6 @@ def child(nodes: int, model: str, corpus_uri: str, out_uri: str, private: str) -
                 add_worker_node(head, num_cpus=2 // (nodes - 1), private_dirs=(private,), name=f"w{i}")
             os.environ.update({k: v for k, v in head.client_env().items() if k != "RAY_ADDRESS"})
             init_ray(head.address)
-        import ray
-
         began = time.time()
         m = label_corpus(LabelConfig(model=model, inputs=(corpus_uri,), output=out_uri, progress=False))
         seconds = time.time() - began

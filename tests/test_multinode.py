@@ -34,26 +34,17 @@ def job_folder(tmp_path_factory) -> Path:
 def s3(tmp_path_factory):
     """moto on 127.0.0.1; the AWS_* variables of the standard chain, set before the nodes start
     (so every node has them, as every node of a real cluster has its credentials)."""
-    import socket
+    from s3server import moto
 
+    with moto(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield from _with_aws_env(endpoint)
+
+
+def _with_aws_env(endpoint: str):
     import pyarrow.fs as pafs
 
-    from albert_ray.localcluster import free_port
-
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() < deadline and proc.poll() is None, "moto did not start"
-            time.sleep(0.2)
     env = {"AWS_ACCESS_KEY_ID": "mn-key", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+           "AWS_ENDPOINT_URL": f"http://{endpoint}"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -63,9 +54,6 @@ def s3(tmp_path_factory):
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
 
 
 @pytest.fixture(scope="module")

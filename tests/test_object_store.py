@@ -3,42 +3,21 @@ started here on 127.0.0.1 and stopped by its PID), and re-running the job resume
 
 import json
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from albert_ray.jobconfig import load_job_config
-from albert_ray.localcluster import free_port
 from albert_ray.training import train
+from s3server import moto
 
 BUCKET = "albert-ray"
 
 
 @pytest.fixture
 def s3_endpoint(tmp_path):
-    port = free_port()
-    server = Path(sys.executable).with_name("moto_server")
-    log = open(tmp_path / "moto.log", "w")
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"moto server did not start: {(tmp_path / 'moto.log').read_text()}")
-                time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
+    with moto(tmp_path / "moto.log") as endpoint:
+        yield endpoint
 
 
 @pytest.mark.slow
