@@ -18,7 +18,8 @@ import warnings
 VERBOSE_ENV = "ALBERT_RAY_VERBOSE"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_RAY_PREFIX = re.compile(r"^\((?:[\w.:-]+ )?pid=\d+(?:, ip=[\d.]+)?\) ")  # "(RayTrainWorker pid=7353) "
+# "(RayTrainWorker pid=7353) ", "(raylet) ", "(raylet, ip=10.0.3.7) "
+_RAY_PREFIX = re.compile(r"^\((?:(?:[\w.:-]+ )?pid=\d+|raylet)(?:, ip=[\d.]+)?\) ")
 
 NOISE = re.compile("|".join([
     # TensorFlow / absl start-up

@@ -30,6 +30,9 @@ NOISE = [
     "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
     "A run snapshot was found in storage folder at: '/tmp/exp/demo/ray/sample_ner'",
     "INFO:tensorflow:Collective all_reduce IndexedSlices: 1 all_reduces, num_devices =1, group_size = 2",
+    # a killed training worker: the driver's own warning line says it
+    "\x1b[33m(raylet)\x1b[0m A worker died or was killed while executing a task by an unexpected system error. To "
+    "troubleshoot the problem, check the logs for the dead worker. Lease ID: 0b00 Worker ID: f71a",
     "Collective all_reduce IndexedSlices: 1 all_reduces, num_devices =1, group_size = 2, implementation = AUTO",
 ]
 OURS = [
