@@ -398,7 +398,7 @@ def test_overrides_after_a_greedy_list_are_overrides_not_files_or_texts():
         (["张三在北京", "a=b"], ["train.epochs=1"])
 
 
-@pytest.mark.slow  # not in CI's bounded set: train's Ctrl-C test covers the shared trainer there
+@pytest.mark.slow  # not in CI's bounded set, like train's Ctrl-C test (-m slow runs both)
 def test_ctrl_c_on_pretrain_is_one_line_and_the_same_command_resumes(tmp_path):
     import subprocess
     import sys
