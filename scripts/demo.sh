@@ -11,11 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh ""
 OUT=${ALBERT_RAY_DEMO_OUTPUT:-runs}
-.venv/bin/albert-ray train --config jobs/configs/sample_ner.yaml "output_dir=$OUT" "$@" --predict \
+.venv/bin/albert-ray train --config jobs/configs/demo_ner.yaml "output_dir=$OUT" "$@" --predict \
   "张伟昨天在北京会见了新华社代表团。" \
   "据人民日报社报道，王芳已经抵达上海。" \
   "来自 Shanghai 的李明加入了清华大学 🎓。"
-.venv/bin/albert-ray label --model "$OUT/sample_ner/model" --input data/demo_corpus \
+.venv/bin/albert-ray label --model "$OUT/demo_ner/model" --input data/demo_corpus \
   --output "$OUT/demo_labels" --id-field id --include-text
 .venv/bin/python - "$OUT" <<'PY'
 import sys
@@ -32,5 +32,5 @@ print("a few labeled rows:")
 for r in rows.sort_values(["source", "line"]).head(5).itertuples():
     spans = ", ".join(f"{e['text']}/{e['label']}" for e in r.entities) or "(none)"
     print(f"  {r.text}  ->  {spans}")
-print(f"\nopen {out}/sample_ner/model/report.html (the model) and {out}/demo_labels/_summary.html (the labels)")
+print(f"\nopen {out}/demo_ner/model/report.html (the model) and {out}/demo_labels/_summary.html (the labels)")
 PY

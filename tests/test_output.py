@@ -1,6 +1,7 @@
 """What a user sees: the default output holds our lines and none of TensorFlow's, absl's, CUDA's
 or Ray's internal chatter; ``-v`` brings them back."""
 
+import json
 import subprocess
 import sys
 
@@ -224,25 +225,30 @@ def test_the_driver_draws_a_workers_final_state_even_when_its_lines_arrive_toget
     assert bars.bars == {}
 
 
-@pytest.mark.slow  # the README's main command, whole: ~80 s at 10 epochs, less here
+@pytest.mark.slow  # the README's main command, whole: ~95 s on 2 cores
 def test_the_demo_script_trains_labels_the_bundled_corpus_into_parquet_and_says_where_to_look(tmp_path):
-    """``bash scripts/demo.sh`` as a newcomer runs it (one epoch here): the bundled corpus's 232
-    rows come out as 230 labeled rows in Parquet and the 2 bad ones quarantined with their line
-    and reason; the report page and the label summary page exist, and the script says where."""
+    """``bash scripts/demo.sh`` as a newcomer runs it: the three demo sentences' entities exactly
+    as a person marks them; the bundled corpus's 232 rows come out as 230 labeled rows in Parquet
+    and the 2 bad ones quarantined with their line and reason; the report page and the label
+    summary page exist, and the script says where."""
     import os
 
     import pandas as pd
 
     env = {**os.environ, "ALBERT_RAY_DEMO_OUTPUT": str(tmp_path)}
-    run = subprocess.run(["bash", "scripts/demo.sh", "train.epochs=1"], capture_output=True, text=True,
-                         timeout=900, env=env)
+    run = subprocess.run(["bash", "scripts/demo.sh"], capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
+    predicted = [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"text"')]
+    assert [[(e["text"], e["label"]) for e in p["entities"]] for p in predicted] == [
+        [("张伟", "PER"), ("北京", "LOC"), ("新华社", "ORG")],
+        [("人民日报社", "ORG"), ("王芳", "PER"), ("上海", "LOC")],
+        [("李明", "PER"), ("清华大学", "ORG")]]  # not "Sha", not the emoji
     rows, bad = pd.read_parquet(tmp_path / "demo_labels"), pd.read_parquet(tmp_path / "demo_labels" / "_quarantine")
     assert len(rows) == 230 and len(set(zip(rows["source"], rows["line"]))) == 230
     assert sorted(zip(bad["line"], bad["reason"].str.split(" \\(").str[0])) == [
         (11, "field 'text' is not a string"), (22, "not valid JSON")]
-    assert (tmp_path / "sample_ner" / "model" / "report.html").is_file()
+    assert (tmp_path / "demo_ner" / "model" / "report.html").is_file()
     assert (tmp_path / "demo_labels" / "_summary.html").is_file()
     assert f"230 rows labeled into {tmp_path}/demo_labels (Parquet), 2 quarantined:" in run.stdout
-    assert f"open {tmp_path}/sample_ner/model/report.html (the model) and {tmp_path}/demo_labels/_summary.html" \
+    assert f"open {tmp_path}/demo_ner/model/report.html (the model) and {tmp_path}/demo_labels/_summary.html" \
            in run.stdout
