@@ -41,7 +41,7 @@ from albert_ray import __version__
 from albert_ray.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs,
                                input_roots, plan_units, read_file, read_task, reason_kind)
 from albert_ray.errors import ONE_LINE, environment_fault, unwrapped
-from albert_ray.paths import fs_and_path, is_uri, shown, without_credentials
+from albert_ray.paths import fs_and_path, is_uri, without_credentials
 from albert_ray.runtime import Interrupted
 
 log = logging.getLogger(__name__)
@@ -185,19 +185,19 @@ class OutputStore:
 
     def sizes(self, directory: str) -> dict[str, int]:
         """``{file name: bytes}`` of the files in a folder."""
-        if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
-            return {}
-        return {i.path.rsplit("/", 1)[-1]: i.size for i in self.fs.get_file_info(pafs.FileSelector(directory))
-                if i.type == pafs.FileType.File}
+        return {i.path.rsplit("/", 1)[-1]: i.size for i in self._file_infos(directory)}
 
     def crc32(self, path: str) -> int:
         with self.fs.open_input_stream(path) as f:
             return zlib.crc32(f.read())
 
-    def files(self, directory: str) -> list[str]:
+    def _file_infos(self, directory: str) -> list:
         if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
             return []
-        return [i.path for i in self.fs.get_file_info(pafs.FileSelector(directory)) if i.type == pafs.FileType.File]
+        return [i for i in self.fs.get_file_info(pafs.FileSelector(directory)) if i.type == pafs.FileType.File]
+
+    def files(self, directory: str) -> list[str]:
+        return [i.path for i in self._file_infos(directory)]
 
     def records(self) -> dict[str, dict]:
         out = {}
@@ -366,7 +366,7 @@ class Plan:
 
 def model_location(cfg: LabelConfig) -> str:
     """The model as recorded: an absolute local path, or the URI without credentials."""
-    return shown(cfg.model) if is_uri(cfg.model) else str(Path(cfg.model).resolve())
+    return without_credentials(cfg.model) if is_uri(cfg.model) else str(Path(cfg.model).resolve())
 
 
 def _settings(cfg: LabelConfig, model_checksum: str) -> dict:
@@ -536,7 +536,7 @@ def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
     init_ray(address, dashboard=False)
     todo = plan.todo()
     log.info("labeling %d files: %d units, %d already complete, %d to do (%.1f MB) with %s (%s)", len(plan.files),
-             len(plan.units), len(plan.complete), len(todo), plan.todo_bytes() / 1e6, shown(cfg.model), spec.task)
+             len(plan.units), len(plan.complete), len(todo), plan.todo_bytes() / 1e6, without_credentials(cfg.model), spec.task)
     if todo:
         _require_visible_everywhere(cfg, plan, store)
     progress = RowProgress(plan.todo_bytes(), enabled=cfg.progress)
@@ -582,7 +582,7 @@ def _label_units(cfg: LabelConfig, plan: Plan, todo: list, committer: _Committer
         progress.close()
         if isinstance(unwrapped(exc), ONE_LINE):  # an input's own line (InputUnreadable, a user error)
             raise
-        fault = environment_fault(exc, f"output {shown(cfg.output)}",
+        fault = environment_fault(exc, f"output {without_credentials(cfg.output)}",
                                   f"{len(plan.complete)} of {len(plan.units)} units are committed and kept: "
                                   f"mend it and run the same command again to resume")
         if fault is None:
@@ -692,7 +692,8 @@ def _manifest(cfg: LabelConfig, spec, plan: Plan, rows_labeled: int, seconds: fl
         reasons.update(r["reasons"])
         precisions.update(r.get("precision", []))
     return {
-        "model": model_location(cfg), "model_checksum": plan.settings["model_checksum"], "model_name": spec.name, "task": spec.task, "labels": list(spec.labels),
+        "model": model_location(cfg), "model_checksum": plan.settings["model_checksum"], "model_name": spec.name,
+        "task": spec.task, "labels": list(spec.labels),
         "albert_ray_version": __version__, "inputs": [f.path for f in plan.files],
         "output": without_credentials(cfg.output),
         "rows_in": sum(r["rows_in"] for r in records), "rows_out": sum(r["rows_out"] for r in records),
@@ -704,5 +705,5 @@ def _manifest(cfg: LabelConfig, spec, plan: Plan, rows_labeled: int, seconds: fl
         task_for(spec).counts_key: dict(counts.most_common()),
         "quarantine_reasons": dict(reasons.most_common()),
         "config": {**asdict(cfg), "inputs": [without_credentials(i) for i in cfg.inputs],
-                   "output": without_credentials(cfg.output), "model": shown(cfg.model)},
+                   "output": without_credentials(cfg.output), "model": without_credentials(cfg.model)},
     }

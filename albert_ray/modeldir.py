@@ -98,7 +98,7 @@ def check(path: str | Path) -> tuple[ModelSpec, Vocab]:
     try:
         return _check_local(local)
     except ModelDirError as exc:  # name the location the user gave, not the cache
-        raise ModelDirError(str(exc).replace(str(local), paths.shown(path))) from None
+        raise ModelDirError(str(exc).replace(str(local), paths.without_credentials(path))) from None
 
 
 def _check_local(path: Path) -> tuple[ModelSpec, Vocab]:
@@ -210,16 +210,16 @@ def local_copy(location: str | Path) -> Path:
     try:
         return paths.local_folder(location)
     except FileNotFoundError:
-        raise ModelDirError(f"model directory not found: {paths.shown(location)}") from None
+        raise ModelDirError(f"model directory not found: {paths.without_credentials(location)}") from None
     except (OSError, ValueError) as exc:
-        raise ModelDirError(f"model directory {paths.shown(location)} cannot be read: {first_line(exc)}") from None
+        raise ModelDirError(f"model directory {paths.without_credentials(location)} cannot be read: {first_line(exc)}") from None
 
 
 def publish(local: str | Path, location: str | Path) -> str:
     """Write the finished model directory ``local`` to ``location`` (a URI or another folder);
     the location as shown (no credentials)."""
     paths.publish_dir(local, location)
-    return paths.shown(location)
+    return paths.without_credentials(location)
 
 
 def pack(location: str | Path) -> dict[str, bytes]:

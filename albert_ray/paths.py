@@ -5,7 +5,7 @@ locations; the model directory's layout is :mod:`albert_ray.modeldir`'s.
 Relative paths in configs and on the command line are read from the working directory, so a
 message about a missing one says which (the usual cause is a command run from another folder
 than the one the config's paths assume).  Credentials written into a URI
-(``s3://KEY:SECRET@bucket/...``) never reach a log, an error or a file: :func:`shown`.  The
+(``s3://KEY:SECRET@bucket/...``) never reach a log, an error or a file: :func:`without_credentials`.  The
 standard chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_ENDPOINT_URL`` /
 ``AWS_REGION``, config files, instance and pod roles) is what a cluster should use.
 """
@@ -40,22 +40,18 @@ def not_found(what: str, path: str | Path) -> FileNotFoundError | IsADirectoryEr
     return FileNotFoundError(f"{what} not found: {path}{where(path)}")
 
 
-def without_credentials(text: str) -> str:
+def without_credentials(text: str | Path) -> str:
     """A URI as written in outputs, logs and errors: without the ``KEY:SECRET@`` that pyarrow
     accepts in it (``s3://KEY:SECRET@bucket/dir?endpoint_override=...``); anything else as it is."""
+    text = str(text)
     if "://" not in text:
         return text
     parts = urlsplit(text)
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])) if "@" in parts.netloc else text
 
 
-def shown(location: str | Path) -> str:
-    """A location as written in outputs, logs and errors (no credentials)."""
-    return without_credentials(str(location))
-
-
 def scrub(value):
-    """``value`` (a config or summary: dicts, lists, strings) with every URI :func:`shown`: what a
+    """``value`` (a config or summary: dicts, lists, strings) with every URI :func:`without_credentials`: what a
     file the project writes may hold (``job.json``, ``pretrain.json``, ``export.json``)."""
     if isinstance(value, str):
         return without_credentials(value)
@@ -151,8 +147,8 @@ def local_folder(location: str | Path) -> Path:
         return Path(location)
     listing = {name: size for name, size in files_under(location).items() if "/" not in name}
     if not listing:
-        raise FileNotFoundError(f"folder not found: {shown(location)}")
-    cache = cache_root() / hashlib.sha256(shown(location).encode()).hexdigest()[:20]
+        raise FileNotFoundError(f"folder not found: {without_credentials(location)}")
+    cache = cache_root() / hashlib.sha256(without_credentials(location).encode()).hexdigest()[:20]
     stamp = cache / ".listing.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == listing:
         return cache

@@ -280,7 +280,7 @@ def trainer_class():
                         raise user.with_traceback(None) from None
                     if failures > self.max_failures:
                         fault = environment_fault(exc, f"training run {self.run_config.name}",
-                                                  f"checkpoints so far are in {paths.shown(self.run_config.storage_path)}"
+                                                  f"checkpoints so far are in {paths.without_credentials(self.run_config.storage_path)}"
                                                   f"/{self.run_config.name}: run the same command again to resume "
                                                   f"from the latest (or raise train.max_failures)")
                         raise (fault or exc) from None

@@ -282,7 +282,7 @@ def finish(job: JobConfig, prep: Prepared, model_dir: Path, seconds: float) -> d
     modeldir.drop_resume_state(model_dir)
     split, examples = ("test", prep.test) if prep.test else ("dev", prep.dev)
     text, report = evaluate_examples(model_dir, examples, page=model_dir, history=state.history)
-    summary = {"name": job.name, "task": job.task, "model_dir": paths.shown(job.model_dir), "eval_split": split,
+    summary = {"name": job.name, "task": job.task, "model_dir": paths.without_credentials(job.model_dir), "eval_split": split,
                "eval_examples": len(examples), "train_examples": prep.train_count, "skipped_records": prep.skipped,
                "best_dev_score": state.best_score, "history": state.history,
                "resumes": state.resumes, "steps": state.steps,
@@ -294,5 +294,5 @@ def finish(job: JobConfig, prep: Prepared, model_dir: Path, seconds: float) -> d
         shutil.rmtree(model_dir.parent, ignore_errors=True)
     summary["report_text"] = text
     log.info("%s: evaluated on %d %s examples; report in %s", job.name, len(examples), split,
-             paths.join(paths.shown(job.model_dir), modeldir.REPORT_FILE))
+             paths.join(paths.without_credentials(job.model_dir), modeldir.REPORT_FILE))
     return summary
