@@ -11,13 +11,13 @@ from pathlib import Path
 
 import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from albert_ray.errors import ONE_LINE, USER_ERRORS, first_line, unwrapped
-from albert_ray.runtime import import_tensorflow
+from albert_ray.runtime.attach import import_tensorflow
 
 DEFAULT_CONFIGS = os.environ.get("ALBERT_RAY_CONFIGS", str(Path("..") / "shared" / "corpora" / "albert_zh"))
 
 
 def setup_logging(verbose: bool = False) -> None:
-    from albert_ray.quiet import VERBOSE_ENV, set_verbose
+    from albert_ray.runtime.quiet import VERBOSE_ENV, set_verbose
 
     verbose = verbose or os.environ.get(VERBOSE_ENV) == "1"  # jobs/*.py: ALBERT_RAY_VERBOSE=1
     set_verbose(verbose)
@@ -26,7 +26,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def _cmd_params(args) -> int:
-    from albert_ray.params import format_table, params_table
+    from albert_ray.model.params import format_table, params_table
 
     rows = params_table(args.configs, num_classes=args.classes, seq_len=args.seq_len)
     print(format_table(rows))
@@ -47,8 +47,8 @@ def split_inputs(inputs: list[str] | None, overrides: list[str], fields: set[str
 def _cmd_train(args) -> int:
     import dataclasses
 
-    from albert_ray.jobconfig import JobConfig, load_job_config
-    from albert_ray.training import train, train_in_process
+    from albert_ray.finetune.config import JobConfig, load_job_config
+    from albert_ray.finetune.driver import train, train_in_process
 
     texts, overrides = split_inputs(args.predict, args.overrides, {f.name for f in dataclasses.fields(JobConfig)})
     job = load_job_config(args.config, overrides)
@@ -63,10 +63,9 @@ def _cmd_train(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from albert_ray import modeldir
-
     modeldir.check(args.model)  # before TensorFlow loads: a bad directory is one line
     import_tensorflow()
-    from albert_ray.evaluate import evaluate_file
+    from albert_ray.inference.evaluate import evaluate_file
 
     text, _ = evaluate_file(args.model, args.data, fmt=args.format, on_bad_records=args.on_bad_records,
                             output=args.output)
@@ -76,10 +75,9 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_export(args) -> int:
     from albert_ray import modeldir
-
     modeldir.check(args.model)  # before TensorFlow loads: a bad directory is one line
     import_tensorflow()
-    from albert_ray.export import export
+    from albert_ray.inference.export import export
 
     out = export(args.model, args.output)
     print(f"SavedModel written to {out}: serving_default(texts: string[batch]) -> see {out / 'export.json'}")
@@ -92,10 +90,9 @@ def _print_predictions(model_dir, texts: list[str], lines: list[int] | None = No
     number; a blank line gives an empty result and a line that could not be read its
     ``error``, so output line k always belongs to input line k."""
     from albert_ray import modeldir
-
     modeldir.check(model_dir)  # before TensorFlow loads: a bad directory is one line
     import_tensorflow()
-    from albert_ray.predict import Labeler
+    from albert_ray.inference.labeler import Labeler
 
     problems = problems or {}
     labeler = Labeler.from_dir(model_dir)
@@ -149,14 +146,14 @@ def _cmd_predict(args) -> int:
 def _cmd_label(args) -> int:
     import dataclasses
 
-    from albert_ray.labeling import LabelConfig, label_corpus, load_label_config
+    from albert_ray.label.run import LabelConfig, label_corpus, load_label_config
 
     fields = {f.name for f in dataclasses.fields(LabelConfig)}
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     inputs, overrides = split_inputs(given.pop("inputs", None), args.overrides, fields)
     cfg = load_label_config(args.config, overrides, given if inputs is None else {**given, "inputs": inputs})
     m = label_corpus(cfg, address=args.address)
-    from albert_ray.tasks import task_for
+    from albert_ray.tasks.registry import task_for
 
     counts = m[task_for(m["task"]).counts_key]
     print(f"rows in {m['rows_in']} = out {m['rows_out']} + quarantined {m['rows_quarantined']} "
@@ -169,8 +166,8 @@ def _cmd_label(args) -> int:
 def _cmd_pretrain(args) -> int:
     import dataclasses
 
-    from albert_ray.pretrain import pretrain
-    from albert_ray.pretrain_config import PretrainConfig, load_pretrain_config
+    from albert_ray.pretrain.driver import pretrain
+    from albert_ray.pretrain.config import PretrainConfig, load_pretrain_config
 
     inputs, overrides = split_inputs(args.inputs, args.overrides, {f.name for f in dataclasses.fields(PretrainConfig)})
     cfg = load_pretrain_config(args.config, overrides, inputs)
@@ -184,7 +181,7 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_cluster(args) -> int:
-    from albert_ray.localcluster import LocalCluster, start_local_cluster
+    from albert_ray.runtime.localcluster import LocalCluster, start_local_cluster
 
     state = Path(args.state_dir) / "cluster.json"
     if args.action == "start":
@@ -211,8 +208,8 @@ def _cmd_cluster(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from albert_ray.config import EncoderConfig
-    from albert_ray.planner import estimate, format_plan, parse_size, recommend
+    from albert_ray.model.encoder_config import EncoderConfig
+    from albert_ray.model.memory_planner import estimate, format_plan, parse_size, recommend
 
     config = EncoderConfig.from_json_file(args.model)
     plan = recommend(config, parse_size(args.gpu_mem), args.seq_len, args.global_batch, args.gpus, args.mixed_precision)
@@ -225,7 +222,7 @@ def _cmd_plan(args) -> int:
 
 
 def _size(text: str) -> int:
-    from albert_ray.planner import parse_size
+    from albert_ray.model.memory_planner import parse_size
 
     try:
         return parse_size(text)
@@ -262,7 +259,7 @@ def _label_flags(p: argparse.ArgumentParser) -> None:
     Unset flags stay ``None`` so a label config file's values are not overwritten."""
     import dataclasses
 
-    from albert_ray.labeling import LabelConfig
+    from albert_ray.label.run import LabelConfig
 
     for f in dataclasses.fields(LabelConfig):
         default = "" if f.default is dataclasses.MISSING else f" (default: {f.default})"
@@ -371,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"albert-ray {args.command}: error: {first_line(unwrapped(exc))}", file=sys.stderr)
         return 2 if isinstance(exc, USER_ERRORS) else 1
     except KeyboardInterrupt as exc:
-        from albert_ray.runtime import Interrupted
+        from albert_ray.runtime.attach import Interrupted
 
         text = str(exc) if isinstance(exc, Interrupted) else "interrupted"
         print(f"albert-ray {args.command}: {text}", file=sys.stderr)

@@ -27,8 +27,8 @@ from albert_ray import paths
 from albert_ray.errors import first_line
 from albert_ray.paths import where
 from albert_ray.spec import PRECISION_POLICIES, ModelSpec
-from albert_ray.tasks import build_task_model, task_for
-from albert_ray.tokenization import Vocab
+from albert_ray.tasks.registry import build_task_model, task_for
+from albert_ray.model.tokenization import Vocab
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -62,11 +62,11 @@ def new_model(spec: ModelSpec, seed: int = 0, checkpoint: str | None = None):
     """A task model ready to train: built from ``spec``, the encoder initialised from a TF
     ``checkpoint`` or at random (BERT's truncated normal, seeded). Call under a distribution
     strategy's scope and a dtype policy as needed."""
-    from albert_ray.encoder import initialize_encoder
+    from albert_ray.model.encoder import initialize_encoder
 
     model = build_task_model(spec)
     if checkpoint:
-        from albert_ray.checkpoint import load_checkpoint
+        from albert_ray.model.checkpoint import load_checkpoint
 
         load_checkpoint(model, spec.encoder, checkpoint)
     else:
@@ -181,7 +181,7 @@ def load(path: str | Path, precision: str = "float32"):
     Raises:
         ModelDirError: one line naming the file and the problem.
     """
-    from albert_ray.encoder import dtype_policy
+    from albert_ray.model.encoder import dtype_policy
 
     spec, vocab = check(path)
     path = local_copy(path)

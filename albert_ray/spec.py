@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from albert_ray.config import EncoderConfig
+from albert_ray.model.encoder_config import EncoderConfig
 
 TRUNCATIONS = ("head", "chunks")
 POOLINGS = ("cls", "mean")

@@ -1,6 +1,6 @@
 """Typed configs from YAML: frozen dataclasses built from a mapping, dotted ``key=value``
 overrides, and errors that name the field, the bad value and what is allowed. Used by job
-configs (:mod:`albert_ray.jobconfig`) and label configs (:mod:`albert_ray.labeling`).
+configs (:mod:`albert_ray.finetune.config`) and label configs (:mod:`albert_ray.label.run`).
 """
 
 from __future__ import annotations

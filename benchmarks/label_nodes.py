@@ -35,13 +35,13 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from albert_ray.hardware import machine_record  # noqa: E402
+from albert_ray.runtime.hardware import machine_record  # noqa: E402
 
 BUCKET = "bench"
 
 
 def start_moto(work: Path) -> tuple[subprocess.Popen, dict]:
-    from albert_ray.localcluster import free_port
+    from albert_ray.runtime.localcluster import free_port
 
     port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
@@ -61,9 +61,9 @@ def child(nodes: int, model: str, corpus_uri: str, out_uri: str, private: str) -
     Ray is imported only once the cluster's token settings are in the environment (it reads
     them at import)."""
     from albert_ray import modeldir, paths
-    from albert_ray.labeling import LabelConfig, label_corpus
-    from albert_ray.localcluster import add_worker_node, start_local_cluster
-    from albert_ray.runtime import init_ray
+    from albert_ray.label.run import LabelConfig, label_corpus
+    from albert_ray.runtime.localcluster import add_worker_node, start_local_cluster
+    from albert_ray.runtime.attach import init_ray
 
     head = None
     try:
@@ -98,8 +98,8 @@ def driver_costs(work: Path, files: int = 2000, units: int = 500) -> dict:
     object each, written one after another as the actors report)."""
     import pyarrow.fs as pafs
 
-    from albert_ray.corpus import expand_inputs, plan_units
-    from albert_ray.labeling import OutputStore
+    from albert_ray.io.corpus import expand_inputs, plan_units
+    from albert_ray.label.run import OutputStore
 
     fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}")
     for i in range(files):

@@ -30,13 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from albert_ray.hardware import machine_record  # noqa: E402
+from albert_ray.runtime.hardware import machine_record  # noqa: E402
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def sentences(corpora: Path) -> list[str]:
-    from albert_ray.data import read_examples
+    from albert_ray.io.training_files import read_examples
 
     files = [corpora / "cluener" / "cluener.test", corpora / "peoples_daily" / "example.test"]
     files = [f for f in files if f.is_file()] or [ROOT / "data" / "ner_sample.test.bio"]
@@ -48,9 +48,9 @@ def sentences(corpora: Path) -> list[str]:
 
 def make_model(corpora: Path, path: Path) -> None:
     from albert_ray import modeldir
-    from albert_ray.config import EncoderConfig
+    from albert_ray.model.encoder_config import EncoderConfig
     from albert_ray.spec import ModelSpec
-    from albert_ray.tokenization import Vocab, build_char_vocab
+    from albert_ray.model.tokenization import Vocab, build_char_vocab
 
     cfg_file = corpora / "albert_zh" / "albert_config_tiny.json"
     if cfg_file.is_file():
@@ -115,8 +115,8 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
         texts = texts[:limit]
     began, extra = time.time(), {}
     if mode == "one_at_a_time":  # the reference: model.predict per sentence
-        from albert_ray.batching import pad_batch
-        from albert_ray.predict import Labeler
+        from albert_ray.io.batching import pad_batch
+        from albert_ray.inference.labeler import Labeler
 
         lab = Labeler.from_dir(model_dir)
         windows = [lab.task.windows(lab.tokenizer, t, lab.spec) for t in texts]
@@ -127,7 +127,7 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
             outputs += [o[: len(w.token_ids)] for o, w in zip(lab.model.predict([ids, np.zeros_like(ids)], verbose=0), ws)]
         lab.task.decode_batch(texts, windows, outputs, lab.spec, lab.model)
     elif mode.startswith("labeler_"):
-        from albert_ray.predict import Labeler
+        from albert_ray.inference.labeler import Labeler
 
         lab = Labeler.from_dir(model_dir, precision=mode.split("_", 1)[1])
         began = time.time()
@@ -136,8 +136,8 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
     elif mode.startswith("job_"):
         import shutil
 
-        from albert_ray.labeling import LabelConfig, label_corpus
-        from albert_ray.runtime import init_ray
+        from albert_ray.label.run import LabelConfig, label_corpus
+        from albert_ray.runtime.attach import init_ray
 
         out = Path(corpus).with_suffix(f".{mode}.labels")
         shutil.rmtree(out, ignore_errors=True)

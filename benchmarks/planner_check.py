@@ -25,10 +25,10 @@ import json, os, resource, sys
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import albert_ray, numpy as np, tensorflow as tf
 from tensorflow import keras
-from albert_ray.config import EncoderConfig
+from albert_ray.model.encoder_config import EncoderConfig
 from albert_ray.spec import ModelSpec
-from albert_ray.tasks import build_task_model, task_for
-from albert_ray.encoder import dtype_policy
+from albert_ray.tasks.registry import build_task_model, task_for
+from albert_ray.model.encoder import dtype_policy
 h, layers, heads, inter, seq, batch = map(int, sys.argv[1:7])
 mixed = sys.argv[7] == "1"
 cfg = dict(vocab_size=8000, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
@@ -63,9 +63,9 @@ print(json.dumps({"measured": peak - base}))
 def main():
     mixed = "--mixed-precision" in sys.argv[1:]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from albert_ray.config import EncoderConfig
-    from albert_ray.hardware import machine_record
-    from albert_ray.planner import estimate
+    from albert_ray.model.encoder_config import EncoderConfig
+    from albert_ray.runtime.hardware import machine_record
+    from albert_ray.model.memory_planner import estimate
 
     rows = []
     for h, layers, heads, inter, seq, batch in SHAPES:

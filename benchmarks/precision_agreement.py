@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from albert_ray.hardware import machine_record  # noqa: E402
+from albert_ray.runtime.hardware import machine_record  # noqa: E402
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -40,8 +40,8 @@ def agreement(task: str, reference: list[dict], other: list[dict]) -> float:
 
 
 def main():
-    from albert_ray.data import read_examples
-    from albert_ray.predict import Labeler
+    from albert_ray.io.training_files import read_examples
+    from albert_ray.inference.labeler import Labeler
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
-from albert_ray.hardware import machine_record  # noqa: E402
+from albert_ray.runtime.hardware import machine_record  # noqa: E402
 
 MODELS = {"cluener": ["model.bilstm_units=0"], "peoples_daily": ["model.bilstm_units=0"],  # in both recipes
           "duee_multilabel": ["model.max_len=128"]}
@@ -74,9 +74,9 @@ def evaluated_and_training_texts(corpora: Path) -> tuple[list[str], list[str]]:
     (evaluated) and trains on the rest. That rest is the fine-tuning set's own text — its labels
     are seen in fine-tuning anyway — so it may be pre-trained on as CLUENER's and DuEE's training
     files are; the held-out dev never is. The split is the job's own (:func:`training.prepare`)."""
-    from albert_ray.data import read_examples
-    from albert_ray.jobconfig import load_job_config
-    from albert_ray.training import prepare
+    from albert_ray.io.training_files import read_examples
+    from albert_ray.finetune.config import load_job_config
+    from albert_ray.finetune.driver import prepare
 
     pd = prepare(load_job_config("jobs/configs/peoples_daily.yaml",
                                  [f"data.train={corpora}/peoples_daily/example.test"]))
@@ -95,7 +95,7 @@ def one_line(text: str) -> str:
 def unlabelled_text(corpora: Path, out: Path) -> dict:
     """One text per line from training splits only (CLUENER train, DuEE train, sogou, the news
     sample, People's Daily's training portion); a line equal to an evaluated text is dropped."""
-    from albert_ray.data import read_examples
+    from albert_ray.io.training_files import read_examples
 
     evaluated, pd_train = evaluated_and_training_texts(corpora)
     sources = {
@@ -123,8 +123,8 @@ SHAPES = {"sample": "data/albert_config_sample.json", "tiny": "{corpora}/albert_
 
 def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str, in_process: bool = True,
                  shape: str = "sample") -> dict:
-    from albert_ray.pretrain import pretrain
-    from albert_ray.pretrain_config import load_pretrain_config
+    from albert_ray.pretrain.driver import pretrain
+    from albert_ray.pretrain.config import load_pretrain_config
 
     encoder = SHAPES[shape].format(corpora=corpora)
     cfg = load_pretrain_config(RECIPE, ["name=bench", f"output_dir={out}", f"model.encoder_config={encoder}",
@@ -180,8 +180,8 @@ def fine_tune(name: str, out: Path, corpora: Path, checkpoint: Path | None, lear
               recipe: list[str] | None = None) -> dict:
     """Fine-tune job config ``name`` with ``recipe`` (default: its bounded :data:`RECIPES` one) from
     ``checkpoint`` (``None``: random init of the sample encoder); micro-F1 on the evaluated split."""
-    from albert_ray.jobconfig import load_job_config
-    from albert_ray.training import train_in_process
+    from albert_ray.finetune.config import load_job_config
+    from albert_ray.finetune.driver import train_in_process
 
     init = ["model.init=checkpoint", f"model.checkpoint={checkpoint}"] if checkpoint else \
         ["model.encoder_config=data/albert_config_sample.json", f"model.vocab={corpora}/albert_zh/vocab.txt"]
@@ -218,9 +218,9 @@ def release_folders(checkpoints: Path) -> list[tuple[str, Path]]:
 
 def reference_table(checkpoints: Path, configs: list[str], out: Path, overrides: list[str]) -> list[dict]:
     """Fine-tune every job config from every release folder; the test score beside the published one."""
-    from albert_ray.jobconfig import load_job_config
-    from albert_ray.tasks import task_for
-    from albert_ray.training import train_in_process
+    from albert_ray.finetune.config import load_job_config
+    from albert_ray.tasks.registry import task_for
+    from albert_ray.finetune.driver import train_in_process
 
     rows = []
     for size, folder in release_folders(checkpoints):

@@ -4,7 +4,7 @@ bfloat16 speeds up the albert-tiny shape's step 1.57x and the sample encoder's o
 Each part is one block's worth of work at batch 32 x 128 tokens, forward and gradient, timed
 alone in one process: the block's dense matmuls (Q, K, V, O and the feed-forward pair, 2-D as
 the encoder runs them), the attention matmuls (scores and context), the attention softmax (plain
-float32 ops) and the elementwise passes the pre-training step fuses with XLA (``albert_ray/fused.py``:
+float32 ops) and the elementwise passes the pre-training step fuses with XLA (``albert_ray/model/fused.py``:
 GELU, LayerNorm; computed in float32 whatever the inputs). Beside them two alternatives that
 were tried: the softmax as one XLA pass (slower: XLA runs it on one thread), and one Q/K/V
 projection against a concatenated kernel instead of three. The precisions run in turn ``--repeat`` times (a drift of
@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import tensorflow as tf  # noqa: E402
 
 from albert_ray import fused  # noqa: E402
-from albert_ray.hardware import machine_record  # noqa: E402
-from albert_ray.encoder import attention_probs  # noqa: E402
+from albert_ray.runtime.hardware import machine_record  # noqa: E402
+from albert_ray.model.encoder import attention_probs  # noqa: E402
 
 BATCH, LENGTH = 32, 128
 SHAPES = {"sample": {"hidden": 128, "heads": 4, "intermediate": 512},  # data/albert_config_sample.json

@@ -19,13 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from albert_ray.hardware import machine_record  # noqa: E402
+from albert_ray.runtime.hardware import machine_record  # noqa: E402
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def job_for(args, out, *extra):
-    from albert_ray.jobconfig import load_job_config
+    from albert_ray.finetune.config import load_job_config
 
     corpora = Path(args.corpora)
     if (corpora / "cluener").is_dir():
@@ -47,10 +47,10 @@ def keras_fit(args, out, bucketed: bool):
     import tensorflow as tf
 
     import albert_ray  # noqa: F401
-    from albert_ray.encoder import initialize_encoder
-    from albert_ray.tasks import build_task_model, task_for
-    from albert_ray.batching import make_batches
-    from albert_ray.training import featurize, prepare
+    from albert_ray.model.encoder import initialize_encoder
+    from albert_ray.tasks.registry import build_task_model, task_for
+    from albert_ray.io.batching import make_batches
+    from albert_ray.finetune.driver import featurize, prepare
 
     job = job_for(args, out)
     prep = prepare(job)
@@ -86,7 +86,7 @@ def keras_fit(args, out, bucketed: bool):
 
 
 def loop(args, out, use_ray: bool, workers: int = 1, bucketed: bool = True):
-    from albert_ray.training import train, train_in_process
+    from albert_ray.finetune.driver import train, train_in_process
 
     extra = [f"train.num_workers={workers}", f"train.bucket_by_length={str(bucketed).lower()}"]
     if workers > 1:
@@ -124,7 +124,7 @@ def main():
     add("keras fit, length-bucketed (autotune off)", lambda i: keras_fit(args, out / f"fitb{i}", bucketed=True))
     add("worker loop in-process, padded to 128", lambda i: loop(args, out / str(i), False, bucketed=False))
     add("worker loop in-process, bucketed", lambda i: loop(args, out / str(i), False))
-    from albert_ray.runtime import init_ray
+    from albert_ray.runtime.attach import init_ray
 
     init_ray(None, num_cpus=2)
     add("Ray Train 1 worker, padded to 128", lambda i: loop(args, out / str(i), True, bucketed=False))

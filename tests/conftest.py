@@ -26,7 +26,7 @@ def local_ray():
     the CLI starts its local Ray. Per module: a module's command-line runs start their own."""
     import ray
 
-    from albert_ray.runtime import WORKER_ENV, start_local_ray
+    from albert_ray.runtime.attach import WORKER_ENV, start_local_ray
 
     start_local_ray(dict(WORKER_ENV), num_cpus=2, dashboard=True)
     yield ray
@@ -37,8 +37,8 @@ def local_ray():
 def small_ner_model(tmp_path_factory) -> str:
     """One small NER model for the session (1 epoch on 64 sample rows, max_len 64), trained in
     this process: the label, object-store, multi-node and fault tests only need *a* model."""
-    from albert_ray.jobconfig import load_job_config
-    from albert_ray.training import train_in_process
+    from albert_ray.finetune.config import load_job_config
+    from albert_ray.finetune.driver import train_in_process
 
     out = tmp_path_factory.mktemp("small_ner")
     return train_in_process(load_job_config("jobs/configs/sample_ner.yaml", [

@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from albert_ray.localcluster import free_port
+from albert_ray.runtime.localcluster import free_port
 
 
 @contextmanager

@@ -3,7 +3,7 @@ workers at batch b take exactly the steps of one worker at batch N*b."""
 
 import numpy as np
 
-from albert_ray.batching import make_batches, pad_batch, worker_batches
+from albert_ray.io.batching import make_batches, pad_batch, worker_batches
 
 ROWS = [{"token_ids": list(range(1, n + 1)), "target": n} for n in [5, 50, 6, 49, 7, 48, 8, 47] * 10]
 

@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _release_folder(folder: Path, texts: list[str]) -> None:
     """A brightmart-style release folder: albert_config_tiny.json (a small shape), vocab.txt and
     a random albert_model.ckpt in the brightmart layout."""
-    from albert_ray.checkpoint import encoder_variables, write_variables
-    from albert_ray.config import EncoderConfig
-    from albert_ray.encoder import build_encoder, initialize_encoder
-    from albert_ray.tokenization import build_char_vocab
+    from albert_ray.model.checkpoint import encoder_variables, write_variables
+    from albert_ray.model.encoder_config import EncoderConfig
+    from albert_ray.model.encoder import build_encoder, initialize_encoder
+    from albert_ray.model.tokenization import build_char_vocab
 
     vocab = build_char_vocab(texts)
     config = json.loads((ROOT / "data" / "albert_config_sample.json").read_text())
@@ -34,7 +34,7 @@ def _release_folder(folder: Path, texts: list[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.ci  # two short fine-tunes from a checkpoint the test writes
 def test_reference_table_fine_tunes_every_config_from_every_release_folder(tmp_path):
-    from albert_ray.data import read_examples
+    from albert_ray.io.training_files import read_examples
 
     texts = [e.text for f in ("ner_sample.train.bio", "ner_sample.dev.bio", "ner_sample.test.bio")
              for e in read_examples(ROOT / "data" / f).examples]
@@ -68,9 +68,9 @@ def test_reference_table_fine_tunes_every_config_from_every_release_folder(tmp_p
 
 @pytest.mark.corpora
 def test_pretraining_text_holds_people_s_daily_training_part_and_no_evaluated_sentence(corpora, tmp_path):
-    from albert_ray.data import read_examples
-    from albert_ray.jobconfig import load_job_config
-    from albert_ray.training import prepare
+    from albert_ray.io.training_files import read_examples
+    from albert_ray.finetune.config import load_job_config
+    from albert_ray.finetune.driver import prepare
 
     code = ("import json, sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import pretrain_gain as pg; "
             "print(json.dumps(pg.unlabelled_text(Path(sys.argv[1]), Path(sys.argv[2]))))")

@@ -16,7 +16,7 @@ def load(path):
 
 
 def test_runtime_env_sets_legacy_keras_and_excludes_the_venv():
-    from albert_ray.quiet import SETUP_HOOK
+    from albert_ray.runtime.quiet import SETUP_HOOK
 
     for name in ("cluster/runtime_env.yaml", "cluster/runtime_env_pip.yaml"):
         env = load(name)
@@ -51,7 +51,7 @@ def test_kuberay_manifests():
     flags = {label_step[i]: label_step[i + 1] for i in range(2, len(label_step) - 1) if label_step[i].startswith("--")}
     assert all(v.startswith("s3://") for v in (settings["output_dir"], settings["storage_path"], flags["--model"],
                                                flags["--input"], flags["--output"]))
-    from albert_ray.jobconfig import load_job_config
+    from albert_ray.finetune.config import load_job_config
 
     name = load_job_config(ROOT / config).name
     assert flags["--model"] == f"{settings['output_dir']}/{name}/model"
@@ -96,8 +96,7 @@ def test_free_ports_are_distinct_and_skip_rays_default_ports(monkeypatch):
     Ray given that as its GCS port refused to start (seen in CI)."""
     import socket
 
-    from albert_ray import localcluster
-
+    from albert_ray.runtime import localcluster
     handed = iter([52365, 40001, 8265, 40002, 40003])
     bound, closed = [], []
 
@@ -120,7 +119,7 @@ def test_free_ports_are_distinct_and_skip_rays_default_ports(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.ci
 def test_submit_train_then_label_to_a_real_local_cluster(tmp_path):
-    from albert_ray.localcluster import _alive, start_local_cluster
+    from albert_ray.runtime.localcluster import _alive, start_local_cluster
 
     cluster = start_local_cluster(num_cpus=2, state_dir=tmp_path / "cluster")
     try:
@@ -149,7 +148,7 @@ def test_submit_train_then_label_to_a_real_local_cluster(tmp_path):
 def test_local_cluster_listens_on_loopback_only_and_stop_leaves_nothing(tmp_path):
     import socket
 
-    from albert_ray.localcluster import (_alive, cluster_processes, is_loopback, listening_sockets,
+    from albert_ray.runtime.localcluster import (_alive, cluster_processes, is_loopback, listening_sockets,
                                          start_local_cluster)
 
     cluster = start_local_cluster(num_cpus=1, state_dir=tmp_path / "c")
@@ -171,7 +170,7 @@ def test_local_cluster_listens_on_loopback_only_and_stop_leaves_nothing(tmp_path
     # self-connect): what counts is who owns a listener that answers.
     import os
 
-    from albert_ray.localcluster import _mentions, _processes
+    from albert_ray.runtime.localcluster import _mentions, _processes
 
     everyone = _processes() + [os.getpid()]
     for _, address, port in sockets:
@@ -188,12 +187,12 @@ def test_local_cluster_listens_on_loopback_only_and_stop_leaves_nothing(tmp_path
 def test_the_local_ray_of_train_and_label_listens_on_loopback_only():
     import subprocess
 
-    code = ("import os, json; from albert_ray.runtime import init_ray; init_ray(num_cpus=1, dashboard=False); "
-            "from albert_ray.localcluster import descendants, listening_sockets; "
+    code = ("import os, json; from albert_ray.runtime.attach import init_ray; init_ray(num_cpus=1, dashboard=False); "
+            "from albert_ray.runtime.localcluster import descendants, listening_sockets; "
             "print(json.dumps(listening_sockets(descendants(os.getpid()) | {os.getpid()})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     sockets = json.loads(out.stdout.strip().splitlines()[-1])
-    from albert_ray.localcluster import is_loopback
+    from albert_ray.runtime.localcluster import is_loopback
 
     assert len(sockets) >= 4
     assert [s for s in sockets if not is_loopback(s[1])] == []
@@ -206,9 +205,9 @@ def test_workers_of_a_local_ray_find_it_beside_a_running_cluster(tmp_path):
     with "Found multiple active Ray instances"."""
     import subprocess
 
-    from albert_ray.localcluster import start_local_cluster
+    from albert_ray.runtime.localcluster import start_local_cluster
 
-    code = ("import json, ray; from albert_ray.runtime import init_ray; init_ray(num_cpus=1); "
+    code = ("import json, ray; from albert_ray.runtime.attach import init_ray; init_ray(num_cpus=1); "
             "from ray.train.v2._internal.state.util import is_actor_alive\n"
             "@ray.remote(num_cpus=0)\nclass A:\n    def ping(self): return 1\n"
             "@ray.remote(num_cpus=0)\ndef probe(actor_id):\n"
@@ -222,7 +221,7 @@ def test_workers_of_a_local_ray_find_it_beside_a_running_cluster(tmp_path):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         # and the other way round: a job on the cluster, beside the local Ray of the run above
         # (gone by now: a second local Ray in the background keeps the machine at two)
-        background = subprocess.Popen([sys.executable, "-c", "from albert_ray.runtime import init_ray; "
+        background = subprocess.Popen([sys.executable, "-c", "from albert_ray.runtime.attach import init_ray; "
                                        "init_ray(num_cpus=1); print('up', flush=True); import time; time.sleep(600)"],
                                       stdout=subprocess.PIPE, text=True, start_new_session=True)
         try:

@@ -13,8 +13,8 @@ they reach and well over the baselines.
 
 import pytest
 
-from albert_ray.jobconfig import load_job_config
-from albert_ray.training import train_in_process
+from albert_ray.finetune.config import load_job_config
+from albert_ray.finetune.driver import train_in_process
 
 SMALL = ["model.encoder_config=data/albert_config_sample.json", "train.log_every=0", "train.patience=10"]
 

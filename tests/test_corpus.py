@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from albert_ray.corpus import (ReadOptions, expand_inputs, input_roots, physical_lines, plan_units, read_file,
+from albert_ray.io.corpus import (ReadOptions, expand_inputs, input_roots, physical_lines, plan_units, read_file,
                                read_task)
 
 
@@ -174,7 +174,7 @@ def test_a_parquet_file_that_does_not_decode_is_a_quarantine_row_but_a_failing_s
         tmp_path, monkeypatch):
     import io
 
-    from albert_ray import corpus
+    from albert_ray.io import corpus
     from albert_ray.errors import InputUnreadable
 
     pq.write_table(pa.table({"text": ["一二三四五六七八九十" * 50] * 40}), tmp_path / "a.parquet", compression="none")
@@ -230,7 +230,7 @@ def test_physical_lines_offsets_resume_mid_file(tmp_path):
 
 
 def test_a_file_under_a_uri_input_is_opened_with_the_inputs_credentials_and_options_and_shown_without_them():
-    from albert_ray.corpus import file_uris
+    from albert_ray.io.corpus import file_uris
     from albert_ray.paths import without_credentials
 
     item = "s3://KEY:SECRET@bucket/in?endpoint_override=127.0.0.1:9000&scheme=http"

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from albert_ray.crf import CRF, marginals, viterbi_decode
+from albert_ray.tasks.crf import CRF, marginals, viterbi_decode
 
 
 def path_score(em, tr, st, en, path):
@@ -52,7 +52,7 @@ def test_log_likelihood_equals_brute_force_with_padding():
 
 
 def test_batched_viterbi_and_marginals_equal_per_sequence():
-    from albert_ray.crf import marginals_batch, viterbi_batch
+    from albert_ray.tasks.crf import marginals_batch, viterbi_batch
 
     rng = np.random.default_rng(3)
     k = 4

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from albert_ray.data import DataError, read_examples
+from albert_ray.io.training_files import DataError, read_examples
 
 
 def write(tmp_path, name, text):

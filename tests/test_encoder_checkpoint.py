@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from albert_ray.checkpoint import (CheckpointError, detect_layout, load_checkpoint, resolve_checkpoint,
+from albert_ray.model.checkpoint import (CheckpointError, detect_layout, load_checkpoint, resolve_checkpoint,
                                    save_checkpoint, write_variables, encoder_variables)
-from albert_ray.config import ConfigError, EncoderConfig
-from albert_ray.encoder import build_encoder
+from albert_ray.model.encoder_config import ConfigError, EncoderConfig
+from albert_ray.model.encoder import build_encoder
 
 V, E, H, N, I, P, L = 100, 16, 32, 4, 64, 40, 2
 
@@ -284,6 +284,6 @@ def test_seq_len_over_positions_names_both_values(tmp_path):
 def test_variable_map_order_is_the_random_start_draw_order(layout, first):
     """initialize_encoder draws the layers in the map's order: a reordered map changes every
     seeded model (and every benchmark's random-init score), so the order is pinned."""
-    from albert_ray.encoder import encoder_for
+    from albert_ray.model.encoder import encoder_for
 
     assert list(encoder_for(EncoderConfig.from_dict(tiny(layout), layout=layout)).variable_map())[:5] == first

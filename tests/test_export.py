@@ -12,7 +12,7 @@ import pytest
 
 from albert_ray import modeldir
 from albert_ray.spec import ModelSpec
-from albert_ray.tokenization import build_char_vocab
+from albert_ray.model.tokenization import build_char_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["张伟昨天在北京会见了新华社代表团。", "Hello world, 你好 world", "来自 Shanghai 的李明加入了清华大学 🎓。",
@@ -57,7 +57,7 @@ def _served(saved: Path, tmp_path: Path) -> dict:
 @pytest.mark.slow  # CI runs NER (the in-graph Viterbi); -m slow all three tasks
 @pytest.mark.parametrize("task", ["classify", "multilabel", pytest.param("ner", marks=pytest.mark.ci)])
 def test_the_exported_model_returns_exactly_what_predict_returns(tmp_path, task):
-    from albert_ray.predict import Labeler
+    from albert_ray.inference.labeler import Labeler
 
     assert len(TEXTS[-1]) == 3006
     vocab = build_char_vocab(TEXTS[:4])

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_ray.jobconfig import JobConfigError, load_job_config
-from albert_ray.training import check_job
+from albert_ray.finetune.config import JobConfigError, load_job_config
+from albert_ray.finetune.driver import check_job
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_encoder_checkpoint import random_variables, tiny  # noqa: E402
@@ -116,7 +116,7 @@ def test_workers_that_leave_no_cpu_for_featurising_are_one_line_not_a_hang(tmp_p
 # ---- pretrained checkpoints ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from albert_ray.checkpoint import write_variables
+    from albert_ray.model.checkpoint import write_variables
 
     t = tmp_path_factory.mktemp("ckpt")
     cfg = tiny("albert_brightmart")
@@ -197,7 +197,7 @@ OLD_MODEL = Path(__file__).parent / "data" / "model_before_mixed_precision"
 
 
 def test_invisible_characters_are_never_tokens_or_entities():
-    from albert_ray.predict import Labeler
+    from albert_ray.inference.labeler import Labeler
 
     labeler = Labeler.from_dir(OLD_MODEL)
     plain = "张伟昨天在北京会见了新华社代表团。"
@@ -238,7 +238,7 @@ def _failing_loop():
 
         import ray.train
 
-        from albert_ray.data import DataError
+        from albert_ray.io.training_files import DataError
 
         start = 0
         if ray.train.get_checkpoint():
@@ -271,7 +271,7 @@ def _failing_loop():
 def _run(tmp_path, name: str, fail: str, until: int, max_failures: int):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
-    from albert_ray.runtime import trainer_class
+    from albert_ray.runtime.attach import trainer_class
 
     log = tmp_path / f"{name}.log"
     trainer = trainer_class()(
@@ -293,7 +293,7 @@ def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_
     import logging
     import re
 
-    from albert_ray.data import DataError
+    from albert_ray.io.training_files import DataError
     from albert_ray.errors import EnvironmentFault
 
     # a user error: one attempt although two retries are allowed, and the error is the worker's own
@@ -302,13 +302,13 @@ def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_
     assert starts == [0]
     # a dead worker: started again from the latest checkpoint, as often as allowed, then one line
     # (that a run finishes after a restart is test_ray_training's killed-worker test)
-    caplog.set_level(logging.WARNING, logger="albert_ray.runtime")
+    caplog.set_level(logging.WARNING, logger="albert_ray.runtime.attach")
     result, exc, starts = _run(tmp_path, "dies", "exit", until=9, max_failures=1)
     assert isinstance(exc, EnvironmentFault) and starts == [0, 1]
     assert str(exc) == (f"training run dies: a node or Ray worker was lost beyond Ray's retries "
                         f"(WorkerHealthCheckFailedError); checkpoints so far are in {tmp_path / 'ray'}/dies: run the "
                         f"same command again to resume from the latest (or raise train.max_failures)")
-    said = [re.sub(r"\(\w+: [^)]*\)", "(ERROR)", r.getMessage()) for r in caplog.records if r.name == "albert_ray.runtime"]
+    said = [re.sub(r"\(\w+: [^)]*\)", "(ERROR)", r.getMessage()) for r in caplog.records if r.name == "albert_ray.runtime.attach"]
     assert said == ["dies: worker 0 failed (ERROR); starting again from the latest checkpoint (failure 1 of 1 "
                     "allowed, train.max_failures)"]
 
@@ -319,8 +319,8 @@ def test_ray_train_tracebacks_of_a_user_error_are_not_logged_and_others_are():
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from albert_ray.data import DataError
-    from albert_ray.quiet import _not_a_user_error
+    from albert_ray.io.training_files import DataError
+    from albert_ray.runtime.quiet import _not_a_user_error
 
     def record(exc_info=None):
         return logging.LogRecord("ray.train", logging.ERROR, __file__, 1, "failed", None, exc_info)
@@ -356,7 +356,7 @@ def test_a_user_error_raised_in_a_ray_task_prints_its_own_line_without_the_remot
     from ray.exceptions import RayTaskError
 
     from albert_ray import cli
-    from albert_ray.data import DataError
+    from albert_ray.io.training_files import DataError
     from albert_ray.errors import unwrapped
 
     cause = DataError("a.jsonl line 3: text is not a string")
@@ -382,7 +382,7 @@ def test_an_object_a_read_task_cannot_read_is_one_line_exit_1_and_ray_datas_trac
 
     from albert_ray import cli
     from albert_ray.errors import InputUnreadable
-    from albert_ray.quiet import _not_a_one_line_error
+    from albert_ray.runtime.quiet import _not_a_one_line_error
 
     cause = InputUnreadable("input s3://b/in/a.txt cannot be read: AWS Error NETWORK_CONNECTION during GetObject")
     wrapped = RayTaskError("read", "Traceback ...", cause).as_instanceof_cause()
@@ -408,7 +408,7 @@ def test_an_object_a_read_task_cannot_read_is_one_line_exit_1_and_ray_datas_trac
 
 
 def test_an_unreadable_input_is_one_line_naming_it_before_any_read_task(tmp_path):
-    from albert_ray.corpus import expand_inputs
+    from albert_ray.io.corpus import expand_inputs
 
     unreadable = "/proc/sys/vm/drop_caches"  # a file that is write-only even for root
     try:

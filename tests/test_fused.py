@@ -7,10 +7,10 @@ import numpy as np
 import tensorflow as tf
 from keras_layer_normalization import LayerNormalization as KerasLayerNormalization
 
-from albert_ray import fused
-from albert_ray.config import EncoderConfig
-from albert_ray.encoder import dtype_policy, gelu_tanh, initialize_encoder
-from albert_ray.mlm import build_mlm_model, masked_loss
+from albert_ray.model import fused
+from albert_ray.model.encoder_config import EncoderConfig
+from albert_ray.model.encoder import dtype_policy, gelu_tanh, initialize_encoder
+from albert_ray.pretrain.mlm import build_mlm_model, masked_loss
 from test_encoder_checkpoint import V, tiny
 
 

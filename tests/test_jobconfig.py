@@ -1,6 +1,6 @@
 import pytest
 
-from albert_ray.jobconfig import JobConfigError, load_job_config
+from albert_ray.finetune.config import JobConfigError, load_job_config
 
 BASE = {"name": "x", "task": "ner", "data": {"train": "t.bio"}}
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from albert_ray.labeling import (QUARANTINE_DIR, QUARANTINE_SCHEMA, UNITS_DIR, LabelConfig, OutputStore, actor_layout,
+from albert_ray.label.run import (QUARANTINE_DIR, QUARANTINE_SCHEMA, UNITS_DIR, LabelConfig, OutputStore, actor_layout,
                                  label_corpus, output_schema, plan_run)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_label_config_validation_and_actor_layout():
 
 def test_label_config_from_yaml_overrides_and_flags(tmp_path):
     from albert_ray.cli import build_parser
-    from albert_ray.labeling import load_label_config
+    from albert_ray.label.run import load_label_config
 
     cfg = load_label_config("jobs/configs/label/sample.yaml")
     assert (cfg.model, cfg.inputs, cfg.unit_bytes, cfg.include_text) == \
@@ -75,8 +75,8 @@ def test_output_inside_an_input_folder_is_refused_before_anything_runs(tmp_path)
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from albert_ray.jobconfig import load_job_config
-    from albert_ray.training import train_in_process
+    from albert_ray.finetune.config import load_job_config
+    from albert_ray.finetune.driver import train_in_process
 
     out = tmp_path_factory.mktemp("models")
     dirs = {}

@@ -4,8 +4,8 @@ masked, whole words, packing that keeps every token, sentence pairs cut at text 
 import numpy as np
 import pytest
 
-from albert_ray.masking import is_heldout, mask_batch, pack_texts
-from albert_ray.tokenization import CharTokenizer, Vocab
+from albert_ray.pretrain.masking import is_heldout, mask_batch, pack_texts
+from albert_ray.model.tokenization import CharTokenizer, Vocab
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CHARS = list("甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳午未申酉")
@@ -15,7 +15,7 @@ VOCAB = Vocab(SPECIAL + CHARS)
 def test_masking_rate_split_and_never_special_tokens():
     rng = np.random.default_rng(0)
     rows = [[2] + list(rng.integers(5, len(VOCAB), rng.integers(10, 60))) + [3] for _ in range(400)]
-    from albert_ray.batching import pad_batch
+    from albert_ray.io.batching import pad_batch
 
     ids = pad_batch(rows)
     inputs, positions, labels, weights = mask_batch(ids, np.random.default_rng(1), VOCAB, rate=0.15)
@@ -35,8 +35,8 @@ def test_masking_rate_split_and_never_special_tokens():
 
 
 def test_whole_word_masking_takes_every_token_of_a_chosen_word():
-    from albert_ray.batching import pad_batch
-    from albert_ray.masking import WORD_START
+    from albert_ray.io.batching import pad_batch
+    from albert_ray.pretrain.masking import WORD_START
 
     rng = np.random.default_rng(0)
     texts = [" ".join("".join(rng.choice(CHARS, rng.integers(1, 5))) for _ in range(rng.integers(5, 30)))
@@ -76,8 +76,8 @@ def test_packing_fills_sequences_and_keeps_every_token():
 
 
 def test_sentence_pairs_are_cut_at_a_text_boundary_and_half_are_swapped():
-    from albert_ray.batching import pad_batch
-    from albert_ray.masking import order_batch
+    from albert_ray.io.batching import pad_batch
+    from albert_ray.pretrain.masking import order_batch
 
     tok = CharTokenizer(VOCAB)
     texts = ["甲乙丙丁", "戊己庚辛壬癸", "子丑寅卯辰巳午未申", "酉甲"]  # 4 + 6 + 9 + 2 tokens

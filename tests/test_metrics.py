@@ -4,7 +4,7 @@ import numpy as np
 from seqeval.metrics import classification_report as seqeval_report
 from sklearn.metrics import classification_report, hamming_loss
 
-from albert_ray.metrics import best_threshold, classification_reports, multilabel_reports, ner_reports
+from albert_ray.reports.metrics import best_threshold, classification_reports, multilabel_reports, ner_reports
 
 
 def test_classification_report_identical_to_sklearn():

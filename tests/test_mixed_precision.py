@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from tensorflow import keras
 
-from albert_ray import encoder
-from albert_ray.checkpoint import load_checkpoint, write_variables
-from albert_ray.config import EncoderConfig
-from albert_ray.encoder import build_encoder, dtype_policy
-from albert_ray.jobconfig import load_job_config
+from albert_ray.model import encoder
+from albert_ray.model.checkpoint import load_checkpoint, write_variables
+from albert_ray.model.encoder_config import EncoderConfig
+from albert_ray.model.encoder import build_encoder, dtype_policy
+from albert_ray.finetune.config import load_job_config
 from albert_ray.spec import ModelSpec
-from albert_ray.tasks import build_task_model
-from albert_ray.training import train_in_process
-from albert_ray.worker import optimizer_state
+from albert_ray.tasks.registry import build_task_model
+from albert_ray.finetune.driver import train_in_process
+from albert_ray.finetune.worker import optimizer_state
 from test_encoder_checkpoint import V, random_variables, reference_forward, tiny
 
 
@@ -125,7 +125,7 @@ def test_float16_without_a_gpu_is_one_warning_per_process(caplog):
     for policy in ("mixed_float16", "mixed_bfloat16", "mixed_float16"):
         with dtype_policy(policy):
             pass
-    assert [r.getMessage() for r in caplog.records if r.name == "albert_ray.encoder"] == [encoder.FLOAT16_ON_CPU]
+    assert [r.getMessage() for r in caplog.records if r.name == "albert_ray.model.encoder"] == [encoder.FLOAT16_ON_CPU]
     assert encoder.FLOAT16_ON_CPU.startswith("train.precision=mixed_float16 without a GPU: ")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from albert_ray.localcluster import add_worker_node, start_local_cluster
+from albert_ray.runtime.localcluster import add_worker_node, start_local_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="unshare -m needs root")]
 
@@ -62,7 +62,7 @@ def cluster(s3, job_folder, tmp_path_factory):
     the driver, attached as ``albert-ray ... ray_address=`` attaches."""
     import ray
 
-    from albert_ray.runtime import init_ray
+    from albert_ray.runtime.attach import init_ray
 
     head = start_local_cluster(num_cpus=0, state_dir=tmp_path_factory.mktemp("cluster"))
     nodes = []
@@ -147,7 +147,7 @@ def _grep_store(fs, prefix: str, needle: str) -> list[str]:
 @pytest.mark.ci
 def test_label_s3_to_s3_with_the_model_on_s3_and_on_the_drivers_disk(cluster, s3, model, job_folder):
     from albert_ray import modeldir
-    from albert_ray.labeling import LabelConfig, label_corpus, output_schema
+    from albert_ray.label.run import LabelConfig, label_corpus, output_schema
 
     inputs, expected = _corpus(s3, "in")
     spec, _ = modeldir.check(model)
@@ -166,14 +166,14 @@ def test_label_s3_to_s3_with_the_model_on_s3_and_on_the_drivers_disk(cluster, s3
     a, b = (json.loads(s3.open_input_stream(f"{BUCKET}/labels-{w}/_manifest.json").read()) for w in ("s3", "local"))
     assert a["model_checksum"] == b["model_checksum"] == modeldir.checksum(modeldir.pack(model))
     assert _grep_store(s3, "", SECRET) == []
-    from albert_ray.predict import Labeler  # predict / evaluate / export open a model at a URI alike
+    from albert_ray.inference.labeler import Labeler  # predict / evaluate / export open a model at a URI alike
 
     assert Labeler.from_dir(model_uri).predict(TEXTS) == Labeler.from_dir(model).predict(TEXTS)
 
 
 @pytest.mark.ci
 def test_local_inputs_and_outputs_are_refused_in_one_line_before_any_read_task(cluster, s3, model, job_folder):
-    from albert_ray.labeling import LabelConfig, label_corpus
+    from albert_ray.label.run import LabelConfig, label_corpus
 
     corpus = job_folder / "corpus.txt"
     corpus.write_text("张伟\n王芳\n", encoding="utf-8")
@@ -198,7 +198,7 @@ def test_local_inputs_and_outputs_are_refused_in_one_line_before_any_read_task(c
 def test_a_truncated_committed_part_is_relabeled_and_the_folder_reads_whole(cluster, s3, model):
     import pyarrow.fs as pafs
 
-    from albert_ray.labeling import LabelConfig, label_corpus
+    from albert_ray.label.run import LabelConfig, label_corpus
 
     inputs, expected = _corpus(s3, "trunc", files=2, lines=40)
     cfg = LabelConfig(model=model, inputs=(inputs,), output=f"s3://{BUCKET}/labels-trunc", progress=False)
@@ -218,7 +218,7 @@ def test_a_truncated_committed_part_is_relabeled_and_the_folder_reads_whole(clus
 def test_a_killed_labeling_actor_costs_a_retry_not_a_row(cluster, s3, model):
     """SIGKILL the labeling actor's process on one worker node mid-run: Ray restarts it and
     retries its batch; every (source, line) comes out exactly once."""
-    from albert_ray.labeling import LabelConfig, label_corpus
+    from albert_ray.label.run import LabelConfig, label_corpus
 
     _, nodes = cluster
     inputs, expected = _corpus(s3, "kill", files=4, lines=300)
@@ -260,8 +260,8 @@ def test_two_workers_one_per_node_write_the_model_to_the_store_log_once_and_matc
     import numpy as np
 
     from albert_ray import modeldir
-    from albert_ray.jobconfig import load_job_config
-    from albert_ray.training import train_in_process
+    from albert_ray.finetune.config import load_job_config
+    from albert_ray.finetune.driver import train_in_process
 
     head, _ = cluster
     common = ["data.max_train_examples=96", "train.epochs=1", "model.dropout=0", "train.log_every=0",

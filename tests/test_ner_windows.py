@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from albert_ray.labels import entity_tags
+from albert_ray.tasks.label_encoding import entity_tags
 from albert_ray.spec import ModelSpec
-from albert_ray.tasks import NerTask, build_task_model
-from albert_ray.tokenization import CharTokenizer, Vocab
+from albert_ray.tasks.registry import NerTask, build_task_model
+from albert_ray.model.tokenization import CharTokenizer, Vocab
 
 ENCODER = dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                embedding_size=8, max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu",
@@ -51,7 +51,7 @@ def test_trained_model_on_a_long_text_gives_no_overlapping_entities():
     import json
     from pathlib import Path
 
-    from albert_ray.predict import Labeler
+    from albert_ray.inference.labeler import Labeler
 
     model = Path(__file__).parent / "data" / "model_before_mixed_precision"
     texts = json.loads((model / "expected_predictions.json").read_text(encoding="utf-8"))["texts"]

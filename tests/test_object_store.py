@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from albert_ray.jobconfig import load_job_config
-from albert_ray.training import train
+from albert_ray.finetune.config import load_job_config
+from albert_ray.finetune.driver import train
 from s3server import moto
 
 BUCKET = "albert-ray"
@@ -73,7 +73,7 @@ def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unre
     import pyarrow.parquet as pq
 
     from albert_ray.errors import InputUnreadable, first_line, unwrapped
-    from albert_ray.labeling import LabelConfig, label_corpus
+    from albert_ray.label.run import LabelConfig, label_corpus
 
     model = small_ner_model
     uri = f"s3://key:secret@{BUCKET}/in?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
@@ -114,8 +114,8 @@ def test_pretraining_writes_to_a_uri_and_fine_tuning_starts_from_it_there(tmp_pa
     import tensorflow as tf
 
     from albert_ray import modeldir, paths
-    from albert_ray.config import EncoderConfig
-    from albert_ray.pretrain import pretrain
+    from albert_ray.model.encoder_config import EncoderConfig
+    from albert_ray.pretrain.driver import pretrain
     from albert_ray.spec import ModelSpec
     from test_pretrain import _cfg, _corpus
 

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from albert_ray import quiet
-
+from albert_ray.runtime import quiet
 # lines as a local run printed them (Ray's prefix and colours included), each of which must go
 NOISE = [
     "\x1b[36m(TrainController pid=7244)\x1b[0m WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
@@ -93,8 +92,7 @@ def loud_predict_brings_back_what_this_cpu_prints(env: dict | None = None) -> No
     TF_ENABLE_ONEDNN_OPTS, else the CPU's flags), so it is expected exactly there."""
     import os
 
-    from albert_ray import hardware
-
+    from albert_ray.runtime import hardware
     env = {**os.environ, **(env or {})}
     loud = subprocess.run([sys.executable, "-m", "albert_ray.cli", "-v", "predict", "--model",
                            "tests/data/model_before_mixed_precision", "张伟"], capture_output=True, text=True, timeout=300,
@@ -105,8 +103,7 @@ def loud_predict_brings_back_what_this_cpu_prints(env: dict | None = None) -> No
 
 
 def test_onednn_expectation_follows_the_cpu_flags_and_the_override():
-    from albert_ray import hardware
-
+    from albert_ray.runtime import hardware
     zen3_avx2 = frozenset("fpu sse4_2 avx avx2 fma bmi2 sha_ni vaes vpclmulqdq".split())
     epyc_amx = zen3_avx2 | {"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"}
     assert hardware.onednn_on(zen3_avx2, env={}) is False
@@ -135,10 +132,10 @@ def _png(path):
 def test_report_page_has_the_curves_per_label_bars_the_task_plots_and_the_text(tmp_path):
     from types import SimpleNamespace
 
-    from albert_ray.data import Example
-    from albert_ray.metrics import classification_reports, ner_reports
-    from albert_ray import reportpage
-    from albert_ray.evaluate import report_page
+    from albert_ray.io.training_files import Example
+    from albert_ray.reports.metrics import classification_reports, ner_reports
+    from albert_ray.reports import page as pages
+    from albert_ray.inference.evaluate import report_page
 
     history = [{"epoch": e, "train_loss": 2.0 / e, "dev_score": 0.5 + 0.1 * e} for e in (1, 2, 3)]
     gold, pred = ["体育", "体育", "汽车", "教育"], ["体育", "汽车", "汽车", "教育"]
@@ -154,7 +151,7 @@ def test_report_page_has_the_curves_per_label_bars_the_task_plots_and_the_text(t
     assert all(f'src="{n}"' in body for n in names)
     assert "0.6667" in text and "0.6667" in body            # the seqeval/sklearn text report, on the page
     assert "<td>accuracy</td><td>0.7500</td>" in body
-    if reportpage._font_covering("体育教育汽车") is None:  # no CJK font here: numbered ticks, listed on the page
+    if pages._font_covering("体育教育汽车") is None:  # no CJK font here: numbered ticks, listed on the page
         assert "labels in the plots: 1 = 体育, 2 = 教育, 3 = 汽车" in body
 
     text, report = ner_reports([["B-PER", "I-PER", "O", "B-LOC"]], [["B-PER", "I-PER", "O", "O"]])
@@ -167,15 +164,14 @@ def test_report_page_has_the_curves_per_label_bars_the_task_plots_and_the_text(t
 
 
 def test_labels_no_installed_font_can_draw_are_numbered_and_listed(tmp_path, monkeypatch):
-    from albert_ray import reportpage
-
-    monkeypatch.setattr(reportpage, "_font_covering", lambda text: None if any(ord(c) > 0x2E80 for c in text) else "x")
-    assert reportpage.tick_names(["体育", "汽车"]) == ["1", "2"]
-    assert reportpage.tick_names(["LOC", "PER"]) == ["LOC", "PER"]
+    from albert_ray.reports import page as pages
+    monkeypatch.setattr(pages, "_font_covering", lambda text: None if any(ord(c) > 0x2E80 for c in text) else "x")
+    assert pages.tick_names(["体育", "汽车"]) == ["1", "2"]
+    assert pages.tick_names(["LOC", "PER"]) == ["LOC", "PER"]
 
 
 def test_label_summary_page_shows_totals_counts_chart_and_reasons():
-    from albert_ray.reportpage import label_summary_page
+    from albert_ray.reports.page import label_summary_page
 
     manifest = {"model_name": "sample_ner", "task": "ner", "rows_in": 10, "rows_out": 8, "rows_quarantined": 2,
                 "rows_per_second": 123.4, "entity_counts": {"PER": 5, "LOC": 3},
@@ -213,7 +209,7 @@ def test_the_driver_draws_a_workers_final_state_even_when_its_lines_arrive_toget
     import io
     import json
 
-    from albert_ray.progress import PROGRESS_MARK, DriverBars
+    from albert_ray.runtime.progress import PROGRESS_MARK, DriverBars
 
     stream = io.StringIO()
     bars = DriverBars(stream)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from albert_ray.config import EncoderConfig
-from albert_ray.params import count_params, format_table, params_table
+from albert_ray.model.encoder_config import EncoderConfig
+from albert_ray.model.params import count_params, format_table, params_table
 
 
 def block(h, i):

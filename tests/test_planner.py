@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from albert_ray.config import EncoderConfig
-from albert_ray.planner import count_parameters, estimate, parse_size, recommend
-from albert_ray.params import count_params
+from albert_ray.model.encoder_config import EncoderConfig
+from albert_ray.model.memory_planner import count_parameters, estimate, parse_size, recommend
+from albert_ray.model.params import count_params
 
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
             embedding_size=16, max_position_embeddings=64, type_vocab_size=2)

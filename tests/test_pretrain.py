@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_ray.pretrain_config import load_pretrain_config
-from albert_ray.tokenization import Vocab
+from albert_ray.pretrain.config import load_pretrain_config
+from albert_ray.model.tokenization import Vocab
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CHARS = list("甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳午未申酉")
@@ -52,7 +52,7 @@ def _cfg(tmp_path, *overrides):
 def test_pretraining_learns_writes_the_published_layout_and_fine_tuning_starts_from_it(tmp_path):
     import tensorflow as tf
 
-    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain.driver import pretrain
 
     corpus = _corpus(tmp_path)
     summary = pretrain(_cfg(tmp_path, "train.epochs=25"), in_process=True)
@@ -81,13 +81,13 @@ def test_pretraining_learns_writes_the_published_layout_and_fine_tuning_starts_f
 
     # fine-tuning takes the directory alone: its config and vocab by default, exactly its weights
     from albert_ray import modeldir
-    from albert_ray.jobconfig import load_job_config
+    from albert_ray.finetune.config import load_job_config
     from albert_ray.spec import ModelSpec
 
     job = load_job_config("jobs/configs/sample_classify.yaml", ["model.init=checkpoint", f"model.checkpoint={folder}",
                                                                 "model.max_len=32"])
     assert (job.model.encoder_config, job.model.vocab) == (str(folder / "albert_config.json"), str(folder / "vocab.txt"))
-    from albert_ray.config import EncoderConfig
+    from albert_ray.model.encoder_config import EncoderConfig
 
     spec = ModelSpec.from_job(job, ("a", "b"), EncoderConfig.from_json_file(job.model.encoder_config))
     model = modeldir.new_model(spec, checkpoint=job.model.checkpoint)
@@ -109,14 +109,14 @@ def test_pretrain_config_errors_are_one_line(tmp_path):
         load_pretrain_config(None, ["name=x", "train.mask_rate=1.5"], ["a.txt"])
     with pytest.raises(ValueError, match=r"^inputs: required field is missing$"):
         load_pretrain_config(None, ["name=x"])
-    from albert_ray.pretrain import resolve_model_files
+    from albert_ray.pretrain.driver import resolve_model_files
 
     with pytest.raises(ValueError, match=r"^model.vocab: give a vocab.txt \(the brightmart one\), 'auto'"):
         resolve_model_files(load_pretrain_config(None, ["name=x"], ["a.txt"]))
 
 
 def test_the_measured_recipe_config_asks_for_its_inputs_and_vocabulary_in_one_line():
-    from albert_ray.pretrain import resolve_model_files
+    from albert_ray.pretrain.driver import resolve_model_files
 
     recipe = "jobs/configs/pretrain/corpus_30min.yaml"
     with pytest.raises(ValueError, match=r"^inputs: give at least one file, directory or glob \(or --input\)$"):
@@ -137,7 +137,7 @@ def test_the_measured_recipe_config_asks_for_its_inputs_and_vocabulary_in_one_li
 def test_the_budget_fits_the_schedule_to_the_pace_after_a_resume_and_the_log_line_says_so():
     import tensorflow as tf
 
-    from albert_ray.pretrain import Budget
+    from albert_ray.pretrain.driver import Budget
 
     assert Budget(400, 0.0, tf.Variable(400.0)).progress(120) == "step 120 of 400"
     now = [0.0]
@@ -160,7 +160,7 @@ def test_the_budget_fits_the_schedule_to_the_pace_after_a_resume_and_the_log_lin
 def test_the_wall_clock_budget_ends_the_run_and_shortens_the_schedule(tmp_path):
     import time
 
-    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain.driver import pretrain
 
     _corpus(tmp_path)
     began = time.time()
@@ -171,7 +171,7 @@ def test_the_wall_clock_budget_ends_the_run_and_shortens_the_schedule(tmp_path):
 
 
 def test_an_epoch_of_one_step_reports_its_rate():
-    from albert_ray.pretrain import _rate
+    from albert_ray.pretrain.driver import _rate
 
     assert _rate(64, 2.0, (32, 9.0)) == 32.0   # after the first (compiling) step
     assert _rate(0, 0.001, (32, 4.0)) == 8.0   # one step only: that step, compile included
@@ -179,7 +179,7 @@ def test_an_epoch_of_one_step_reports_its_rate():
 
 
 def test_a_budget_of_one_step_still_reports_sequences_per_second(tmp_path):
-    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain.driver import pretrain
 
     _corpus(tmp_path)
     last = pretrain(_cfg(tmp_path, "train.epochs=1", "train.max_steps=1"), in_process=True)["history"][-1]
@@ -187,7 +187,7 @@ def test_a_budget_of_one_step_still_reports_sequences_per_second(tmp_path):
 
 
 def test_the_xla_step_trains_as_the_plain_one(tmp_path):
-    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain.driver import pretrain
 
     _corpus(tmp_path)
     losses = [pretrain(_cfg(tmp_path, "train.epochs=1", "train.max_steps=20", f"train.xla={xla}",
@@ -200,7 +200,7 @@ def test_the_xla_step_trains_as_the_plain_one(tmp_path):
 def test_bfloat16_pretraining_follows_float32(tmp_path):
     """mixed_bfloat16 (bfloat16 matmuls, the output layer included; float32 LayerNorm, softmax,
     logits and loss in the fused kernels) learns as float32 does over the same 40 steps."""
-    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain.driver import pretrain
 
     _corpus(tmp_path)
     runs = [pretrain(_cfg(tmp_path, "train.epochs=2", "train.max_steps=40", f"train.precision={p}",
@@ -219,7 +219,7 @@ def test_killed_pretraining_workers_resume_from_their_step_checkpoint_with_every
     both workers killed once a step checkpoint is registered."""
     import sys
 
-    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain.driver import pretrain
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_ray_training import kill_workers_once_checkpointed
@@ -241,8 +241,8 @@ def test_killed_pretraining_workers_resume_from_their_step_checkpoint_with_every
     assert history[-1]["steps"] == 3 * history[0]["steps"]    # every step ran exactly once overall
     assert [h["sequences"] for h in history] == [801] * 3      # every sequence reached one worker
     # the held-out numbers are the whole held-out slice's, not rank 0's share of it
-    from albert_ray.masking import is_heldout
-    from albert_ray.pretrain_corpus import corpus_sequences
+    from albert_ray.pretrain.masking import is_heldout
+    from albert_ray.pretrain.corpus import corpus_sequences
 
     rows, _ = corpus_sequences(cfg, VOCAB)
     held_out = sum(is_heldout(r, 100) for r in rows)
@@ -254,9 +254,9 @@ def test_killed_pretraining_workers_resume_from_their_step_checkpoint_with_every
 def test_a_worker_share_short_of_a_step_is_one_line_before_any_worker(tmp_path, local_ray):
     """Enough training sequences overall (the check before Ray passes), but the held-out ones all
     in the first worker's share: refused after the cut, before the workers start."""
-    from albert_ray.masking import is_heldout
-    from albert_ray.pretrain import pretrain
-    from albert_ray.pretrain_corpus import corpus_sequences
+    from albert_ray.pretrain.masking import is_heldout
+    from albert_ray.pretrain.driver import pretrain
+    from albert_ray.pretrain.corpus import corpus_sequences
 
     corpus = _corpus(tmp_path)
     rng = np.random.default_rng(1)
@@ -282,7 +282,7 @@ def test_a_worker_share_short_of_a_step_is_one_line_before_any_worker(tmp_path, 
 def test_sentence_order_is_learned_and_written_under_the_published_names(tmp_path):
     import tensorflow as tf
 
-    from albert_ray.pretrain import pretrain
+    from albert_ray.pretrain.driver import pretrain
 
     _corpus(tmp_path)
     rng = np.random.default_rng(0)  # every line: 7 characters of the first ten, then 7 of the last ten
@@ -299,8 +299,8 @@ def test_sentence_order_is_learned_and_written_under_the_published_names(tmp_pat
 def test_workers_that_leave_no_cpu_for_reading_the_corpus_are_one_line(monkeypatch):
     import ray
 
-    from albert_ray.pretrain_corpus import READ_TASK_CPUS
-    from albert_ray.runtime import require_read_room
+    from albert_ray.pretrain.corpus import READ_TASK_CPUS
+    from albert_ray.runtime.attach import require_read_room
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     with pytest.raises(ValueError) as err:
@@ -329,7 +329,7 @@ def _mixed_corpus(tmp_path) -> tuple[Path, list[str]]:
 
 
 def test_the_corpus_read_keeps_every_readable_text_and_counts_every_skipped_row(tmp_path):
-    from albert_ray.pretrain_corpus import corpus_sequences
+    from albert_ray.pretrain.corpus import corpus_sequences
 
     folder, good = _mixed_corpus(tmp_path)
     (tmp_path / "vocab.txt").write_text("\n".join(VOCAB.tokens) + "\n", encoding="utf-8")
@@ -348,13 +348,13 @@ def test_the_corpus_read_keeps_every_readable_text_and_counts_every_skipped_row(
 
 
 def test_a_corpus_too_small_for_one_step_is_one_line_before_any_worker(tmp_path, monkeypatch):
-    from albert_ray import runtime
-    from albert_ray.pretrain import pretrain
+    from albert_ray.runtime import attach
+    from albert_ray.pretrain.driver import pretrain
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(runtime, "init_ray", no_ray)  # (another test of this module may have Ray running)
+    monkeypatch.setattr(attach, "init_ray", no_ray)  # (another test of this module may have Ray running)
 
     folder, _ = _mixed_corpus(tmp_path)
     (tmp_path / "vocab.txt").write_text("\n".join(VOCAB.tokens) + "\n", encoding="utf-8")
@@ -380,8 +380,8 @@ def test_overrides_after_a_greedy_list_are_overrides_not_files_or_texts():
     import dataclasses
 
     from albert_ray.cli import build_parser, split_inputs
-    from albert_ray.jobconfig import JobConfig
-    from albert_ray.pretrain_config import PretrainConfig
+    from albert_ray.finetune.config import JobConfig
+    from albert_ray.pretrain.config import PretrainConfig
 
     args = build_parser().parse_args(["pretrain", "--config", "jobs/configs/pretrain/sample.yaml", "--input", "a.txt",
                                       "b/*.jsonl", "train.epochs=1", "output_dir=x", "name=y"])

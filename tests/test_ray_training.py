@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from albert_ray.jobconfig import load_job_config
-from albert_ray.predict import Labeler
-from albert_ray.training import train, train_in_process
+from albert_ray.finetune.config import load_job_config
+from albert_ray.inference.labeler import Labeler
+from albert_ray.finetune.driver import train, train_in_process
 from test_mixed_precision import narrow_encoder
 
 
@@ -101,7 +101,7 @@ def test_every_row_reaches_exactly_one_worker(local_ray):
     word (7 rows on 2 workers: 6 arrive); ours hands each row to one worker, shards within a row."""
     import ray
 
-    from albert_ray.runtime import every_row_split
+    from albert_ray.runtime.attach import every_row_split
 
     for rows, blocks, world in ((7, 1, 2), (1001, 10, 3), (5, 5, 1)):
         ds = ray.data.range(rows, override_num_blocks=blocks)
@@ -123,7 +123,7 @@ def _train_worker_pids():
     of another run on the machine: a second test run beside this one lost its workers to it."""
     import os
 
-    from albert_ray.localcluster import descendants
+    from albert_ray.runtime.localcluster import descendants
 
     pids = []
     for pid in descendants(os.getpid()):
@@ -216,7 +216,7 @@ def test_xlarge_two_steps_on_two_cpu_workers(corpora, tmp_path, local_ray):
 
 def _initial_weights(job, tmp_path):
     from albert_ray import modeldir
-    from albert_ray.training import prepare
+    from albert_ray.finetune.driver import prepare
 
     prep = prepare(job)
     modeldir.create(tmp_path / "init", prep.spec, prep.vocab, seed=job.train.seed)

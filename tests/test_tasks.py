@@ -6,9 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from albert_ray import metrics, modeldir
-from albert_ray.data import Example
-from albert_ray.tasks import TASK_REGISTRY, Task, register_task, task_for, task_names
+from albert_ray import modeldir
+
+from albert_ray.reports import metrics
+from albert_ray.io.training_files import Example
+from albert_ray.tasks.registry import TASK_REGISTRY, Task, register_task, task_for, task_names
 
 
 class CharCountTask(Task):
@@ -79,18 +81,18 @@ def test_builtin_registry():
 
 
 def test_a_task_registered_from_a_test_works_end_to_end(toy, tmp_path):
-    from albert_ray.jobconfig import load_job_config
-    from albert_ray.labeling import output_schema
-    from albert_ray.predict import Labeler
+    from albert_ray.finetune.config import load_job_config
+    from albert_ray.label.run import output_schema
+    from albert_ray.inference.labeler import Labeler
     from albert_ray.spec import ModelSpec
-    from albert_ray.tokenization import build_char_vocab
-    from albert_ray.training import featurize
+    from albert_ray.model.tokenization import build_char_vocab
+    from albert_ray.finetune.driver import featurize
 
     job = load_job_config("jobs/configs/sample_classify.yaml", ["task=char_count", "model.max_len=16"])
     texts = ["你好", "北京欢迎你", "今天天气很好啊"]
     examples = [Example(text=t, source=f"toy:{i}", label=str(len(t) / 10)) for i, t in enumerate(texts)]
     vocab = build_char_vocab(texts)
-    from albert_ray.config import EncoderConfig
+    from albert_ray.model.encoder_config import EncoderConfig
 
     encoder = EncoderConfig.from_json_file("tests/data/tiny_albert_config.json")
     spec = ModelSpec.from_job(job, toy.label_vocab(examples), encoder)
@@ -121,10 +123,10 @@ def test_output_norm_is_on_for_a_pre_ln_encoder_from_a_checkpoint_and_rebuilt_fr
 
     import tensorflow as tf
 
-    from albert_ray.config import EncoderConfig
-    from albert_ray.jobconfig import load_job_config
+    from albert_ray.model.encoder_config import EncoderConfig
+    from albert_ray.finetune.config import load_job_config
     from albert_ray.spec import ModelSpec
-    from albert_ray.tasks import build_task_model
+    from albert_ray.tasks.registry import build_task_model
 
     preln = EncoderConfig.from_json_file("data/albert_config_sample.json")
     postln = replace(preln, ln_type="postln")

@@ -1,4 +1,4 @@
-from albert_ray.tokenization import CharTokenizer, Vocab
+from albert_ray.model.tokenization import CharTokenizer, Vocab
 
 TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "张", "三", "在", "北", "京", "a", "i", "1", "2", "，", "“", "”", "!"]
 
@@ -33,7 +33,7 @@ def test_windows_cover_every_char_with_overlap():
 
 
 def test_char_vocab_normalises_like_the_tokenizer():
-    from albert_ray.tokenization import CharTokenizer, build_char_vocab
+    from albert_ray.model.tokenization import CharTokenizer, build_char_vocab
 
     vocab = build_char_vocab(["Ａb 张张", "B"])
     assert vocab.tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

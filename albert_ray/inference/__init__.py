@@ -1,0 +1,1 @@
+"""Using a trained model: batched prediction (the Labeler), evaluation and SavedModel export."""

@@ -1,0 +1,1 @@
+"""Bulk labeling with Ray Data into Parquet: the run, its output store and manifest."""
