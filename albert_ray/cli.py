@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -10,14 +11,25 @@ import sys
 from pathlib import Path
 
 import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from albert_ray import modeldir
 from albert_ray.errors import ONE_LINE, USER_ERRORS, first_line, unwrapped
+from albert_ray.finetune.config import JobConfig, load_job_config
+from albert_ray.finetune.driver import train, train_in_process
+from albert_ray.label.run import LabelConfig, label_corpus, load_label_config
+from albert_ray.model.encoder_config import EncoderConfig
+from albert_ray.model.memory_planner import estimate, format_plan, parse_size, recommend
+from albert_ray.model.params import format_table, params_table
+from albert_ray.pretrain.config import PretrainConfig, load_pretrain_config
+from albert_ray.pretrain.driver import pretrain
 from albert_ray.runtime.attach import import_tensorflow
+from albert_ray.runtime.localcluster import LocalCluster, start_local_cluster
+from albert_ray.runtime.quiet import VERBOSE_ENV, set_verbose
+from albert_ray.tasks.registry import task_for
 
 DEFAULT_CONFIGS = os.environ.get("ALBERT_RAY_CONFIGS", str(Path("..") / "shared" / "corpora" / "albert_zh"))
 
 
 def setup_logging(verbose: bool = False) -> None:
-    from albert_ray.runtime.quiet import VERBOSE_ENV, set_verbose
 
     verbose = verbose or os.environ.get(VERBOSE_ENV) == "1"  # jobs/*.py: ALBERT_RAY_VERBOSE=1
     set_verbose(verbose)
@@ -26,7 +38,6 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def _cmd_params(args) -> int:
-    from albert_ray.model.params import format_table, params_table
 
     rows = params_table(args.configs, num_classes=args.classes, seq_len=args.seq_len)
     print(format_table(rows))
@@ -45,10 +56,7 @@ def split_inputs(inputs: list[str] | None, overrides: list[str], fields: set[str
 
 
 def _cmd_train(args) -> int:
-    import dataclasses
 
-    from albert_ray.finetune.config import JobConfig, load_job_config
-    from albert_ray.finetune.driver import train, train_in_process
 
     texts, overrides = split_inputs(args.predict, args.overrides, {f.name for f in dataclasses.fields(JobConfig)})
     job = load_job_config(args.config, overrides)
@@ -62,7 +70,6 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from albert_ray import modeldir
     modeldir.check(args.model)  # before TensorFlow loads: a bad directory is one line
     import_tensorflow()
     from albert_ray.inference.evaluate import evaluate_file
@@ -74,7 +81,6 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from albert_ray import modeldir
     modeldir.check(args.model)  # before TensorFlow loads: a bad directory is one line
     import_tensorflow()
     from albert_ray.inference.export import export
@@ -89,7 +95,6 @@ def _print_predictions(model_dir, texts: list[str], lines: list[int] | None = No
     """One JSON line per text, in order. With ``lines`` (``--file``), each carries its line
     number; a blank line gives an empty result and a line that could not be read its
     ``error``, so output line k always belongs to input line k."""
-    from albert_ray import modeldir
     modeldir.check(model_dir)  # before TensorFlow loads: a bad directory is one line
     import_tensorflow()
     from albert_ray.inference.labeler import Labeler
@@ -144,16 +149,13 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_label(args) -> int:
-    import dataclasses
 
-    from albert_ray.label.run import LabelConfig, label_corpus, load_label_config
 
     fields = {f.name for f in dataclasses.fields(LabelConfig)}
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     inputs, overrides = split_inputs(given.pop("inputs", None), args.overrides, fields)
     cfg = load_label_config(args.config, overrides, given if inputs is None else {**given, "inputs": inputs})
     m = label_corpus(cfg, address=args.address)
-    from albert_ray.tasks.registry import task_for
 
     counts = m[task_for(m["task"]).counts_key]
     print(f"rows in {m['rows_in']} = out {m['rows_out']} + quarantined {m['rows_quarantined']} "
@@ -164,10 +166,7 @@ def _cmd_label(args) -> int:
 
 
 def _cmd_pretrain(args) -> int:
-    import dataclasses
 
-    from albert_ray.pretrain.driver import pretrain
-    from albert_ray.pretrain.config import PretrainConfig, load_pretrain_config
 
     inputs, overrides = split_inputs(args.inputs, args.overrides, {f.name for f in dataclasses.fields(PretrainConfig)})
     cfg = load_pretrain_config(args.config, overrides, inputs)
@@ -181,7 +180,6 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_cluster(args) -> int:
-    from albert_ray.runtime.localcluster import LocalCluster, start_local_cluster
 
     state = Path(args.state_dir) / "cluster.json"
     if args.action == "start":
@@ -208,8 +206,6 @@ def _cmd_cluster(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from albert_ray.model.encoder_config import EncoderConfig
-    from albert_ray.model.memory_planner import estimate, format_plan, parse_size, recommend
 
     config = EncoderConfig.from_json_file(args.model)
     plan = recommend(config, parse_size(args.gpu_mem), args.seq_len, args.global_batch, args.gpus, args.mixed_precision)
@@ -222,7 +218,6 @@ def _cmd_plan(args) -> int:
 
 
 def _size(text: str) -> int:
-    from albert_ray.model.memory_planner import parse_size
 
     try:
         return parse_size(text)
@@ -257,9 +252,7 @@ LABEL_HELP = {
 def _label_flags(p: argparse.ArgumentParser) -> None:
     """One flag per ``LabelConfig`` field (dashes for underscores), defaults from the dataclass.
     Unset flags stay ``None`` so a label config file's values are not overwritten."""
-    import dataclasses
 
-    from albert_ray.label.run import LabelConfig
 
     for f in dataclasses.fields(LabelConfig):
         default = "" if f.default is dataclasses.MISSING else f" (default: {f.default})"

@@ -23,12 +23,14 @@ import json
 import tempfile
 from pathlib import Path
 
+import h5py
+
 from albert_ray import paths
 from albert_ray.errors import first_line
+from albert_ray.model.tokenization import Vocab
 from albert_ray.paths import where
 from albert_ray.spec import PRECISION_POLICIES, ModelSpec
 from albert_ray.tasks.registry import build_task_model, task_for
-from albert_ray.model.tokenization import Vocab
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -141,7 +143,6 @@ def weight_shapes(file: Path) -> list[tuple[int, ...]]:
     Raises:
         ModelDirError: the file is not readable HDF5 (empty, truncated, another format).
     """
-    import h5py
 
     shapes: list[tuple[int, ...]] = []
     try:

@@ -14,8 +14,9 @@ from typing import Any
 
 from albert_ray import paths
 from albert_ray.io.training_files import BAD_RECORD_POLICIES, FORMATS
-from albert_ray.tasks.label_encoding import SCHEMES
+from albert_ray.model.encoder_config import checkpoint_folder_files
 from albert_ray.spec import POOLINGS, TRAIN_PRECISIONS, TRUNCATIONS
+from albert_ray.tasks.label_encoding import SCHEMES
 from albert_ray.tasks.registry import task_names
 from albert_ray.typedconfig import ConfigFileError, apply_overrides, build, flatten, read_yaml
 
@@ -185,7 +186,6 @@ def _checkpoint_defaults(data: dict, overridden: set[str]) -> None:
     model = data.get("model")
     if not isinstance(model, dict) or model.get("init") != "checkpoint" or not model.get("checkpoint"):
         return
-    from albert_ray.model.encoder_config import checkpoint_folder_files
 
     config, vocab = checkpoint_folder_files(str(model["checkpoint"]))
     if "model.encoder_config" not in overridden and config:

@@ -17,20 +17,28 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from albert_ray import modeldir, paths
-from albert_ray.model.encoder_config import EncoderConfig, check_fits
-from albert_ray.io.training_files import Example, read_examples
 from albert_ray.errors import unwrapped
 from albert_ray.finetune.config import JobConfig
+from albert_ray.finetune.worker import TrainState, WorkerConfig, train_loop_per_worker
+from albert_ray.io.training_files import Example, read_examples
+from albert_ray.model.encoder_config import EncoderConfig, check_fits
+from albert_ray.model.tokenization import CharTokenizer, Vocab, build_char_vocab
 from albert_ray.paths import not_found
+from albert_ray.runtime.attach import (
+    every_row_split,
+    init_ray,
+    require_read_room,
+    require_shared_storage,
+    require_visible,
+    require_visible_folder,
+    trainer_class,
+)
 from albert_ray.runtime.progress import bars_wanted
-from albert_ray.runtime.attach import (every_row_split, init_ray, require_read_room, require_shared_storage,
-                                trainer_class)
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks.registry import task_for
-from albert_ray.model.tokenization import CharTokenizer, Vocab, build_char_vocab
-from albert_ray.finetune.worker import TrainState, WorkerConfig, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +166,6 @@ def _prepare_in_task(job: JobConfig):
     """Ray task (a streaming generator): read the splits away from the driver. Yields the
     ``Prepared`` description without the training examples, then the training examples as Arrow
     tables; the caller owns every yielded object, so they outlive this task."""
-    import pyarrow as pa
 
     prep = prepare(job)
     train = prep.train
@@ -252,7 +259,6 @@ def require_visible_job(job: JobConfig) -> None:
     (``storage_path``, or ``<output_dir>/ray``) must be seen by every node that runs tasks: the
     data are read in a Ray task, and workers write checkpoints and TensorBoard scalars there.
     Checked before any task starts; the model directory itself is written by the driver."""
-    from albert_ray.runtime.attach import require_visible, require_visible_folder
 
     data = [(p, os.path.getsize(p)) for p in (job.data.train, job.data.dev, job.data.test) if p and not paths.is_uri(p)]
     require_visible("data file", "it is read in a Ray task", data)

@@ -26,14 +26,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from albert_ray import modeldir
-from albert_ray.io.batching import worker_batches
-from albert_ray.runtime.progress import StepBar
-from albert_ray.reports.scalars import Scalars
-from albert_ray.io.training_files import Example
 from albert_ray.finetune.config import JobConfig
+from albert_ray.io.batching import worker_batches
+from albert_ray.io.training_files import Example
+from albert_ray.model.tokenization import Vocab
+from albert_ray.reports.scalars import Scalars
+from albert_ray.runtime.attach import configure_tf
+from albert_ray.runtime.progress import StepBar
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks.registry import Task, task_for
-from albert_ray.model.tokenization import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,6 @@ class LocalReporter(Reporter):
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker entry point; ``config["worker"]`` is a :class:`WorkerConfig`."""
     cfg: WorkerConfig = config["worker"]
-    from albert_ray.runtime.attach import configure_tf
 
     configure_tf(cfg.tf_threads)
     from tensorflow import keras

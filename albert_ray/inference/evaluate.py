@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from albert_ray.inference.labeler import Labeler
 from albert_ray.io.training_files import Example, read_examples
 from albert_ray.modeldir import METRICS_FILE, REPORT_FILE
-from albert_ray.inference.labeler import Labeler
+from albert_ray.reports.page import write_report_page
 from albert_ray.tasks.registry import task_for
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ def report_page(folder: str | Path, spec, examples: Sequence[Example], predictio
                 report: dict, history: Sequence[dict] | None = None, title: str = "") -> Path:
     """``report.html`` in ``folder`` with the task's own plots (the task draws those; the page
     module draws the rest and does not know the tasks)."""
-    from albert_ray.reports.page import write_report_page
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

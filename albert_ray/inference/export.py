@@ -28,9 +28,9 @@ import numpy as np
 import tensorflow as tf
 
 from albert_ray import modeldir, paths
+from albert_ray.model.tokenization import CharTokenizer, Vocab, is_token_char
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks.registry import task_for
-from albert_ray.model.tokenization import CharTokenizer, Vocab, is_token_char
 
 log = logging.getLogger(__name__)
 

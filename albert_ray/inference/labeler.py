@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-
-import albert_ray  # noqa: F401
 import tensorflow as tf
 from tensorflow import keras
+from tqdm import tqdm
 
+import albert_ray  # noqa: F401
 from albert_ray import modeldir
-
-from albert_ray.runtime import hardware
 from albert_ray.io.batching import pad_batch
+from albert_ray.model.tokenization import CharTokenizer, Vocab
+from albert_ray.runtime import hardware
+from albert_ray.runtime.progress import bars_wanted
 from albert_ray.spec import PRECISIONS, ModelSpec
 from albert_ray.tasks.registry import task_for
-from albert_ray.model.tokenization import CharTokenizer, Vocab
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,7 @@ class Labeler:
     def forward(self, token_rows: Sequence[Sequence[int]], progress: str | None = None) -> list[np.ndarray]:
         """Model outputs per row (sequence outputs trimmed to the row's length), in input order;
         with ``progress`` (a description), a bar over the windows when this process is on a terminal."""
-        from tqdm import tqdm
 
-        from albert_ray.runtime.progress import bars_wanted
 
         order = sorted(range(len(token_rows)), key=lambda i: len(token_rows[i]))
         out: list[np.ndarray | None] = [None] * len(token_rows)

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from albert_ray.errors import USER_ERRORS, InputUnreadable, first_line, one_line
 from albert_ray.paths import fs_and_path, where, without_credentials
@@ -208,7 +209,6 @@ def unit_id(path: str, identity: str, start: int, stop: int) -> str:
 
 
 def _row_groups(f: InputFile) -> int | None:
-    import pyarrow.parquet as pq
 
     fs, p = fs_and_path(f.location)
     try:
@@ -467,7 +467,6 @@ class _ByteSource:
 def _parquet_rows(path: str, group: int, opts: ReadOptions):
     """A row group's rows (``group`` -1: the file's). A file that does not decode is one quarantine
     row; a source that fails to give its bytes raises (the read task's error, not the file's)."""
-    import pyarrow.parquet as pq
 
     fs, p = fs_and_path(path)
     first = 0

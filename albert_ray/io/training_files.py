@@ -18,8 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from albert_ray.tasks.label_encoding import tag_error, tags_to_spans
 from albert_ray.paths import not_found
+from albert_ray.tasks.label_encoding import tag_error, tags_to_spans
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 import zlib
@@ -36,13 +37,39 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from albert_ray import __version__
-from albert_ray.io.corpus import (BLOCK_BYTES, INPUT_FORMATS, InputFile, ReadOptions, Unit, expand_inputs,
-                               input_roots, plan_units, read_file, read_task, reason_kind)
+import albert_ray  # noqa: F401 TF_USE_LEGACY_KERAS before TensorFlow
+from albert_ray import __version__, modeldir
 from albert_ray.errors import ONE_LINE, environment_fault, unwrapped
+from albert_ray.io.corpus import (
+    BLOCK_BYTES,
+    INPUT_FORMATS,
+    InputFile,
+    ReadOptions,
+    Unit,
+    expand_inputs,
+    input_roots,
+    plan_units,
+    read_file,
+    read_task,
+    reason_kind,
+)
+from albert_ray.model.memory_planner import parse_size
 from albert_ray.paths import fs_and_path, is_uri, without_credentials
-from albert_ray.runtime.attach import Interrupted
+from albert_ray.reports.page import label_summary_page
+from albert_ray.runtime.attach import (
+    Interrupted,
+    alive_nodes,
+    configure_tf,
+    init_ray,
+    require_visible,
+    require_visible_folder,
+)
+from albert_ray.runtime.progress import RowProgress
+from albert_ray.spec import PRECISIONS  # not predict: that imports TensorFlow into the driver
+from albert_ray.tasks.registry import task_for
+from albert_ray.typedconfig import apply_overrides, build, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +113,6 @@ class LabelConfig:
     progress: bool = True
 
     def __post_init__(self):
-        from albert_ray.spec import PRECISIONS  # not predict: that imports TensorFlow into the driver
 
         if self.format not in INPUT_FORMATS + ("auto",):
             raise ValueError(f"format={self.format!r}: must be one of {INPUT_FORMATS + ('auto',)}")
@@ -114,8 +140,6 @@ def load_label_config(path: str | None = None, overrides: list[str] | None = Non
     Raises:
         FileNotFoundError, ValueError: one line naming the file or field.
     """
-    from albert_ray.model.memory_planner import parse_size
-    from albert_ray.typedconfig import apply_overrides, build, read_yaml
 
     data = read_yaml(path, "label config") if path else {}
     data = apply_overrides(data, list(overrides or []))
@@ -127,7 +151,6 @@ def load_label_config(path: str | None = None, overrides: list[str] | None = Non
 
 def output_schema(spec, include_text: bool = False, include_probs: bool = False) -> pa.Schema:
     """The Parquet schema of labeled rows (``unit`` comes from the partition directory)."""
-    from albert_ray.tasks.registry import task_for
 
     fields = [pa.field("source", pa.string()), pa.field("line", pa.int64()), pa.field("id", pa.string())]
     if include_text:
@@ -165,7 +188,6 @@ class OutputStore:
     def write_table(self, table: pa.Table, path: str) -> list[int]:
         """Write ``table`` as Parquet; ``[bytes, crc32]`` of the file, which its unit's commit
         record keeps so that a damaged or truncated part is found before the unit is reused."""
-        import pyarrow.parquet as pq
 
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
@@ -254,15 +276,10 @@ class LabelWriter:
                  model_batch_size: int, tf_threads: int, precision: str):
         """``model``: ``[ref]``, the object-store reference of :func:`modeldir.pack`'s files (in a
         list, so Ray hands it over as a reference): the actor never opens the driver's disk."""
-        import shutil
 
         import ray
 
-        import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-        from albert_ray import modeldir
         from albert_ray.inference.labeler import Labeler
-        from albert_ray.tasks.registry import task_for
-        from albert_ray.runtime.attach import configure_tf
 
         configure_tf(tf_threads)
         folder = modeldir.unpack(ray.get(model[0]))
@@ -522,9 +539,6 @@ def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
         Interrupted: Ctrl-C; committed units are kept for the next run.
         RuntimeError: rows in != rows out + rows quarantined.
     """
-    from albert_ray import modeldir
-    from albert_ray.runtime.progress import RowProgress
-    from albert_ray.runtime.attach import init_ray
 
     began = time.time()
     spec, _ = modeldir.check(cfg.model)
@@ -553,7 +567,6 @@ def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
 def _require_visible_everywhere(cfg: LabelConfig, plan: Plan, store: OutputStore) -> None:
     """Local inputs and a local output on a multi-node cluster: every node that runs tasks must
     see them (the output through a marker the driver writes), checked before any read task."""
-    from albert_ray.runtime.attach import alive_nodes, require_visible, require_visible_folder
 
     if alive_nodes() < 2:
         return
@@ -599,8 +612,6 @@ def _finish(cfg: LabelConfig, spec, store: OutputStore, plan: Plan, rows_done: i
     """Check the output reads back, write the manifest (the run's and the labeling's seconds, and
     the stages' ``timings``) and ``_summary.html``, log the totals, and check the row accounting
     (rows in = rows out + rows quarantined)."""
-    from albert_ray.reports.page import label_summary_page
-    from albert_ray.tasks.registry import task_for
 
     _ensure_readable(store, output_schema(spec, cfg.include_text, cfg.include_probs), plan)
     manifest = _manifest(cfg, spec, plan, rows_done, seconds, labeled_seconds)
@@ -682,7 +693,6 @@ def _ensure_readable(store: OutputStore, schema: pa.Schema, plan: Plan) -> None:
 
 
 def _manifest(cfg: LabelConfig, spec, plan: Plan, rows_labeled: int, seconds: float, labeled_seconds: float) -> dict:
-    from albert_ray.tasks.registry import task_for
 
     records = [plan.complete[u.uid] for u in plan.units if u.uid in plan.complete]
     counts, reasons, precisions = Counter(), Counter(), set()

@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-import albert_ray  # noqa: F401
 import tensorflow as tf
 from tensorflow import keras
 
+import albert_ray  # noqa: F401
 from albert_ray import paths
-from albert_ray.model.encoder_config import EncoderConfig
-from albert_ray.model.encoder import encoder_for
 from albert_ray.errors import first_line
+from albert_ray.model.encoder import encoder_for
+from albert_ray.model.encoder_config import EncoderConfig
 
 log = logging.getLogger(__name__)
 

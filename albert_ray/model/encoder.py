@@ -20,7 +20,7 @@ import logging
 import math
 import warnings
 
-import albert_ray  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import numpy as np
 import tensorflow as tf
 from keras_bert import get_model
 from keras_bert.layers import Extract
@@ -30,6 +30,7 @@ from keras_pos_embd import PositionEmbedding
 from keras_position_wise_feed_forward import FeedForward as KerasFeedForward
 from tensorflow import keras
 
+import albert_ray  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from albert_ray.model import fused
 from albert_ray.model.encoder_config import EncoderConfig
 
@@ -374,7 +375,6 @@ def initialize_encoder(model: keras.Model, config: EncoderConfig, seed: int = 0)
     Needed because keras-bert's layers reuse one initializer instance for Wq / Wk / Wv / Wo,
     which gives the four kernels identical starting values.
     """
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     std = config.initializer_range

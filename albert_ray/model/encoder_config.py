@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from albert_ray import paths
 from albert_ray.paths import not_found
 
 LAYOUTS = ("albert_brightmart", "albert_google", "bert")
@@ -220,7 +221,6 @@ def check_fits(encoder: EncoderConfig, max_len: int, vocab_len: int | None = Non
 def checkpoint_folder_files(checkpoint: str) -> tuple[str | None, str | None]:
     """The config JSON (when the folder holds exactly one) and ``vocab.txt`` beside a checkpoint
     (a brightmart release folder, or one written by ``albert-ray pretrain``)."""
-    from albert_ray import paths
     folder = paths.local_folder(checkpoint) if paths.is_uri(checkpoint) else Path(checkpoint)
     folder = folder if folder.is_dir() else folder.parent
     configs = sorted(folder.glob("albert_config*.json")) + sorted(folder.glob("bert_config*.json"))

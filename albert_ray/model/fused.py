@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 
-import albert_ray  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
+
+import albert_ray  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 _SWITCH = "fused_in_training"
 

@@ -22,8 +22,9 @@ class ParamRow:
 
 def count_params(config: EncoderConfig, num_classes: int = 5, seq_len: int = 512) -> ParamRow:
     """Build the encoder plus a ``num_classes`` softmax head on [CLS] and count its parameters."""
-    from albert_ray.model.encoder import build_encoder
     from tensorflow import keras
+
+    from albert_ray.model.encoder import build_encoder
 
     encoder = build_encoder(config, seq_len=seq_len)
     probs = keras.layers.Dense(num_classes, activation="softmax", name="Classifier")(encoder.outputs[1])

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from albert_ray import paths
 from albert_ray.spec import TRAIN_PRECISIONS
+from albert_ray.typedconfig import apply_overrides, build, read_yaml
 
 OUTPUT_VOCABULARIES = ("corpus", "full")
 
@@ -79,7 +80,6 @@ def load_pretrain_config(path: str | None, overrides: list[str] | None = None,
     Raises:
         FileNotFoundError, ValueError: one line naming the field.
     """
-    from albert_ray.typedconfig import apply_overrides, build, read_yaml
 
     data = apply_overrides(read_yaml(path, "pretrain config") if path else {}, list(overrides or []))
     if inputs:

@@ -11,8 +11,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from albert_ray.pretrain.masking import is_heldout, pack_texts
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from albert_ray.io.corpus import ReadOptions, expand_inputs, plan_units, read_file, read_task, reason_kind
 from albert_ray.model.tokenization import CharTokenizer, Vocab
+from albert_ray.paths import without_credentials
+from albert_ray.pretrain.masking import is_heldout, pack_texts
 
 if TYPE_CHECKING:
     from albert_ray.pretrain.config import PretrainConfig
@@ -24,7 +29,6 @@ READ_TASK_CPUS = 0.5  # what sequences_dataset asks per read task (attach.requir
 
 def read_tasks(cfg: PretrainConfig) -> list[dict]:
     """One read task per input file (the whole file as one unit: pre-training keeps no unit records)."""
-    from albert_ray.io.corpus import expand_inputs, plan_units, read_task
 
     files = expand_inputs(cfg.inputs, cfg.format)
     by_path = {f.path: f for f in files}
@@ -44,9 +48,7 @@ class CorpusCount:
 
     def add(self, table) -> list[str]:
         """Count one block of :func:`albert_ray.io.corpus.read_file` rows; return its readable texts."""
-        import pyarrow.compute as pc
 
-        from albert_ray.io.corpus import reason_kind
 
         rows = table.filter(pc.is_null(table.column("meta")))  # a unit's end row is no input row
         bad = rows.filter(pc.is_valid(rows.column("reason")))
@@ -81,7 +83,6 @@ def _count(n: int, noun: str) -> str:
 def task_sequences(task: dict, cfg: PretrainConfig, vocab: Vocab, count: CorpusCount):
     """The packed sequences of one read task, a block of rows at a time (texts are packed within a
     block: the same sequences in a Ray Data read task and in this process); ``count`` grows."""
-    from albert_ray.io.corpus import ReadOptions, read_file
 
     tokenizer = CharTokenizer(vocab)
     for table in read_file(task, ReadOptions(cfg.format, cfg.text_field, None, 1_000_000)):
@@ -94,7 +95,6 @@ def task_sequences(task: dict, cfg: PretrainConfig, vocab: Vocab, count: CorpusC
 
 def corpus_texts(cfg: PretrainConfig):
     """Every readable text of the inputs, streamed (for ``model.vocab: auto``)."""
-    from albert_ray.io.corpus import ReadOptions, read_file
 
     count = CorpusCount()
     for task in read_tasks(cfg):
@@ -113,7 +113,6 @@ def corpus_sequences(cfg: PretrainConfig, vocab: Vocab) -> tuple[list[list[int]]
 
 def _named(inputs) -> str:
     """The inputs as an error names them: the first three, without credentials."""
-    from albert_ray.paths import without_credentials
 
     return ", ".join(map(without_credentials, inputs[:3])) + (f" (+{len(inputs) - 3} more)" if len(inputs) > 3 else "")
 
@@ -180,7 +179,6 @@ class CorpusTally:
 
 def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab, tally):
     """Ray Data UDF: a file's read task in, packed sequences out; its count to ``tally``."""
-    import pyarrow as pa
     import ray
 
     for task in map(json.loads, batch["task"]):

@@ -28,15 +28,52 @@ from pathlib import Path
 import numpy as np
 
 from albert_ray import modeldir, paths
+from albert_ray.finetune.worker import (
+    Context,
+    LocalReporter,
+    RayReporter,
+    TrainState,
+    WarmupLinearDecay,
+    min_across_workers,
+    optimizer_state,
+    sums_across_workers,
+)
+from albert_ray.io.corpus import expand_inputs
 from albert_ray.model.encoder_config import EncoderConfig, check_fits, checkpoint_folder_files
-from albert_ray.pretrain.masking import is_heldout, make_batch, special_ids, token_counts
-from albert_ray.pretrain.mlm import OutputVocabulary, build_mlm_model, load_head, masked_loss, order_loss, save_pretrained
-from albert_ray.pretrain.corpus import (READ_TASK_CPUS, CorpusCount, CorpusTally, corpus_sequences, corpus_texts,
-                                        peek_tally, require_a_step_per_share, require_enough_text,
-                                        sequences_dataset, too_small)
-from albert_ray.pretrain.config import PretrainConfig
-from albert_ray.runtime.progress import StepBar, bars_wanted
 from albert_ray.model.tokenization import Vocab
+from albert_ray.pretrain.config import PretrainConfig
+from albert_ray.pretrain.corpus import (
+    READ_TASK_CPUS,
+    CorpusCount,
+    CorpusTally,
+    corpus_sequences,
+    corpus_texts,
+    peek_tally,
+    require_a_step_per_share,
+    require_enough_text,
+    sequences_dataset,
+    too_small,
+)
+from albert_ray.pretrain.masking import is_heldout, make_batch, special_ids, token_counts
+from albert_ray.pretrain.mlm import (
+    OutputVocabulary,
+    build_mlm_model,
+    load_head,
+    masked_loss,
+    order_loss,
+    save_pretrained,
+)
+from albert_ray.runtime.attach import (
+    configure_tf,
+    every_row_split,
+    init_ray,
+    require_read_room,
+    require_shared_storage,
+    require_visible,
+    require_visible_folder,
+    trainer_class,
+)
+from albert_ray.runtime.progress import StepBar, bars_wanted
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +136,6 @@ def pretrain_loop_per_worker(config: dict) -> None:
     """Ray Train worker (also in-process): build, restore, train epochs within the budget, report."""
     from tensorflow import keras
 
-    from albert_ray.runtime.attach import configure_tf
 
     w: PretrainWorker = config["worker"]
     configure_tf(w.tf_threads)
@@ -108,7 +144,6 @@ def pretrain_loop_per_worker(config: dict) -> None:
     heldout = [r for r in ctx.rows if is_heldout(r, t.heldout_permille)]
     train_rows = [r for r in ctx.rows if not is_heldout(r, t.heldout_permille)]
     keras.utils.set_random_seed(t.seed)
-    from albert_ray.finetune.worker import min_across_workers, sums_across_workers
 
     # the workers' totals (collectives: every worker asks): held-out metrics, the header
     combine = None if ctx.world == 1 else lambda values: sums_across_workers(ctx.strategy, values)
@@ -134,7 +169,6 @@ def pretrain_loop_per_worker(config: dict) -> None:
                  f"the {len(w.output.ids):,} of {len(w.vocab):,} vocabulary ids the corpus holds")
 
     def checkpoint(folder):
-        from albert_ray.finetune.worker import optimizer_state
 
         save_pretrained(folder, model, w.encoder, w.vocab, {"history": state.history, "resumes": state.resumes})
         Path(folder, "train_state.json").write_text(state.to_json())
@@ -229,7 +263,6 @@ def _pretrain_context(w: PretrainWorker):
     """Rank, rows, strategy, resume checkpoint and reporter: Ray Train's, or this process's."""
     import tensorflow as tf
 
-    from albert_ray.finetune.worker import Context, LocalReporter, RayReporter
 
     if w.rows is not None:
         return Context(0, 1, [np.asarray(r, np.int32) for r in w.rows], tf.distribute.get_strategy(), None,
@@ -252,7 +285,6 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
 
     from albert_ray.model import fused
     from albert_ray.model.encoder import dtype_policy, initialize_encoder
-    from albert_ray.finetune.worker import WarmupLinearDecay
 
     t, checkpoint = w.cfg.train, w.cfg.model.checkpoint
     with strategy.scope():
@@ -306,7 +338,6 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
 
 def _restore_pretraining(model, optimizer, w: PretrainWorker, resume):
     """The loop state; weights, MLM head and optimizer slots from a Ray Train checkpoint."""
-    from albert_ray.finetune.worker import TrainState, optimizer_state
 
     if resume is None:
         return TrainState()
@@ -433,9 +464,6 @@ def _pretrain_on_ray(cfg: PretrainConfig, encoder: EncoderConfig, vocab: Vocab, 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-    from albert_ray.io.corpus import expand_inputs
-    from albert_ray.runtime.attach import (every_row_split, init_ray, require_read_room, require_shared_storage,
-                                    require_visible, require_visible_folder, trainer_class)
 
     t = cfg.train
     require_enough_text(cfg, vocab)

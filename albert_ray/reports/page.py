@@ -4,10 +4,14 @@ for NER), beside the seed-style text report. matplotlib with the Agg backend (no
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 REPORT_HTML = "report.html"
 CURVES_PNG = "curves.png"
@@ -84,7 +88,6 @@ def per_label_plot(folder: Path, report: dict) -> Path | None:
     rows = label_rows(report)
     if not rows:
         return None
-    import numpy as np
 
     plt = _pyplot()
     names = list(rows)
@@ -173,8 +176,6 @@ def write_report_page(folder: str | Path, task: str, examples: int, text: str, r
 
 def _inline_png(fig) -> str:
     """A figure as a ``data:`` URI, so the page is one self-contained file (also on object stores)."""
-    import base64
-    import io
 
     buf = io.BytesIO()
     fig.tight_layout()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import tempfile
 
 from albert_ray import paths
+
+
 class Scalars:
     """A ``tf.summary`` file writer under ``logdir``; a no-op without one (ranks other than 0).
 

@@ -7,10 +7,16 @@ import itertools
 import logging
 import os
 import re
+import signal
+import sys
+import tempfile
 import time
 
+import albert_ray  # noqa: F401 TF_USE_LEGACY_KERAS before TensorFlow
 from albert_ray import paths
 from albert_ray.errors import environment_fault, first_line, worker_user_error
+from albert_ray.runtime.localcluster import free_port
+from albert_ray.runtime.quiet import NOISE, SETUP_HOOK, VERBOSE_ENV, filter_ray_logs, quiet_ray_data
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
     if ray.is_initialized():
         return
-    from albert_ray.runtime.quiet import VERBOSE_ENV
 
     env = {**WORKER_ENV, VERBOSE_ENV: os.environ.get(VERBOSE_ENV, "0"),
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", WORKER_ENV["TF_CPP_MIN_LOG_LEVEL"])}
@@ -52,7 +57,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         ray.init()
     else:
         start_local_ray(env, num_cpus, dashboard)
-    from albert_ray.runtime.quiet import filter_ray_logs, quiet_ray_data
 
     filter_ray_logs()
     quiet_ray_data()
@@ -62,7 +66,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 def runtime_env(env: dict) -> dict:
     """The runtime environment of the Ray this process starts or joins: ``env`` for every worker,
     and the setup hook that keeps Ray Train's tracebacks of user errors out of the output."""
-    from albert_ray.runtime.quiet import SETUP_HOOK
 
     return {"env_vars": env, "worker_process_setup_hook": SETUP_HOOK}
 
@@ -78,7 +81,6 @@ def start_local_ray(env: dict, num_cpus: int | None, dashboard: bool) -> None:
     import ray
     from ray._private import ray_constants
 
-    from albert_ray.runtime.localcluster import free_port
 
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before (see LOOPBACK_ENV)
     port = free_port()
@@ -241,7 +243,6 @@ def trainer_class():
     """``TensorflowTrainer`` whose Ctrl-C ends in one line, for ``train`` and ``pretrain`` alike.
     Ray Train's own SIGINT handler aborts the run and then exits with status 1 and no message;
     this one aborts the same way and raises :class:`Interrupted` (a second Ctrl-C stops at once)."""
-    import signal
 
     import ray
     from ray.train.tensorflow import TensorflowTrainer
@@ -304,7 +305,6 @@ def trainer_class():
 def configure_tf(threads: int) -> None:
     """TensorFlow threads of this process (``threads`` intra-op, at most 2 inter-op; 0 keeps TF's
     default) and on-demand GPU memory. For training workers and labeling actors alike."""
-    import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
     import tensorflow as tf
 
     if threads > 0:
@@ -326,16 +326,12 @@ def import_tensorflow():
     while TensorFlow loads, and every line but that noise is written back. With
     ``TF_CPP_MIN_LOG_LEVEL=0`` nothing is filtered.
     """
-    import sys
-    import tempfile
 
-    from albert_ray.runtime.quiet import NOISE
 
     if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         import tensorflow as tf
 
         return tf
-    import albert_ray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
     sys.stderr.flush()
     saved = os.dup(2)

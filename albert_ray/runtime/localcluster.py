@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -245,7 +246,6 @@ def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | Non
 
 
 def _wait_for_dashboard(cluster: LocalCluster, timeout: float = 90.0) -> None:
-    import urllib.request
 
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
+
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,6 @@ class StepBar:
         self.bar.update(1)
 
     def _send(self, done: bool = False) -> None:
-        import json
 
         self.sent = time.time()
         print(PROGRESS_MARK + json.dumps({"desc": self.desc, "n": self.n, "total": self.total, "loss": self.loss,
@@ -125,9 +127,7 @@ class DriverBars:
         self.stream, self.bars = stream or sys.stderr, {}
 
     def update(self, line: str) -> None:
-        import json
 
-        from tqdm import tqdm
 
         state = json.loads(line[line.index(PROGRESS_MARK) + len(PROGRESS_MARK):])
         bar = self.bars.get(state["desc"])

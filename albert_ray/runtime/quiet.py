@@ -13,7 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import warnings
+
+from albert_ray.errors import ONE_LINE, lost_worker, unwrapped, worker_user_error
+from albert_ray.runtime.progress import PROGRESS_MARK, DriverBars
 
 VERBOSE_ENV = "ALBERT_RAY_VERBOSE"
 
@@ -90,11 +94,8 @@ def hide_user_error_tracebacks() -> None:
 
 
 def _not_a_user_error(record: logging.LogRecord) -> bool:
-    import sys
 
-    from albert_ray.errors import worker_user_error
 
-    from albert_ray.errors import lost_worker
 
     # the worker logs inside its except block; the controller passes the WorkerGroupError. A
     # lost worker gets the driver's one warning line instead of the controller's dump of it
@@ -115,7 +116,6 @@ def filter_ray_logs() -> None:
     the lines and then calls Ray's printer, so prefixes and deduplication stay Ray's. Does
     nothing if this Ray has no such handler.
     """
-    from albert_ray.runtime.progress import PROGRESS_MARK, DriverBars
 
     try:
         from ray._private import worker as ray_worker
@@ -173,9 +173,7 @@ _DATA_TRACEBACK_LOGGERS = ("ray.data._internal.execution.streaming_executor_stat
 
 
 def _not_a_one_line_error(record: logging.LogRecord) -> bool:
-    import sys
 
-    from albert_ray.errors import ONE_LINE, unwrapped
 
     exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
     return exc is None or not isinstance(unwrapped(exc), ONE_LINE)

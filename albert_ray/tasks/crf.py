@@ -10,10 +10,10 @@ Tag sequences are padded with ``-1``; the mask is ``tags >= 0`` and must be a pr
 from __future__ import annotations
 
 import numpy as np
-
-import albert_ray  # noqa: F401
 import tensorflow as tf
 from tensorflow import keras
+
+import albert_ray  # noqa: F401
 
 
 class CRF(keras.layers.Layer):

@@ -14,14 +14,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from albert_ray.reports import metrics
 from albert_ray.io.batching import pad_batch
 from albert_ray.io.training_files import Example
-from albert_ray.tasks.label_encoding import (entity_tags, multi_hot, spans_to_tags, stitch_windows, tags_to_spans,
-                               token_spans_to_char_spans)
+from albert_ray.reports import metrics
+from albert_ray.tasks.label_encoding import (
+    entity_tags,
+    multi_hot,
+    spans_to_tags,
+    stitch_windows,
+    tags_to_spans,
+    token_spans_to_char_spans,
+)
+
 if TYPE_CHECKING:  # spec.py asks this registry for task names: no import back at run time
     from albert_ray.spec import ModelSpec
+import dataclasses
+
 from albert_ray.model.tokenization import CharTokenizer, Encoding
+from albert_ray.reports.page import confusion_plot, entity_types_plot
 
 
 class Task:
@@ -186,7 +196,6 @@ class ClassifyTask(Task):
                 "probs": probs}
 
     def plots(self, folder, examples, predictions, report, spec):
-        from albert_ray.reports.page import confusion_plot
 
         return [confusion_plot(folder, [e.label for e in examples], [p["label"] for p in predictions], spec.labels)]
 
@@ -246,7 +255,6 @@ class MultiLabelTask(ClassifyTask):
 
     def tune(self, spec, predictions, examples):
         """Pick the decision threshold with the best dev micro-F1."""
-        import dataclasses
 
         gold = np.array([multi_hot([x for x in e.labels if x in spec.labels], spec.labels) for e in examples])
         probs = np.array([[p["scores"][label] for label in spec.labels] for p in predictions])
@@ -442,7 +450,6 @@ class NerTask(Task):
                         spec.scheme == "BIOES", spec.window_stride)
 
     def plots(self, folder, examples, predictions, report, spec):
-        from albert_ray.reports.page import entity_types_plot
 
         return [entity_types_plot(folder, report)]
 
