@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from albert_ray import paths
 from albert_ray.errors import first_line
@@ -194,6 +195,23 @@ def load(path: str | Path, precision: str = "float32"):
         raise ModelDirError(f"{path / WEIGHTS_FILE}: does not fit the model {path / SPEC_FILE} describes "
                             f"({first_line(exc)})") from None
     return model, spec, vocab
+
+
+def write_resume_state(folder: str | Path, state_json: str, optimizer_values: list[np.ndarray]) -> None:
+    """The resume state of a training checkpoint: the loop's state (JSON) and the optimizer's
+    variables in order, beside the weights."""
+    Path(folder, STATE_FILE).write_text(state_json)
+    np.savez(Path(folder, OPTIMIZER_FILE), **{f"v{i}": value for i, value in enumerate(optimizer_values)})
+
+
+def read_resume_state(folder: str | Path) -> tuple[str, list[np.ndarray] | None]:
+    """The loop's state (JSON text) and the optimizer's variables (None when the checkpoint has
+    none, as a published model directory)."""
+    text = Path(folder, STATE_FILE).read_text()
+    if not Path(folder, OPTIMIZER_FILE).exists():
+        return text, None
+    with np.load(Path(folder, OPTIMIZER_FILE)) as saved:
+        return text, [saved[f"v{i}"] for i in range(len(saved.files))]
 
 
 def drop_resume_state(path: str | Path) -> None:

@@ -14,8 +14,8 @@ def _release_folder(folder: Path, texts: list[str]) -> None:
     """A brightmart-style release folder: albert_config_tiny.json (a small shape), vocab.txt and
     a random albert_model.ckpt in the brightmart layout."""
     from albert_ray.model.checkpoint import encoder_variables, write_variables
-    from albert_ray.model.encoder_config import EncoderConfig
     from albert_ray.model.encoder import build_encoder, initialize_encoder
+    from albert_ray.model.encoder_config import EncoderConfig
     from albert_ray.model.tokenization import build_char_vocab
 
     vocab = build_char_vocab(texts)
@@ -68,9 +68,9 @@ def test_reference_table_fine_tunes_every_config_from_every_release_folder(tmp_p
 
 @pytest.mark.corpora
 def test_pretraining_text_holds_people_s_daily_training_part_and_no_evaluated_sentence(corpora, tmp_path):
-    from albert_ray.io.training_files import read_examples
     from albert_ray.finetune.config import load_job_config
     from albert_ray.finetune.driver import prepare
+    from albert_ray.io.training_files import read_examples
 
     code = ("import json, sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import pretrain_gain as pg; "
             "print(json.dumps(pg.unlabelled_text(Path(sys.argv[1]), Path(sys.argv[2]))))")

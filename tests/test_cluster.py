@@ -148,8 +148,13 @@ def test_submit_train_then_label_to_a_real_local_cluster(tmp_path):
 def test_local_cluster_listens_on_loopback_only_and_stop_leaves_nothing(tmp_path):
     import socket
 
-    from albert_ray.runtime.localcluster import (_alive, cluster_processes, is_loopback, listening_sockets,
-                                         start_local_cluster)
+    from albert_ray.runtime.localcluster import (
+        _alive,
+        cluster_processes,
+        is_loopback,
+        listening_sockets,
+        start_local_cluster,
+    )
 
     cluster = start_local_cluster(num_cpus=1, state_dir=tmp_path / "c")
     try:

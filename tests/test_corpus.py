@@ -9,8 +9,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from albert_ray.io.corpus import (ReadOptions, expand_inputs, input_roots, physical_lines, plan_units, read_file,
-                               read_task)
+from albert_ray.io.corpus import (
+    ReadOptions,
+    expand_inputs,
+    input_roots,
+    physical_lines,
+    plan_units,
+    read_file,
+    read_task,
+)
 
 
 def _task(f, units, done=None, ends=None):
@@ -174,8 +181,8 @@ def test_a_parquet_file_that_does_not_decode_is_a_quarantine_row_but_a_failing_s
         tmp_path, monkeypatch):
     import io
 
-    from albert_ray.io import corpus
     from albert_ray.errors import InputUnreadable
+    from albert_ray.io import corpus
 
     pq.write_table(pa.table({"text": ["一二三四五六七八九十" * 50] * 40}), tmp_path / "a.parquet", compression="none")
     data = (tmp_path / "a.parquet").read_bytes()

@@ -7,10 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from albert_ray.model.checkpoint import (CheckpointError, detect_layout, load_checkpoint, resolve_checkpoint,
-                                   save_checkpoint, write_variables, encoder_variables)
-from albert_ray.model.encoder_config import ConfigError, EncoderConfig
+from albert_ray.model.checkpoint import (
+    CheckpointError,
+    detect_layout,
+    encoder_variables,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    write_variables,
+)
 from albert_ray.model.encoder import build_encoder
+from albert_ray.model.encoder_config import ConfigError, EncoderConfig
 
 V, E, H, N, I, P, L = 100, 16, 32, 4, 64, 40, 2
 

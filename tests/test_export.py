@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from albert_ray import modeldir
-from albert_ray.spec import ModelSpec
 from albert_ray.model.tokenization import build_char_vocab
+from albert_ray.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["张伟昨天在北京会见了新华社代表团。", "Hello world, 你好 world", "来自 Shanghai 的李明加入了清华大学 🎓。",

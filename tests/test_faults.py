@@ -293,8 +293,8 @@ def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_
     import logging
     import re
 
-    from albert_ray.io.training_files import DataError
     from albert_ray.errors import EnvironmentFault
+    from albert_ray.io.training_files import DataError
 
     # a user error: one attempt although two retries are allowed, and the error is the worker's own
     result, exc, starts = _run(tmp_path, "user", "user", until=9, max_failures=2)
@@ -356,8 +356,8 @@ def test_a_user_error_raised_in_a_ray_task_prints_its_own_line_without_the_remot
     from ray.exceptions import RayTaskError
 
     from albert_ray import cli
-    from albert_ray.io.training_files import DataError
     from albert_ray.errors import unwrapped
+    from albert_ray.io.training_files import DataError
 
     cause = DataError("a.jsonl line 3: text is not a string")
     wrapped = RayTaskError("read_unit", "Traceback (most recent call last):\n  File ...", cause).as_instanceof_cause()

@@ -6,12 +6,12 @@ mixed_bfloat16 and still returns float32 logits."""
 import numpy as np
 import tensorflow as tf
 from keras_layer_normalization import LayerNormalization as KerasLayerNormalization
+from test_encoder_checkpoint import V, tiny
 
 from albert_ray.model import fused
-from albert_ray.model.encoder_config import EncoderConfig
 from albert_ray.model.encoder import dtype_policy, gelu_tanh, initialize_encoder
+from albert_ray.model.encoder_config import EncoderConfig
 from albert_ray.pretrain.mlm import build_mlm_model, masked_loss
-from test_encoder_checkpoint import V, tiny
 
 
 def _value_and_grads(fn, *args):

@@ -14,8 +14,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from albert_ray.label.run import (QUARANTINE_DIR, QUARANTINE_SCHEMA, UNITS_DIR, LabelConfig, OutputStore, actor_layout,
-                                 label_corpus, output_schema, plan_run)
+from albert_ray.label.run import (
+    QUARANTINE_DIR,
+    QUARANTINE_SCHEMA,
+    UNITS_DIR,
+    LabelConfig,
+    OutputStore,
+    actor_layout,
+    label_corpus,
+    output_schema,
+    plan_run,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["张伟 昨天在北京会见了新华社代表团。", "来自 Shanghai 的李明加入了清华大学（ＡＢＣ）🎓。",

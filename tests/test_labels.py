@@ -2,8 +2,15 @@ import random
 
 import pytest
 
-from albert_ray.tasks.label_encoding import (entity_tags, multi_hot, spans_to_tags, stitch_windows, tag_error, tags_to_spans,
-                               token_spans_to_char_spans)
+from albert_ray.tasks.label_encoding import (
+    entity_tags,
+    multi_hot,
+    spans_to_tags,
+    stitch_windows,
+    tag_error,
+    tags_to_spans,
+    token_spans_to_char_spans,
+)
 
 
 def random_spans(rng, length, labels=("PER", "LOC", "ORG")):

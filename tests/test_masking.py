@@ -4,8 +4,8 @@ masked, whole words, packing that keeps every token, sentence pairs cut at text 
 import numpy as np
 import pytest
 
-from albert_ray.pretrain.masking import is_heldout, mask_batch, pack_texts
 from albert_ray.model.tokenization import CharTokenizer, Vocab
+from albert_ray.pretrain.masking import is_heldout, mask_batch, pack_texts
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CHARS = list("甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳午未申酉")

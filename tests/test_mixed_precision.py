@@ -9,17 +9,17 @@ import math
 import numpy as np
 import pytest
 from tensorflow import keras
+from test_encoder_checkpoint import V, random_variables, reference_forward, tiny
 
+from albert_ray.finetune.config import load_job_config
+from albert_ray.finetune.driver import train_in_process
 from albert_ray.model import encoder
 from albert_ray.model.checkpoint import load_checkpoint, write_variables
-from albert_ray.model.encoder_config import EncoderConfig
 from albert_ray.model.encoder import build_encoder, dtype_policy
-from albert_ray.finetune.config import load_job_config
+from albert_ray.model.encoder_config import EncoderConfig
+from albert_ray.runtime.optimizer import optimizer_state
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks.registry import build_task_model
-from albert_ray.finetune.driver import train_in_process
-from albert_ray.finetune.worker import optimizer_state
-from test_encoder_checkpoint import V, random_variables, reference_forward, tiny
 
 
 @pytest.mark.parametrize("layout,extra", [

@@ -11,9 +11,9 @@ import pytest
 
 from albert_ray import modeldir
 from albert_ray.model.encoder_config import EncoderConfig
+from albert_ray.model.tokenization import Vocab
 from albert_ray.modeldir import ModelDirError
 from albert_ray.spec import ModelSpec
-from albert_ray.model.tokenization import Vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = ROOT / "tests" / "data" / "model_before_mixed_precision"  # NER, 3 entity types, vocab 318

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from albert_ray.tasks.label_encoding import entity_tags
-from albert_ray.spec import ModelSpec
-from albert_ray.tasks.registry import NerTask, build_task_model
 from albert_ray.model.tokenization import CharTokenizer, Vocab
+from albert_ray.spec import ModelSpec
+from albert_ray.tasks.label_encoding import entity_tags
+from albert_ray.tasks.registry import NerTask, build_task_model
 
 ENCODER = dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                embedding_size=8, max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu",

@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from s3server import moto
 
 from albert_ray.finetune.config import load_job_config
 from albert_ray.finetune.driver import train
-from s3server import moto
 
 BUCKET = "albert-ray"
 
@@ -112,12 +112,12 @@ def test_pretraining_writes_to_a_uri_and_fine_tuning_starts_from_it_there(tmp_pa
     import numpy as np
     import pyarrow.fs as pafs
     import tensorflow as tf
+    from test_pretrain import _cfg, _corpus
 
     from albert_ray import modeldir, paths
     from albert_ray.model.encoder_config import EncoderConfig
     from albert_ray.pretrain.driver import pretrain
     from albert_ray.spec import ModelSpec
-    from test_pretrain import _cfg, _corpus
 
     uri = f"s3://key:secret@{BUCKET}/pre?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")

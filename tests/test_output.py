@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from albert_ray.runtime import quiet
+
 # lines as a local run printed them (Ray's prefix and colours included), each of which must go
 NOISE = [
     "\x1b[36m(TrainController pid=7244)\x1b[0m WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
@@ -132,10 +133,10 @@ def _png(path):
 def test_report_page_has_the_curves_per_label_bars_the_task_plots_and_the_text(tmp_path):
     from types import SimpleNamespace
 
-    from albert_ray.io.training_files import Example
-    from albert_ray.reports.metrics import classification_reports, ner_reports
-    from albert_ray.reports import page as pages
     from albert_ray.inference.evaluate import report_page
+    from albert_ray.io.training_files import Example
+    from albert_ray.reports import page as pages
+    from albert_ray.reports.metrics import classification_reports, ner_reports
 
     history = [{"epoch": e, "train_loss": 2.0 / e, "dev_score": 0.5 + 0.1 * e} for e in (1, 2, 3)]
     gold, pred = ["体育", "体育", "汽车", "教育"], ["体育", "汽车", "汽车", "教育"]

@@ -5,13 +5,13 @@ change) for the head's rows the corpus never holds."""
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_encoder_checkpoint import V, tiny
 
-from albert_ray.model.encoder_config import EncoderConfig
 from albert_ray.model.encoder import initialize_encoder
+from albert_ray.model.encoder_config import EncoderConfig
+from albert_ray.model.tokenization import Vocab
 from albert_ray.pretrain.masking import WORD_START, special_ids, token_counts
 from albert_ray.pretrain.mlm import OutputVocabulary, build_mlm_model, masked_loss
-from albert_ray.model.tokenization import Vocab
-from test_encoder_checkpoint import V, tiny
 
 VOCAB = Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d", "e"])
 

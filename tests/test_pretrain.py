@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_ray.pretrain.config import load_pretrain_config
 from albert_ray.model.tokenization import Vocab
+from albert_ray.pretrain.config import load_pretrain_config
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CHARS = list("甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳午未申酉")
@@ -137,7 +137,7 @@ def test_the_measured_recipe_config_asks_for_its_inputs_and_vocabulary_in_one_li
 def test_the_budget_fits_the_schedule_to_the_pace_after_a_resume_and_the_log_line_says_so():
     import tensorflow as tf
 
-    from albert_ray.pretrain.driver import Budget
+    from albert_ray.pretrain.worker import Budget
 
     assert Budget(400, 0.0, tf.Variable(400.0)).progress(120) == "step 120 of 400"
     now = [0.0]
@@ -171,7 +171,7 @@ def test_the_wall_clock_budget_ends_the_run_and_shortens_the_schedule(tmp_path):
 
 
 def test_an_epoch_of_one_step_reports_its_rate():
-    from albert_ray.pretrain.driver import _rate
+    from albert_ray.pretrain.worker import _rate
 
     assert _rate(64, 2.0, (32, 9.0)) == 32.0   # after the first (compiling) step
     assert _rate(0, 0.001, (32, 4.0)) == 8.0   # one step only: that step, compile included
@@ -241,8 +241,8 @@ def test_killed_pretraining_workers_resume_from_their_step_checkpoint_with_every
     assert history[-1]["steps"] == 3 * history[0]["steps"]    # every step ran exactly once overall
     assert [h["sequences"] for h in history] == [801] * 3      # every sequence reached one worker
     # the held-out numbers are the whole held-out slice's, not rank 0's share of it
-    from albert_ray.pretrain.masking import is_heldout
     from albert_ray.pretrain.corpus import corpus_sequences
+    from albert_ray.pretrain.masking import is_heldout
 
     rows, _ = corpus_sequences(cfg, VOCAB)
     held_out = sum(is_heldout(r, 100) for r in rows)
@@ -254,9 +254,9 @@ def test_killed_pretraining_workers_resume_from_their_step_checkpoint_with_every
 def test_a_worker_share_short_of_a_step_is_one_line_before_any_worker(tmp_path, local_ray):
     """Enough training sequences overall (the check before Ray passes), but the held-out ones all
     in the first worker's share: refused after the cut, before the workers start."""
-    from albert_ray.pretrain.masking import is_heldout
-    from albert_ray.pretrain.driver import pretrain
     from albert_ray.pretrain.corpus import corpus_sequences
+    from albert_ray.pretrain.driver import pretrain
+    from albert_ray.pretrain.masking import is_heldout
 
     corpus = _corpus(tmp_path)
     rng = np.random.default_rng(1)
@@ -348,8 +348,8 @@ def test_the_corpus_read_keeps_every_readable_text_and_counts_every_skipped_row(
 
 
 def test_a_corpus_too_small_for_one_step_is_one_line_before_any_worker(tmp_path, monkeypatch):
-    from albert_ray.runtime import attach
     from albert_ray.pretrain.driver import pretrain
+    from albert_ray.runtime import attach
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started")

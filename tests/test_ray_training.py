@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+from test_mixed_precision import narrow_encoder
 
 from albert_ray.finetune.config import load_job_config
-from albert_ray.inference.labeler import Labeler
 from albert_ray.finetune.driver import train, train_in_process
-from test_mixed_precision import narrow_encoder
+from albert_ray.inference.labeler import Labeler
 
 
 @pytest.mark.slow

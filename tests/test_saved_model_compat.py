@@ -45,8 +45,8 @@ def test_bfloat16_labeling_keeps_float32_parts_and_agrees():
 
 
 def test_auto_precision_follows_the_cpu():
-    from albert_ray.runtime.hardware import has_bf16
     from albert_ray.inference.labeler import resolve_precision
+    from albert_ray.runtime.hardware import has_bf16
 
     wants_bf16 = has_bf16()
     assert resolve_precision("auto") == ("bfloat16" if wants_bf16 else "float32")

@@ -7,9 +7,8 @@ import pyarrow as pa
 import pytest
 
 from albert_ray import modeldir
-
-from albert_ray.reports import metrics
 from albert_ray.io.training_files import Example
+from albert_ray.reports import metrics
 from albert_ray.tasks.registry import TASK_REGISTRY, Task, register_task, task_for, task_names
 
 
@@ -82,11 +81,11 @@ def test_builtin_registry():
 
 def test_a_task_registered_from_a_test_works_end_to_end(toy, tmp_path):
     from albert_ray.finetune.config import load_job_config
-    from albert_ray.label.run import output_schema
-    from albert_ray.inference.labeler import Labeler
-    from albert_ray.spec import ModelSpec
-    from albert_ray.model.tokenization import build_char_vocab
     from albert_ray.finetune.driver import featurize
+    from albert_ray.inference.labeler import Labeler
+    from albert_ray.label.run import output_schema
+    from albert_ray.model.tokenization import build_char_vocab
+    from albert_ray.spec import ModelSpec
 
     job = load_job_config("jobs/configs/sample_classify.yaml", ["task=char_count", "model.max_len=16"])
     texts = ["你好", "北京欢迎你", "今天天气很好啊"]
@@ -123,8 +122,8 @@ def test_output_norm_is_on_for_a_pre_ln_encoder_from_a_checkpoint_and_rebuilt_fr
 
     import tensorflow as tf
 
-    from albert_ray.model.encoder_config import EncoderConfig
     from albert_ray.finetune.config import load_job_config
+    from albert_ray.model.encoder_config import EncoderConfig
     from albert_ray.spec import ModelSpec
     from albert_ray.tasks.registry import build_task_model
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from albert_ray.finetune.config import load_job_config
-from albert_ray.inference.labeler import Labeler
 from albert_ray.finetune.driver import train_in_process
+from albert_ray.inference.labeler import Labeler
 
 TEXTS = ["张伟昨天在北京会见了新华社代表团。", "据人民日报社报道，王芳已经抵达上海。", "Hello 世界 🎓"]
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 from albert_ray import modeldir, paths
 from albert_ray.errors import unwrapped
 from albert_ray.finetune.config import JobConfig
-from albert_ray.finetune.worker import TrainState, WorkerConfig, train_loop_per_worker
+from albert_ray.finetune.worker import WorkerConfig, train_loop_per_worker
 from albert_ray.io.training_files import Example, read_examples
 from albert_ray.model.encoder_config import EncoderConfig, check_fits
 from albert_ray.model.tokenization import CharTokenizer, Vocab, build_char_vocab
@@ -36,6 +36,7 @@ from albert_ray.runtime.attach import (
     require_visible_folder,
     trainer_class,
 )
+from albert_ray.runtime.loop import TrainState
 from albert_ray.runtime.progress import bars_wanted
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks.registry import task_for

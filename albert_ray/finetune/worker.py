@@ -12,16 +12,14 @@ Data order is a function of (seed, epoch) only, so a run resumed from a checkpoi
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 import logging
 import math
 import resource
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,12 +29,18 @@ from albert_ray.io.batching import worker_batches
 from albert_ray.io.training_files import Example
 from albert_ray.model.tokenization import Vocab
 from albert_ray.reports.scalars import Scalars
+from albert_ray.runtime import loop
 from albert_ray.runtime.attach import configure_tf
+from albert_ray.runtime.loop import Context, TrainState
 from albert_ray.runtime.progress import StepBar
 from albert_ray.spec import ModelSpec
 from albert_ray.tasks.registry import Task, task_for
 
 log = logging.getLogger(__name__)
+
+# No weight decay on LayerNorm, biases (keras-bert's attention biases are ``_bq`` ... ``_bo``,
+# its feed-forward's ``_b1`` / ``_b2``) and embeddings, as BERT's optimizer.
+NO_WEIGHT_DECAY = ("gamma", "beta", "bias", "_b[qkvo12]", "embeddings")
 
 
 # ---- configuration and state ---------------------------------------------------------------
@@ -54,35 +58,6 @@ class WorkerConfig:
     local_output: str | None = None
     progress_bar: bool = False     # the driver writes to a terminal: a step bar on rank 0
     tensorboard_dir: str | None = None  # where rank 0 writes TensorBoard scalars
-
-
-@dataclass
-class TrainState:
-    """The loop's position and early-stopping record; ``train_state.json`` in a checkpoint."""
-
-    epoch: int = 0                 # epochs completed
-    batch: int = 0                 # batches of epoch ``epoch`` completed (a mid-epoch checkpoint)
-    best_score: float = -1.0
-    bad_epochs: int = 0
-    history: list[dict] = field(default_factory=list)
-    resumes: list[dict] = field(default_factory=list)
-    skipped_steps: int = 0         # float16 loss-scale overflows
-    is_best: bool = False          # the checkpoint's weights are the best so far
-    final: bool = False
-    steps: int | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainState":
-        data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "TrainState":
-        return cls.from_json(Path(folder, modeldir.STATE_FILE).read_text())
 
 
 @dataclass(frozen=True)
@@ -117,35 +92,6 @@ def learning_rate(job: JobConfig) -> float:
     return t.learning_rate
 
 
-# ---- the worker's context --------------------------------------------------------------------
-@dataclass
-class Context:
-    rank: int
-    world: int
-    rows: list[dict]
-    strategy: Any
-    resume: Any            # a ray.train.Checkpoint or None
-    reporter: "Reporter"
-
-
-def ray_context(cfg: WorkerConfig) -> Context:
-    import ray.train
-    import tensorflow as tf
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    rows = [{"token_ids": np.asarray(r["token_ids"]).tolist(), "target": np.asarray(r["target"]).tolist()}
-            for r in ray.train.get_dataset_shard("train").iter_rows()]
-    strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
-    return Context(rank, world, rows, strategy, ray.train.get_checkpoint(), RayReporter(rank))
-
-
-def local_context(cfg: WorkerConfig) -> Context:
-    import tensorflow as tf
-
-    return Context(0, 1, cfg.rows or [], tf.distribute.get_strategy(), None, LocalReporter(cfg.local_output))
-
-
 # ---- building ----------------------------------------------------------------------------------
 @dataclass
 class Training:
@@ -161,26 +107,27 @@ class Training:
         return int(self.optimizer.iterations.numpy())
 
 
+def worker_context(cfg: WorkerConfig) -> Context:
+    """In this process (``cfg.rows``) or Ray Train's worker, its shard's rows as lists."""
+    return loop.worker_context(cfg.rows, cfg.local_output, lambda r: {
+        "token_ids": np.asarray(r["token_ids"]).tolist(), "target": np.asarray(r["target"]).tolist()})
+
+
 def build_training(cfg: WorkerConfig, strategy, schedule: Schedule) -> Training:
     """Build and initialise the model, the AdamW optimizer with warmup and linear decay, and the
     training step (accumulation and loss scaling included) under ``strategy``'s scope."""
     import tensorflow as tf
-    from tensorflow import keras
 
     from albert_ray.model.encoder import dtype_policy
+    from albert_ray.runtime.optimizer import WarmupLinearDecay, adamw
 
     t, spec = cfg.job.train, cfg.spec
     with strategy.scope():
         with dtype_policy(cfg.job.policy):
             model = modeldir.new_model(spec, seed=t.seed,
                                        checkpoint=cfg.job.model.checkpoint if cfg.job.model.init == "checkpoint" else None)
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=WarmupLinearDecay(schedule.peak_lr, schedule.warmup, schedule.total_steps),
-            weight_decay=t.weight_decay, epsilon=1e-6)
-        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "_b[qkvo12]", "embeddings"])
-        if cfg.job.policy == "mixed_float16":  # bfloat16 has float32's range: no loss scaling
-            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
+        optimizer = adamw(model, WarmupLinearDecay(schedule.peak_lr, schedule.warmup, schedule.total_steps),
+                          t.weight_decay, NO_WEIGHT_DECAY, cfg.job.policy)
         accumulators = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables] \
             if t.grad_accum_steps > 1 else []
     step = _compile_step(model, optimizer, task_for(spec).loss(model), accumulators, strategy, cfg)
@@ -229,57 +176,11 @@ def _compile_step(model, optimizer, loss_fn, accumulators, strategy, cfg: Worker
     return step
 
 
-class WarmupLinearDecay:
-    """Linear warmup to ``peak`` over ``warmup`` steps, then linear decay to 0 at ``total``."""
-
-    def __new__(cls, peak: float, warmup: int, total: int):
-        import tensorflow as tf
-        from tensorflow import keras
-
-        class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
-            # ``total`` and ``warmup`` may be tf.Variables: a wall-clock budget shortens both mid-run
-            def __call__(self, step):
-                step = tf.cast(step, tf.float32)
-                end, start = tf.cast(total, tf.float32), tf.cast(warmup, tf.float32)
-                warm = peak * step / tf.maximum(1.0, start)
-                decay = peak * tf.maximum(0.0, (end - step) / tf.maximum(1.0, end - start))
-                return tf.where(step < start, warm, decay)
-
-            def get_config(self):
-                return {"peak": peak, "warmup": float(tf.cast(warmup, tf.float32).numpy()),
-                        "total": float(tf.cast(total, tf.float32).numpy())}
-
-        return _Schedule()
-
-
-def current_learning_rate(optimizer) -> float:
-    """The optimizer's current rate: its schedule at the current step, read through the
-    distribution strategy (under MultiWorkerMirroredStrategy the rate is a MirroredVariable,
-    which ``float()`` refuses)."""
-    import tensorflow as tf
-
-    rate = optimizer.learning_rate
-    if callable(rate):
-        rate = rate(optimizer.iterations)
-    return float(tf.convert_to_tensor(rate).numpy())
-
-
-def optimizer_state(optimizer) -> list:
-    """The variables a resume restores: the optimizer's slots and step, plus, under mixed precision,
-    the dynamic loss scale and its good-step counter (``LossScaleOptimizer.variables`` leaves them
-    out, and restarting at the initial scale would skip updates the uninterrupted run made)."""
-    scale = getattr(optimizer, "_loss_scale", None)
-    extra = [scale._current_loss_scale, scale._counter] if hasattr(scale, "_current_loss_scale") else []
-    return list(optimizer.variables) + extra
-
-
 # ---- checkpoints ---------------------------------------------------------------------------------
 def write_checkpoint(folder: str | Path, tr: Training, cfg: WorkerConfig, spec: ModelSpec, state: TrainState) -> None:
     """A model directory plus the resume state (loop state, optimizer slots)."""
     modeldir.save(folder, tr.model, spec, cfg.vocab, cfg.job.to_dict())
-    Path(folder, modeldir.STATE_FILE).write_text(state.to_json())
-    np.savez(Path(folder, modeldir.OPTIMIZER_FILE),
-             **{f"v{i}": v.numpy() for i, v in enumerate(optimizer_state(tr.optimizer))})
+    loop.save_resume_state(folder, state, tr.optimizer)
 
 
 def restore(tr: Training, checkpoint) -> tuple[TrainState, list | None]:
@@ -288,53 +189,12 @@ def restore(tr: Training, checkpoint) -> tuple[TrainState, list | None]:
         return TrainState(), None
     with checkpoint.as_directory() as d:
         tr.model.load_weights(str(Path(d) / modeldir.WEIGHTS_FILE))
-        state = TrainState.load(d)
-        opt_file = Path(d) / modeldir.OPTIMIZER_FILE
-        if opt_file.exists():
-            saved = np.load(opt_file)
-            for i, var in enumerate(optimizer_state(tr.optimizer)):
-                var.assign(saved[f"v{i}"])
+        state = loop.restore_resume_state(d, tr.optimizer)
     best = tr.model.get_weights() if state.is_best else None
     state.resumes.append({"epoch": state.epoch, "batch": state.batch, "step": tr.steps_done})
     log.info("resumed from checkpoint at epoch %d, batch %d (optimizer step %d, best dev %.4f)",
              state.epoch + 1, state.batch, tr.steps_done, state.best_score)
     return state, best
-
-
-class Reporter:
-    """Where metrics and checkpoints go."""
-
-    def report(self, metrics: dict, checkpoint: Callable[[str], None] | None) -> None:
-        """``checkpoint(folder)`` writes a checkpoint into ``folder`` when called."""
-        raise NotImplementedError
-
-
-class RayReporter(Reporter):
-    """``ray.train.report``; rank 0 attaches the checkpoint (every rank must report)."""
-
-    def __init__(self, rank: int):
-        self.rank = rank
-
-    def report(self, metrics, checkpoint):
-        import ray.train
-
-        if self.rank != 0 or checkpoint is None:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint(tmp)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-class LocalReporter(Reporter):
-    """In-process runs: only the final checkpoint is written, to ``output``."""
-
-    def __init__(self, output: str | None):
-        self.output = output
-
-    def report(self, metrics, checkpoint):
-        if checkpoint is not None and metrics.get("final") and self.output:
-            checkpoint(self.output)
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -346,12 +206,13 @@ def train_loop_per_worker(config: dict) -> None:
     from tensorflow import keras
 
     from albert_ray.inference.labeler import Labeler
+    from albert_ray.runtime.optimizer import current_learning_rate
 
-    ctx = local_context(cfg) if cfg.rows is not None else ray_context(cfg)
+    ctx = worker_context(cfg)
     t, spec, task = cfg.job.train, cfg.spec, task_for(cfg.spec)
     keras.utils.set_random_seed(t.seed)
     if ctx.world > 1 and t.shard == "ray":  # shards may differ by a row (attach.every_row_split)
-        shards = _across_workers(ctx.strategy, [len(ctx.rows)])
+        shards = loop.across_workers(ctx.strategy, [len(ctx.rows)])
         schedule = Schedule.of(cfg.job, int(shards.min()), ctx.world, int(shards.sum()))
     else:
         schedule = Schedule.of(cfg.job, len(ctx.rows), ctx.world)
@@ -364,7 +225,7 @@ def train_loop_per_worker(config: dict) -> None:
     tr = build_training(cfg, ctx.strategy, schedule)
     state, best = restore(tr, ctx.resume)
     labeler = Labeler(tr.model, spec, cfg.vocab, batch_size=max(32, t.batch_size))
-    checkpoint = lambda folder: write_checkpoint(folder, tr, cfg, spec, state)  # noqa: E731
+    checkpoint = functools.partial(write_checkpoint, tr=tr, cfg=cfg, spec=spec, state=state)
     scalars = Scalars(cfg.tensorboard_dir if ctx.rank == 0 else None)
     for epoch in range(state.epoch, t.epochs):
         metrics = run_epoch(tr, ctx, cfg, task, state, epoch, checkpoint)
@@ -396,7 +257,7 @@ def train_loop_per_worker(config: dict) -> None:
     state.final, state.is_best, state.steps = True, True, tr.steps_done
     ctx.reporter.report({"epoch": state.epoch, "dev_score": state.best_score, "best_dev_score": state.best_score,
                          "final": True, "steps": state.steps},
-                        lambda folder: write_checkpoint(folder, tr, cfg, spec, state))
+                        functools.partial(write_checkpoint, tr=tr, cfg=cfg, spec=spec, state=state))
 
 
 def run_epoch(tr: Training, ctx: Context, cfg: WorkerConfig, task: Task, state: TrainState, epoch: int,
@@ -407,11 +268,11 @@ def run_epoch(tr: Training, ctx: Context, cfg: WorkerConfig, task: Task, state: 
 
     t = cfg.job.train
     began, losses, examples = time.time(), [], 0
-    batches = worker_batches(ctx.rows, t.batch_size, t.seed, epoch, task.pad_targets, ctx.rank, ctx.world,
-                             split_global=t.shard == "deterministic", bucket_by_length=t.bucket_by_length,
+    batches = worker_batches(ctx.rows, batch_size=t.batch_size, seed=t.seed, epoch=epoch, pad_targets=task.pad_targets,
+                             rank=ctx.rank, world=ctx.world, split_global=t.shard == "deterministic", bucket_by_length=t.bucket_by_length,
                              pad_to=cfg.spec.max_len)
     # every worker must run the same number of steps (collectives): the smallest shard decides
-    n = min_across_workers(ctx.strategy, len(batches)) if ctx.world > 1 and t.shard == "ray" else len(batches)
+    n = loop.min_across_workers(ctx.strategy, len(batches)) if ctx.world > 1 and t.shard == "ray" else len(batches)
     n -= n % t.grad_accum_steps if n >= t.grad_accum_steps else 0
     first = state.batch if epoch == state.epoch else 0
     bar = StepBar(cfg.progress_bar and ctx.rank == 0, n - first, f"epoch {epoch + 1}/{t.epochs}", cfg.rows is None)
@@ -449,7 +310,7 @@ def dev_score(labeler, task: Task, cfg: WorkerConfig, ctx: Context) -> float:
     if ctx.rank == 0 and cfg.dev:
         _, report = task.report(cfg.dev, labeler.predict([e.text for e in cfg.dev]), cfg.spec)
         score = task.dev_score(report)
-    return _broadcast_from_rank0(ctx.strategy, score) if ctx.world > 1 else score
+    return loop.from_rank0(ctx.strategy, score) if ctx.world > 1 else score
 
 
 def tune_on_dev(labeler, task: Task, cfg: WorkerConfig, ctx: Context) -> ModelSpec:
@@ -461,29 +322,3 @@ def tune_on_dev(labeler, task: Task, cfg: WorkerConfig, ctx: Context) -> ModelSp
     if tuned != spec:
         log.info("tuned on dev: %s", {k: v for k, v in tuned.to_dict().items() if v != spec.to_dict()[k]})
     return tuned
-
-
-def _across_workers(strategy, values: Sequence[float]) -> np.ndarray:
-    """Every worker's ``values``, one row a worker in rank order (a collective: every worker must
-    call it). float64: counts stay exact far past a billion rows."""
-    import tensorflow as tf
-
-    value = strategy.run(lambda: tf.constant([list(values)], tf.float64))
-    return strategy.gather(value, axis=0).numpy()
-
-
-def min_across_workers(strategy, n: int) -> int:
-    """The smallest ``n`` of any worker (the steps every worker can run in step)."""
-    return int(_across_workers(strategy, [n]).min())
-
-
-def sums_across_workers(strategy, values: Sequence[float]) -> np.ndarray:
-    """The element-wise sum of every worker's ``values``."""
-    return _across_workers(strategy, values).sum(axis=0)
-
-
-def _broadcast_from_rank0(strategy, score: float) -> float:
-    import tensorflow as tf
-
-    value = strategy.run(lambda: tf.constant([score]))
-    return float(strategy.gather(value, axis=0).numpy()[0])  # worker 0's value
