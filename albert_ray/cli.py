@@ -15,7 +15,8 @@ from albert_ray import modeldir
 from albert_ray.errors import ONE_LINE, USER_ERRORS, first_line, unwrapped
 from albert_ray.finetune.config import JobConfig, load_job_config
 from albert_ray.finetune.driver import train, train_in_process
-from albert_ray.label.run import LabelConfig, label_corpus, load_label_config
+from albert_ray.label.config import LabelConfig, load_label_config
+from albert_ray.label.run import label_corpus
 from albert_ray.model.encoder_config import EncoderConfig
 from albert_ray.model.memory_planner import estimate, format_plan, parse_size, recommend
 from albert_ray.model.params import format_table, params_table
@@ -44,7 +45,9 @@ def _cmd_params(args) -> int:
     return 0
 
 
-def split_inputs(inputs: list[str] | None, overrides: list[str], fields: set[str]) -> tuple[list[str] | None, list[str]]:
+def split_inputs(
+    inputs: list[str] | None, overrides: list[str], fields: set[str]
+) -> tuple[list[str] | None, list[str]]:
     """``--input a b key=value`` (and ``--predict``): argparse's greedy list also collects the
     overrides after it; an item whose key (before ``=``, up to its first dot) is a config field is one."""
     def is_override(item: str) -> bool:
@@ -63,7 +66,10 @@ def _cmd_train(args) -> int:
     import_tensorflow()
     summary = (train_in_process if args.no_ray else train)(job)
     print(summary["report_text"])
-    print(f"model saved to {summary['model_dir']} ({summary['seconds']} s); best dev score {summary['best_dev_score']:.4f}")
+    print(
+        f"model saved to {summary['model_dir']} ({summary['seconds']} s); "
+        f"best dev score {summary['best_dev_score']:.4f}"
+    )
     if texts:
         _print_predictions(job.model_dir, texts)
     return 0
@@ -212,8 +218,11 @@ def _cmd_plan(args) -> int:
     print(f"{config.source}: seq_len {args.seq_len}, {args.gpus} GPU(s) of {args.gpu_mem}, target global batch "
           f"{args.global_batch}{', mixed_float16' if args.mixed_precision else ''}")
     print(format_plan(config, estimate(config, args.seq_len, args.mixed_precision), plan))
-    print(f"job config: train.batch_size={plan.per_gpu_batch} train.grad_accum_steps={plan.accumulation_steps} "
-          f"train.num_workers={args.gpus} train.use_gpu=true" + (" train.mixed_precision=true" if args.mixed_precision else ""))
+    print(
+        f"job config: train.batch_size={plan.per_gpu_batch} train.grad_accum_steps={plan.accumulation_steps} "
+        f"train.num_workers={args.gpus} train.use_gpu=true"
+        + (" train.mixed_precision=true" if args.mixed_precision else "")
+    )
     return 0
 
 
@@ -283,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _training_commands(sub) -> None:
     """params, train, pretrain."""
     p = sub.add_parser("params", help="parameter counts of every encoder config in a folder")
-    p.add_argument("--configs", default=DEFAULT_CONFIGS,
-                   help="folder of albert_config*.json / bert_config.json (default: %(default)s or $ALBERT_RAY_CONFIGS)")
+    p.add_argument(
+        "--configs",
+        default=DEFAULT_CONFIGS,
+        help="folder of albert_config*.json / bert_config.json (default: %(default)s or $ALBERT_RAY_CONFIGS)",
+    )
     p.add_argument("--classes", type=int, default=5, help="classes of the [CLS] softmax head (default: 5)")
     p.add_argument("--seq-len", type=int, default=512, help="sequence length (default: 512)")
     p.set_defaults(func=_cmd_params)

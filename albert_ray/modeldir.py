@@ -57,7 +57,9 @@ def save(path: str | Path, model, spec: ModelSpec, vocab: Vocab, job: dict | Non
     spec.save(path / SPEC_FILE)
     vocab.save(path / VOCAB_FILE)
     if job is not None:
-        (path / JOB_FILE).write_text(json.dumps(paths.scrub(job), ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+        (path / JOB_FILE).write_text(
+            json.dumps(paths.scrub(job), ensure_ascii=False, indent=2, default=str), encoding="utf-8"
+        )
     return path
 
 
@@ -231,7 +233,9 @@ def local_copy(location: str | Path) -> Path:
     except FileNotFoundError:
         raise ModelDirError(f"model directory not found: {paths.without_credentials(location)}") from None
     except (OSError, ValueError) as exc:
-        raise ModelDirError(f"model directory {paths.without_credentials(location)} cannot be read: {first_line(exc)}") from None
+        raise ModelDirError(
+            f"model directory {paths.without_credentials(location)} cannot be read: {first_line(exc)}"
+        ) from None
 
 
 def publish(local: str | Path, location: str | Path) -> str:

@@ -82,7 +82,11 @@ def _coerce(value: Any, hint, key: str):
     if typing.get_origin(hint) is tuple:  # tuple[str, ...]: a list, or one value
         items = value if isinstance(value, (list, tuple)) else [value]
         return tuple(_coerce(v, typing.get_args(hint)[0], key) for v in items)
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    args = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
     if value is None:
         if type(None) in args:
             return None

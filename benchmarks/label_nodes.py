@@ -61,9 +61,10 @@ def child(nodes: int, model: str, corpus_uri: str, out_uri: str, private: str) -
     Ray is imported only once the cluster's token settings are in the environment (it reads
     them at import)."""
     from albert_ray import modeldir, paths
-    from albert_ray.label.run import LabelConfig, label_corpus
-    from albert_ray.runtime.localcluster import add_worker_node, start_local_cluster
+    from albert_ray.label.config import LabelConfig
+    from albert_ray.label.run import label_corpus
     from albert_ray.runtime.attach import init_ray
+    from albert_ray.runtime.localcluster import add_worker_node, start_local_cluster
 
     head = None
     try:
@@ -99,7 +100,7 @@ def driver_costs(work: Path, files: int = 2000, units: int = 500) -> dict:
     import pyarrow.fs as pafs
 
     from albert_ray.io.corpus import expand_inputs, plan_units
-    from albert_ray.label.run import OutputStore
+    from albert_ray.label.store import OutputStore
 
     fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}")
     for i in range(files):
@@ -172,8 +173,11 @@ def main() -> None:
                "first_commit_seconds": statistics.median(r["first_commit_seconds"] for r in rs),
                "object_store_bytes_per_row": rs[0]["object_store_bytes_per_row"]}
         summary.append(row)
-        print(f"{nodes:>5} {row['rows_per_second']:>16.1f} {row['labeling_rows_per_second']:>16.1f} "
-              f"{row['plan_seconds']:>7.2f} {row['first_commit_seconds']:>15.1f} {row['object_store_bytes_per_row']:>16.1f}")
+        print(
+            f"{nodes:>5} {row['rows_per_second']:>16.1f} {row['labeling_rows_per_second']:>16.1f} "
+            f"{row['plan_seconds']:>7.2f} {row['first_commit_seconds']:>15.1f} "
+            f"{row['object_store_bytes_per_row']:>16.1f}"
+        )
     print(f"driver alone: planning {driver['plan_ms_per_file']} ms per input file ({driver['files']} objects), "
           f"committing {driver['commit_ms_per_unit']} ms per unit ({driver['units_committed']} records), on the "
           f"S3 server on 127.0.0.1")

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from albert_ray.runtime.hardware import machine_record  # noqa: E402
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -49,8 +50,8 @@ def sentences(corpora: Path) -> list[str]:
 def make_model(corpora: Path, path: Path) -> None:
     from albert_ray import modeldir
     from albert_ray.model.encoder_config import EncoderConfig
-    from albert_ray.spec import ModelSpec
     from albert_ray.model.tokenization import Vocab, build_char_vocab
+    from albert_ray.spec import ModelSpec
 
     cfg_file = corpora / "albert_zh" / "albert_config_tiny.json"
     if cfg_file.is_file():
@@ -115,8 +116,8 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
         texts = texts[:limit]
     began, extra = time.time(), {}
     if mode == "one_at_a_time":  # the reference: model.predict per sentence
-        from albert_ray.io.batching import pad_batch
         from albert_ray.inference.labeler import Labeler
+        from albert_ray.io.batching import pad_batch
 
         lab = Labeler.from_dir(model_dir)
         windows = [lab.task.windows(lab.tokenizer, t, lab.spec) for t in texts]
@@ -124,7 +125,9 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
         outputs = []
         for ws in windows:
             ids = pad_batch([w.token_ids for w in ws])
-            outputs += [o[: len(w.token_ids)] for o, w in zip(lab.model.predict([ids, np.zeros_like(ids)], verbose=0), ws)]
+            outputs += [
+                o[: len(w.token_ids)] for o, w in zip(lab.model.predict([ids, np.zeros_like(ids)], verbose=0), ws)
+            ]
         lab.task.decode_batch(texts, windows, outputs, lab.spec, lab.model)
     elif mode.startswith("labeler_"):
         from albert_ray.inference.labeler import Labeler
@@ -136,7 +139,8 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
     elif mode.startswith("job_"):
         import shutil
 
-        from albert_ray.label.run import LabelConfig, label_corpus
+        from albert_ray.label.config import LabelConfig
+        from albert_ray.label.run import label_corpus
         from albert_ray.runtime.attach import init_ray
 
         out = Path(corpus).with_suffix(f".{mode}.labels")
@@ -173,8 +177,11 @@ def main():
     parser.add_argument("--work", default="/tmp/albert_ray_label_bench")
     parser.add_argument("--one-at-a-time-rows", type=int, default=300)
     parser.add_argument("--hf-rows", type=int, default=3000, help="rows timed for the HF pipeline")
-    parser.add_argument("--hf-python", default=sys.executable,
-                        help="a Python with torch and transformers (e.g. a venv with `pip install torch==2.13.0 transformers`)")
+    parser.add_argument(
+        "--hf-python",
+        default=sys.executable,
+        help="a Python with torch and transformers (e.g. a venv with `pip install torch==2.13.0 transformers`)",
+    )
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "label_throughput.json"))
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()

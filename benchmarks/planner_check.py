@@ -64,8 +64,8 @@ def main():
     mixed = "--mixed-precision" in sys.argv[1:]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from albert_ray.model.encoder_config import EncoderConfig
-    from albert_ray.runtime.hardware import machine_record
     from albert_ray.model.memory_planner import estimate
+    from albert_ray.runtime.hardware import machine_record
 
     rows = []
     for h, layers, heads, inter, seq, batch in SHAPES:
@@ -77,9 +77,20 @@ def main():
                                            num_attention_heads=heads, intermediate_size=inter, embedding_size=128,
                                            ln_type="postln"))
         predicted = (batch - 1) * estimate(cfg, seq, mixed_precision=mixed).activation_bytes_per_example
-        rows.append({"precision": "mixed_float16" if mixed else "float32", "hidden": h, "layers": layers, "heads": heads, "intermediate": inter, "seq_len": seq,
-                     "batch": batch, "measured_mib": round(measured / 2 ** 20, 1),
-                     "predicted_mib": round(predicted / 2 ** 20, 1), "ratio": round(predicted / measured, 3)})
+        rows.append(
+            {
+                "precision": "mixed_float16" if mixed else "float32",
+                "hidden": h,
+                "layers": layers,
+                "heads": heads,
+                "intermediate": inter,
+                "seq_len": seq,
+                "batch": batch,
+                "measured_mib": round(measured / 2**20, 1),
+                "predicted_mib": round(predicted / 2**20, 1),
+                "ratio": round(predicted / measured, 3),
+            }
+        )
         print(rows[-1], flush=True)
     print(f"\n{'shape':<28} {'measured MiB':>13} {'planner MiB':>12} {'ratio':>6}")
     for r in rows:
@@ -87,7 +98,9 @@ def main():
         print(f"{shape:<28} {r['measured_mib']:>13} {r['predicted_mib']:>12} {r['ratio']:>6}")
     out = Path(__file__).with_name("results")
     out.mkdir(exist_ok=True)
-    (out / ("planner_check_mixed.json" if mixed else "planner_check.json")).write_text(json.dumps({"machine": machine_record(), "rows": rows}, indent=2))
+    (out / ("planner_check_mixed.json" if mixed else "planner_check.json")).write_text(
+        json.dumps({"machine": machine_record(), "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from albert_ray.runtime.hardware import machine_record  # noqa: E402
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -40,8 +41,8 @@ def agreement(task: str, reference: list[dict], other: list[dict]) -> float:
 
 
 def main():
-    from albert_ray.io.training_files import read_examples
     from albert_ray.inference.labeler import Labeler
+    from albert_ray.io.training_files import read_examples
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -73,8 +74,18 @@ def main():
         print(f"{r['precision']:<10} {r['test_score']:>10} {r['drift']:>8} {r['agreement_with_float32']:>20} "
               f"{r['rows_per_second']:>8}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"machine": machine_record(), "model": args.model, "data": args.data, "task": base.spec.task,
-                                             "results": rows}, indent=2))
+    Path(args.output).write_text(
+        json.dumps(
+            {
+                "machine": machine_record(),
+                "model": args.model,
+                "data": args.data,
+                "task": base.spec.task,
+                "results": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What masked-LM pre-training buys, and what bfloat16 buys pre-training, on this machine.
 
-    python benchmarks/pretrain_gain.py [--minutes 30] [--corpora ../shared/corpora] [--skip-gain] [--skip-throughput] [--workers]
+    python benchmarks/pretrain_gain.py [--minutes 30] [--corpora ../shared/corpora] [--skip-gain]
+        [--skip-throughput] [--workers]
 
 * throughput: pre-training sequences/s of the sample encoder (brightmart layout, H=128, 4 layers)
   and of the albert-tiny shape (H=312), both with the 21,128-word brightmart vocabulary and
@@ -64,7 +65,9 @@ FULL_RECIPES = {"cluener": ["train.epochs=6", *MODELS["cluener"]],
 # each start is fine-tuned at every rate and reported at its best: a pre-trained encoder and a
 # random one do not share a best learning rate, and one fixed rate would favour one of them
 LEARNING_RATES = (1e-3, 4e-3)
-RECIPE = "jobs/configs/pretrain/corpus_30min.yaml"  # the pre-training recipe (the README's), shapes and budgets overridden
+RECIPE = (
+    "jobs/configs/pretrain/corpus_30min.yaml"  # the pre-training recipe (the README's), shapes and budgets overridden
+)
 
 
 def evaluated_and_training_texts(corpora: Path) -> tuple[list[str], list[str]]:
@@ -74,9 +77,9 @@ def evaluated_and_training_texts(corpora: Path) -> tuple[list[str], list[str]]:
     (evaluated) and trains on the rest. That rest is the fine-tuning set's own text — its labels
     are seen in fine-tuning anyway — so it may be pre-trained on as CLUENER's and DuEE's training
     files are; the held-out dev never is. The split is the job's own (:func:`training.prepare`)."""
-    from albert_ray.io.training_files import read_examples
     from albert_ray.finetune.config import load_job_config
     from albert_ray.finetune.driver import prepare
+    from albert_ray.io.training_files import read_examples
 
     pd = prepare(load_job_config("jobs/configs/peoples_daily.yaml",
                                  [f"data.train={corpora}/peoples_daily/example.test"]))
@@ -99,9 +102,15 @@ def unlabelled_text(corpora: Path, out: Path) -> dict:
 
     evaluated, pd_train = evaluated_and_training_texts(corpora)
     sources = {
-        "cluener_train": [e.text for e in read_examples(corpora / "cluener" / "cluener.train", on_bad_records="skip").examples],
-        "duee_train": [e.text for e in read_examples(corpora / "duee_event_types" / "train.csv", multilabel=True,
-                                                     on_bad_records="skip").examples],
+        "cluener_train": [
+            e.text for e in read_examples(corpora / "cluener" / "cluener.train", on_bad_records="skip").examples
+        ],
+        "duee_train": [
+            e.text
+            for e in read_examples(
+                corpora / "duee_event_types" / "train.csv", multilabel=True, on_bad_records="skip"
+            ).examples
+        ],
         "sogou": [e.text for e in read_examples(corpora / "sogou_mini" / "test.csv", on_bad_records="skip").examples],
         "news_sample": (corpora / "pretrain_sample" / "news_zh_1.txt").read_text(encoding="utf-8").splitlines(),
         "peoples_daily_train": pd_train,
@@ -123,8 +132,8 @@ SHAPES = {"sample": "data/albert_config_sample.json", "tiny": "{corpora}/albert_
 
 def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str, in_process: bool = True,
                  shape: str = "sample") -> dict:
-    from albert_ray.pretrain.driver import pretrain
     from albert_ray.pretrain.config import load_pretrain_config
+    from albert_ray.pretrain.driver import pretrain
 
     encoder = SHAPES[shape].format(corpora=corpora)
     cfg = load_pretrain_config(RECIPE, ["name=bench", f"output_dir={out}", f"model.encoder_config={encoder}",
@@ -139,12 +148,27 @@ def workers_throughput(corpus: Path, corpora: Path, steps: int) -> list[dict]:
     rows = []
     for n in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
-            s = pretrain_run(corpus, Path(tmp), corpora, f"train.num_workers={n}", "train.cpus_per_worker=0.7",
-                             f"train.max_steps={steps}", "train.epochs=1", "train.max_minutes=0", "train.precision=float32",
-                             in_process=False)
+            s = pretrain_run(
+                corpus,
+                Path(tmp),
+                corpora,
+                f"train.num_workers={n}",
+                "train.cpus_per_worker=0.7",
+                f"train.max_steps={steps}",
+                "train.epochs=1",
+                "train.max_minutes=0",
+                "train.precision=float32",
+                in_process=False,
+            )
         per_worker = s["history"][-1]["sequences_per_second"]
-        rows.append({"workers": n, "steps": s["history"][-1]["steps"], "sequences_per_second_per_worker": round(per_worker, 1),
-                     "sequences_per_second": round(per_worker * n, 1)})
+        rows.append(
+            {
+                "workers": n,
+                "steps": s["history"][-1]["steps"],
+                "sequences_per_second_per_worker": round(per_worker, 1),
+                "sequences_per_second": round(per_worker * n, 1),
+            }
+        )
     rows[1]["x_one_worker"] = round(rows[1]["sequences_per_second"] / rows[0]["sequences_per_second"], 2)
     return rows
 
@@ -167,13 +191,22 @@ def throughput(corpus: Path, corpora: Path, steps: int, repeat: int = 1) -> list
             runs[(shape, precision, xla, output)].append(s["history"][-1]["sequences_per_second"])
             ran[(shape, precision, xla, output)] = s["history"][-1]["steps"]
     median = {c: statistics.median(rates) for c, rates in runs.items()}
-    return [{"shape": shape, "precision": precision, "xla": xla, "output_vocabulary": output,
-             "steps": ran[(shape, precision, xla, output)],
-             "sequences_per_second": round(median[(shape, precision, xla, output)], 1),
-             "runs": [round(r, 1) for r in runs[(shape, precision, xla, output)]],
-             "x_float32": round(median[(shape, precision, xla, output)] / median[(shape, "float32", False, output)], 2),
-             "x_full_softmax": round(median[(shape, precision, xla, output)] / median[(shape, precision, xla, "full")], 2)}
-            for shape, precision, xla, output in configs]
+    return [
+        {
+            "shape": shape,
+            "precision": precision,
+            "xla": xla,
+            "output_vocabulary": output,
+            "steps": ran[(shape, precision, xla, output)],
+            "sequences_per_second": round(median[(shape, precision, xla, output)], 1),
+            "runs": [round(r, 1) for r in runs[(shape, precision, xla, output)]],
+            "x_float32": round(median[(shape, precision, xla, output)] / median[(shape, "float32", False, output)], 2),
+            "x_full_softmax": round(
+                median[(shape, precision, xla, output)] / median[(shape, precision, xla, "full")], 2
+            ),
+        }
+        for shape, precision, xla, output in configs
+    ]
 
 
 def fine_tune(name: str, out: Path, corpora: Path, checkpoint: Path | None, learning_rate: float,
@@ -195,10 +228,17 @@ def fine_tune(name: str, out: Path, corpora: Path, checkpoint: Path | None, lear
 
 
 # the reference article's published test scores (accuracy for sogou, micro-F1 otherwise)
-PUBLISHED = {("sogou_classify", "tiny"): 0.9475, ("sogou_classify", "base"): 0.9616, ("sogou_classify", "xlarge"): 0.9636,
-             ("duee_multilabel", "tiny"): 0.9025, ("duee_multilabel", "base"): 0.9382,
-             ("peoples_daily", "tiny"): 0.8163, ("peoples_daily", "base"): 0.8824,
-             ("cluener", "tiny"): 0.6260, ("cluener", "base"): 0.7255}
+PUBLISHED = {
+    ("sogou_classify", "tiny"): 0.9475,
+    ("sogou_classify", "base"): 0.9616,
+    ("sogou_classify", "xlarge"): 0.9636,
+    ("duee_multilabel", "tiny"): 0.9025,
+    ("duee_multilabel", "base"): 0.9382,
+    ("peoples_daily", "tiny"): 0.8163,
+    ("peoples_daily", "base"): 0.8824,
+    ("cluener", "tiny"): 0.6260,
+    ("cluener", "base"): 0.7255,
+}
 REFERENCE_CONFIGS = ("sogou_classify", "duee_multilabel", "peoples_daily", "cluener")
 
 
@@ -219,8 +259,8 @@ def release_folders(checkpoints: Path) -> list[tuple[str, Path]]:
 def reference_table(checkpoints: Path, configs: list[str], out: Path, overrides: list[str]) -> list[dict]:
     """Fine-tune every job config from every release folder; the test score beside the published one."""
     from albert_ray.finetune.config import load_job_config
-    from albert_ray.tasks.registry import task_for
     from albert_ray.finetune.driver import train_in_process
+    from albert_ray.tasks.registry import task_for
 
     rows = []
     for size, folder in release_folders(checkpoints):
@@ -229,8 +269,15 @@ def reference_table(checkpoints: Path, configs: list[str], out: Path, overrides:
                                                                 f"model.checkpoint={folder}", *overrides])
             began = time.time()
             summary = train_in_process(job)
-            rows.append({"config": name, "size": size, "score": round(task_for(job.task).dev_score(summary["metrics"]), 4),
-                         "published": PUBLISHED.get((name, size)), "seconds": round(time.time() - began)})
+            rows.append(
+                {
+                    "config": name,
+                    "size": size,
+                    "score": round(task_for(job.task).dev_score(summary["metrics"]), 4),
+                    "published": PUBLISHED.get((name, size)),
+                    "seconds": round(time.time() - began),
+                }
+            )
             print(f"{name:<18}{size:<8}{rows[-1]['score']:>8.4f}", flush=True)
     return rows
 
@@ -257,10 +304,21 @@ def gain(args: argparse.Namespace, corpus: Path, corpora: Path, workdir: Path, t
                                *precision, *args.pretrain_overrides)
         folder = Path(summary["pretrained_dir"])
     recipes = RECIPES if args.recipe == "bounded" else FULL_RECIPES
-    rows = [fine_tune(name, workdir / f"{name}-{init}-{lr}", corpora, folder if init == "pt" else None, lr, recipes[name])
-            for name in tasks for init in ("random", "pt") for lr in rates]
-    return {"pretraining": {"minutes": round(summary.get("seconds", time.time() - began) / 60, 1), **summary["history"][-1]},
-            "recipe": {name: recipes[name] for name in tasks}, "fine_tuning": rows, "best": best_of(rows)}
+    rows = [
+        fine_tune(name, workdir / f"{name}-{init}-{lr}", corpora, folder if init == "pt" else None, lr, recipes[name])
+        for name in tasks
+        for init in ("random", "pt")
+        for lr in rates
+    ]
+    return {
+        "pretraining": {
+            "minutes": round(summary.get("seconds", time.time() - began) / 60, 1),
+            **summary["history"][-1],
+        },
+        "recipe": {name: recipes[name] for name in tasks},
+        "fine_tuning": rows,
+        "best": best_of(rows),
+    }
 
 
 def best_of(rows: list[dict]) -> dict:
@@ -302,10 +360,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="pre-training budget (default 30)")
     parser.add_argument("--throughput-steps", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=1, help="throughput runs per configuration, in turn (median)")
-    parser.add_argument("--precision", help="pre-training precision of the gain run (default: the recipe's, mixed_bfloat16)")
-    parser.add_argument("--xla", type=lambda v: v.lower() in ("1", "true", "yes"), default=None,
-                        help="jit-compile the pre-training step (default: in float32 only, 1.06x there on the sample encoder; with "
-                             "mixed_bfloat16 XLA's CPU matmuls lose bfloat16's gain)")
+    parser.add_argument(
+        "--precision", help="pre-training precision of the gain run (default: the recipe's, mixed_bfloat16)"
+    )
+    parser.add_argument(
+        "--xla",
+        type=lambda v: v.lower() in ("1", "true", "yes"),
+        default=None,
+        help="jit-compile the pre-training step (default: in float32 only, 1.06x there on the sample encoder; with "
+        "mixed_bfloat16 XLA's CPU matmuls lose bfloat16's gain)",
+    )
     parser.add_argument("--pretrain-set", dest="pretrain_overrides", action="append", default=[],
                         help="a pre-training config override, e.g. train.learning_rate=2e-3 (repeatable)")
     parser.add_argument("--workers", action="store_true", help="also measure 1 against 2 Ray Train workers")

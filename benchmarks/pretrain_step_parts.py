@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import tensorflow as tf  # noqa: E402
 
 from albert_ray import fused  # noqa: E402
-from albert_ray.runtime.hardware import machine_record  # noqa: E402
 from albert_ray.model.encoder import attention_probs  # noqa: E402
+from albert_ray.runtime.hardware import machine_record  # noqa: E402
 
 BATCH, LENGTH = 32, 128
 SHAPES = {"sample": {"hidden": 128, "heads": 4, "intermediate": 512},  # data/albert_config_sample.json
@@ -63,15 +63,24 @@ def parts(shape: dict, dtype) -> dict:
     return {
         "dense matmuls (Q, K, V, O, feed-forward)": (
             lambda x, *w: total(tf.matmul(tf.matmul(x, w[4]), w[5])) + sum(total(tf.matmul(x, wi)) for wi in w[:4]),
-            [x, *kernels, *ffn]),
+            [x, *kernels, *ffn],
+        ),
         "attention matmuls (scores, context)": (
-            lambda q, k, v: total(tf.matmul(tf.matmul(q, k, transpose_b=True), v)), [q, k, v]),
+            lambda q, k, v: total(tf.matmul(tf.matmul(q, k, transpose_b=True), v)),
+            [q, k, v],
+        ),
         "attention softmax, float32 ops (encoder.py)": (lambda s: total(attention_probs(s, keep, scale)), [scores]),
         "attention softmax, one XLA pass (tried)": (lambda s: total(xla_softmax(s)), [scores]),
         "GELU, XLA (fused.py)": (lambda w: total(fused.gelu_tanh(w)), [wide]),
         "LayerNorm x 2, XLA (fused.py)": (lambda x: 2.0 * total(fused.layer_norm(x, gamma, beta, 1e-12)), [x]),
-        "Q/K/V: three projections": (lambda x, a, b, c: sum(total(tf.matmul(x, w)) for w in (a, b, c)), [x, *kernels[:3]]),
-        "Q/K/V: one concatenated": (lambda x, a, b, c: total(tf.matmul(x, tf.concat([a, b, c], axis=1))), [x, *kernels[:3]]),
+        "Q/K/V: three projections": (
+            lambda x, a, b, c: sum(total(tf.matmul(x, w)) for w in (a, b, c)),
+            [x, *kernels[:3]],
+        ),
+        "Q/K/V: one concatenated": (
+            lambda x, a, b, c: total(tf.matmul(x, tf.concat([a, b, c], axis=1))),
+            [x, *kernels[:3]],
+        ),
     }
 
 

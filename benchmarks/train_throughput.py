@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from albert_ray.runtime.hardware import machine_record  # noqa: E402
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -47,10 +48,10 @@ def keras_fit(args, out, bucketed: bool):
     import tensorflow as tf
 
     import albert_ray  # noqa: F401
+    from albert_ray.finetune.driver import featurize, prepare
+    from albert_ray.io.batching import make_batches
     from albert_ray.model.encoder import initialize_encoder
     from albert_ray.tasks.registry import build_task_model, task_for
-    from albert_ray.io.batching import make_batches
-    from albert_ray.finetune.driver import featurize, prepare
 
     job = job_for(args, out)
     prep = prepare(job)
@@ -132,7 +133,9 @@ def main():
     add("Ray Train 2 workers, bucketed", lambda i: loop(args, out / str(i), True, workers=2))
     print(f"\n{'run':<46} {'ex/s':>8} {'wall s':>8}  all ex/s")
     for r in results:
-        print(f"{r['run']:<46} {r['examples_per_second']:>8} {r['wall_seconds'] or '':>8}  {r['all_examples_per_second']}")
+        print(
+            f"{r['run']:<46} {r['examples_per_second']:>8} {r['wall_seconds'] or '':>8}  {r['all_examples_per_second']}"
+        )
     res = ROOT / "benchmarks" / "results"
     res.mkdir(exist_ok=True)
     (res / "train_throughput.json").write_text(json.dumps({"machine": machine_record(), "results": results}, indent=2))

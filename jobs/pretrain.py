@@ -1,4 +1,5 @@
-"""Pre-training job: `python jobs/pretrain.py --config jobs/configs/pretrain/sample.yaml [--input ...] [key=value ...]`."""
+"""Pre-training job:
+`python jobs/pretrain.py --config jobs/configs/pretrain/sample.yaml [--input ...] [key=value ...]`."""
 
 import sys
 from pathlib import Path

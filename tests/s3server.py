@@ -25,7 +25,7 @@ def moto(log_path: Path):
                 break
             except OSError:
                 if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"moto server did not start: {log_path.read_text()}")
+                    raise RuntimeError(f"moto server did not start: {log_path.read_text()}") from None
                 time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:

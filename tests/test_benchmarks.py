@@ -48,7 +48,9 @@ def test_reference_table_fine_tunes_every_config_from_every_release_folder(tmp_p
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     ref = json.loads((tmp_path / "ref.json").read_text())
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     assert (ref["command"], ref["commit"]) == (
         f"python benchmarks/pretrain_gain.py --checkpoints {tmp_path / 'ckpts'} --configs sample_ner,sample_classify "
         f"--set train.epochs=1 --set data.max_train_examples=200 --output {tmp_path / 'ref.json'}", head)
@@ -60,8 +62,13 @@ def test_reference_table_fine_tunes_every_config_from_every_release_folder(tmp_p
     header = table.index(f"{'config':<18}{'size':<8}{'score':>8}{'published':>11}")
     assert table[header + 1] == f"{'sample_ner':<18}{'tiny':<8}{rows[0]['score']:>8.4f}{'-':>11}"
 
-    empty = subprocess.run([sys.executable, "benchmarks/pretrain_gain.py", "--checkpoints", str(tmp_path / "ckpts" / "notes")],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    empty = subprocess.run(
+        [sys.executable, "benchmarks/pretrain_gain.py", "--checkpoints", str(tmp_path / "ckpts" / "notes")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert empty.returncode == 1 and empty.stderr.strip().endswith(
         "notes: no brightmart release folder (albert_<size>_zh/ with a checkpoint) in it")
 
@@ -85,7 +92,9 @@ def test_pretraining_text_holds_people_s_daily_training_part_and_no_evaluated_se
     pd = prepare(load_job_config(str(ROOT / "jobs/configs/peoples_daily.yaml"),
                                  [f"data.train={corpora}/peoples_daily/example.test"]))
     evaluated = norm(e.text for e in pd.dev)
-    evaluated |= norm(e.text for e in read_examples(corpora / "cluener" / "cluener.test", on_bad_records="skip").examples)
+    evaluated |= norm(
+        e.text for e in read_examples(corpora / "cluener" / "cluener.test", on_bad_records="skip").examples
+    )
     evaluated |= norm(e.text for e in read_examples(corpora / "duee_event_types" / "test.csv", multilabel=True,
                                                     on_bad_records="skip").examples)
     assert (len(pd.train), len(pd.dev)) == (4173, 463)

@@ -24,7 +24,8 @@ def _task(f, units, done=None, ends=None):
     return read_task(f, units, {uid: ends[uid] for uid in done or ()})
 
 
-def _read(task, opts=ReadOptions(), block_rows=1024):
+def _read(task, opts=None, block_rows=1024):
+    opts = opts or ReadOptions()
     rows, ends = [], {}
     for table in read_file(task, opts, block_rows):
         assert sum(1 for m in table.column("meta").to_pylist() if m is None) <= block_rows
@@ -47,7 +48,9 @@ def test_byte_range_units_read_every_line_once_with_exact_line_numbers(tmp_path)
     reading only some units (a resume) gives exactly those units' rows and end records."""
     rng = random.Random(7)
     for trial in range(250):
-        lines = [rng.choice(["", " ", "ab", "中文字", "好\r", "x" * rng.randint(1, 40)]) for _ in range(rng.randint(0, 30))]
+        lines = [
+            rng.choice(["", " ", "ab", "中文字", "好\r", "x" * rng.randint(1, 40)]) for _ in range(rng.randint(0, 30))
+        ]
         newline = rng.choice(["\n", "\r\n"])
         body = newline.join(lines) + (newline if rng.random() < 0.5 else "")
         bom = rng.random() < 0.3
@@ -246,7 +249,9 @@ def test_a_file_under_a_uri_input_is_opened_with_the_inputs_credentials_and_opti
     assert file_uris("s3://bucket/in/a.txt", "bucket/in/a.txt", "bucket/in/a.txt") == ("s3://bucket/in/a.txt",) * 2
     assert file_uris("s3://bucket", "bucket", "bucket/a.txt") == ("s3://bucket/a.txt",) * 2
     # a host and port that are not in the filesystem's paths stay in the URI
-    assert file_uris("hdfs://namenode:8020/data/", "/data", "/data/x/a.txt") == ("hdfs://namenode:8020/data/x/a.txt",) * 2
+    assert (
+        file_uris("hdfs://namenode:8020/data/", "/data", "/data/x/a.txt") == ("hdfs://namenode:8020/data/x/a.txt",) * 2
+    )
     assert without_credentials(item) == "s3://bucket/in?endpoint_override=127.0.0.1:9000&scheme=http"
     assert without_credentials("s3://bucket/in") == "s3://bucket/in"
     assert without_credentials("/data/a@b.txt") == "/data/a@b.txt"

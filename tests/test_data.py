@@ -16,7 +16,9 @@ def test_bio_reader_spans_and_errors(tmp_path):
     res = read_examples(p)
     assert [(e.text, e.spans) for e in res.examples] == [("张三在北京", ((0, 2, "PER"), (3, 5, "LOC"))), ("好", ())]
     bad = write(tmp_path, "b.bio", "张 B-PER\n\n三 I-PER\n在 O\n\nB-LOC\n\n好 O\n")
-    with pytest.raises(DataError, match=r"b.bio:3: sentence starting here: position 0: I-PER without a preceding B-PER"):
+    with pytest.raises(
+        DataError, match=r"b.bio:3: sentence starting here: position 0: I-PER without a preceding B-PER"
+    ):
         read_examples(bad)
     res = read_examples(bad, on_bad_records="skip")
     assert [e.text for e in res.examples] == ["张", "好"]
@@ -37,7 +39,9 @@ def test_csv_reader_multiclass_multilabel_and_bad_rows(tmp_path):
 def test_cluener_and_generic_jsonl(tmp_path):
     good = {"text": "浙商银行叶老桂", "label": {"company": {"浙商银行": [[0, 3]]}, "name": {"叶老桂": [[4, 6]]}}}
     wrong = {"text": "浙商银行", "label": {"company": {"浙商": [[1, 2]]}}}
-    p = write(tmp_path, "c.json", json.dumps(good, ensure_ascii=False) + "\n" + json.dumps(wrong, ensure_ascii=False) + "\n")
+    p = write(
+        tmp_path, "c.json", json.dumps(good, ensure_ascii=False) + "\n" + json.dumps(wrong, ensure_ascii=False) + "\n"
+    )
     res = read_examples(p, on_bad_records="skip")
     assert res.examples[0].spans == ((0, 4, "company"), (4, 7, "name"))
     assert res.skipped == [(f"{p}:2", "span [1, 2] is '商银' in the text, not '浙商'")]

@@ -19,7 +19,7 @@ from albert_ray.model.checkpoint import (
 from albert_ray.model.encoder import build_encoder
 from albert_ray.model.encoder_config import ConfigError, EncoderConfig
 
-V, E, H, N, I, P, L = 100, 16, 32, 4, 64, 40, 2
+V, E, H, N, I, P, L = 100, 16, 32, 4, 64, 40, 2  # noqa: E741 (the papers' names: I the intermediate size)
 
 
 def tiny(layout, **extra):
@@ -67,7 +67,9 @@ def random_variables(layout, cfg, rng):
     elif layout == "albert_brightmart":
         bert_block("bert/encoder/layer_shared")
     else:
-        groups = sorted({int(k / cfg["num_hidden_layers"] * cfg["num_hidden_groups"]) for k in range(cfg["num_hidden_layers"])})
+        groups = sorted(
+            {int(k / cfg["num_hidden_layers"] * cfg["num_hidden_groups"]) for k in range(cfg["num_hidden_layers"])}
+        )
         for g in groups:
             for j in range(cfg["inner_group_num"]):
                 s = f"bert/encoder/transformer/group_{g}/inner_group_{j}"
@@ -110,7 +112,10 @@ def reference_forward(layout, cfg, v, ids, seg):
     x = x + v["bert/embeddings/token_type_embeddings"][seg] + v["bert/embeddings/position_embeddings"][:t]
     x = np_layer_norm(x, v["bert/embeddings/LayerNorm/gamma"], v["bert/embeddings/LayerNorm/beta"])
     if layout == "albert_google":
-        x = x @ v["bert/encoder/embedding_hidden_mapping_in/kernel"] + v["bert/encoder/embedding_hidden_mapping_in/bias"]
+        x = (
+            x @ v["bert/encoder/embedding_hidden_mapping_in/kernel"]
+            + v["bert/encoder/embedding_hidden_mapping_in/bias"]
+        )
 
     def attention(x, q, k, vv, o):
         def heads(w):
@@ -137,7 +142,10 @@ def reference_forward(layout, cfg, v, ids, seg):
                 s = f"bert/encoder/transformer/group_{g}/inner_group_{j}"
                 a = ln(x + attention(x, f"{s}/attention_1/self/query", f"{s}/attention_1/self/key",
                                      f"{s}/attention_1/self/value", f"{s}/attention_1/output/dense"), f"{s}/LayerNorm")
-                x = ln(a + ffn(a, f"{s}/ffn_1/intermediate/dense", f"{s}/ffn_1/intermediate/output/dense"), f"{s}/LayerNorm_1")
+                x = ln(
+                    a + ffn(a, f"{s}/ffn_1/intermediate/dense", f"{s}/ffn_1/intermediate/output/dense"),
+                    f"{s}/LayerNorm_1",
+                )
             continue
         s = f"bert/encoder/layer_{k}" if layout == "bert" else "bert/encoder/layer_shared"
         args = (f"{s}/attention/self/query", f"{s}/attention/self/key", f"{s}/attention/self/value",
@@ -160,7 +168,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout,extra", CASES, ids=["bert", "brightmart", "brightmart-preln", "google", "google-groups"])
+@pytest.mark.parametrize(
+    "layout,extra", CASES, ids=["bert", "brightmart", "brightmart-preln", "google", "google-groups"]
+)
 def test_checkpoint_round_trip_matches_numpy_reference(tmp_path, layout, extra):
     rng = np.random.default_rng(0)
     cfg = tiny(layout, **extra)
@@ -229,7 +239,9 @@ def test_missing_unexpected_and_shape_conflicts_in_one_message(tmp_path):
 
 def test_resolve_checkpoint_paths(tmp_path):
     cfg, _ = _write(tmp_path, "bert")
-    prefix = write_variables(tmp_path / "d" / "model.ckpt-36000", random_variables("bert", cfg, np.random.default_rng(3)))
+    prefix = write_variables(
+        tmp_path / "d" / "model.ckpt-36000", random_variables("bert", cfg, np.random.default_rng(3))
+    )
     assert resolve_checkpoint(prefix) == prefix
     assert resolve_checkpoint(prefix + ".index") == prefix
     assert resolve_checkpoint(prefix + ".data-00000-of-00001") == prefix
@@ -282,12 +294,35 @@ def test_seq_len_over_positions_names_both_values(tmp_path):
         build_encoder(config, seq_len=64)
 
 
-@pytest.mark.parametrize("layout, first", [
-    ("bert", ["Embedding-Token", "Embedding-Segment", "Embedding-Position", "Embedding-Norm", "Encoder-1-MultiHeadSelfAttention"]),
-    ("albert_brightmart", ["Embedding-Token", "Embedding-Token-Projection", "Embedding-Segment", "Embedding-Position",
-                           "Embedding-Norm"]),
-    ("albert_google", ["Embedding-Token", "Embedding-Segment", "Embedding-Position", "Embedding-Norm", "Embedding-Mapping"]),
-])
+@pytest.mark.parametrize(
+    "layout, first",
+    [
+        (
+            "bert",
+            [
+                "Embedding-Token",
+                "Embedding-Segment",
+                "Embedding-Position",
+                "Embedding-Norm",
+                "Encoder-1-MultiHeadSelfAttention",
+            ],
+        ),
+        (
+            "albert_brightmart",
+            [
+                "Embedding-Token",
+                "Embedding-Token-Projection",
+                "Embedding-Segment",
+                "Embedding-Position",
+                "Embedding-Norm",
+            ],
+        ),
+        (
+            "albert_google",
+            ["Embedding-Token", "Embedding-Segment", "Embedding-Position", "Embedding-Norm", "Embedding-Mapping"],
+        ),
+    ],
+)
 def test_variable_map_order_is_the_random_start_draw_order(layout, first):
     """initialize_encoder draws the layers in the map's order: a reordered map changes every
     seeded model (and every benchmark's random-init score), so the order is pinned."""

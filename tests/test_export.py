@@ -15,8 +15,15 @@ from albert_ray.model.tokenization import build_char_vocab
 from albert_ray.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["张伟昨天在北京会见了新华社代表团。", "Hello world, 你好 world", "来自 Shanghai 的李明加入了清华大学 🎓。",
-         "ＡＢＣ１２３，全角字符", "", "   ", "据人民日报社报道，王芳已经抵达上海。" * 167]  # the last: 3,006 characters
+TEXTS = [
+    "张伟昨天在北京会见了新华社代表团。",
+    "Hello world, 你好 world",
+    "来自 Shanghai 的李明加入了清华大学 🎓。",
+    "ＡＢＣ１２３，全角字符",
+    "",
+    "   ",
+    "据人民日报社报道，王芳已经抵达上海。" * 167,
+]  # the last: 3,006 characters
 ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, embedding_size=16,
                max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu", hidden_dropout_prob=0.0,
                attention_probs_dropout_prob=0.0, ln_type="postln", layout="albert_brightmart", initializer_range=0.5)
@@ -76,7 +83,9 @@ def test_the_exported_model_returns_exactly_what_predict_returns(tmp_path, task)
     elif task == "multilabel":
         got = [row[:n] for row, n in zip(served["labels"], served["num_labels"])]
         assert got == [p["labels"] for p in expected]
-        np.testing.assert_allclose(served["scores"], [[p["scores"][x] for x in spec.labels] for p in expected], atol=1e-5)
+        np.testing.assert_allclose(
+            served["scores"], [[p["scores"][x] for x in spec.labels] for p in expected], atol=1e-5
+        )
         assert any(got) and not all(len(g) == len(spec.labels) for g in got)
     else:
         for i, p in enumerate(expected):
@@ -93,4 +102,6 @@ def test_export_of_a_damaged_model_directory_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "export", "--model", str(tmp_path / "nope"),
                           "--output", str(tmp_path / "saved")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [f"albert-ray export: error: model directory not found: {tmp_path / 'nope'}"]
+    assert out.stderr.strip().splitlines() == [
+        f"albert-ray export: error: model directory not found: {tmp_path / 'nope'}"
+    ]

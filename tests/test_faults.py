@@ -131,9 +131,17 @@ def ckpt(tmp_path_factory):
 
 
 def _job(t, checkpoint, *extra):
-    return load_job_config(SAMPLE, ["model.init=checkpoint", f"model.checkpoint={checkpoint}",
-                                    f"model.encoder_config={t / 'albert_config.json'}", f"model.vocab={t / 'vocab.txt'}",
-                                    "model.max_len=32", *extra])
+    return load_job_config(
+        SAMPLE,
+        [
+            "model.init=checkpoint",
+            f"model.checkpoint={checkpoint}",
+            f"model.encoder_config={t / 'albert_config.json'}",
+            f"model.vocab={t / 'vocab.txt'}",
+            "model.max_len=32",
+            *extra,
+        ],
+    )
 
 
 def _damaged(t, name, suffix, keep):
@@ -183,9 +191,16 @@ def test_checkpoint_faults_are_one_line_naming_the_checkpoint_and_the_config(ckp
 
 def test_cli_train_with_a_truncated_checkpoint_fails_in_the_driver_without_retry(ckpt):
     folder = _damaged(ckpt, "trunc_data", ".data-*", lambda n: n // 2)
-    rc, lines, seconds = _cli("train", "--config", SAMPLE, "model.init=checkpoint", f"model.checkpoint={folder}",
-                              f"model.encoder_config={ckpt / 'albert_config.json'}", f"model.vocab={ckpt / 'vocab.txt'}",
-                              "model.max_len=32")
+    rc, lines, seconds = _cli(
+        "train",
+        "--config",
+        SAMPLE,
+        "model.init=checkpoint",
+        f"model.checkpoint={folder}",
+        f"model.encoder_config={ckpt / 'albert_config.json'}",
+        f"model.vocab={ckpt / 'vocab.txt'}",
+        "model.max_len=32",
+    )
     assert rc == 2 and lines == [f"albert-ray train: error: checkpoint {folder}/model.ckpt: variable "
                                  f"bert/encoder/layer_shared/attention/self/query/kernel cannot be read (Read less "
                                  f"bytes than requested); its data file is damaged or truncated"]
@@ -210,7 +225,9 @@ def test_invisible_characters_are_never_tokens_or_entities():
 
 def test_predict_file_keeps_one_output_line_per_input_line(tmp_path):
     f = tmp_path / "texts.txt"
-    f.write_bytes("\ufeff张伟在北京。\r\n\n李明\xff来了\n王芳到了上海。\n".encode("utf-8").replace(b"\xc3\xbf", b"\xff"))
+    f.write_bytes(
+        "\ufeff张伟在北京。\r\n\n李明\xff来了\n王芳到了上海。\n".encode("utf-8").replace(b"\xc3\xbf", b"\xff")
+    )
     out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "predict", "--model", str(OLD_MODEL), "--file",
                           str(f)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
@@ -308,7 +325,11 @@ def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_
     assert str(exc) == (f"training run dies: a node or Ray worker was lost beyond Ray's retries "
                         f"(WorkerHealthCheckFailedError); checkpoints so far are in {tmp_path / 'ray'}/dies: run the "
                         f"same command again to resume from the latest (or raise train.max_failures)")
-    said = [re.sub(r"\(\w+: [^)]*\)", "(ERROR)", r.getMessage()) for r in caplog.records if r.name == "albert_ray.runtime.attach"]
+    said = [
+        re.sub(r"\(\w+: [^)]*\)", "(ERROR)", r.getMessage())
+        for r in caplog.records
+        if r.name == "albert_ray.runtime.attach"
+    ]
     assert said == ["dies: worker 0 failed (ERROR); starting again from the latest checkpoint (failure 1 of 1 "
                     "allowed, train.max_failures)"]
 
@@ -402,7 +423,9 @@ def test_an_object_a_read_task_cannot_read_is_one_line_exit_1_and_ray_datas_trac
                                  (type(exc), exc, None) if exc else None)
 
     assert not _not_a_one_line_error(record(wrapped))
-    assert not _not_a_one_line_error(record(RayTaskError("read", "Traceback ...", ValueError("x")).as_instanceof_cause()))
+    assert not _not_a_one_line_error(
+        record(RayTaskError("read", "Traceback ...", ValueError("x")).as_instanceof_cause())
+    )
     assert _not_a_one_line_error(record(RayTaskError("read", "Traceback ...", KeyError("bug")).as_instanceof_cause()))
     assert _not_a_one_line_error(record(None))
 
@@ -451,9 +474,12 @@ def test_a_full_output_disk_is_one_line_exit_1_and_the_same_command_then_finishe
         assert code == 1, err
         errors = [line for line in err if line.startswith("albert-ray label: error:")]
         assert len(errors) == 1 and not any("Traceback" in line for line in err), err
-        found = re.fullmatch(rf"albert-ray label: error: output {re.escape(str(out))}: no space left on the device or "
-                             r"quota \(.*No space left on device.*\); (\d+) of (\d+) units are committed and kept: mend "
-                             r"it and run the same command again to resume", errors[0])
+        found = re.fullmatch(
+            rf"albert-ray label: error: output {re.escape(str(out))}: no space left on the device or "
+            r"quota \(.*No space left on device.*\); (\d+) of (\d+) units are committed and kept: mend "
+            r"it and run the same command again to resume",
+            errors[0],
+        )
         assert found, errors[0]
         subprocess.run(["mount", "-o", "remount,size=64m", str(out)], check=True)
         code, err, _ = _cli(*cmd, timeout=600)
@@ -482,9 +508,14 @@ def test_faults_of_the_environment_found_in_rays_wrapper_text_are_one_line():
                                     "left on device"), "output /data/labels", resume)
     assert str(full) == ("output /data/labels: no space left on the device or quota (OSError: [Errno 28] Error "
                          "writing bytes to file. Detail: [errno 28] No space left on device); " + resume)
-    slow = environment_fault(remote("OSError: When uploading part for key 'l/unit=a/part-1.parquet' in bucket 'b': "
-                                    "AWS Error SLOW_DOWN during UploadPart operation: Please reduce your request rate."),
-                             "output s3://b/l", resume)
+    slow = environment_fault(
+        remote(
+            "OSError: When uploading part for key 'l/unit=a/part-1.parquet' in bucket 'b': "
+            "AWS Error SLOW_DOWN during UploadPart operation: Please reduce your request rate."
+        ),
+        "output s3://b/l",
+        resume,
+    )
     assert str(slow) == ("output s3://b/l: the store refused or timed out (When uploading part for key "
                          "'l/unit=a/part-1.parquet' in bucket 'b': AWS Error SLOW_DOWN during UploadPart operation: "
                          "Please reduce your request rate.); " + resume)

@@ -6,7 +6,9 @@ BASE = {"name": "x", "task": "ner", "data": {"train": "t.bio"}}
 
 
 def test_defaults_and_dotted_overrides():
-    cfg = load_job_config(data=BASE, overrides=["train.epochs=7", "model.max_len=64", "data.dev=d.bio", "model.stride="])
+    cfg = load_job_config(
+        data=BASE, overrides=["train.epochs=7", "model.max_len=64", "data.dev=d.bio", "model.stride="]
+    )
     assert (cfg.train.epochs, cfg.model.max_len, cfg.data.dev, cfg.model.stride) == (7, 64, "d.bio", None)
     assert cfg.train.learning_rate == 5e-5 and cfg.model_dir == "runs/x/model"
     assert BASE["data"] == {"train": "t.bio"}  # the input dict is not mutated

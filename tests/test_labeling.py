@@ -14,17 +14,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from albert_ray.label.run import (
-    QUARANTINE_DIR,
-    QUARANTINE_SCHEMA,
-    UNITS_DIR,
-    LabelConfig,
-    OutputStore,
-    actor_layout,
-    label_corpus,
-    output_schema,
-    plan_run,
-)
+from albert_ray.label.config import LabelConfig
+from albert_ray.label.run import actor_layout, label_corpus, plan_run
+from albert_ray.label.store import QUARANTINE_DIR, QUARANTINE_SCHEMA, UNITS_DIR, OutputStore, output_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["张伟 昨天在北京会见了新华社代表团。", "来自 Shanghai 的李明加入了清华大学（ＡＢＣ）🎓。",
@@ -36,18 +28,23 @@ def test_label_config_validation_and_actor_layout():
         LabelConfig(model="m", inputs=("a",), output="o", format="xml")
     with pytest.raises(ValueError, match=r"batch_size=0: must be >= 1"):
         LabelConfig(model="m", inputs=("a",), output="o", batch_size=0)
-    with pytest.raises(ValueError, match=r"precision='fp8': must be one of \('auto', 'float32', 'bfloat16', 'float16'\)"):
+    with pytest.raises(
+        ValueError, match=r"precision='fp8': must be one of \('auto', 'float32', 'bfloat16', 'float16'\)"
+    ):
         LabelConfig(model="m", inputs=("a",), output="o", precision="fp8")
     cfg = LabelConfig(model="m", inputs=("a",), output="o")
     assert actor_layout(cfg, {"CPU": 2.0}) == (2, 1)
     assert actor_layout(cfg, {"CPU": 16.0}) == (4, 4)
     assert actor_layout(LabelConfig(model="m", inputs=("a",), output="o", num_gpus=1), {"CPU": 8, "GPU": 2}) == (2, 4)
-    assert actor_layout(LabelConfig(model="m", inputs=("a",), output="o", concurrency=3, tf_threads=2), {"CPU": 2}) == (3, 2)
+    assert actor_layout(LabelConfig(model="m", inputs=("a",), output="o", concurrency=3, tf_threads=2), {"CPU": 2}) == (
+        3,
+        2,
+    )
 
 
 def test_label_config_from_yaml_overrides_and_flags(tmp_path):
     from albert_ray.cli import build_parser
-    from albert_ray.label.run import load_label_config
+    from albert_ray.label.config import load_label_config
 
     cfg = load_label_config("jobs/configs/label/sample.yaml")
     assert (cfg.model, cfg.inputs, cfg.unit_bytes, cfg.include_text) == \
@@ -220,7 +217,9 @@ def test_killed_run_resumes_reusing_committed_units(tmp_path, models):
     assert sorted(bad.column("line").to_pylist()) == [i + 1 for i in range(0, n, 97)]
     assert (m["rows_in"], m["rows_out"], m["rows_quarantined"]) == (n, n - len(range(0, n, 97)), len(range(0, n, 97)))
     page = (out / "_summary.html").read_text(encoding="utf-8")  # the manifest for people
-    assert f"<td>rows_in</td><td>{n}</td>" in page and f"<td>rows_quarantined</td><td>{len(range(0, n, 97))}</td>" in page
+    assert (
+        f"<td>rows_in</td><td>{n}</td>" in page and f"<td>rows_quarantined</td><td>{len(range(0, n, 97))}</td>" in page
+    )
     assert all(f"<td>{reason}</td><td>{k}</td>" in page for reason, k in m["quarantine_reasons"].items())
     text_of = {r["line"]: r for r in table.to_pylist()}
     for e in text_of[2]["entities"]:

@@ -99,5 +99,7 @@ def test_sentence_pairs_are_cut_at_a_text_boundary_and_half_are_swapped():
         a, b = r[1:first], r[first + 1 : -1]
         want = [cls] + (b + [sep] + a if swapped else a + [sep] + b) + [sep]
         assert out[row, : len(r)].tolist() == want
-        assert segments[row, : len(r)].tolist() == [0] * (len(want[: want.index(sep)]) + 1) + [1] * (len(r) - want.index(sep) - 1)
+        assert segments[row, : len(r)].tolist() == [0] * (len(want[: want.index(sep)]) + 1) + [1] * (
+            len(r) - want.index(sep) - 1
+        )
         assert (out[row, len(r):] == 0).all() and (segments[row, len(r):] == 0).all()

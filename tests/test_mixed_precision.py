@@ -78,7 +78,9 @@ def test_attention_probabilities_are_float32_and_padding_keys_get_nothing():
     keep = tf.constant([[1, 1, 1, 1, 0, 0, 0]] * 3 + [[1, 1, 1, 1, 1, 1, 1]] * 3, tf.float32)
     probs = encoder.attention_probs(tf.cast(scores, tf.bfloat16), keep, 0.5)
     assert probs.dtype == tf.float32
-    expected = tf.nn.softmax(tf.cast(tf.cast(scores, tf.bfloat16), tf.float32) * 0.5 - 10000.0 * (1.0 - keep[:, None, :]))
+    expected = tf.nn.softmax(
+        tf.cast(tf.cast(scores, tf.bfloat16), tf.float32) * 0.5 - 10000.0 * (1.0 - keep[:, None, :])
+    )
     np.testing.assert_allclose(probs.numpy(), expected.numpy(), atol=1e-6)
     assert probs.numpy()[:3, :, 4:].max() == 0.0  # padding keys get nothing
     np.testing.assert_allclose(probs.numpy().sum(-1), 1.0, atol=1e-6)
@@ -164,7 +166,9 @@ def test_bfloat16_training_follows_float32(tmp_path):
 def test_precision_setting_and_its_alias():
     job = load_job_config("jobs/configs/sample_ner.yaml", ["train.mixed_precision=true"])
     assert job.policy == "mixed_float16"
-    assert load_job_config("jobs/configs/sample_ner.yaml", ["train.precision=mixed_bfloat16"]).policy == "mixed_bfloat16"
+    assert (
+        load_job_config("jobs/configs/sample_ner.yaml", ["train.precision=mixed_bfloat16"]).policy == "mixed_bfloat16"
+    )
     with pytest.raises(ValueError, match=r"^train.precision='fp8': must be one of \['float32', 'mixed_float16', "
                                          r"'mixed_bfloat16'\]$"):
         load_job_config("jobs/configs/sample_ner.yaml", ["train.precision=fp8"])

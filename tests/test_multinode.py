@@ -147,7 +147,9 @@ def _grep_store(fs, prefix: str, needle: str) -> list[str]:
 @pytest.mark.ci
 def test_label_s3_to_s3_with_the_model_on_s3_and_on_the_drivers_disk(cluster, s3, model, job_folder):
     from albert_ray import modeldir
-    from albert_ray.label.run import LabelConfig, label_corpus, output_schema
+    from albert_ray.label.config import LabelConfig
+    from albert_ray.label.run import label_corpus
+    from albert_ray.label.store import output_schema
 
     inputs, expected = _corpus(s3, "in")
     spec, _ = modeldir.check(model)
@@ -173,7 +175,8 @@ def test_label_s3_to_s3_with_the_model_on_s3_and_on_the_drivers_disk(cluster, s3
 
 @pytest.mark.ci
 def test_local_inputs_and_outputs_are_refused_in_one_line_before_any_read_task(cluster, s3, model, job_folder):
-    from albert_ray.label.run import LabelConfig, label_corpus
+    from albert_ray.label.config import LabelConfig
+    from albert_ray.label.run import label_corpus
 
     corpus = job_folder / "corpus.txt"
     corpus.write_text("张伟\n王芳\n", encoding="utf-8")
@@ -198,7 +201,8 @@ def test_local_inputs_and_outputs_are_refused_in_one_line_before_any_read_task(c
 def test_a_truncated_committed_part_is_relabeled_and_the_folder_reads_whole(cluster, s3, model):
     import pyarrow.fs as pafs
 
-    from albert_ray.label.run import LabelConfig, label_corpus
+    from albert_ray.label.config import LabelConfig
+    from albert_ray.label.run import label_corpus
 
     inputs, expected = _corpus(s3, "trunc", files=2, lines=40)
     cfg = LabelConfig(model=model, inputs=(inputs,), output=f"s3://{BUCKET}/labels-trunc", progress=False)
@@ -218,7 +222,8 @@ def test_a_truncated_committed_part_is_relabeled_and_the_folder_reads_whole(clus
 def test_a_killed_labeling_actor_costs_a_retry_not_a_row(cluster, s3, model):
     """SIGKILL the labeling actor's process on one worker node mid-run: Ray restarts it and
     retries its batch; every (source, line) comes out exactly once."""
-    from albert_ray.label.run import LabelConfig, label_corpus
+    from albert_ray.label.config import LabelConfig
+    from albert_ray.label.run import label_corpus
 
     _, nodes = cluster
     inputs, expected = _corpus(s3, "kill", files=4, lines=300)

@@ -41,7 +41,9 @@ def test_checkpoints_in_an_object_store_and_resume_from_it(tmp_path, local_ray, 
 
     files = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/sample_ner", recursive=True))]
     # <bucket>/runs/sample_ner/checkpoint_<timestamp>/<file>; timestamps sort chronologically
-    checkpoints = sorted({p.split("/")[3] for p in files if p.count("/") == 4 and p.split("/")[3].startswith("checkpoint_")})
+    checkpoints = sorted(
+        {p.split("/")[3] for p in files if p.count("/") == 4 and p.split("/")[3].startswith("checkpoint_")}
+    )
     assert checkpoints, files
     for name in checkpoints:  # every kept checkpoint is a complete model directory + resume state
         inside = {p.rsplit("/", 1)[1] for p in files if p.startswith(f"{BUCKET}/runs/sample_ner/{name}/")}
@@ -73,13 +75,17 @@ def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unre
     import pyarrow.parquet as pq
 
     from albert_ray.errors import InputUnreadable, first_line, unwrapped
-    from albert_ray.label.run import LabelConfig, label_corpus
+    from albert_ray.label.config import LabelConfig
+    from albert_ray.label.run import label_corpus
 
     model = small_ner_model
     uri = f"s3://key:secret@{BUCKET}/in?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
     fs.create_dir(BUCKET)
-    for name, text in (("a.txt", "张伟在北京。\n王芳去上海。\n"), ("b.jsonl", '{"text": "李明"}\n{"text": "新华社"}\n')):
+    for name, text in (
+        ("a.txt", "张伟在北京。\n王芳去上海。\n"),
+        ("b.jsonl", '{"text": "李明"}\n{"text": "新华社"}\n'),
+    ):
         with fs.open_output_stream(f"{BUCKET}/in/{name}") as f:
             f.write(text.encode())
     out = tmp_path / "labels"

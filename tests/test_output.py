@@ -11,9 +11,9 @@ from albert_ray.runtime import quiet
 
 # lines as a local run printed them (Ray's prefix and colours included), each of which must go
 NOISE = [
-    "\x1b[36m(TrainController pid=7244)\x1b[0m WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
-    "\x1b[36m(TrainController pid=7244)\x1b[0m I0000 00:00:1795685784.950167    7275 port.cc:153] oneDNN custom operations are on.",
-    "I0000 00:00:1795685784.951111    7275 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.",
+    "\x1b[36m(TrainController pid=7244)\x1b[0m WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",  # noqa: E501 (Ray's line as printed)
+    "\x1b[36m(TrainController pid=7244)\x1b[0m I0000 00:00:1795685784.950167    7275 port.cc:153] oneDNN custom operations are on.",  # noqa: E501 (Ray's line as printed)
+    "I0000 00:00:1795685784.951111    7275 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.",  # noqa: E501 (Ray's line as printed)
     "E0000 00:00:1795685807.374350    7481 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
     "E0000 00:00:1795685827.193162    7481 util.cc:131] oneDNN supports DT_BOOL only on platforms with AVX-512.",
     "[2026-11-26 09:36:47,299 E 7244 7275] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' has ...",
@@ -68,8 +68,10 @@ def test_the_demo_prints_our_lines_and_bars_only_and_v_brings_the_rest_back(tmp_
 
     if not shutil.which("script"):
         pytest.skip("util-linux 'script' (a pseudo-terminal) is not installed")
-    cmd = (f"stty cols 120 rows 40; {sys.executable} -m albert_ray.cli train --config jobs/configs/sample_ner.yaml "
-           f"output_dir={tmp_path} train.epochs=2 data.max_train_examples=300 --predict 张伟昨天在北京会见了新华社代表团。")
+    cmd = (
+        f"stty cols 120 rows 40; {sys.executable} -m albert_ray.cli train --config jobs/configs/sample_ner.yaml "
+        f"output_dir={tmp_path} train.epochs=2 data.max_train_examples=300 --predict 张伟昨天在北京会见了新华社代表团。"
+    )
     out = subprocess.run(["script", "-qec", cmd, str(tmp_path / "tty.log")], capture_output=True, timeout=400,
                          stdin=subprocess.DEVNULL)
     assert out.returncode == 0
@@ -95,9 +97,22 @@ def loud_predict_brings_back_what_this_cpu_prints(env: dict | None = None) -> No
 
     from albert_ray.runtime import hardware
     env = {**os.environ, **(env or {})}
-    loud = subprocess.run([sys.executable, "-m", "albert_ray.cli", "-v", "predict", "--model",
-                           "tests/data/model_before_mixed_precision", "张伟"], capture_output=True, text=True, timeout=300,
-                          env=env)
+    loud = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "albert_ray.cli",
+            "-v",
+            "predict",
+            "--model",
+            "tests/data/model_before_mixed_precision",
+            "张伟",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert loud.returncode == 0, loud.stderr[-2000:]
     assert "Could not find cuda drivers" in loud.stderr
     assert ("oneDNN custom operations are on" in loud.stderr) == hardware.onednn_on(env=env)

@@ -47,6 +47,10 @@ def test_xlarge_recommendations(corpora):
 
 
 def test_parse_size():
-    assert parse_size("16GiB") == 16 * 1024 ** 3 and parse_size("800MiB") == 800 * 1024 ** 2 and parse_size("1.5G") == int(1.5 * 1024 ** 3)
+    assert (
+        parse_size("16GiB") == 16 * 1024**3
+        and parse_size("800MiB") == 800 * 1024**2
+        and parse_size("1.5G") == int(1.5 * 1024**3)
+    )
     with pytest.raises(ValueError, match="expected a number with a unit"):
         parse_size("lots")

@@ -65,9 +65,15 @@ def test_pretraining_learns_writes_the_published_layout_and_fine_tuning_starts_f
     assert last["heldout_accuracy"] > 2 * max(counts.values()) / total  # beats the most frequent token
 
     folder = Path(summary["pretrained_dir"])
-    assert sorted(p.name for p in folder.iterdir()) == ["albert_config.json", "checkpoint", "model.ckpt.data-00000-of-00001",
-                                                        "model.ckpt.index", "pretrain.json", "train_state.json",
-                                                        "vocab.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "albert_config.json",
+        "checkpoint",
+        "model.ckpt.data-00000-of-00001",
+        "model.ckpt.index",
+        "pretrain.json",
+        "train_state.json",
+        "vocab.txt",
+    ]
     shapes = tf.train.load_checkpoint(str(folder / "model.ckpt")).get_variable_to_shape_map()
     assert shapes["bert/embeddings/word_embeddings"] == [len(VOCAB), 64]
     assert shapes["bert/embeddings/word_embeddings_2"] == [64, 128]
@@ -86,7 +92,10 @@ def test_pretraining_learns_writes_the_published_layout_and_fine_tuning_starts_f
 
     job = load_job_config("jobs/configs/sample_classify.yaml", ["model.init=checkpoint", f"model.checkpoint={folder}",
                                                                 "model.max_len=32"])
-    assert (job.model.encoder_config, job.model.vocab) == (str(folder / "albert_config.json"), str(folder / "vocab.txt"))
+    assert (job.model.encoder_config, job.model.vocab) == (
+        str(folder / "albert_config.json"),
+        str(folder / "vocab.txt"),
+    )
     from albert_ray.model.encoder_config import EncoderConfig
 
     spec = ModelSpec.from_job(job, ("a", "b"), EncoderConfig.from_json_file(job.model.encoder_config))
@@ -131,7 +140,9 @@ def test_the_measured_recipe_config_asks_for_its_inputs_and_vocabulary_in_one_li
         (30.0, 32, 3e-3, "mixed_bfloat16", "corpus", False)
     bundled = sorted(p.name for p in Path("jobs/configs/pretrain").glob("*.yaml"))
     assert bundled == ["corpus_30min.yaml", "sample.yaml"]
-    assert [load_pretrain_config(f"jobs/configs/pretrain/{name}", [], ["a.txt"]).inputs for name in bundled] == [("a.txt",)] * 2
+    assert [load_pretrain_config(f"jobs/configs/pretrain/{name}", [], ["a.txt"]).inputs for name in bundled] == [
+        ("a.txt",)
+    ] * 2
 
 
 def test_the_budget_fits_the_schedule_to_the_pace_after_a_resume_and_the_log_line_says_so():
@@ -341,10 +352,17 @@ def test_the_corpus_read_keeps_every_readable_text_and_counts_every_skipped_row(
     assert "".join(VOCAB.tokens[i] for r in rows for i in r[1:-1]) == "".join(good)
     assert len(rows) == count.sequences == 2 + 1 + 1 + 1  # bodies of 6: a.txt's 7 characters make two
     assert count.texts == 6
-    assert count.skipped == {"empty text": 1, "NUL character": 1, "lone surrogate": 1, "field 'text' is not a string": 1}
+    assert count.skipped == {
+        "empty text": 1,
+        "NUL character": 1,
+        "lone surrogate": 1,
+        "field 'text' is not a string": 1,
+    }
     assert count.first_skipped == f"{folder}/a.txt line 2: empty text"
-    assert count.describe() == ("6 texts, 5 sequences; 4 rows skipped (empty text 1, NUL character 1, lone surrogate 1, "
-                                f"field 'text' is not a string 1; the first: {folder}/a.txt line 2: empty text)")
+    assert count.describe() == (
+        "6 texts, 5 sequences; 4 rows skipped (empty text 1, NUL character 1, lone surrogate 1, "
+        f"field 'text' is not a string 1; the first: {folder}/a.txt line 2: empty text)"
+    )
 
 
 def test_a_corpus_too_small_for_one_step_is_one_line_before_any_worker(tmp_path, monkeypatch):

@@ -56,8 +56,12 @@ def test_two_workers_at_batch_b_reach_the_weights_of_one_worker_at_2b(tmp_path, 
     # one worker in this process: the Ray Train run of one worker is the same bit for bit (above)
     one = train_in_process(load_job_config("jobs/configs/sample_ner.yaml",
                                            [f"output_dir={tmp_path / 'one'}", "train.batch_size=16", *common]))
-    two = train(load_job_config("jobs/configs/sample_ner.yaml",
-                                [f"output_dir={tmp_path / 'two'}", "train.batch_size=8", "train.num_workers=2", *common]))
+    two = train(
+        load_job_config(
+            "jobs/configs/sample_ner.yaml",
+            [f"output_dir={tmp_path / 'two'}", "train.batch_size=8", "train.num_workers=2", *common],
+        )
+    )
     assert one["steps"] == two["steps"] == 6  # 96 rows / global batch 16
     w1, w2 = _weights(one["model_dir"]), _weights(two["model_dir"])
     assert w1.keys() == w2.keys() and len(w1) > 20
@@ -80,8 +84,12 @@ def test_mixed_precision_on_two_workers_scales_the_loss_and_updates(tmp_path, lo
     common = ["data.max_train_examples=256", "train.epochs=1", "model.dropout=0", "train.log_every=0",
               "train.cpus_per_worker=0.5", "train.learning_rate=3e-3", "train.mixed_precision=true",
               f"model.encoder_config={narrow_encoder(tmp_path)}"]
-    two = train(load_job_config("jobs/configs/sample_ner.yaml",
-                                [f"output_dir={tmp_path / 'two'}", "train.batch_size=16", "train.num_workers=2", *common]))
+    two = train(
+        load_job_config(
+            "jobs/configs/sample_ner.yaml",
+            [f"output_dir={tmp_path / 'two'}", "train.batch_size=16", "train.num_workers=2", *common],
+        )
+    )
     last = two["history"][-1]
     assert two["steps"] == 8  # 256 rows / (16 x 2 workers)
     # overflowing updates are skipped on every worker alike (the check runs on all-reduced

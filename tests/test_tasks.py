@@ -83,7 +83,7 @@ def test_a_task_registered_from_a_test_works_end_to_end(toy, tmp_path):
     from albert_ray.finetune.config import load_job_config
     from albert_ray.finetune.driver import featurize
     from albert_ray.inference.labeler import Labeler
-    from albert_ray.label.run import output_schema
+    from albert_ray.label.store import output_schema
     from albert_ray.model.tokenization import build_char_vocab
     from albert_ray.spec import ModelSpec
 
@@ -108,7 +108,9 @@ def test_a_task_registered_from_a_test_works_end_to_end(toy, tmp_path):
     assert [sorted(p) for p in predictions] == [["value"]] * 3
     assert all(isinstance(p["value"], float) for p in predictions)
     text, report = toy.report(examples, predictions, spec)
-    assert report["mse"] == pytest.approx(np.mean([(len(t) / 10 - p["value"]) ** 2 for t, p in zip(texts, predictions)]))
+    assert report["mse"] == pytest.approx(
+        np.mean([(len(t) / 10 - p["value"]) ** 2 for t, p in zip(texts, predictions)])
+    )
     assert output_schema(spec).names == ["source", "line", "id", "value", "model_name", "model_version"]
 
 

@@ -1,6 +1,25 @@
 from albert_ray.model.tokenization import CharTokenizer, Vocab
 
-TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "张", "三", "在", "北", "京", "a", "i", "1", "2", "，", "“", "”", "!"]
+TOKENS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "张",
+    "三",
+    "在",
+    "北",
+    "京",
+    "a",
+    "i",
+    "1",
+    "2",
+    "，",
+    "“",
+    "”",
+    "!",
+]
 
 
 def tok():

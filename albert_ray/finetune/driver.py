@@ -289,11 +289,21 @@ def finish(job: JobConfig, prep: Prepared, model_dir: Path, seconds: float) -> d
     modeldir.drop_resume_state(model_dir)
     split, examples = ("test", prep.test) if prep.test else ("dev", prep.dev)
     text, report = evaluate_examples(model_dir, examples, page=model_dir, history=state.history)
-    summary = {"name": job.name, "task": job.task, "model_dir": paths.without_credentials(job.model_dir), "eval_split": split,
-               "eval_examples": len(examples), "train_examples": prep.train_count, "skipped_records": prep.skipped,
-               "best_dev_score": state.best_score, "history": state.history,
-               "resumes": state.resumes, "steps": state.steps,
-               "seconds": round(seconds, 1), "metrics": report}
+    summary = {
+        "name": job.name,
+        "task": job.task,
+        "model_dir": paths.without_credentials(job.model_dir),
+        "eval_split": split,
+        "eval_examples": len(examples),
+        "train_examples": prep.train_count,
+        "skipped_records": prep.skipped,
+        "best_dev_score": state.best_score,
+        "history": state.history,
+        "resumes": state.resumes,
+        "steps": state.steps,
+        "seconds": round(seconds, 1),
+        "metrics": report,
+    }
     (model_dir / modeldir.METRICS_FILE).write_text(json.dumps(summary, ensure_ascii=False, indent=2))
     (model_dir / modeldir.REPORT_FILE).write_text(text, encoding="utf-8")
     if paths.is_uri(job.model_dir):

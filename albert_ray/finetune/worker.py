@@ -124,8 +124,9 @@ def build_training(cfg: WorkerConfig, strategy, schedule: Schedule) -> Training:
     t, spec = cfg.job.train, cfg.spec
     with strategy.scope():
         with dtype_policy(cfg.job.policy):
-            model = modeldir.new_model(spec, seed=t.seed,
-                                       checkpoint=cfg.job.model.checkpoint if cfg.job.model.init == "checkpoint" else None)
+            model = modeldir.new_model(
+                spec, seed=t.seed, checkpoint=cfg.job.model.checkpoint if cfg.job.model.init == "checkpoint" else None
+            )
         optimizer = adamw(model, WarmupLinearDecay(schedule.peak_lr, schedule.warmup, schedule.total_steps),
                           t.weight_decay, NO_WEIGHT_DECAY, cfg.job.policy)
         accumulators = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables] \
@@ -268,9 +269,18 @@ def run_epoch(tr: Training, ctx: Context, cfg: WorkerConfig, task: Task, state: 
 
     t = cfg.job.train
     began, losses, examples = time.time(), [], 0
-    batches = worker_batches(ctx.rows, batch_size=t.batch_size, seed=t.seed, epoch=epoch, pad_targets=task.pad_targets,
-                             rank=ctx.rank, world=ctx.world, split_global=t.shard == "deterministic", bucket_by_length=t.bucket_by_length,
-                             pad_to=cfg.spec.max_len)
+    batches = worker_batches(
+        ctx.rows,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        epoch=epoch,
+        pad_targets=task.pad_targets,
+        rank=ctx.rank,
+        world=ctx.world,
+        split_global=t.shard == "deterministic",
+        bucket_by_length=t.bucket_by_length,
+        pad_to=cfg.spec.max_len,
+    )
     # every worker must run the same number of steps (collectives): the smallest shard decides
     n = loop.min_across_workers(ctx.strategy, len(batches)) if ctx.world > 1 and t.shard == "ray" else len(batches)
     n -= n % t.grad_accum_steps if n >= t.grad_accum_steps else 0

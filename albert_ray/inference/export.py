@@ -122,8 +122,17 @@ def export(model_dir: str | Path, output: str | Path) -> Path:
     output = Path(output)
     tf.saved_model.save(module, str(output), signatures={"serving_default": module.serve})
     outputs = {k: v.dtype.name for k, v in module.serve.get_concrete_function().structured_outputs.items()}
-    (output / "export.json").write_text(json.dumps({"model_dir": paths.without_credentials(model_dir), "task": spec.task,
-                                                    "labels": list(spec.labels), "outputs": outputs}, indent=2,
-                                                   ensure_ascii=False))
+    (output / "export.json").write_text(
+        json.dumps(
+            {
+                "model_dir": paths.without_credentials(model_dir),
+                "task": spec.task,
+                "labels": list(spec.labels),
+                "outputs": outputs,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     log.info("exported %s to %s (serving_default: texts -> %s)", model_dir, output, ", ".join(outputs))
     return output

@@ -404,7 +404,8 @@ def _csv_rows(lines: Iterator[tuple[int, bytes, int]], opts: ReadOptions):
 def _csv_error_reason(exc: csv.Error, consumed: list) -> str:
     """Why the CSV reader failed on the lines it ``consumed`` (``(line_no, text, decode problem)``)."""
     if "unexpected end of data" in str(exc):
-        return f"unterminated quote (from line {consumed[0][0]} to the end of the file; the following lines are read again)"
+        return (f"unterminated quote (from line {consumed[0][0]} to the end of the file; "
+                "the following lines are read again)")
     if len(consumed) > 1:
         return (f"unterminated quote (the record ran over lines {consumed[0][0]}-{consumed[-1][0]}, then: {exc}; "
                 f"the following lines are read again)")
@@ -593,7 +594,8 @@ def _read_ranges(task: dict, run: list[dict], at: dict, opts: ReadOptions, out: 
         out.end(run[k]["uid"], {"rows": rows, "first_line": first_line, "lines": line_no - first_line,
                                 "next_offset": next_offset, "next_line": line_no})
 
-    for offset, raw, end in physical_lines(_opened(task), end):
+    for offset, raw, line_end in physical_lines(_opened(task), end):
+        end = line_end  # where the file's last line read ends
         while k < len(run) and offset >= run[k]["stop"]:
             finish(offset)
             k, rows, first_line = k + 1, 0, line_no

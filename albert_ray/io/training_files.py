@@ -251,7 +251,8 @@ def _read_jsonl(path: Path, **_):
                 continue
             for x in record["entities"]:
                 if "text" in x and 0 <= x["start"] < x["end"] <= len(text) and text[x["start"]:x["end"]] != x["text"]:
-                    error = f"entity text {x['text']!r} differs from the text at [{x['start']}, {x['end']}): {text[x['start']:x['end']]!r}"
+                    found = text[x["start"] : x["end"]]
+                    error = f"entity text {x['text']!r} differs from the text at [{x['start']}, {x['end']}): {found!r}"
             error = error or _check_spans(text, spans)
             if error:
                 yield where, error

@@ -1,17 +1,7 @@
 """Bulk corpus labeling with Ray Data: read + validate (one task per file, each byte once) ->
-label and write (an actor pool that loads the model once) -> commit units (the driver).
-
-Layout of ``<output>``:
-
-* ``unit=<id>/part-<first row>-<last row>.parquet``: labeled rows (schema: :func:`output_schema`);
-* ``_quarantine/unit=<id>/part-*.parquet``: rows that cannot be labeled (``QUARANTINE_SCHEMA``:
-  ``source``, ``line``, ``id``, ``reason``, ``raw``);
-* ``_units/<id>.json``: a unit's commit record, written last, once both its labeled and its
-  quarantined rows are on storage (rows in / out / quarantined, input identity, line numbers,
-  files, label counts, quarantine reasons);
-* ``_manifest.json``: the run's totals; ``_summary.html``: the same as a page.
-
-Names starting with ``_`` are skipped by pandas, pyarrow, duckdb and Spark reading the folder.
+label and write (:class:`~albert_ray.label.writer.LabelWriter`, an actor pool that loads the
+model once) -> commit units (the driver). The output folder's layout is
+:mod:`albert_ray.label.store`'s; the settings are :mod:`albert_ray.label.config`'s.
 
 A unit is complete when its record exists, was written with the same labeling settings
 (model, text field, limits, output columns) and its files are there.  A re-run reuses complete
@@ -26,329 +16,44 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
-import zlib
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 import albert_ray  # noqa: F401 TF_USE_LEGACY_KERAS before TensorFlow
 from albert_ray import __version__, modeldir
 from albert_ray.errors import ONE_LINE, environment_fault, unwrapped
 from albert_ray.io.corpus import (
     BLOCK_BYTES,
-    INPUT_FORMATS,
     InputFile,
-    ReadOptions,
     Unit,
     expand_inputs,
     input_roots,
     plan_units,
     read_file,
     read_task,
-    reason_kind,
 )
-from albert_ray.model.memory_planner import parse_size
-from albert_ray.paths import fs_and_path, is_uri, without_credentials
+from albert_ray.label.config import LabelConfig
+from albert_ray.label.store import MANIFEST, QUARANTINE_SCHEMA, SUMMARY_HTML, UNITS_DIR, OutputStore, output_schema
+from albert_ray.label.writer import LabelWriter
+from albert_ray.paths import is_uri, without_credentials
 from albert_ray.reports.page import label_summary_page
 from albert_ray.runtime.attach import (
     Interrupted,
     alive_nodes,
-    configure_tf,
     init_ray,
     require_visible,
     require_visible_folder,
 )
 from albert_ray.runtime.progress import RowProgress
-from albert_ray.spec import PRECISIONS  # not predict: that imports TensorFlow into the driver
 from albert_ray.tasks.registry import task_for
-from albert_ray.typedconfig import apply_overrides, build, read_yaml
 
 log = logging.getLogger(__name__)
 
-QUARANTINE_DIR = "_quarantine"
-UNITS_DIR = "_units"
-MANIFEST = "_manifest.json"
-SUMMARY_HTML = "_summary.html"   # the manifest for people: counts, quarantine reasons, throughput
 READ_AHEAD_BYTES = 64 << 20   # object store bytes the pipeline may hold (blocks read ahead of the actors)
-STATS_SCHEMA = pa.schema([("unit", pa.string()), ("precision", pa.string()), ("rows", pa.int64()), ("out", pa.int64()),
-                          ("bad", pa.int64()), ("parts", pa.string()), ("quarantine_parts", pa.string()), ("sizes", pa.string()),
-                          ("quarantine_sizes", pa.string()),
-                          ("counts", pa.string()), ("reasons", pa.string()), ("text_bytes", pa.int64()),
-                          ("meta", pa.string()), ("label_seconds", pa.float64()), ("call_seconds", pa.float64())])
-QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("id", pa.string()),
-                               ("reason", pa.string()), ("raw", pa.string())])
-
-
-@dataclass(frozen=True)
-class LabelConfig:
-    """Settings of a labeling run (laptop-friendly defaults)."""
-
-    model: str
-    inputs: tuple[str, ...]
-    output: str
-    format: str = "auto"             # text | jsonl | csv | parquet | auto (by extension)
-    text_field: str = "text"         # JSONL / CSV / Parquet column holding the text
-    id_field: str | None = None      # column copied to `id`
-    include_text: bool = False
-    include_probs: bool = False
-    max_chars: int = 100_000         # longer texts are quarantined
-    unit_bytes: int = 32 << 20       # plain text / JSONL unit size (resume granularity)
-    batch_size: int = 2048           # rows per labeling call (sorted by length inside)
-    model_batch_size: int = 32       # windows per forward pass (32 is fastest for 1-thread actors)
-    concurrency: int = 0             # labeling actors; 0: auto (see actor_layout)
-    num_cpus: float = 0.5            # per actor (fractional: leaves CPUs for the read tasks)
-    num_gpus: float = 0.0            # per actor
-    tf_threads: int = 0              # per actor; 0: the cluster's CPUs / actors
-    precision: str = "auto"          # auto | float32 | bfloat16 | float16
-    prune: bool = False              # delete the labels of inputs no longer given
-    verify: bool = False             # checksum every committed part before reusing its unit (sizes always)
-    progress: bool = True
-
-    def __post_init__(self):
-
-        if self.format not in INPUT_FORMATS + ("auto",):
-            raise ValueError(f"format={self.format!r}: must be one of {INPUT_FORMATS + ('auto',)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}: must be one of {PRECISIONS}")
-        for name in ("max_chars", "unit_bytes", "batch_size", "model_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 1")
-        for name in ("concurrency", "num_cpus", "num_gpus", "tf_threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
-        if not self.inputs:
-            raise ValueError("inputs: give at least one file, directory or glob")
-
-    def read_options(self) -> ReadOptions:
-        return ReadOptions(self.format, self.text_field, self.id_field, self.max_chars)
-
-
-def load_label_config(path: str | None = None, overrides: list[str] | None = None,
-                      given: dict | None = None) -> LabelConfig:
-    """A :class:`LabelConfig` from a YAML file (optional), dotted ``key=value`` overrides, then
-    ``given`` values (command-line flags), in that order of precedence. ``unit_bytes`` may be a
-    size such as ``32MiB``.
-
-    Raises:
-        FileNotFoundError, ValueError: one line naming the file or field.
-    """
-
-    data = read_yaml(path, "label config") if path else {}
-    data = apply_overrides(data, list(overrides or []))
-    data.update(given or {})
-    if isinstance(data.get("unit_bytes"), str):
-        data["unit_bytes"] = parse_size(data["unit_bytes"])
-    return build(LabelConfig, data)
-
-
-def output_schema(spec, include_text: bool = False, include_probs: bool = False) -> pa.Schema:
-    """The Parquet schema of labeled rows (``unit`` comes from the partition directory)."""
-
-    fields = [pa.field("source", pa.string()), pa.field("line", pa.int64()), pa.field("id", pa.string())]
-    if include_text:
-        fields.append(pa.field("text", pa.string()))
-    fields += task_for(spec).output_fields(spec, include_probs)
-    return pa.schema(fields + [pa.field("model_name", pa.string()), pa.field("model_version", pa.string())])
-
-
-# ---- the output folder ----------------------------------------------------------------------
-class OutputStore:
-    """Files of one output folder (local or URI); every write is all-or-nothing."""
-
-    def __init__(self, output: str):
-        self.output = output
-        self.fs, self.root = fs_and_path(output)
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
-
-    def _path(self, *parts: str) -> str:
-        return "/".join([self.root.rstrip("/"), *parts])
-
-    def unit_dir(self, uid: str, quarantine: bool = False) -> str:
-        return self._path(*((QUARANTINE_DIR,) if quarantine else ()), f"unit={uid}")
-
-    def _write(self, path: str, write) -> None:
-        """Write through a hidden temporary name and rename (local); object stores publish an
-        object only when its upload completes."""
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        if not self.local:
-            return write(path)
-        head, name = path.rsplit("/", 1)
-        tmp = f"{head}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        write(tmp)
-        self.fs.move(tmp, path)
-
-    def write_table(self, table: pa.Table, path: str) -> list[int]:
-        """Write ``table`` as Parquet; ``[bytes, crc32]`` of the file, which its unit's commit
-        record keeps so that a damaged or truncated part is found before the unit is reused."""
-
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        data = sink.getvalue().to_pybytes()
-        self._write(path, lambda p: self._write_stream(p, data))
-        return [len(data), zlib.crc32(data)]
-
-    def _write_stream(self, path: str, data: bytes) -> None:
-        with self.fs.open_output_stream(path) as f:
-            f.write(data)
-
-    def write_json(self, data: dict, *parts: str) -> None:
-        self.write_bytes(json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"), *parts)
-
-    def write_bytes(self, data: bytes, *parts: str) -> None:
-        self._write(self._path(*parts), lambda p: self._write_stream(p, data))
-
-    def sizes(self, directory: str) -> dict[str, int]:
-        """``{file name: bytes}`` of the files in a folder."""
-        return {i.path.rsplit("/", 1)[-1]: i.size for i in self._file_infos(directory)}
-
-    def crc32(self, path: str) -> int:
-        with self.fs.open_input_stream(path) as f:
-            return zlib.crc32(f.read())
-
-    def _file_infos(self, directory: str) -> list:
-        if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
-            return []
-        return [i for i in self.fs.get_file_info(pafs.FileSelector(directory)) if i.type == pafs.FileType.File]
-
-    def files(self, directory: str) -> list[str]:
-        return [i.path for i in self._file_infos(directory)]
-
-    def records(self) -> dict[str, dict]:
-        out = {}
-        for path in self.files(self._path(UNITS_DIR)):
-            if path.endswith(".json"):
-                with self.fs.open_input_stream(path) as f:
-                    rec = json.loads(f.read().decode("utf-8"))
-                out[rec["uid"]] = rec
-        return out
-
-    def unit_dirs(self) -> set[str]:
-        """Unit ids that have a folder of labeled or quarantined rows."""
-        found = set()
-        for base in (self.root, self._path(QUARANTINE_DIR)):
-            if self.fs.get_file_info(base).type == pafs.FileType.Directory:
-                for info in self.fs.get_file_info(pafs.FileSelector(base)):
-                    name = info.path.rsplit("/", 1)[-1]
-                    if info.type == pafs.FileType.Directory and name.startswith("unit="):
-                        found.add(name[len("unit="):])
-        return found
-
-    def delete_unit(self, uid: str) -> None:
-        """The record first: a unit without a record is incomplete, whatever else is left."""
-        record = self._path(UNITS_DIR, f"{uid}.json")
-        if self.fs.get_file_info(record).type == pafs.FileType.File:
-            self.fs.delete_file(record)
-        for d in (self.unit_dir(uid), self.unit_dir(uid, quarantine=True)):
-            if self.fs.get_file_info(d).type == pafs.FileType.Directory:
-                self.fs.delete_dir(d)
-
-    def keep_only(self, uid: str, names: set[str], quarantine: bool) -> None:
-        """Delete files of a unit that its commit does not list (left by a failed attempt)."""
-        for path in self.files(self.unit_dir(uid, quarantine)):
-            if path.rsplit("/", 1)[-1] not in names:
-                self.fs.delete_file(path)
-
-    def has_parquet(self, base: str) -> bool:
-        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
-            return False
-        for info in self.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-            parts = info.path[len(base):].strip("/").split("/")
-            if info.path.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts):
-                return True  # a file readers see (they skip names starting with _ or .)
-        return False
-
-
-# ---- labeling actors ------------------------------------------------------------------------
-class LabelWriter:
-    """Ray Data actor: loads the model once; labels a batch of rows and writes each unit's slice
-    of it (labeled and quarantined rows) as its own Parquet files; returns one stats row per
-    unit of the batch."""
-
-    def __init__(self, model: list, output: str, include_text: bool, include_probs: bool,
-                 model_batch_size: int, tf_threads: int, precision: str):
-        """``model``: ``[ref]``, the object-store reference of :func:`modeldir.pack`'s files (in a
-        list, so Ray hands it over as a reference): the actor never opens the driver's disk."""
-
-        import ray
-
-        from albert_ray.inference.labeler import Labeler
-
-        configure_tf(tf_threads)
-        folder = modeldir.unpack(ray.get(model[0]))
-        try:
-            self.labeler = Labeler.from_dir(folder, batch_size=model_batch_size, precision=precision)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        self.spec, self.task = self.labeler.spec, task_for(self.labeler.spec)
-        self.store = OutputStore(output)
-        self.include_text, self.include_probs = include_text, include_probs
-        self.schema = output_schema(self.spec, include_text, include_probs)
-        self.version = self.spec.extra.get("version", __version__)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        began = time.perf_counter()
-        ends = batch.filter(pc.is_valid(batch.column("meta")))
-        rows = batch.filter(pc.is_null(batch.column("meta")))
-        good_mask = pc.is_null(rows.column("reason"))
-        good, bad = rows.filter(good_mask), rows.filter(pc.invert(good_mask))
-        labeled = self._label(good)
-        label_seconds = time.perf_counter() - began
-        stats = {uid: self._write_unit(uid, rows, good, labeled, bad)
-                 for uid in pc.unique(rows.column("unit")).to_pylist()}
-        for uid, meta in zip(ends.column("unit").to_pylist(), ends.column("meta").to_pylist()):
-            stats.setdefault(uid, {})["meta"] = meta
-        call_seconds = time.perf_counter() - began
-        return pa.Table.from_pylist([{"unit": uid, "precision": self.labeler.precision, "rows": 0, "out": 0, "bad": 0,
-                                      "parts": "[]", "quarantine_parts": "[]", "sizes": "{}", "quarantine_sizes": "{}",
-                                      "counts": "{}", "reasons": "{}",
-                                      "text_bytes": 0, "label_seconds": 0.0 if i else label_seconds,
-                                      "call_seconds": 0.0 if i else call_seconds, **s}
-                                     for i, (uid, s) in enumerate(stats.items())], schema=STATS_SCHEMA)
-
-    def _write_unit(self, uid: str, rows: pa.Table, good: pa.Table, labeled: pa.Table, bad: pa.Table) -> dict:
-        """Write one unit's slice of the batch (files named by its first and last row, so a
-        retried call rewrites the same files); its stats."""
-        mine = rows.filter(pc.equal(rows.column("unit"), uid))
-        name = f"part-{pc.min(mine.column('row')).as_py():010d}-{pc.max(mine.column('row')).as_py():010d}.parquet"
-        s = {"rows": mine.num_rows}
-        good_mask = pc.equal(good.column("unit"), uid)
-        out = labeled.filter(good_mask)
-        if out.num_rows:
-            info = self.store.write_table(out, f"{self.store.unit_dir(uid)}/{name}")
-            s.update(out=out.num_rows, parts=json.dumps([name]), sizes=json.dumps({name: info}),
-                     counts=json.dumps(_value_counts(self.task.counted_values(out))),
-                     text_bytes=pc.sum(pc.binary_length(good.filter(good_mask).column("text"))).as_py() or 0)
-        quarantined = bad.filter(pc.equal(bad.column("unit"), uid))
-        if quarantined.num_rows:
-            table = quarantined.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
-            info = self.store.write_table(table, f"{self.store.unit_dir(uid, quarantine=True)}/{name}")
-            reasons = Counter(map(reason_kind, table.column("reason").to_pylist()))
-            s.update(bad=table.num_rows, quarantine_parts=json.dumps([name]), reasons=json.dumps(reasons),
-                     quarantine_sizes=json.dumps({name: info}))
-        return s
-
-    def _label(self, good: pa.Table) -> pa.Table:
-        texts = good.column("text").to_pylist()
-        results = self.labeler.predict(texts)
-        cols = {"source": good.column("source"), "line": good.column("line"), "id": good.column("id")}
-        if self.include_text:
-            cols["text"] = good.column("text")
-        cols.update(self.task.output_columns(results, self.spec, self.include_probs))
-        cols["model_name"] = [self.spec.name] * len(texts)
-        cols["model_version"] = [self.version] * len(texts)
-        return pa.table(cols, schema=self.schema)
-
-
-def _value_counts(values: pa.Array) -> dict:
-    return {item["values"]: item["counts"] for item in pc.value_counts(values).to_pylist() if item["values"] is not None}
 
 
 # ---- planning and resume (driver) -----------------------------------------------------------
@@ -408,7 +113,9 @@ def check_output_location(cfg: LabelConfig, files: list[InputFile]) -> None:
                              f"Parquet and quarantine files as input; choose an output folder outside the inputs")
     inside = [f.path for f in files if f.path.startswith(out.rstrip(os.sep) + os.sep)]
     if inside:
-        raise ValueError(f"input {inside[0]} lies inside output {cfg.output}; choose an output folder outside the inputs")
+        raise ValueError(
+            f"input {inside[0]} lies inside output {cfg.output}; choose an output folder outside the inputs"
+        )
 
 
 def plan_run(cfg: LabelConfig, store: OutputStore, model_checksum: str | None = None) -> Plan:
@@ -438,7 +145,9 @@ def plan_run(cfg: LabelConfig, store: OutputStore, model_checksum: str | None = 
     stale = (set(records) | store.unit_dirs()) - set(plan.complete)
     for uid in sorted(stale):
         store.delete_unit(uid)
-    changed = {records[u]["source"] for u in stale if u in records and u not in planned and records[u]["source"] in given}
+    changed = {
+        records[u]["source"] for u in stale if u in records and u not in planned and records[u]["source"] in given
+    }
     if changed:
         log.info("%d input file(s) changed since they were labeled; relabeling them (e.g. %s)", len(changed),
                  sorted(changed)[0])
@@ -548,8 +257,16 @@ def label_corpus(cfg: LabelConfig, address: str | None = None) -> dict:
     plan_seconds = time.time() - began
     init_ray(address, dashboard=False)
     todo = plan.todo()
-    log.info("labeling %d files: %d units, %d already complete, %d to do (%.1f MB) with %s (%s)", len(plan.files),
-             len(plan.units), len(plan.complete), len(todo), plan.todo_bytes() / 1e6, without_credentials(cfg.model), spec.task)
+    log.info(
+        "labeling %d files: %d units, %d already complete, %d to do (%.1f MB) with %s (%s)",
+        len(plan.files),
+        len(plan.units),
+        len(plan.complete),
+        len(todo),
+        plan.todo_bytes() / 1e6,
+        without_credentials(cfg.model),
+        spec.task,
+    )
     if todo:
         _require_visible_everywhere(cfg, plan, store)
     progress = RowProgress(plan.todo_bytes(), enabled=cfg.progress)

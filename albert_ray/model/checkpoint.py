@@ -105,7 +105,9 @@ def detect_layout(names) -> str:
         CheckpointError: the names fit none of the known layouts.
     """
     names = list(names)
-    if any(n.startswith(("bert/encoder/transformer/group_", "bert/encoder/embedding_hidden_mapping_in")) for n in names):
+    if any(
+        n.startswith(("bert/encoder/transformer/group_", "bert/encoder/embedding_hidden_mapping_in")) for n in names
+    ):
         return "albert_google"
     if any(n == "bert/embeddings/word_embeddings_2" or n.startswith("bert/encoder/layer_shared/") for n in names):
         return "albert_brightmart"

@@ -84,7 +84,9 @@ class MultiHeadAttention(KerasMultiHeadAttention):
 
     def __init__(self, head_num, **kwargs):
         if kwargs.get("history_only"):
-            raise ValueError("MultiHeadAttention: history_only (causal) attention is not used by BERT / ALBERT encoders")
+            raise ValueError(
+                "MultiHeadAttention: history_only (causal) attention is not used by BERT / ALBERT encoders"
+            )
         super().__init__(head_num, **kwargs)
 
     def call(self, inputs, mask=None, training=None):
@@ -200,7 +202,9 @@ class BertEncoder:
 
     def __init__(self, config: EncoderConfig):
         if config.layout != self.layout:
-            raise ValueError(f"{type(self).__name__} needs a {self.layout} config, got {config.layout} ({config.source})")
+            raise ValueError(
+                f"{type(self).__name__} needs a {self.layout} config, got {config.layout} ({config.source})"
+            )
         self.config = config
 
     # -- building ------------------------------------------------------------------------
@@ -263,7 +267,9 @@ class BrightmartAlbertEncoder(BertEncoder):
 
     def embeddings(self, inputs):
         c = self.config
-        token = keras.layers.Embedding(c.vocab_size, c.embedding_size, mask_zero=True, name="Embedding-Token")(inputs[0])
+        token = keras.layers.Embedding(c.vocab_size, c.embedding_size, mask_zero=True, name="Embedding-Token")(
+            inputs[0]
+        )
         token = keras.layers.Dense(c.hidden_size, use_bias=False, name="Embedding-Token-Projection")(token)
         segment = keras.layers.Embedding(c.type_vocab_size, c.hidden_size, name="Embedding-Segment")(inputs[1])
         x = keras.layers.Add(name="Embedding-Token-Segment")([token, segment])
@@ -277,14 +283,19 @@ class BrightmartAlbertEncoder(BertEncoder):
         out = []
         for inner in range(c.inner_group_num):
             prefix = self._block_prefix(group, inner)
-            out.append({
-                "name": "Shared" if self.layout == "albert_brightmart" else f"Group-{group}-{inner}",
-                "attention": MultiHeadAttention(head_num=c.num_attention_heads, activation=None, name=f"{prefix}-MultiHeadSelfAttention"),
-                "attention_norm": _layer_norm(f"{prefix}-MultiHeadSelfAttention-Norm"),
-                "feed_forward": FeedForward(units=c.intermediate_size, activation=activation_for(c),
-                                            name=f"{prefix}-FeedForward"),
-                "feed_forward_norm": _layer_norm(f"{prefix}-FeedForward-Norm"),
-            })
+            out.append(
+                {
+                    "name": "Shared" if self.layout == "albert_brightmart" else f"Group-{group}-{inner}",
+                    "attention": MultiHeadAttention(
+                        head_num=c.num_attention_heads, activation=None, name=f"{prefix}-MultiHeadSelfAttention"
+                    ),
+                    "attention_norm": _layer_norm(f"{prefix}-MultiHeadSelfAttention-Norm"),
+                    "feed_forward": FeedForward(
+                        units=c.intermediate_size, activation=activation_for(c), name=f"{prefix}-FeedForward"
+                    ),
+                    "feed_forward_norm": _layer_norm(f"{prefix}-FeedForward-Norm"),
+                }
+            )
         return out
 
     def _block_prefix(self, group: int, inner: int) -> str:
@@ -311,7 +322,9 @@ class GoogleAlbertEncoder(BrightmartAlbertEncoder):
         token = keras.layers.Embedding(c.vocab_size, e, mask_zero=True, name="Embedding-Token")(inputs[0])
         segment = keras.layers.Embedding(c.type_vocab_size, e, name="Embedding-Segment")(inputs[1])
         x = keras.layers.Add(name="Embedding-Token-Segment")([token, segment])
-        x = PositionEmbedding(c.max_position_embeddings, e, mode=PositionEmbedding.MODE_ADD, name="Embedding-Position")(x)
+        x = PositionEmbedding(c.max_position_embeddings, e, mode=PositionEmbedding.MODE_ADD, name="Embedding-Position")(
+            x
+        )
         x = _layer_norm("Embedding-Norm")(x)
         x = _dropout(x, c.hidden_dropout_prob, "Embedding-Dropout")
         if e != c.hidden_size:
@@ -335,7 +348,9 @@ class GoogleAlbertEncoder(BrightmartAlbertEncoder):
                     + _dense(f"{p}/attention_1/self/value") + _dense(f"{p}/attention_1/output/dense")
                 )
                 out[f"{k}-MultiHeadSelfAttention-Norm"] = _ln(f"{p}/LayerNorm")
-                out[f"{k}-FeedForward"] = _dense(f"{p}/ffn_1/intermediate/dense") + _dense(f"{p}/ffn_1/intermediate/output/dense")
+                out[f"{k}-FeedForward"] = _dense(f"{p}/ffn_1/intermediate/dense") + _dense(
+                    f"{p}/ffn_1/intermediate/output/dense"
+                )
                 out[f"{k}-FeedForward-Norm"] = _ln(f"{p}/LayerNorm_1")
         return out
 

@@ -69,7 +69,9 @@ def count_parameters(c: EncoderConfig, num_labels: int = 2) -> int:
 
 def hidden_values_per_example(c: EncoderConfig, seq_len: int) -> int:
     """H-wide activation values (and the embeddings) kept for the backward pass."""
-    return _layers(c) * C_H * seq_len * c.hidden_size + seq_len * ((c.embedding_size or c.hidden_size) + 4 * c.hidden_size)
+    return _layers(c) * C_H * seq_len * c.hidden_size + seq_len * (
+        (c.embedding_size or c.hidden_size) + 4 * c.hidden_size
+    )
 
 
 def intermediate_values_per_example(c: EncoderConfig, seq_len: int) -> int:

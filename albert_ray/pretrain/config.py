@@ -86,8 +86,13 @@ def load_pretrain_config(path: str | None, overrides: list[str] | None = None,
         data["inputs"] = list(inputs)
     cfg = build(PretrainConfig, data)
     t = cfg.train
-    for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size), ("model.max_len", cfg.model.max_len),
-                       ("train.num_workers", t.num_workers), ("train.learning_rate", t.learning_rate)):
+    for key, value in (
+        ("train.epochs", t.epochs),
+        ("train.batch_size", t.batch_size),
+        ("model.max_len", cfg.model.max_len),
+        ("train.num_workers", t.num_workers),
+        ("train.learning_rate", t.learning_rate),
+    ):
         if value <= 0:
             raise ValueError(f"{key}={value!r}: must be > 0")
     if cfg.model.init_range is not None and cfg.model.init_range <= 0:

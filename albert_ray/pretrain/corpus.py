@@ -68,7 +68,8 @@ class CorpusCount:
         self.first_skipped = self.first_skipped or other.first_skipped
 
     def describe(self) -> str:
-        """One line: ``800 texts, 120 sequences; 3 rows skipped (empty text 2, NUL character 1; the first: f line 4: ...)``."""
+        """One line: ``800 texts, 120 sequences; 3 rows skipped (empty text 2, NUL character 1; the first:
+        f line 4: ...)``."""
         line = f"{_count(self.texts, 'text')}, {_count(self.sequences, 'sequence')}"
         if self.skipped:
             kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))

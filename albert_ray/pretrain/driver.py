@@ -95,8 +95,13 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
     count = (_pretrain_here if in_process else _pretrain_on_ray)(cfg, encoder, vocab, out)
     (out / modeldir.OPTIMIZER_FILE).unlink(missing_ok=True)
     summary = json.loads((out / "pretrain.json").read_text())
-    summary.update(name=cfg.name, pretrained_dir=paths.without_credentials(cfg.pretrained_dir), seconds=round(time.time() - began, 1),
-                   precision=cfg.train.precision, corpus=asdict(count))
+    summary.update(
+        name=cfg.name,
+        pretrained_dir=paths.without_credentials(cfg.pretrained_dir),
+        seconds=round(time.time() - began, 1),
+        precision=cfg.train.precision,
+        corpus=asdict(count),
+    )
     summary = paths.scrub(summary)
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
     if remote:

@@ -82,8 +82,14 @@ def head_variables(model) -> dict:
     names = {layer.name for layer in model.layers}
     if "SOP-Pooler" in names:
         pooler, order = model.get_layer("SOP-Pooler"), model.get_layer("SOP-Output")
-        out.update({"bert/pooler/dense/kernel": pooler.kernel, "bert/pooler/dense/bias": pooler.bias,
-                    "cls/seq_relationship/output_weights": order.kernel, "cls/seq_relationship/output_bias": order.bias})
+        out.update(
+            {
+                "bert/pooler/dense/kernel": pooler.kernel,
+                "bert/pooler/dense/bias": pooler.bias,
+                "cls/seq_relationship/output_weights": order.kernel,
+                "cls/seq_relationship/output_bias": order.bias,
+            }
+        )
     return out
 
 
@@ -152,7 +158,9 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str,  # noqa: N802  (a la
     return _Head(name=name, autocast=False)  # the global policy's compute dtype; variables float32
 
 
-def save_pretrained(folder: str | Path, model, config: EncoderConfig, vocab: Vocab, summary: dict | None = None) -> Path:
+def save_pretrained(
+    folder: str | Path, model, config: EncoderConfig, vocab: Vocab, summary: dict | None = None
+) -> Path:
     """The encoder in its layout's published checkpoint names, the MLM head under
     ``cls/predictions/...`` (and the sentence-order head under ``bert/pooler`` and
     ``cls/seq_relationship``), the config JSON and ``vocab.txt``."""

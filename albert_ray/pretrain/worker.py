@@ -74,7 +74,9 @@ def pretrain_loop_per_worker(config: dict) -> None:
     cfg, t = w.cfg, w.cfg.train
     ctx = loop.worker_context(w.rows and [np.asarray(r, np.int32) for r in w.rows], w.local_output,
                               lambda r: np.asarray(r["token_ids"], np.int32))
-    ctx.rows.sort(key=lambda r: r.tobytes())  # Ray Data's order varies between attempts; a resumed epoch skips by position
+    ctx.rows.sort(
+        key=lambda r: r.tobytes()
+    )  # Ray Data's order varies between attempts; a resumed epoch skips by position
     heldout = [r for r in ctx.rows if is_heldout(r, t.heldout_permille)]
     train_rows = [r for r in ctx.rows if not is_heldout(r, t.heldout_permille)]
     keras.utils.set_random_seed(t.seed)
@@ -108,7 +110,9 @@ def pretrain_loop_per_worker(config: dict) -> None:
 
     def midway(epoch: int, batch: int) -> None:  # a checkpoint within the epoch, resumed at ``batch``
         state.epoch, state.batch = epoch, batch
-        ctx.reporter.report({"epoch": epoch + 1, "steps": int(optimizer.iterations.numpy()), "final": False}, checkpoint)
+        ctx.reporter.report(
+            {"epoch": epoch + 1, "steps": int(optimizer.iterations.numpy()), "final": False}, checkpoint
+        )
 
     for epoch in range(state.epoch, t.epochs):
         first = state.batch if epoch == state.epoch else 0
@@ -235,8 +239,11 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    sig = [tf.TensorSpec([None, None], tf.int32)] * 4 + [tf.TensorSpec([None, None], tf.float32),
-                                                         tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)]
+    sig = [tf.TensorSpec([None, None], tf.int32)] * 4 + [
+        tf.TensorSpec([None, None], tf.float32),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.float32),
+    ]
 
     @tf.function(input_signature=sig, jit_compile=t.xla or None)
     def step(*batch):
@@ -293,8 +300,12 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, *, rank: int, epoc
         if every and i + 1 < steps and int(optimizer.iterations.numpy()) % every == 0 and not budget.hit:
             midway(i + 1)
     bar.close()
-    return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "steps": int(optimizer.iterations.numpy()), "sequences_per_second": _rate(seqs, time.time() - began, opening)}
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "steps": int(optimizer.iterations.numpy()),
+        "sequences_per_second": _rate(seqs, time.time() - began, opening),
+    }
 
 
 def _rate(seqs: int, seconds: float, opening: tuple[int, float]) -> float:

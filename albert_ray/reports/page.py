@@ -95,7 +95,9 @@ def per_label_plot(folder: Path, report: dict) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 3.6))
     for i, metric in enumerate(("precision", "recall", "f1-score")):
         ax.bar(x + (i - 1) * 0.27, [rows[n][metric] for n in names], 0.27, label=metric)
-    ax.set_xticks(x, tick_names(names), rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+    ax.set_xticks(
+        x, tick_names(names), rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center"
+    )
     ax.set(ylim=(0, 1.05), title="per label")
     ax.legend(loc="lower right", fontsize="small")
     return _save(fig, folder / PER_LABEL_PNG)

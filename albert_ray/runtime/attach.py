@@ -37,8 +37,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     * inside ``ray job submit`` (``$RAY_ADDRESS`` set): plain ``ray.init()``; the job's
       runtime_env already carries ``WORKER_ENV``.
     * otherwise: start a new local Ray for this process (never attach to a cluster by accident),
-      every server on 127.0.0.1 (``localcluster.LOOPBACK_ENV``), dashboard on 127.0.0.1 (or none with ``dashboard=False``: starts faster, and a batch job
-      that is not submitted needs no job server).
+      every server on 127.0.0.1 (``localcluster.LOOPBACK_ENV``), dashboard on 127.0.0.1 (or none
+      with ``dashboard=False``: starts faster, and a batch job that is not submitted needs no job
+      server).
     """
     if not address and not os.environ.get("RAY_ADDRESS"):
         from albert_ray.runtime.localcluster import LOOPBACK_ENV
@@ -158,10 +159,12 @@ def require_visible(what: str, role: str, files: list[tuple[str, int | None]], s
             for n in nodes]
     for node, missing in zip(nodes, ray.get(refs)):
         if missing is not None:
-            raise ValueError(f"{what} {shown or files[missing][0]} is a local path that node {node['NodeManagerAddress']} "
-                             f"({node['NodeID'][:8]}) of this {len(ray_nodes_alive())}-node cluster cannot see, and "
-                             f"{role} on every node: give a URI (s3://bucket/...) or a path on a filesystem every "
-                             f"node mounts")
+            raise ValueError(
+                f"{what} {shown or files[missing][0]} is a local path that node {node['NodeManagerAddress']} "
+                f"({node['NodeID'][:8]}) of this {len(ray_nodes_alive())}-node cluster cannot see, and "
+                f"{role} on every node: give a URI (s3://bucket/...) or a path on a filesystem every "
+                f"node mounts"
+            )
 
 
 def require_visible_folder(what: str, role: str, folder: str) -> None:
@@ -280,10 +283,13 @@ def trainer_class():
                     if (user := worker_user_error(exc)) is not None:
                         raise user.with_traceback(None) from None
                     if failures > self.max_failures:
-                        fault = environment_fault(exc, f"training run {self.run_config.name}",
-                                                  f"checkpoints so far are in {paths.without_credentials(self.run_config.storage_path)}"
-                                                  f"/{self.run_config.name}: run the same command again to resume "
-                                                  f"from the latest (or raise train.max_failures)")
+                        fault = environment_fault(
+                            exc,
+                            f"training run {self.run_config.name}",
+                            f"checkpoints so far are in {paths.without_credentials(self.run_config.storage_path)}"
+                            f"/{self.run_config.name}: run the same command again to resume "
+                            f"from the latest (or raise train.max_failures)",
+                        )
                         raise (fault or exc) from None
                     rank, err = min(exc.worker_failures.items())
                     log.warning("%s: worker %d failed (%s: %s); starting again from the latest checkpoint "

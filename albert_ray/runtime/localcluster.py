@@ -318,7 +318,9 @@ def add_worker_node(cluster: LocalCluster, num_cpus: int = 1, private_dirs: tupl
             "object_store_bytes": object_store_mb << 20, "ports": free_ports(6), "resources": {f"node:{name}": 1}}
     mounts = " && ".join(f"mkdir -p {shlex.quote(d)} && mount -t tmpfs -o size=256m tmpfs {shlex.quote(d)}"
                          for d in (cluster.temp_dir, *private_dirs))
-    launch = f"{mounts} && exec {shlex.quote(sys.executable)} -c {shlex.quote(_NODE_MAIN)} {shlex.quote(json.dumps(args))}"
+    launch = (
+        f"{mounts} && exec {shlex.quote(sys.executable)} -c {shlex.quote(_NODE_MAIN)} {shlex.quote(json.dumps(args))}"
+    )
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": cluster.token_path, **LOOPBACK_ENV,
            "TF_USE_LEGACY_KERAS": "1", "RAY_ADDRESS": cluster.address,
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}

@@ -79,7 +79,9 @@ class Task:
             return tokenizer.windows(text, spec.max_len, stride=spec.body_len)
         return tokenizer.windows(text, spec.max_len, stride=spec.body_len)[:1]
 
-    def training_windows(self, tokenizer: CharTokenizer, example: Example, spec: ModelSpec) -> list[tuple[list[int], object]]:
+    def training_windows(
+        self, tokenizer: CharTokenizer, example: Example, spec: ModelSpec
+    ) -> list[tuple[list[int], object]]:
         """``(token_ids, target)`` pairs; sentence tasks train on the head window."""
         enc = self.windows(tokenizer, example.text, spec)[0]
         return [(enc.token_ids, self.target(example, spec))]
@@ -114,7 +116,8 @@ class Task:
         return {}
 
     def serving_outputs(self, g, spec: ModelSpec) -> dict:
-        """The exported ``serving_default`` outputs for a batch of texts (``g``: :class:`albert_ray.inference.export.Graph`)."""
+        """The exported ``serving_default`` outputs for a batch of texts
+        (``g``: :class:`albert_ray.inference.export.Graph`)."""
         raise NotImplementedError
 
     def plots(self, folder, examples, predictions, report: dict, spec: ModelSpec) -> list:
@@ -273,8 +276,11 @@ class MultiLabelTask(ClassifyTask):
         probs = g.per_text_mean(g.forward(ids), text)
         chosen = probs >= spec.threshold
         names = tf.ragged.boolean_mask(tf.broadcast_to(g.m.label_names.read_value()[None], tf.shape(probs)), chosen)
-        return {"labels": names.to_tensor("", shape=tf.shape(probs)), "num_labels": tf.cast(names.row_lengths(), tf.int32),
-                "scores": probs}
+        return {
+            "labels": names.to_tensor("", shape=tf.shape(probs)),
+            "num_labels": tf.cast(names.row_lengths(), tf.int32),
+            "scores": probs,
+        }
 
     def report(self, examples, predictions, spec):
         gold = np.array([multi_hot([x for x in e.labels if x in spec.labels], spec.labels) for e in examples])
