@@ -31,7 +31,6 @@ DEFAULT_CONFIGS = os.environ.get("ALBERT_RAY_CONFIGS", str(Path("..") / "shared"
 
 
 def setup_logging(verbose: bool = False) -> None:
-
     verbose = verbose or os.environ.get(VERBOSE_ENV) == "1"  # jobs/*.py: ALBERT_RAY_VERBOSE=1
     set_verbose(verbose)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -39,7 +38,6 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def _cmd_params(args) -> int:
-
     rows = params_table(args.configs, num_classes=args.classes, seq_len=args.seq_len)
     print(format_table(rows))
     return 0
@@ -59,8 +57,6 @@ def split_inputs(
 
 
 def _cmd_train(args) -> int:
-
-
     texts, overrides = split_inputs(args.predict, args.overrides, {f.name for f in dataclasses.fields(JobConfig)})
     job = load_job_config(args.config, overrides)
     import_tensorflow()
@@ -155,8 +151,6 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_label(args) -> int:
-
-
     fields = {f.name for f in dataclasses.fields(LabelConfig)}
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     inputs, overrides = split_inputs(given.pop("inputs", None), args.overrides, fields)
@@ -171,9 +165,20 @@ def _cmd_label(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from albert_ray.inference.serve import Limits, ServeConfig, parse_models, serve_models
+
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_texts=args.max_texts, max_chars=args.max_chars,
+                    request_timeout_s=args.request_timeout)
+    cfg = ServeConfig(models=parse_models(args.model), host=args.host, port=args.port, replicas=args.replicas,
+                      cpus_per_replica=args.cpus_per_replica, precision=args.precision,
+                      max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+                      max_queued_requests=args.max_queued_requests, token_file=args.token_file, limits=limits)
+    serve_models(cfg, address=args.address)
+    return 0
+
+
 def _cmd_pretrain(args) -> int:
-
-
     inputs, overrides = split_inputs(args.inputs, args.overrides, {f.name for f in dataclasses.fields(PretrainConfig)})
     cfg = load_pretrain_config(args.config, overrides, inputs)
     import_tensorflow()
@@ -186,7 +191,6 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_cluster(args) -> int:
-
     state = Path(args.state_dir) / "cluster.json"
     if args.action == "start":
         if state.exists():
@@ -212,7 +216,6 @@ def _cmd_cluster(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-
     config = EncoderConfig.from_json_file(args.model)
     plan = recommend(config, parse_size(args.gpu_mem), args.seq_len, args.global_batch, args.gpus, args.mixed_precision)
     print(f"{config.source}: seq_len {args.seq_len}, {args.gpus} GPU(s) of {args.gpu_mem}, target global batch "
@@ -227,7 +230,6 @@ def _cmd_plan(args) -> int:
 
 
 def _size(text: str) -> int:
-
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -262,7 +264,6 @@ def _label_flags(p: argparse.ArgumentParser) -> None:
     """One flag per ``LabelConfig`` field (dashes for underscores), defaults from the dataclass.
     Unset flags stay ``None`` so a label config file's values are not overwritten."""
 
-
     for f in dataclasses.fields(LabelConfig):
         default = "" if f.default is dataclasses.MISSING else f" (default: {f.default})"
         text = LABEL_HELP[f.name]
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _training_commands(sub)
     _model_commands(sub)
+    _serve_command(sub)
     _cluster_commands(sub)
     return parser
 
@@ -343,6 +345,37 @@ def _model_commands(sub) -> None:
     _label_flags(p)
     p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
     p.set_defaults(func=_cmd_label)
+
+
+def _serve_command(sub) -> None:
+    """serve: models behind HTTP with Ray Serve."""
+    p = sub.add_parser(
+        "serve", help="serve model directories over HTTP with Ray Serve (batched across requests)",
+        description="Serve models over HTTP with Ray Serve: POST /v1/models/NAME:predict {\"texts\": [...]}, "
+                    "GET /v1/models, GET /healthz. Example: albert-ray serve --model ner=out/sample_ner/model")
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
+                   help="a model directory or URI, named NAME (default: its folder's name); repeat for several")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas of each model (default: %(default)s)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica holds (default: %(default)s)")
+    p.add_argument("--precision", default="auto", help="auto (default) | float32 | bfloat16 | float16")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="texts a replica runs together, collected across requests (default: %(default)s)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a replica waits to fill a batch (default: %(default)s)")
+    p.add_argument("--max-queued-requests", type=int, default=256,
+                   help="requests waiting per model; beyond: 503 with Retry-After (default: %(default)s)")
+    p.add_argument("--max-texts", type=int, default=256, help="texts in one request; more: 413 (default: %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                   help="request body size; larger: 413 (default: %(default)s)")
+    p.add_argument("--max-chars", type=int, default=10_000,
+                   help="characters of one text; longer: an error in its place (default: %(default)s)")
+    p.add_argument("--request-timeout", type=float, default=30.0, help="seconds per request; later: 504 "
+                   "(default: %(default)s)")
+    p.add_argument("--token-file", help="a file (mode 600) holding a bearer token every route but /healthz requires")
+    p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
+    p.set_defaults(func=_cmd_serve)
 
 
 def _cluster_commands(sub) -> None:

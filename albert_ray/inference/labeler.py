@@ -63,6 +63,8 @@ class Labeler:
         self.tokenizer = CharTokenizer(vocab)
         self.batch_size = batch_size
         self.precision = "float32"
+        self.forward_passes = 0   # model calls so far (a server counts how well it batches)
+        self.windows_run = 0
         sig = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)]
         self._forward = tf.function(lambda ids, seg: model([ids, seg], training=False), input_signature=sig)
 
@@ -87,7 +89,6 @@ class Labeler:
         """Model outputs per row (sequence outputs trimmed to the row's length), in input order;
         with ``progress`` (a description), a bar over the windows when this process is on a terminal."""
 
-
         order = sorted(range(len(token_rows)), key=lambda i: len(token_rows[i]))
         out: list[np.ndarray | None] = [None] * len(token_rows)
         bar = tqdm(total=len(order), desc=progress, unit=" windows", leave=False,
@@ -97,6 +98,7 @@ class Labeler:
             idx = order[b : b + self.batch_size]
             ids = pad_batch([token_rows[i] for i in idx])
             result = self._forward(tf.constant(ids), tf.zeros_like(ids)).numpy()
+            self.forward_passes, self.windows_run = self.forward_passes + 1, self.windows_run + len(idx)
             for j, i in enumerate(idx):
                 out[i] = result[j, : len(token_rows[i])] if result.ndim == 3 else result[j]
         bar.close()

@@ -209,7 +209,6 @@ def unit_id(path: str, identity: str, start: int, stop: int) -> str:
 
 
 def _row_groups(f: InputFile) -> int | None:
-
     fs, p = fs_and_path(f.location)
     try:
         with fs.open_input_file(p) as fh:

@@ -41,7 +41,6 @@ class LabelConfig:
     progress: bool = True
 
     def __post_init__(self):
-
         if self.format not in INPUT_FORMATS + ("auto",):
             raise ValueError(f"format={self.format!r}: must be one of {INPUT_FORMATS + ('auto',)}")
         if self.precision not in PRECISIONS:

@@ -410,7 +410,6 @@ def _ensure_readable(store: OutputStore, schema: pa.Schema, plan: Plan) -> None:
 
 
 def _manifest(cfg: LabelConfig, spec, plan: Plan, rows_labeled: int, seconds: float, labeled_seconds: float) -> dict:
-
     records = [plan.complete[u.uid] for u in plan.units if u.uid in plan.complete]
     counts, reasons, precisions = Counter(), Counter(), set()
     for r in records:

@@ -49,7 +49,6 @@ class CorpusCount:
     def add(self, table) -> list[str]:
         """Count one block of :func:`albert_ray.io.corpus.read_file` rows; return its readable texts."""
 
-
         rows = table.filter(pc.is_null(table.column("meta")))  # a unit's end row is no input row
         bad = rows.filter(pc.is_valid(rows.column("reason")))
         for source, line, reason in zip(*(bad.column(c).to_pylist() for c in ("source", "line", "reason"))):

@@ -333,7 +333,6 @@ def import_tensorflow():
     ``TF_CPP_MIN_LOG_LEVEL=0`` nothing is filtered.
     """
 
-
     if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         import tensorflow as tf
 

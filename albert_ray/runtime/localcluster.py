@@ -246,7 +246,6 @@ def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | Non
 
 
 def _wait_for_dashboard(cluster: LocalCluster, timeout: float = 90.0) -> None:
-
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:

@@ -106,7 +106,6 @@ class StepBar:
         self.bar.update(1)
 
     def _send(self, done: bool = False) -> None:
-
         self.sent = time.time()
         print(PROGRESS_MARK + json.dumps({"desc": self.desc, "n": self.n, "total": self.total, "loss": self.loss,
                                           "done": done}), flush=True)
@@ -127,8 +126,6 @@ class DriverBars:
         self.stream, self.bars = stream or sys.stderr, {}
 
     def update(self, line: str) -> None:
-
-
         state = json.loads(line[line.index(PROGRESS_MARK) + len(PROGRESS_MARK):])
         bar = self.bars.get(state["desc"])
         if bar is None:

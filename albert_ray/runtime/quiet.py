@@ -96,7 +96,6 @@ def hide_user_error_tracebacks() -> None:
 def _not_a_user_error(record: logging.LogRecord) -> bool:
 
 
-
     # the worker logs inside its except block; the controller passes the WorkerGroupError. A
     # lost worker gets the driver's one warning line instead of the controller's dump of it
     exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
@@ -173,7 +172,5 @@ _DATA_TRACEBACK_LOGGERS = ("ray.data._internal.execution.streaming_executor_stat
 
 
 def _not_a_one_line_error(record: logging.LogRecord) -> bool:
-
-
     exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
     return exc is None or not isinstance(unwrapped(exc), ONE_LINE)

@@ -199,7 +199,6 @@ class ClassifyTask(Task):
                 "probs": probs}
 
     def plots(self, folder, examples, predictions, report, spec):
-
         return [confusion_plot(folder, [e.label for e in examples], [p["label"] for p in predictions], spec.labels)]
 
     def output_fields(self, spec, include_probs):
@@ -456,7 +455,6 @@ class NerTask(Task):
                         spec.scheme == "BIOES", spec.window_stride)
 
     def plots(self, folder, examples, predictions, report, spec):
-
         return [entity_types_plot(folder, report)]
 
 
