@@ -313,3 +313,32 @@ def test_a_full_queue_is_503_with_retry_after_and_a_slow_answer_504(small_ner_mo
 def test_serve_never_binds_beyond_loopback_by_default():
     assert ServeConfig(models={"m": "x"}).host == "127.0.0.1"
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"
+
+
+def test_the_serve_config_file_and_the_rayservice_deploy_the_same_application(tmp_path):
+    import yaml
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    from albert_ray.inference.serve import app_builder
+
+    root = Path(__file__).resolve().parents[1]
+    local = yaml.safe_load((root / "cluster/serve_config.yaml").read_text())
+    service = yaml.safe_load((root / "cluster/kuberay/rayservice.yaml").read_text())
+    remote = yaml.safe_load(service["spec"]["serveConfigV2"])
+    for config in (local, remote):
+        ServeDeploySchema.model_validate(config)  # what `serve deploy` and KubeRay check
+    assert (local["http_options"]["host"], remote["http_options"]["host"]) == ("127.0.0.1", "0.0.0.0")
+    remote_app = remote["applications"][0]
+    assert remote_app["args"].pop("token_file") == "/etc/albert-ray/token"
+    assert remote_app == local["applications"][0]
+    assert service["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
+    volume = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["volumes"][0]
+    assert volume["secret"]["defaultMode"] == 0o400  # read_token refuses a token others can read
+    # the builder takes the file's args as they are (the models swapped for one on this disk)
+    args = dict(local["applications"][0]["args"], models={"ner": str(root / "tests/data/model_before_mixed_precision")})
+    token = tmp_path / "token"
+    token.write_text("t")
+    token.chmod(0o400)
+    assert isinstance(app_builder(args), Application)
+    assert isinstance(app_builder({**args, "token_file": str(token)}), Application)
