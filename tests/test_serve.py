@@ -155,28 +155,37 @@ def small_classify_model(tmp_path_factory) -> str:
 
 
 def _start(args: list[str], tmp: Path):
+    """``albert-ray serve`` on a free port, once its /healthz answers 200; stopped again (with
+    everything it started) when it does not get there."""
     port = free_port()
-    log = open(tmp / f"serve-{port}.log", "w")
+    log = tmp / f"serve-{port}.log"
     proc = subprocess.Popen([sys.executable, "-m", "albert_ray.cli", "serve", "--port", str(port), *args],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert proc.poll() is None, (tmp / f"serve-{port}.log").read_text()
-        try:
-            if _call(f"{url}/healthz", timeout=5)[0] == 200:
-                return proc, url, tmp / f"serve-{port}.log"
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise AssertionError("the server did not get ready in 300 s")
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if _call(f"{url}/healthz", timeout=5)[0] == 200:
+                    return proc, url, log
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(1)
+        raise AssertionError(f"the server did not get ready in 300 s: {log.read_text()}")
+    except BaseException:
+        _stop(proc)
+        raise
 
 
 def _stop(proc) -> str:
+    """Ctrl-C to the server; the processes it started that are still there after a minute."""
     below = descendants(proc.pid)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     deadline = time.time() + 60
     while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in below):
         time.sleep(1)
