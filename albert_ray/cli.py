@@ -362,7 +362,7 @@ def _serve_command(sub) -> None:
     p.add_argument("--precision", default="auto", help="auto (default) | float32 | bfloat16 | float16")
     p.add_argument("--max-batch-size", type=int, default=32,
                    help="texts a replica runs together, collected across requests (default: %(default)s)")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+    p.add_argument("--batch-wait-ms", type=float, default=2.0,
                    help="how long a replica waits to fill a batch (default: %(default)s)")
     p.add_argument("--max-queued-requests", type=int, default=256,
                    help="requests waiting per model; beyond: 503 with Retry-After (default: %(default)s)")

@@ -13,7 +13,7 @@ TF-Serving):
   saved threshold; or CRF Viterbi paths, marginal scores, spans, and windows stitched with the
   rule of :func:`albert_ray.tasks.label_encoding.stitch_windows` — as character offsets into the input.
 
-Outputs are dense and batch-major (padded where a text has several results); see the README.
+Outputs are dense and batch-major (padded where a text has several results); see docs/models.md.
 Written here because neither keras-bert nor TensorFlow exports a CRF tagger that serves raw text.
 """
 

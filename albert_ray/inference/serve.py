@@ -67,7 +67,7 @@ class ServeConfig:
     cpus_per_replica: float = 1.0
     precision: str = "auto"
     max_batch_size: int = 32           # texts per batch a replica collects across requests
-    batch_wait_ms: float = 10.0        # how long a replica waits to fill a batch
+    batch_wait_ms: float = 2.0         # how long a replica waits to fill a batch (adds to a lone request)
     max_queued_requests: int = 256     # per model: beyond it, 503 with Retry-After
     token_file: str | None = None
     limits: Limits = field(default_factory=Limits)

@@ -74,7 +74,7 @@ def set_verbose(on: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # deprecation notes about Ray's own internals, printed by the driver
         warnings.filterwarnings("ignore", message=r".*(deprecated|Deprecat).*", module=r"ray(\.|$)")
-        # "Token authentication is enabled for this Ray cluster": the README says so, once
+        # "Token authentication is enabled for this Ray cluster": docs/clusters.md says so, once
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
