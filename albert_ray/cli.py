@@ -1,4 +1,5 @@
-"""``albert-ray`` command line: thin parsing, then one library call per subcommand."""
+"""The ``albert-ray`` command: parse the arguments, then one library call per subcommand; a
+mistake is one line on stderr (exit 2), a fault of the environment one line (exit 1)."""
 
 from __future__ import annotations
 
@@ -279,8 +280,30 @@ def _label_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=text + default)
 
 
+DESCRIPTION = """Chinese ALBERT with keras-bert on TensorFlow, distributed with Ray: fine-tune (Ray Train),
+label corpora into Parquet (Ray Data), serve over HTTP (Ray Serve), pre-train. A local Ray on
+127.0.0.1 starts by itself; inside `ray job submit` the job's cluster is used.
+
+start here: bash scripts/demo.sh   (docs: docs/cli.md, one page per task in docs/)"""
+
+# One example per subcommand, shown at the end of its --help (docs/cli.md lists every option)
+EXAMPLES = {
+    "params": "albert-ray params --configs ../shared/corpora/albert_zh",
+    "train": "albert-ray train --config jobs/configs/sample_ner.yaml train.epochs=2 --predict '张伟到北京出差'",
+    "pretrain": "albert-ray pretrain --config jobs/configs/pretrain/sample.yaml train.max_minutes=5",
+    "evaluate": "albert-ray evaluate --model runs/sample_ner/model --data data/ner_sample.test.bio --output runs/eval",
+    "predict": "albert-ray predict --model runs/sample_ner/model '张伟昨天在北京会见了新华社代表团。'",
+    "export": "albert-ray export --model runs/sample_ner/model --output runs/sample_ner/saved_model",
+    "label": "albert-ray label --model runs/sample_ner/model --input data/demo_corpus --output runs/labels",
+    "serve": "albert-ray serve --model ner=runs/sample_ner/model --port 8000",
+    "plan": "albert-ray plan --model ../shared/corpora/albert_zh/albert_config_xlarge.json --gpu-mem 16GiB --gpus 4",
+    "cluster": "albert-ray cluster start --num-cpus 2",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="albert-ray", description=__doc__)
+    parser = argparse.ArgumentParser(prog="albert-ray", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show everything: TensorFlow's C++ logs, Ray's internal messages, Ray Data's bars")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -288,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_commands(sub)
     _serve_command(sub)
     _cluster_commands(sub)
+    for name, command in sub.choices.items():
+        command.epilog = f"example:\n  {EXAMPLES[name]}"
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 

@@ -173,8 +173,7 @@ def kill_workers_once_checkpointed(snapshot: Path) -> list[int]:
     return killed
 
 
-@pytest.mark.slow
-@pytest.mark.ci
+@pytest.mark.slow  # not in CI: test_faults' dead-worker test resumes from a checkpoint there (~75 s each)
 def test_killed_worker_resumes_from_checkpoint_not_from_scratch(tmp_path, local_ray):
     job = load_job_config("jobs/configs/sample_ner.yaml", [
         f"output_dir={tmp_path}", "data.max_train_examples=400", "train.batch_size=8", "train.epochs=4",
