@@ -18,19 +18,26 @@ OUT=${ALBERT_RAY_DEMO_OUTPUT:-runs}
 .venv/bin/albert-ray label --model "$OUT/demo_ner/model" --input data/demo_corpus \
   --output "$OUT/demo_labels" --id-field id --include-text
 .venv/bin/python - "$OUT" <<'PY'
+import json
 import sys
+from collections import Counter
 
 import pandas as pd
 
 out = sys.argv[1]
+metrics = json.load(open(f"{out}/demo_ner/model/metrics.json"))
+manifest = json.load(open(f"{out}/demo_labels/_manifest.json"))
 rows = pd.read_parquet(f"{out}/demo_labels")
 bad = pd.read_parquet(f"{out}/demo_labels/_quarantine")
-print(f"\n{len(rows)} rows labeled into {out}/demo_labels (Parquet), {len(bad)} quarantined:")
-for r in bad.itertuples():
-    print(f"  {r.source} line {r.line}: {r.reason}")
-print("a few labeled rows:")
-for r in rows.sort_values(["source", "line"]).head(5).itertuples():
-    spans = ", ".join(f"{e['text']}/{e['label']}" for e in r.entities) or "(none)"
-    print(f"  {r.text}  ->  {spans}")
-print(f"\nopen {out}/demo_ner/model/report.html (the model) and {out}/demo_labels/_summary.html (the labels)")
+found = Counter((e["text"], e["label"]) for entities in rows["entities"] for e in entities)
+f1 = metrics["metrics"]["micro avg"]["f1-score"]
+print("\ndemo summary")
+print(f"  model        {out}/demo_ner/model: test entity micro-F1 {f1:.3f} ({metrics['eval_examples']} sentences)")
+print(f"  labels       {manifest['rows_out']} rows labeled into {out}/demo_labels (Parquet), "
+      f"{manifest['rows_quarantined']} quarantined, {manifest['rows_per_second']} rows/s")
+for r in bad.sort_values("line").itertuples():
+    print(f"  quarantined  {r.source} line {r.line}: {r.reason}")
+print("  most found   " + ", ".join(f"{text}/{label} {n}" for (text, label), n in found.most_common(8)))
+print(f"  pages        {out}/demo_ner/model/report.html, {out}/demo_labels/_summary.html")
+print(f"  read them    .venv/bin/python -c \"import pandas as pd; print(pd.read_parquet('{out}/demo_labels').head())\"")
 PY

@@ -261,6 +261,11 @@ def test_the_demo_script_trains_labels_the_bundled_corpus_into_parquet_and_says_
         (11, "field 'text' is not a string"), (22, "not valid JSON")]
     assert (tmp_path / "demo_ner" / "model" / "report.html").is_file()
     assert (tmp_path / "demo_labels" / "_summary.html").is_file()
-    assert f"230 rows labeled into {tmp_path}/demo_labels (Parquet), 2 quarantined:" in run.stdout
-    assert f"open {tmp_path}/demo_ner/model/report.html (the model) and {tmp_path}/demo_labels/_summary.html" \
-           in run.stdout
+    summary = run.stdout.split("\ndemo summary\n", 1)[1].splitlines()
+    assert summary[0].startswith(f"  model        {tmp_path}/demo_ner/model: test entity micro-F1 0.9")
+    assert summary[1].startswith(f"  labels       230 rows labeled into {tmp_path}/demo_labels (Parquet), "
+                                 "2 quarantined, ")
+    assert [line.split(": ")[0] for line in summary[2:4]] == [
+        "  quarantined  data/demo_corpus/more.jsonl line 11", "  quarantined  data/demo_corpus/more.jsonl line 22"]
+    assert summary[4].startswith("  most found   ") and summary[4].count("/") == 8
+    assert summary[5] == f"  pages        {tmp_path}/demo_ner/model/report.html, {tmp_path}/demo_labels/_summary.html"
