@@ -14,7 +14,7 @@ TRUNCATIONS = ("head", "chunks")
 POOLINGS = ("cls", "mean")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # of a run, not of a model: not stored here
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-TRAIN_PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # train.precision: Keras dtype policies
+TRAIN_PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # train.precision: Keras dtype policies
 
 
 @dataclass(frozen=True)

@@ -95,9 +95,9 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def unlabelled_text(corpora: Path, out: Path) -> dict:
-    """One text per line from training splits only (CLUENER train, DuEE train, sogou, the news
-    sample, People's Daily's training portion); a line equal to an evaluated text is dropped."""
+def training_split_texts(corpora: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """The unlabelled text of every training split here, by source (CLUENER train, DuEE train,
+    sogou, the news sample, People's Daily's training portion), and the texts that are evaluated."""
     from albert_ray.io.training_files import read_examples
 
     evaluated, pd_train = evaluated_and_training_texts(corpora)
@@ -115,16 +115,31 @@ def unlabelled_text(corpora: Path, out: Path) -> dict:
         "news_sample": (corpora / "pretrain_sample" / "news_zh_1.txt").read_text(encoding="utf-8").splitlines(),
         "peoples_daily_train": pd_train,
     }
+    return sources, evaluated
+
+
+def write_unlabelled(sources: dict[str, list[str]], evaluated: list[str], out: Path) -> dict:
+    """One text per line; a line equal to an evaluated text, or to a line already written, is dropped."""
     banned = {one_line(t) for t in evaluated}
-    lines, stats = [], {"evaluated_lines_dropped": 0}
+    seen: set[str] = set()
+    lines, stats = [], {"evaluated_lines_dropped": 0, "duplicate_lines_dropped": 0, "sources": {}}
     for name, texts in sources.items():
         kept = [t for t in map(one_line, texts) if t]
         stats["evaluated_lines_dropped"] += sum(t in banned for t in kept)
         kept = [t for t in kept if t not in banned]
-        stats[name] = sum(len(t) for t in kept)
-        lines += kept
+        unique = [t for t in dict.fromkeys(kept) if t not in seen]
+        stats["duplicate_lines_dropped"] += len(kept) - len(unique)
+        seen.update(unique)
+        stats["sources"][name] = {"lines": len(unique), "chars": sum(len(t) for t in unique)}
+        lines += unique
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {"chars": sum(len(t) for t in lines), **stats}
+    return {"chars": sum(len(t) for t in lines), "lines": len(lines), **stats}
+
+
+def unlabelled_text(corpora: Path, out: Path) -> dict:
+    """The benchmark's pre-training text: every training split here, sogou included."""
+    sources, evaluated = training_split_texts(corpora)
+    return write_unlabelled(sources, evaluated, out)
 
 
 SHAPES = {"sample": "data/albert_config_sample.json", "tiny": "{corpora}/albert_zh/albert_config_tiny.json"}

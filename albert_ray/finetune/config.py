@@ -70,7 +70,7 @@ class TrainConfig:
     shard: str = "ray"                 # "ray": Ray Data shards; "deterministic": exact N-worker = 1-worker steps
     grad_accum_steps: int = 1          # micro-batches per optimizer step
     bucket_by_length: bool = True      # sort by length in pools and pad per batch (False: pad to max_len)
-    precision: str = "float32"         # float32 | mixed_float16 (dynamic loss scaling) | mixed_bfloat16
+    precision: str = "auto"            # auto (bf16 where the hardware has it) | float32 | mixed_[b]float16
     mixed_precision: bool = False      # alias of precision: mixed_float16 (ALBERT layouts)
     xla: bool = False                  # jit-compile the training step
     checkpoint_every_steps: int = 0    # 0: checkpoint at epoch ends only
@@ -96,7 +96,8 @@ class JobConfig:
 
     @property
     def policy(self) -> str:
-        """The Keras dtype policy of training (``train.mixed_precision: true`` means mixed_float16)."""
+        """The precision setting (``train.mixed_precision: true`` means mixed_float16); ``auto`` is
+        resolved where the model is built, by :attr:`~albert_ray.finetune.worker.WorkerConfig.policy`."""
         return "mixed_float16" if self.train.mixed_precision else self.train.precision
 
     @property
@@ -164,7 +165,7 @@ def _validate(cfg: JobConfig) -> None:
     if cfg.train.mixed_precision and cfg.train.precision == "mixed_bfloat16":
         raise JobConfigError("train.mixed_precision=true (mixed_float16) contradicts train.precision=mixed_bfloat16; "
                              "give one")
-    if cfg.policy != "float32" and Path(cfg.model.encoder_config).is_file():
+    if cfg.policy not in ("float32", "auto") and Path(cfg.model.encoder_config).is_file():
         from albert_ray.model.encoder_config import EncoderConfig
 
         setting = "train.mixed_precision=true" if cfg.train.mixed_precision else f"train.precision={cfg.policy}"

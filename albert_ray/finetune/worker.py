@@ -31,6 +31,7 @@ from albert_ray.model.tokenization import Vocab
 from albert_ray.reports.scalars import Scalars
 from albert_ray.runtime import loop
 from albert_ray.runtime.attach import configure_tf
+from albert_ray.runtime.hardware import gpu_supports_bf16, training_precision
 from albert_ray.runtime.loop import Context, TrainState
 from albert_ray.runtime.progress import StepBar
 from albert_ray.spec import ModelSpec
@@ -58,6 +59,12 @@ class WorkerConfig:
     local_output: str | None = None
     progress_bar: bool = False     # the driver writes to a terminal: a step bar on rank 0
     tensorboard_dir: str | None = None  # where rank 0 writes TensorBoard scalars
+
+    @property
+    def policy(self) -> str:
+        """The Keras dtype policy of training on this worker's hardware (``auto`` resolved)."""
+        return training_precision(self.job.policy, self.spec.encoder.layout,
+                                  gpu_bf16=self.job.train.use_gpu and gpu_supports_bf16())
 
 
 @dataclass(frozen=True)
@@ -123,23 +130,23 @@ def build_training(cfg: WorkerConfig, strategy, schedule: Schedule) -> Training:
 
     t, spec = cfg.job.train, cfg.spec
     with strategy.scope():
-        with dtype_policy(cfg.job.policy):
+        with dtype_policy(cfg.policy):
             model = modeldir.new_model(
                 spec, seed=t.seed, checkpoint=cfg.job.model.checkpoint if cfg.job.model.init == "checkpoint" else None
             )
         optimizer = adamw(model, WarmupLinearDecay(schedule.peak_lr, schedule.warmup, schedule.total_steps),
-                          t.weight_decay, NO_WEIGHT_DECAY, cfg.job.policy)
+                          t.weight_decay, NO_WEIGHT_DECAY, cfg.policy)
         accumulators = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables] \
             if t.grad_accum_steps > 1 else []
     step = _compile_step(model, optimizer, task_for(spec).loss(model), accumulators, strategy, cfg)
-    return Training(model, optimizer, step, cfg.job.policy == "mixed_float16")
+    return Training(model, optimizer, step, cfg.policy == "mixed_float16")
 
 
 def _compile_step(model, optimizer, loss_fn, accumulators, strategy, cfg: WorkerConfig):
     import tensorflow as tf
 
     t = cfg.job.train
-    scaled_loss = cfg.job.policy == "mixed_float16"
+    scaled_loss = cfg.policy == "mixed_float16"
 
     def replica_step(ids, y, apply):
         with tf.GradientTape() as tape:

@@ -37,7 +37,7 @@ class PretrainTrain:
     max_steps: int = 0                   # 0: no limit
     max_minutes: float = 0.0             # wall-clock budget of the training loop; 0: none
     heldout_permille: int = 10           # sequences kept out of training to report MLM loss / accuracy
-    precision: str = "float32"           # float32 | mixed_float16 | mixed_bfloat16
+    precision: str = "auto"              # auto (bf16 where the hardware has it) | float32 | mixed_[b]float16
     xla: bool = False                    # jit-compile the training step (XLA)
     seed: int = 42
     num_workers: int = 1

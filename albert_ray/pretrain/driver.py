@@ -99,7 +99,7 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
         name=cfg.name,
         pretrained_dir=paths.without_credentials(cfg.pretrained_dir),
         seconds=round(time.time() - began, 1),
-        precision=cfg.train.precision,
+        precision=summary.get("precision", cfg.train.precision),
         corpus=asdict(count),
     )
     summary = paths.scrub(summary)

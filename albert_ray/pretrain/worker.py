@@ -31,6 +31,7 @@ from albert_ray.pretrain.mlm import (
 )
 from albert_ray.runtime import loop
 from albert_ray.runtime.attach import configure_tf
+from albert_ray.runtime.hardware import gpu_supports_bf16, training_precision
 from albert_ray.runtime.loop import TrainState
 from albert_ray.runtime.progress import StepBar
 
@@ -63,6 +64,12 @@ class PretrainWorker:
     local_output: str | None = None
     progress_bar: bool = False        # the driver writes to a terminal: a step bar on rank 0
     output: OutputVocabulary | None = None  # the MLM softmax's ids (train.output_vocabulary=corpus): set by the loop
+
+    @property
+    def policy(self) -> str:
+        """The Keras dtype policy of pre-training on this worker's hardware (``auto`` resolved)."""
+        t = self.cfg.train
+        return training_precision(t.precision, self.encoder.layout, gpu_bf16=t.use_gpu and gpu_supports_bf16())
 
 
 def pretrain_loop_per_worker(config: dict) -> None:
@@ -100,12 +107,13 @@ def pretrain_loop_per_worker(config: dict) -> None:
     if ctx.rank == 0:
         log.info("pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
                  "%s, %s, MLM softmax over %s", cfg.name, sequences, held_out, ctx.world, t.batch_size, steps_per_epoch,
-                 cap, f", {t.max_minutes:g} min" if t.max_minutes else "", t.precision,
+                 cap, f", {t.max_minutes:g} min" if t.max_minutes else "", w.policy,
                  f"all {len(w.vocab):,} vocabulary ids" if w.output is None else
                  f"the {len(w.output.ids):,} of {len(w.vocab):,} vocabulary ids the corpus holds")
 
     def checkpoint(folder):
-        save_pretrained(folder, model, w.encoder, w.vocab, {"history": state.history, "resumes": state.resumes})
+        save_pretrained(folder, model, w.encoder, w.vocab, {"history": state.history, "resumes": state.resumes,
+                                                                     "precision": w.policy})
         loop.save_resume_state(folder, state, optimizer)
 
     def midway(epoch: int, batch: int) -> None:  # a checkpoint within the epoch, resumed at ``batch``
@@ -207,7 +215,7 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
 
     t, checkpoint = w.cfg.train, w.cfg.model.checkpoint
     with strategy.scope():
-        with dtype_policy(t.precision):
+        with dtype_policy(w.policy):
             model = build_mlm_model(w.encoder, t.sentence_order, w.output)
         fused.enable(model)  # packed sequences: one batch shape, compiled once
         std = init_std(w.encoder, w.cfg.model.init_range)
@@ -221,8 +229,8 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
         total_var = tf.Variable(float(cap), trainable=False, dtype=tf.float32)
         warmup_var = tf.Variable(float(int(cap * t.warmup_ratio)), trainable=False, dtype=tf.float32)
         optimizer = adamw(model, WarmupLinearDecay(t.learning_rate, warmup_var, total_var), t.weight_decay,
-                          ("gamma", "beta", "bias", "embeddings"), t.precision)
-    scaled = t.precision == "mixed_float16"
+                          ("gamma", "beta", "bias", "embeddings"), w.policy)
+    scaled = w.policy == "mixed_float16"
 
     def replica_step(ids, seg, pos, labels, weights, order_labels, order_weights):
         reduce = tf.distribute.get_replica_context().all_reduce

@@ -47,6 +47,30 @@ def has_bf16(flags: frozenset[str] | None = None) -> bool:
     return bool((cpu_flags() if flags is None else flags) & BF16_FLAGS)
 
 
+def training_precision(setting: str, layout: str | None = None, flags: frozenset[str] | None = None,
+                       gpu_bf16: bool = False) -> str:
+    """The Keras dtype policy a ``train.precision`` setting means on this machine: ``auto`` is
+    mixed_bfloat16 where the CPU has bfloat16 instructions (or the GPU in use supports bfloat16) and
+    the layout allows it (keras-bert's BERT attention is float32-only), float32 elsewhere; any other
+    setting is itself."""
+    if setting != "auto":
+        return setting
+    return "mixed_bfloat16" if (has_bf16(flags) or gpu_bf16) and layout != "bert" else "float32"
+
+
+def gpu_supports_bf16() -> bool:
+    """Whether every GPU TensorFlow sees has compute capability 8.0 or more (bfloat16 matmuls);
+    False without a GPU or when TensorFlow is not imported (the driver never imports it for this)."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return False
+    gpus = tf.config.list_physical_devices("GPU")
+    details = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) for g in gpus]
+    return bool(details) and all(tuple(c) >= (8, 0) for c in details)
+
+
 def onednn_on(flags: frozenset[str] | None = None, env: dict | None = None) -> bool:
     """Whether TensorFlow runs with its oneDNN optimisations on this CPU (and so prints
     "oneDNN custom operations are on"): ``TF_ENABLE_ONEDNN_OPTS`` if set, else TF's default."""
