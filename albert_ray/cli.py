@@ -34,8 +34,11 @@ DEFAULT_CONFIGS = os.environ.get("ALBERT_RAY_CONFIGS", str(Path("..") / "shared"
 def setup_logging(verbose: bool = False) -> None:
     verbose = verbose or os.environ.get(VERBOSE_ENV) == "1"  # jobs/*.py: ALBERT_RAY_VERBOSE=1
     set_verbose(verbose)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 def _cmd_params(args) -> int:
@@ -49,6 +52,7 @@ def split_inputs(
 ) -> tuple[list[str] | None, list[str]]:
     """``--input a b key=value`` (and ``--predict``): argparse's greedy list also collects the
     overrides after it; an item whose key (before ``=``, up to its first dot) is a config field is one."""
+
     def is_override(item: str) -> bool:
         return "=" in item and item.split("=", 1)[0].split(".", 1)[0] in fields
 
@@ -58,7 +62,9 @@ def split_inputs(
 
 
 def _cmd_train(args) -> int:
-    texts, overrides = split_inputs(args.predict, args.overrides, {f.name for f in dataclasses.fields(JobConfig)})
+    texts, overrides = split_inputs(
+        args.predict, args.overrides, {f.name for f in dataclasses.fields(JobConfig)}
+    )
     job = load_job_config(args.config, overrides)
     import_tensorflow()
     summary = (train_in_process if args.no_ray else train)(job)
@@ -77,8 +83,9 @@ def _cmd_evaluate(args) -> int:
     import_tensorflow()
     from albert_ray.inference.evaluate import evaluate_file
 
-    text, _ = evaluate_file(args.model, args.data, fmt=args.format, on_bad_records=args.on_bad_records,
-                            output=args.output)
+    text, _ = evaluate_file(
+        args.model, args.data, fmt=args.format, on_bad_records=args.on_bad_records, output=args.output
+    )
     print(text)
     return 0
 
@@ -93,8 +100,9 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _print_predictions(model_dir, texts: list[str], lines: list[int] | None = None,
-                       problems: dict[int, str] | None = None) -> None:
+def _print_predictions(
+    model_dir, texts: list[str], lines: list[int] | None = None, problems: dict[int, str] | None = None
+) -> None:
     """One JSON line per text, in order. With ``lines`` (``--file``), each carries its line
     number; a blank line gives an empty result and a line that could not be read its
     ``error``, so output line k always belongs to input line k."""
@@ -141,8 +149,10 @@ def _cmd_predict(args) -> int:
     if args.file:
         texts, problems = read_text_lines(args.file)
         for i, problem in problems.items():
-            print(f"albert-ray predict: {args.file}:{i + 1}: {problem}; its output line holds the error",
-                  file=sys.stderr)
+            print(
+                f"albert-ray predict: {args.file}:{i + 1}: {problem}; its output line holds the error",
+                file=sys.stderr,
+            )
         _print_predictions(args.model, texts, lines=list(range(1, len(texts) + 1)), problems=problems)
         return 0
     if not args.texts:
@@ -159,9 +169,11 @@ def _cmd_label(args) -> int:
     m = label_corpus(cfg, address=args.address)
 
     counts = m[task_for(m["task"]).counts_key]
-    print(f"rows in {m['rows_in']} = out {m['rows_out']} + quarantined {m['rows_quarantined']} "
-          f"({m['quarantine_reasons']}); units {m['units']} ({m['units_reused']} reused); "
-          f"{m['rows_per_second']} rows/s ({', '.join(m['precision']) or '-'}); output {m['output']}")
+    print(
+        f"rows in {m['rows_in']} = out {m['rows_out']} + quarantined {m['rows_quarantined']} "
+        f"({m['quarantine_reasons']}); units {m['units']} ({m['units_reused']} reused); "
+        f"{m['rows_per_second']} rows/s ({', '.join(m['precision']) or '-'}); output {m['output']}"
+    )
     print(f"counts: {dict(list(counts.items())[:20])}")
     return 0
 
@@ -169,24 +181,41 @@ def _cmd_label(args) -> int:
 def _cmd_serve(args) -> int:
     from albert_ray.inference.serve import Limits, ServeConfig, parse_models, serve_models
 
-    limits = Limits(max_body_bytes=args.max_body_bytes, max_texts=args.max_texts, max_chars=args.max_chars,
-                    request_timeout_s=args.request_timeout)
-    cfg = ServeConfig(models=parse_models(args.model), host=args.host, port=args.port, replicas=args.replicas,
-                      cpus_per_replica=args.cpus_per_replica, precision=args.precision,
-                      max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
-                      max_queued_requests=args.max_queued_requests, token_file=args.token_file, limits=limits)
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        request_timeout_s=args.request_timeout,
+    )
+    cfg = ServeConfig(
+        models=parse_models(args.model),
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        cpus_per_replica=args.cpus_per_replica,
+        precision=args.precision,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queued_requests=args.max_queued_requests,
+        token_file=args.token_file,
+        limits=limits,
+    )
     serve_models(cfg, address=args.address)
     return 0
 
 
 def _cmd_pretrain(args) -> int:
-    inputs, overrides = split_inputs(args.inputs, args.overrides, {f.name for f in dataclasses.fields(PretrainConfig)})
+    inputs, overrides = split_inputs(
+        args.inputs, args.overrides, {f.name for f in dataclasses.fields(PretrainConfig)}
+    )
     cfg = load_pretrain_config(args.config, overrides, inputs)
     import_tensorflow()
     summary = pretrain(cfg, in_process=args.no_ray)
     last = summary["history"][-1]
-    print(f"pre-trained encoder in {summary['pretrained_dir']} ({summary['seconds']} s, {last['steps']} steps): "
-          f"held-out MLM loss {last['heldout_loss']:.4f}, masked-token accuracy {last['heldout_accuracy']:.4f}")
+    print(
+        f"pre-trained encoder in {summary['pretrained_dir']} ({summary['seconds']} s, {last['steps']} steps): "
+        f"held-out MLM loss {last['heldout_loss']:.4f}, masked-token accuracy {last['heldout_accuracy']:.4f}"
+    )
     print(f"fine-tune from it: model.init=checkpoint model.checkpoint={summary['pretrained_dir']}")
     return 0
 
@@ -195,14 +224,18 @@ def _cmd_cluster(args) -> int:
     state = Path(args.state_dir) / "cluster.json"
     if args.action == "start":
         if state.exists():
-            raise ValueError(f"{state} exists: a cluster was started from here; run 'albert-ray cluster stop' first")
+            raise ValueError(
+                f"{state} exists: a cluster was started from here; run 'albert-ray cluster stop' first"
+            )
         c = start_local_cluster(num_cpus=args.num_cpus, state_dir=args.state_dir)
         print(f"Ray head at {c.address}; dashboard and job server at {c.dashboard_url} (127.0.0.1 only)")
         print("Clients need token authentication; in your shell:")
         for k, v in c.client_env().items():
             print(f"  export {k}={v}")
-        print("then e.g.: ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- "
-              "python jobs/train.py --config jobs/configs/sample_ner.yaml")
+        print(
+            "then e.g.: ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- "
+            "python jobs/train.py --config jobs/configs/sample_ner.yaml"
+        )
         return 0
     if not state.exists():
         raise FileNotFoundError(f"no cluster state at {state}; start one with 'albert-ray cluster start'")
@@ -218,9 +251,13 @@ def _cmd_cluster(args) -> int:
 
 def _cmd_plan(args) -> int:
     config = EncoderConfig.from_json_file(args.model)
-    plan = recommend(config, parse_size(args.gpu_mem), args.seq_len, args.global_batch, args.gpus, args.mixed_precision)
-    print(f"{config.source}: seq_len {args.seq_len}, {args.gpus} GPU(s) of {args.gpu_mem}, target global batch "
-          f"{args.global_batch}{', mixed_float16' if args.mixed_precision else ''}")
+    plan = recommend(
+        config, parse_size(args.gpu_mem), args.seq_len, args.global_batch, args.gpus, args.mixed_precision
+    )
+    print(
+        f"{config.source}: seq_len {args.seq_len}, {args.gpus} GPU(s) of {args.gpu_mem}, target global batch "
+        f"{args.global_batch}{', mixed_float16' if args.mixed_precision else ''}"
+    )
     print(format_plan(config, estimate(config, args.seq_len, args.mixed_precision), plan))
     print(
         f"job config: train.batch_size={plan.per_gpu_batch} train.grad_accum_steps={plan.accumulation_steps} "
@@ -302,10 +339,15 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="albert-ray", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show everything: TensorFlow's C++ logs, Ray's internal messages, Ray Data's bars")
+    parser = argparse.ArgumentParser(
+        prog="albert-ray", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show everything: TensorFlow's C++ logs, Ray's internal messages, Ray Data's bars",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _training_commands(sub)
     _model_commands(sub)
@@ -333,13 +375,21 @@ def _training_commands(sub) -> None:
     p.add_argument("--config", required=True, help="job config YAML (see jobs/configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2 model.max_len=64")
     p.add_argument("--no-ray", action="store_true", help="run the worker loop in this process, without Ray")
-    p.add_argument("--predict", nargs="*", default=[], help="texts to label with the trained model afterwards")
+    p.add_argument(
+        "--predict", nargs="*", default=[], help="texts to label with the trained model afterwards"
+    )
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("pretrain", help="masked-LM pre-training / domain adaptation of an encoder on raw text")
+    p = sub.add_parser(
+        "pretrain", help="masked-LM pre-training / domain adaptation of an encoder on raw text"
+    )
     p.add_argument("--config", help="pretrain config YAML (see jobs/configs/pretrain/)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_minutes=10 model.max_len=64")
-    p.add_argument("--input", dest="inputs", nargs="+", help="text files, folders, globs or URIs (replace inputs)")
+    p.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. train.max_minutes=10 model.max_len=64"
+    )
+    p.add_argument(
+        "--input", dest="inputs", nargs="+", help="text files, folders, globs or URIs (replace inputs)"
+    )
     p.add_argument("--no-ray", action="store_true", help="run the loop in this process, without Ray")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -360,7 +410,9 @@ def _model_commands(sub) -> None:
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("export", help="write a TensorFlow SavedModel that serves raw texts (plain TensorFlow to load)")
+    p = sub.add_parser(
+        "export", help="write a TensorFlow SavedModel that serves raw texts (plain TensorFlow to load)"
+    )
     p.add_argument("--model", required=True, help="model directory written by train")
     p.add_argument("--output", required=True, help="folder for the SavedModel")
     p.set_defaults(func=_cmd_export)
@@ -376,30 +428,69 @@ def _model_commands(sub) -> None:
 def _serve_command(sub) -> None:
     """serve: models behind HTTP with Ray Serve."""
     p = sub.add_parser(
-        "serve", help="serve model directories over HTTP with Ray Serve (batched across requests)",
-        description="Serve models over HTTP with Ray Serve: POST /v1/models/NAME:predict {\"texts\": [...]}, "
-                    "GET /v1/models, GET /healthz. Example: albert-ray serve --model ner=out/sample_ner/model")
-    p.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
-                   help="a model directory or URI, named NAME (default: its folder's name); repeat for several")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+        "serve",
+        help="serve model directories over HTTP with Ray Serve (batched across requests)",
+        description='Serve models over HTTP with Ray Serve: POST /v1/models/NAME:predict {"texts": [...]}, '
+        "GET /v1/models, GET /healthz. Example: albert-ray serve --model ner=out/sample_ner/model",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="a model directory or URI, named NAME (default: its folder's name); repeat for several",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--replicas", type=int, default=1, help="replicas of each model (default: %(default)s)")
-    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica holds (default: %(default)s)")
+    p.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="CPUs each replica holds (default: %(default)s)"
+    )
     p.add_argument("--precision", default="auto", help="auto (default) | float32 | bfloat16 | float16")
-    p.add_argument("--max-batch-size", type=int, default=32,
-                   help="texts a replica runs together, collected across requests (default: %(default)s)")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0,
-                   help="how long a replica waits to fill a batch (default: %(default)s)")
-    p.add_argument("--max-queued-requests", type=int, default=256,
-                   help="requests waiting per model; beyond: 503 with Retry-After (default: %(default)s)")
-    p.add_argument("--max-texts", type=int, default=256, help="texts in one request; more: 413 (default: %(default)s)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
-                   help="request body size; larger: 413 (default: %(default)s)")
-    p.add_argument("--max-chars", type=int, default=10_000,
-                   help="characters of one text; longer: an error in its place (default: %(default)s)")
-    p.add_argument("--request-timeout", type=float, default=30.0, help="seconds per request; later: 504 "
-                   "(default: %(default)s)")
-    p.add_argument("--token-file", help="a file (mode 600) holding a bearer token every route but /healthz requires")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="texts a replica runs together, collected across requests (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a replica waits to fill a batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=256,
+        help="requests waiting per model; beyond: 503 with Retry-After (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-texts", type=int, default=256, help="texts in one request; more: 413 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1 << 20,
+        help="request body size; larger: 413 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=10_000,
+        help="characters of one text; longer: an error in its place (default: %(default)s)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="seconds per request; later: 504 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--token-file", help="a file (mode 600) holding a bearer token every route but /healthz requires"
+    )
     p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
     p.set_defaults(func=_cmd_serve)
 

@@ -29,9 +29,18 @@ _NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
 _NO_SPACE_LINE = re.compile(r"[^\n]*(No space left on device|Disk quota exceeded|QuotaExceeded)[^\n]*")
 # pyarrow's object-store errors: "When uploading part for key 'x' in bucket 'b': AWS Error SLOW_DOWN ..."
 _STORE_LINE = re.compile(r"[^\n]*(AWS Error [A-Z_]+|google::cloud::Status|Curl error)[^\n]*")
-_LOST = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError",
-         "OwnerDiedError", "WorkerCrashedError", "ObjectReconstructionFailedError",
-         "WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError")  # Ray Train's names for a dead worker
+_LOST = (
+    "ActorDiedError",
+    "RayActorError",
+    "ActorUnavailableError",
+    "NodeDiedError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "WorkerCrashedError",
+    "ObjectReconstructionFailedError",
+    "WorkerHealthCheckFailedError",
+    "WorkerHealthCheckTimeoutError",
+)  # Ray Train's names for a dead worker
 
 
 def lost_worker(exc: BaseException | None) -> bool:
@@ -67,20 +76,28 @@ def environment_fault(exc: BaseException, where: str, resume: str) -> Environmen
     """
     for e in causes(exc):
         if getattr(e, "errno", None) in _NO_SPACE:
-            return EnvironmentFault(f"{where}: no space left on the device or quota ({first_line(e)}); {resume}")
+            return EnvironmentFault(
+                f"{where}: no space left on the device or quota ({first_line(e)}); {resume}"
+            )
         found = _NO_SPACE_LINE.search(str(e))
         if found:
-            return EnvironmentFault(f"{where}: no space left on the device or quota ({found.group(0).strip()}); "
-                                    f"{resume}")
+            return EnvironmentFault(
+                f"{where}: no space left on the device or quota ({found.group(0).strip()}); {resume}"
+            )
         found = _STORE_LINE.search(str(e))
         if found:
             line = re.sub(r"^(\w+(Error|Exception): )+", "", found.group(0).strip())
             return EnvironmentFault(f"{where}: the store refused or timed out ({line}); {resume}")
         if type(e).__name__ in _LOST or lost_worker(e):
             failures = getattr(e, "worker_failures", None)
-            kind = type(getattr(failures[min(failures)], "_base_exc", failures[min(failures)])) if failures else type(e)
-            return EnvironmentFault(f"{where}: a node or Ray worker was lost beyond Ray's retries "
-                                    f"({kind.__name__}); {resume}")
+            kind = (
+                type(getattr(failures[min(failures)], "_base_exc", failures[min(failures)]))
+                if failures
+                else type(e)
+            )
+            return EnvironmentFault(
+                f"{where}: a node or Ray worker was lost beyond Ray's retries ({kind.__name__}); {resume}"
+            )
     return None
 
 

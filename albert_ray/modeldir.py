@@ -39,8 +39,8 @@ VOCAB_FILE = "vocab.txt"
 JOB_FILE = "job.json"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"
-STATE_FILE = "train_state.json"      # resume state of a training checkpoint
-OPTIMIZER_FILE = "optimizer.npz"     # optimizer slots of a training checkpoint
+STATE_FILE = "train_state.json"  # resume state of a training checkpoint
+OPTIMIZER_FILE = "optimizer.npz"  # optimizer slots of a training checkpoint
 REQUIRED = (SPEC_FILE, WEIGHTS_FILE, VOCAB_FILE)
 RESUME_FILES = (STATE_FILE, OPTIMIZER_FILE)
 
@@ -79,7 +79,9 @@ def new_model(spec: ModelSpec, seed: int = 0, checkpoint: str | None = None):
     return model
 
 
-def create(path: str | Path, spec: ModelSpec, vocab: Vocab, seed: int = 0, checkpoint: str | None = None) -> Path:
+def create(
+    path: str | Path, spec: ModelSpec, vocab: Vocab, seed: int = 0, checkpoint: str | None = None
+) -> Path:
     """A fresh (untrained) model directory: :func:`new_model`, then :func:`save`."""
     import tensorflow as tf
 
@@ -111,19 +113,25 @@ def _check_local(path: Path) -> tuple[ModelSpec, Vocab]:
         raise ModelDirError(f"model directory not found: {path}{where(path)}")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
     if missing:
-        raise ModelDirError(f"{path} is not a model directory: {', '.join(missing)} missing "
-                            f"(a model directory is written by 'albert-ray train')")
+        raise ModelDirError(
+            f"{path} is not a model directory: {', '.join(missing)} missing "
+            f"(a model directory is written by 'albert-ray train')"
+        )
     try:
         spec = ModelSpec.load(path / SPEC_FILE)
         task_for(spec)
     except (OSError, ValueError) as exc:
         message = str(exc)
-        raise ModelDirError(message if message.startswith(str(path)) else f"{path / SPEC_FILE}: {message}") from None
+        raise ModelDirError(
+            message if message.startswith(str(path)) else f"{path / SPEC_FILE}: {message}"
+        ) from None
     vocab = _read_vocab(path / VOCAB_FILE)
     if len(vocab) > spec.encoder.vocab_size:
-        raise ModelDirError(f"{path / VOCAB_FILE} has {len(vocab)} tokens but the encoder in {path / SPEC_FILE} has "
-                            f"vocab_size={spec.encoder.vocab_size}: token ids beyond it have no embedding; "
-                            f"use the vocab.txt the model was trained with")
+        raise ModelDirError(
+            f"{path / VOCAB_FILE} has {len(vocab)} tokens but the encoder in {path / SPEC_FILE} has "
+            f"vocab_size={spec.encoder.vocab_size}: token ids beyond it have no embedding; "
+            f"use the vocab.txt the model was trained with"
+        )
     _check_weights(path / WEIGHTS_FILE, spec, len(vocab))
     return spec, vocab
 
@@ -150,11 +158,15 @@ def weight_shapes(file: Path) -> list[tuple[int, ...]]:
     shapes: list[tuple[int, ...]] = []
     try:
         with h5py.File(file, "r") as f:
-            f.visititems(lambda _, obj: shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None)
+            f.visititems(
+                lambda _, obj: shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None
+            )
     except (OSError, ValueError) as exc:  # h5py reports truncation and bad signatures as OSError
         reason = str(exc).split("(")[0].strip().rstrip(",") or type(exc).__name__
-        raise ModelDirError(f"{file}: not a readable weights file ({reason}; {file.stat().st_size} bytes); it is "
-                            f"damaged or truncated: copy it again from the training output") from None
+        raise ModelDirError(
+            f"{file}: not a readable weights file ({reason}; {file.stat().st_size} bytes); it is "
+            f"damaged or truncated: copy it again from the training output"
+        ) from None
     if not shapes:
         raise ModelDirError(f"{file}: holds no weights")
     return shapes
@@ -167,14 +179,18 @@ def _check_weights(file: Path, spec: ModelSpec, vocab_len: int) -> None:
     if embedding not in shapes:
         rows = sorted({s[0] for s in shapes if len(s) == 2 and s[1] == embedding[1] and s[0] >= vocab_len})
         found = f"token embeddings of {rows[-1]} rows" if rows else "no matching token embedding"
-        raise ModelDirError(f"{file}: {found}, but {file.parent / SPEC_FILE} describes an encoder with "
-                            f"vocab_size={enc.vocab_size} and width {embedding[1]}: the weights belong to another "
-                            f"model")
+        raise ModelDirError(
+            f"{file}: {found}, but {file.parent / SPEC_FILE} describes an encoder with "
+            f"vocab_size={enc.vocab_size} and width {embedding[1]}: the weights belong to another "
+            f"model"
+        )
     for what, shape in task_for(spec).head_shapes(spec):
         if shape not in shapes:
-            raise ModelDirError(f"{file}: no {what} of shape {list(shape)}, which {file.parent / SPEC_FILE} "
-                                f"(task {spec.task}, {len(spec.labels)} labels) needs: the weights were saved for "
-                                f"another task or label set")
+            raise ModelDirError(
+                f"{file}: no {what} of shape {list(shape)}, which {file.parent / SPEC_FILE} "
+                f"(task {spec.task}, {len(spec.labels)} labels) needs: the weights were saved for "
+                f"another task or label set"
+            )
 
 
 def load(path: str | Path, precision: str = "float32"):
@@ -194,8 +210,9 @@ def load(path: str | Path, precision: str = "float32"):
     try:
         model.load_weights(str(path / WEIGHTS_FILE))
     except (OSError, ValueError) as exc:
-        raise ModelDirError(f"{path / WEIGHTS_FILE}: does not fit the model {path / SPEC_FILE} describes "
-                            f"({first_line(exc)})") from None
+        raise ModelDirError(
+            f"{path / WEIGHTS_FILE}: does not fit the model {path / SPEC_FILE} describes ({first_line(exc)})"
+        ) from None
     return model, spec, vocab
 
 

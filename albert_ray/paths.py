@@ -99,7 +99,7 @@ def files_under(location: str | Path) -> dict[str, int]:
     fs, root = fs_and_path(str(location))
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     base = root.rstrip("/") + "/"
-    return {i.path[len(base):]: i.size for i in infos if i.type == pafs.FileType.File}
+    return {i.path[len(base) :]: i.size for i in infos if i.type == pafs.FileType.File}
 
 
 def publish_dir(local: str | Path, location: str | Path) -> None:
@@ -110,8 +110,9 @@ def publish_dir(local: str | Path, location: str | Path) -> None:
     fs, path = fs_and_path(str(location))
     fs.delete_dir_contents(path, missing_dir_ok=True)
     fs.create_dir(path, recursive=True)
-    pafs.copy_files(str(Path(local).resolve()), path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
+    pafs.copy_files(
+        str(Path(local).resolve()), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+    )
 
 
 def fetch_dir(location: str | Path, local: str | Path, names: tuple[str, ...] | None = None) -> list[str]:
@@ -122,8 +123,12 @@ def fetch_dir(location: str | Path, local: str | Path, names: tuple[str, ...] | 
     for rel in wanted:
         target = Path(local, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(f"{root.rstrip('/')}/{rel}", str(target), source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            f"{root.rstrip('/')}/{rel}",
+            str(target),
+            source_filesystem=fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
     return wanted
 
 

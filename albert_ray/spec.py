@@ -14,7 +14,12 @@ TRUNCATIONS = ("head", "chunks")
 POOLINGS = ("cls", "mean")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # of a run, not of a model: not stored here
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-TRAIN_PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # train.precision: Keras dtype policies
+TRAIN_PRECISIONS = (
+    "auto",
+    "float32",
+    "mixed_float16",
+    "mixed_bfloat16",
+)  # train.precision: Keras dtype policies
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,25 @@ class ModelSpec:
         checkpoint 0.4295 without the LayerNorm, 0.5091 with it; from random init 0.4422
         without, 0.4007 with it (hence off there)."""
         m = job.model
-        norm = m.output_norm if m.output_norm is not None else (encoder.ln_type == "preln" and m.init == "checkpoint")
-        return cls(task=job.task, labels=tuple(labels), encoder=encoder, max_len=m.max_len, stride=m.stride,
-                   truncation=m.truncation, scheme=m.scheme, bilstm_units=m.bilstm_units, dropout=m.dropout,
-                   pooling=m.pooling, output_norm=norm, name=job.name)
+        norm = (
+            m.output_norm
+            if m.output_norm is not None
+            else (encoder.ln_type == "preln" and m.init == "checkpoint")
+        )
+        return cls(
+            task=job.task,
+            labels=tuple(labels),
+            encoder=encoder,
+            max_len=m.max_len,
+            stride=m.stride,
+            truncation=m.truncation,
+            scheme=m.scheme,
+            bilstm_units=m.bilstm_units,
+            dropout=m.dropout,
+            pooling=m.pooling,
+            output_norm=norm,
+            name=job.name,
+        )
 
     def encoder_config(self) -> EncoderConfig:
         return self.encoder
@@ -116,11 +136,16 @@ class ModelSpec:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ValueError(f"{source}: unknown field(s) {unknown}")
-        missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
+        missing = [
+            n
+            for n, f in fields.items()
+            if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
-            raise ValueError(f"{source}: missing field(s) {missing}; a model directory's model.json is written by "
-                             f"training, not by hand")
+            raise ValueError(
+                f"{source}: missing field(s) {missing}; a model directory's model.json is written by "
+                f"training, not by hand"
+            )
         data = dict(data)
         if not isinstance(data["labels"], list) or not all(isinstance(x, str) for x in data["labels"]):
             raise ValueError(f"{source}: labels must be a list of strings")

@@ -43,8 +43,9 @@ def read_yaml(path: str | Path, what: str = "config") -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigFileError(f"{path}: expected a mapping of settings (key: value lines), got a "
-                              f"{type(data).__name__}")
+        raise ConfigFileError(
+            f"{path}: expected a mapping of settings (key: value lines), got a {type(data).__name__}"
+        )
     return data
 
 
@@ -135,5 +136,3 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigFileError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
     return data
-
-

@@ -44,16 +44,23 @@ def start_moto(work: Path) -> tuple[subprocess.Popen, dict]:
     from albert_ray.runtime.localcluster import free_port
 
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=open(work / "moto.log", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=open(work / "moto.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     for _ in range(150):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
             time.sleep(0.2)
-    return proc, {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
-                  "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    return proc, {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
 
 
 def child(nodes: int, model: str, corpus_uri: str, out_uri: str, private: str) -> dict:
@@ -86,11 +93,20 @@ def child(nodes: int, model: str, corpus_uri: str, out_uri: str, private: str) -
             head.stop()
     model_bytes = sum(len(v) for v in modeldir.pack(model).values())
     text_bytes = sum(paths.files_under(corpus_uri).values())
-    return {"nodes": nodes, "rows": m["rows_out"], "seconds": round(seconds, 2),
-            "rows_per_second": round(m["rows_out"] / seconds, 1), "labeling_rows_per_second": m["rows_per_second"],
-            "plan_seconds": m["plan_seconds"], "first_commit_seconds": m["first_commit_seconds"],
-            "units": m["units"], "model_bytes_per_node": model_bytes,
-            "object_store_bytes_per_row": round((model_bytes * max(1, nodes - 1) + text_bytes) / m["rows_out"], 1)}
+    return {
+        "nodes": nodes,
+        "rows": m["rows_out"],
+        "seconds": round(seconds, 2),
+        "rows_per_second": round(m["rows_out"] / seconds, 1),
+        "labeling_rows_per_second": m["rows_per_second"],
+        "plan_seconds": m["plan_seconds"],
+        "first_commit_seconds": m["first_commit_seconds"],
+        "units": m["units"],
+        "model_bytes_per_node": model_bytes,
+        "object_store_bytes_per_row": round(
+            (model_bytes * max(1, nodes - 1) + text_bytes) / m["rows_out"], 1
+        ),
+    }
 
 
 def driver_costs(work: Path, files: int = 2000, units: int = 500) -> dict:
@@ -110,18 +126,32 @@ def driver_costs(work: Path, files: int = 2000, units: int = 500) -> dict:
     planned = plan_units(expand_inputs([f"s3://{BUCKET}/many"]), 32 << 20)
     plan_seconds = time.perf_counter() - began
     store = OutputStore(f"s3://{BUCKET}/commits")
-    record = {"uid": "x", "source": f"s3://{BUCKET}/many/f00000.txt", "rows_in": 100, "parts": ["part-1.parquet"],
-              "sizes": {"part-1.parquet": [4000, 123]}, "counts": {"PER": 100}, "settings": {"model": "m"}}
+    record = {
+        "uid": "x",
+        "source": f"s3://{BUCKET}/many/f00000.txt",
+        "rows_in": 100,
+        "parts": ["part-1.parquet"],
+        "sizes": {"part-1.parquet": [4000, 123]},
+        "counts": {"PER": 100},
+        "settings": {"model": "m"},
+    }
     began = time.perf_counter()
     for i in range(units):
         store.write_json({**record, "uid": f"u{i}"}, "_units", f"u{i}.json")
     commit_seconds = time.perf_counter() - began
-    return {"files": files, "units_planned": len(planned), "plan_ms_per_file": round(1000 * plan_seconds / files, 3),
-            "units_committed": units, "commit_ms_per_unit": round(1000 * commit_seconds / units, 2)}
+    return {
+        "files": files,
+        "units_planned": len(planned),
+        "plan_ms_per_file": round(1000 * plan_seconds / files, 3),
+        "units_committed": units,
+        "commit_ms_per_unit": round(1000 * commit_seconds / units, 2),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, interleaved")
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
@@ -153,8 +183,20 @@ def main() -> None:
         for run in range(args.repeat):
             for nodes in (1, 3):
                 out = f"s3://{BUCKET}/labels-{nodes}-{run}"
-                proc = subprocess.run([sys.executable, __file__, "--child", str(nodes), str(work / "model"),
-                                       f"s3://{BUCKET}/corpus", out, str(work)], capture_output=True, text=True)
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        str(nodes),
+                        str(work / "model"),
+                        f"s3://{BUCKET}/corpus",
+                        out,
+                        str(work),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode != 0:
                     raise SystemExit(f"{nodes} node(s) failed:\n{proc.stderr[-3000:]}")
                 results.append({"run": run, **json.loads(proc.stdout.strip().splitlines()[-1])})
@@ -162,29 +204,46 @@ def main() -> None:
         driver = driver_costs(work)
     finally:
         moto.terminate()
-    print(f"\n{'nodes':>5} {'rows/s (median)':>16} {'labeling rows/s':>16} {'plan s':>7} {'first commit s':>15} "
-          f"{'store bytes/row':>16}")
+    print(
+        f"\n{'nodes':>5} {'rows/s (median)':>16} {'labeling rows/s':>16} {'plan s':>7} {'first commit s':>15} "
+        f"{'store bytes/row':>16}"
+    )
     summary = []
     for nodes in (1, 3):
         rs = [r for r in results if r["nodes"] == nodes]
-        row = {"nodes": nodes, "rows_per_second": statistics.median(r["rows_per_second"] for r in rs),
-               "labeling_rows_per_second": statistics.median(r["labeling_rows_per_second"] for r in rs),
-               "plan_seconds": statistics.median(r["plan_seconds"] for r in rs),
-               "first_commit_seconds": statistics.median(r["first_commit_seconds"] for r in rs),
-               "object_store_bytes_per_row": rs[0]["object_store_bytes_per_row"]}
+        row = {
+            "nodes": nodes,
+            "rows_per_second": statistics.median(r["rows_per_second"] for r in rs),
+            "labeling_rows_per_second": statistics.median(r["labeling_rows_per_second"] for r in rs),
+            "plan_seconds": statistics.median(r["plan_seconds"] for r in rs),
+            "first_commit_seconds": statistics.median(r["first_commit_seconds"] for r in rs),
+            "object_store_bytes_per_row": rs[0]["object_store_bytes_per_row"],
+        }
         summary.append(row)
         print(
             f"{nodes:>5} {row['rows_per_second']:>16.1f} {row['labeling_rows_per_second']:>16.1f} "
             f"{row['plan_seconds']:>7.2f} {row['first_commit_seconds']:>15.1f} "
             f"{row['object_store_bytes_per_row']:>16.1f}"
         )
-    print(f"driver alone: planning {driver['plan_ms_per_file']} ms per input file ({driver['files']} objects), "
-          f"committing {driver['commit_ms_per_unit']} ms per unit ({driver['units_committed']} records), on the "
-          f"S3 server on 127.0.0.1")
+    print(
+        f"driver alone: planning {driver['plan_ms_per_file']} ms per input file ({driver['files']} objects), "
+        f"committing {driver['commit_ms_per_unit']} ms per unit ({driver['units_committed']} records), on the "
+        f"S3 server on 127.0.0.1"
+    )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"machine": machine_record(), "command": " ".join(sys.argv),
-                                             "rows": args.rows, "summary": summary, "driver": driver, "runs": results},
-                                            indent=2))
+    Path(args.output).write_text(
+        json.dumps(
+            {
+                "machine": machine_record(),
+                "command": " ".join(sys.argv),
+                "rows": args.rows,
+                "summary": summary,
+                "driver": driver,
+                "runs": results,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.output}")
 
 

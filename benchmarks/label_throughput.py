@@ -55,13 +55,18 @@ def make_model(corpora: Path, path: Path) -> None:
 
     cfg_file = corpora / "albert_zh" / "albert_config_tiny.json"
     if cfg_file.is_file():
-        enc, vocab = EncoderConfig.from_json_file(cfg_file), Vocab.from_file(corpora / "albert_zh" / "vocab.txt")
+        enc, vocab = (
+            EncoderConfig.from_json_file(cfg_file),
+            Vocab.from_file(corpora / "albert_zh" / "vocab.txt"),
+        )
     else:
         vocab = build_char_vocab(sentences(corpora))
-        enc = EncoderConfig.from_dict({**json.loads((ROOT / "data/albert_config_sample.json").read_text()),
-                                       "vocab_size": len(vocab)})
-    spec = ModelSpec(task="ner", labels=("LOC", "ORG", "PER"), encoder=enc, max_len=128, dropout=0.0,
-                     name="bench_ner")
+        enc = EncoderConfig.from_dict(
+            {**json.loads((ROOT / "data/albert_config_sample.json").read_text()), "vocab_size": len(vocab)}
+        )
+    spec = ModelSpec(
+        task="ner", labels=("LOC", "ORG", "PER"), encoder=enc, max_len=128, dropout=0.0, name="bench_ner"
+    )
     modeldir.create(path, spec, vocab)
 
 
@@ -126,7 +131,8 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
         for ws in windows:
             ids = pad_batch([w.token_ids for w in ws])
             outputs += [
-                o[: len(w.token_ids)] for o, w in zip(lab.model.predict([ids, np.zeros_like(ids)], verbose=0), ws)
+                o[: len(w.token_ids)]
+                for o, w in zip(lab.model.predict([ids, np.zeros_like(ids)], verbose=0), ws)
             ]
         lab.task.decode_batch(texts, windows, outputs, lab.spec, lab.model)
     elif mode.startswith("labeler_"):
@@ -146,21 +152,39 @@ def child(mode: str, model_dir: str, corpus: str, limit: int) -> dict:
         out = Path(corpus).with_suffix(f".{mode}.labels")
         shutil.rmtree(out, ignore_errors=True)
         init_ray(None, dashboard=False)  # wall clock includes starting Ray
-        m = label_corpus(LabelConfig(model=model_dir, inputs=(corpus,), output=str(out),
-                                     precision=mode.split("_", 1)[1], progress=False))
+        m = label_corpus(
+            LabelConfig(
+                model=model_dir,
+                inputs=(corpus,),
+                output=str(out),
+                precision=mode.split("_", 1)[1],
+                progress=False,
+            )
+        )
         assert m["rows_out"] == len(texts), m
-        extra = {"plan_seconds": m["plan_seconds"], "first_commit_seconds": m["first_commit_seconds"],
-                 "labeling_rows_per_second": m["rows_per_second"]}
+        extra = {
+            "plan_seconds": m["plan_seconds"],
+            "first_commit_seconds": m["first_commit_seconds"],
+            "labeling_rows_per_second": m["rows_per_second"],
+        }
     elif mode == "hf_pipeline":
         from transformers import AlbertConfig, AlbertForTokenClassification, BertTokenizerFast, pipeline
 
         spec = json.loads((Path(model_dir) / "model.json").read_text())["encoder"]
-        cfg = AlbertConfig(vocab_size=spec["vocab_size"], embedding_size=spec["embedding_size"],
-                           hidden_size=spec["hidden_size"], num_hidden_layers=spec["num_hidden_layers"],
-                           num_attention_heads=spec["num_attention_heads"], intermediate_size=spec["intermediate_size"],
-                           max_position_embeddings=512, num_labels=7)
+        cfg = AlbertConfig(
+            vocab_size=spec["vocab_size"],
+            embedding_size=spec["embedding_size"],
+            hidden_size=spec["hidden_size"],
+            num_hidden_layers=spec["num_hidden_layers"],
+            num_attention_heads=spec["num_attention_heads"],
+            intermediate_size=spec["intermediate_size"],
+            max_position_embeddings=512,
+            num_labels=7,
+        )
         tok = BertTokenizerFast(str(Path(model_dir) / "vocab.txt"), do_lower_case=True)
-        pipe = pipeline("token-classification", model=AlbertForTokenClassification(cfg), tokenizer=tok, device=-1)
+        pipe = pipeline(
+            "token-classification", model=AlbertForTokenClassification(cfg), tokenizer=tok, device=-1
+        )
         began = time.time()
         list(pipe(texts, batch_size=32))
     seconds = time.time() - began
@@ -203,24 +227,38 @@ def main():
             with corpus.open("w", encoding="utf-8") as f:
                 for i in range(n):
                     f.write(base[i % len(base)] + "\n")
-        modes = [("one_at_a_time", args.one_at_a_time_rows), ("hf_pipeline", args.hf_rows), ("labeler_float32", 0),
-                 ("labeler_bfloat16", 0), ("job_float32", 0), ("job_bfloat16", 0)]
+        modes = [
+            ("one_at_a_time", args.one_at_a_time_rows),
+            ("hf_pipeline", args.hf_rows),
+            ("labeler_float32", 0),
+            ("labeler_bfloat16", 0),
+            ("job_float32", 0),
+            ("job_bfloat16", 0),
+        ]
         if n > 20_000:  # only the streaming job is meant for corpora larger than memory
             modes = [m for m in modes if m[0].startswith("job_")]
         if args.modes:
             modes = [m for m in modes if m[0] in args.modes.split(",")]
         for mode, limit in modes:
             python = args.hf_python if mode == "hf_pipeline" else sys.executable
-            proc = subprocess.run([python, __file__, "--child", mode, str(model_dir), str(corpus), str(limit)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [python, __file__, "--child", mode, str(model_dir), str(corpus), str(limit)],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
                 results.append({"corpus_rows": n, "mode": mode, "skipped": reason[:200]})
             else:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
-                results.append({"corpus_rows": n, "mode": mode, **{k: round(v, 2) if isinstance(v, float) else v
-                                                                   for k, v in r.items()},
-                                "rows_per_second": round(r["rows"] / r["seconds"], 1)})
+                results.append(
+                    {
+                        "corpus_rows": n,
+                        "mode": mode,
+                        **{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()},
+                        "rows_per_second": round(r["rows"] / r["seconds"], 1),
+                    }
+                )
             print(results[-1], flush=True)
     print_table(results)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +267,10 @@ def main():
 
 def print_table(results: list[dict]) -> None:
     def rate(n, mode):
-        r = next((x for x in results if x["corpus_rows"] == n and x["mode"] == mode and "rows_per_second" in x), None)
+        r = next(
+            (x for x in results if x["corpus_rows"] == n and x["mode"] == mode and "rows_per_second" in x),
+            None,
+        )
         return r and r["rows_per_second"]
 
     print(f"\n{'corpus':>8} {'mode':<18} {'rows/s':>8} {'x HF':>6} {'x labeler':>10} {'peak PSS MiB':>13}")
@@ -238,11 +279,17 @@ def print_table(results: list[dict]) -> None:
             print(f"{r['corpus_rows']:>8} {r['mode']:<18} skipped: {r['skipped']}")
             continue
         hf = rate(r["corpus_rows"], "hf_pipeline")
-        lab = rate(r["corpus_rows"], "labeler_" + r["mode"].split("_", 1)[1]) if r["mode"].startswith("job_") else None
+        lab = (
+            rate(r["corpus_rows"], "labeler_" + r["mode"].split("_", 1)[1])
+            if r["mode"].startswith("job_")
+            else None
+        )
         x_hf = f"{r['rows_per_second'] / hf:.2f}" if hf else ""
         x_lab = f"{r['rows_per_second'] / lab:.2f}" if lab else ""
-        print(f"{r['corpus_rows']:>8} {r['mode']:<18} {r['rows_per_second']:>8} {x_hf:>6} {x_lab:>10} "
-              f"{round(r['peak_pss_mib']):>13}")
+        print(
+            f"{r['corpus_rows']:>8} {r['mode']:<18} {r['rows_per_second']:>8} {x_hf:>6} {x_lab:>10} "
+            f"{round(r['peak_pss_mib']):>13}"
+        )
 
 
 if __name__ == "__main__":

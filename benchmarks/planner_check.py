@@ -20,7 +20,7 @@ SHAPES = [  # hidden, layers, heads, intermediate, seq_len, batch
     (256, 6, 8, 1024, 256, 16),
 ]
 
-CHILD = r'''
+CHILD = r"""
 import json, os, resource, sys
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import albert_ray, numpy as np, tensorflow as tf
@@ -57,7 +57,7 @@ def run(b):
 base = run(1)
 peak = run(batch)
 print(json.dumps({"measured": peak - base}))
-'''
+"""
 
 
 def main():
@@ -69,13 +69,30 @@ def main():
 
     rows = []
     for h, layers, heads, inter, seq, batch in SHAPES:
-        out = subprocess.run([sys.executable, "-c", CHILD, *map(str, (h, layers, heads, inter, seq, batch)),
-                              "1" if mixed else "0"],
-                             capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                *map(str, (h, layers, heads, inter, seq, batch)),
+                "1" if mixed else "0",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         measured = json.loads(out.stdout.strip().splitlines()[-1])["measured"]
-        cfg = EncoderConfig.from_dict(dict(vocab_size=8000, hidden_size=h, num_hidden_layers=layers,
-                                           num_attention_heads=heads, intermediate_size=inter, embedding_size=128,
-                                           ln_type="postln"))
+        cfg = EncoderConfig.from_dict(
+            dict(
+                vocab_size=8000,
+                hidden_size=h,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                intermediate_size=inter,
+                embedding_size=128,
+                ln_type="postln",
+            )
+        )
         predicted = (batch - 1) * estimate(cfg, seq, mixed_precision=mixed).activation_bytes_per_example
         rows.append(
             {

@@ -51,8 +51,9 @@ def main():
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "precision_agreement.json"))
     args = parser.parse_args()
     base = Labeler.from_dir(args.model)
-    examples = read_examples(args.data, multilabel=base.spec.task == "multilabel", scheme=base.spec.scheme,
-                             on_bad_records="skip").examples
+    examples = read_examples(
+        args.data, multilabel=base.spec.task == "multilabel", scheme=base.spec.scheme, on_bad_records="skip"
+    ).examples
     texts = [e.text for e in examples]
     rows, reference = [], None
     for precision in args.precisions.split(","):
@@ -64,15 +65,23 @@ def main():
         _, report = lab.task.report(examples, predictions, lab.spec)
         score = lab.task.dev_score(report)
         reference = reference or (predictions, score)
-        rows.append({"precision": precision, "texts": len(texts), "test_score": round(score, 4),
-                     "drift": round(score - reference[1], 4),
-                     "agreement_with_float32": round(agreement(lab.spec.task, reference[0], predictions), 4),
-                     "rows_per_second": round(len(texts) / seconds, 1)})
+        rows.append(
+            {
+                "precision": precision,
+                "texts": len(texts),
+                "test_score": round(score, 4),
+                "drift": round(score - reference[1], 4),
+                "agreement_with_float32": round(agreement(lab.spec.task, reference[0], predictions), 4),
+                "rows_per_second": round(len(texts) / seconds, 1),
+            }
+        )
         print(rows[-1], flush=True)
     print(f"\n{'precision':<10} {'test score':>10} {'drift':>8} {'agreement with fp32':>20} {'rows/s':>8}")
     for r in rows:
-        print(f"{r['precision']:<10} {r['test_score']:>10} {r['drift']:>8} {r['agreement_with_float32']:>20} "
-              f"{r['rows_per_second']:>8}")
+        print(
+            f"{r['precision']:<10} {r['test_score']:>10} {r['drift']:>8} {r['agreement_with_float32']:>20} "
+            f"{r['rows_per_second']:>8}"
+        )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(
         json.dumps(

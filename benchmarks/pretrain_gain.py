@@ -48,26 +48,43 @@ os.chdir(ROOT)
 
 from albert_ray.runtime.hardware import machine_record  # noqa: E402
 
-MODELS = {"cluener": ["model.bilstm_units=0"], "peoples_daily": ["model.bilstm_units=0"],  # in both recipes
-          "duee_multilabel": ["model.max_len=128"]}
+MODELS = {
+    "cluener": ["model.bilstm_units=0"],
+    "peoples_daily": ["model.bilstm_units=0"],  # in both recipes
+    "duee_multilabel": ["model.max_len=128"],
+}
 RECIPES = {  # bounded fine-tuning recipes (a few minutes each on 2 cores), the same for both starts
-    "cluener": ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=6", *MODELS["cluener"]],
-    "peoples_daily": ["data.max_train_examples=3000", "data.max_eval_examples=400", "train.epochs=8",
-                      *MODELS["peoples_daily"]],
-    "duee_multilabel": ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=6",
-                        *MODELS["duee_multilabel"]],
+    "cluener": [
+        "data.max_train_examples=4000",
+        "data.max_eval_examples=500",
+        "train.epochs=6",
+        *MODELS["cluener"],
+    ],
+    "peoples_daily": [
+        "data.max_train_examples=3000",
+        "data.max_eval_examples=400",
+        "train.epochs=8",
+        *MODELS["peoples_daily"],
+    ],
+    "duee_multilabel": [
+        "data.max_train_examples=4000",
+        "data.max_eval_examples=500",
+        "train.epochs=6",
+        *MODELS["duee_multilabel"],
+    ],
 }
 # ``--recipe full``: each task's whole training split (CLUENER 9,673 sentences after the job's dev
 # carve, People's Daily 4,173, DuEE 10,763) and whole evaluation split (CLUENER 1,343, People's Daily 463, DuEE 1,498)
-FULL_RECIPES = {"cluener": ["train.epochs=6", *MODELS["cluener"]],
-                "peoples_daily": ["train.epochs=10", *MODELS["peoples_daily"]],
-                "duee_multilabel": ["train.epochs=6", *MODELS["duee_multilabel"]]}
+FULL_RECIPES = {
+    "cluener": ["train.epochs=6", *MODELS["cluener"]],
+    "peoples_daily": ["train.epochs=10", *MODELS["peoples_daily"]],
+    "duee_multilabel": ["train.epochs=6", *MODELS["duee_multilabel"]],
+}
 # each start is fine-tuned at every rate and reported at its best: a pre-trained encoder and a
 # random one do not share a best learning rate, and one fixed rate would favour one of them
 LEARNING_RATES = (1e-3, 4e-3)
-RECIPE = (
-    "jobs/configs/pretrain/corpus_30min.yaml"  # the pre-training recipe (the README's), shapes and budgets overridden
-)
+# the pre-training recipe (the README's), shapes and budgets overridden
+RECIPE = "jobs/configs/pretrain/corpus_30min.yaml"
 
 
 def evaluated_and_training_texts(corpora: Path) -> tuple[list[str], list[str]]:
@@ -81,12 +98,21 @@ def evaluated_and_training_texts(corpora: Path) -> tuple[list[str], list[str]]:
     from albert_ray.finetune.driver import prepare
     from albert_ray.io.training_files import read_examples
 
-    pd = prepare(load_job_config("jobs/configs/peoples_daily.yaml",
-                                 [f"data.train={corpora}/peoples_daily/example.test"]))
+    pd = prepare(
+        load_job_config(
+            "jobs/configs/peoples_daily.yaml", [f"data.train={corpora}/peoples_daily/example.test"]
+        )
+    )
     evaluated = [e.text for e in pd.dev]
-    evaluated += [e.text for e in read_examples(corpora / "cluener" / "cluener.test", on_bad_records="skip").examples]
-    evaluated += [e.text for e in read_examples(corpora / "duee_event_types" / "test.csv", multilabel=True,
-                                                on_bad_records="skip").examples]
+    evaluated += [
+        e.text for e in read_examples(corpora / "cluener" / "cluener.test", on_bad_records="skip").examples
+    ]
+    evaluated += [
+        e.text
+        for e in read_examples(
+            corpora / "duee_event_types" / "test.csv", multilabel=True, on_bad_records="skip"
+        ).examples
+    ]
     return evaluated, [e.text for e in pd.train]
 
 
@@ -103,7 +129,8 @@ def training_split_texts(corpora: Path) -> tuple[dict[str, list[str]], list[str]
     evaluated, pd_train = evaluated_and_training_texts(corpora)
     sources = {
         "cluener_train": [
-            e.text for e in read_examples(corpora / "cluener" / "cluener.train", on_bad_records="skip").examples
+            e.text
+            for e in read_examples(corpora / "cluener" / "cluener.train", on_bad_records="skip").examples
         ],
         "duee_train": [
             e.text
@@ -111,8 +138,12 @@ def training_split_texts(corpora: Path) -> tuple[dict[str, list[str]], list[str]
                 corpora / "duee_event_types" / "train.csv", multilabel=True, on_bad_records="skip"
             ).examples
         ],
-        "sogou": [e.text for e in read_examples(corpora / "sogou_mini" / "test.csv", on_bad_records="skip").examples],
-        "news_sample": (corpora / "pretrain_sample" / "news_zh_1.txt").read_text(encoding="utf-8").splitlines(),
+        "sogou": [
+            e.text for e in read_examples(corpora / "sogou_mini" / "test.csv", on_bad_records="skip").examples
+        ],
+        "news_sample": (corpora / "pretrain_sample" / "news_zh_1.txt")
+        .read_text(encoding="utf-8")
+        .splitlines(),
         "peoples_daily_train": pd_train,
     }
     return sources, evaluated
@@ -145,15 +176,25 @@ def unlabelled_text(corpora: Path, out: Path) -> dict:
 SHAPES = {"sample": "data/albert_config_sample.json", "tiny": "{corpora}/albert_zh/albert_config_tiny.json"}
 
 
-def pretrain_run(corpus: Path, out: Path, corpora: Path, *overrides: str, in_process: bool = True,
-                 shape: str = "sample") -> dict:
+def pretrain_run(
+    corpus: Path, out: Path, corpora: Path, *overrides: str, in_process: bool = True, shape: str = "sample"
+) -> dict:
     from albert_ray.pretrain.config import load_pretrain_config
     from albert_ray.pretrain.driver import pretrain
 
     encoder = SHAPES[shape].format(corpora=corpora)
-    cfg = load_pretrain_config(RECIPE, ["name=bench", f"output_dir={out}", f"model.encoder_config={encoder}",
-                                        f"model.vocab={corpora}/albert_zh/vocab.txt", "train.checkpoint_every_steps=0",
-                                        *overrides], [str(corpus)])
+    cfg = load_pretrain_config(
+        RECIPE,
+        [
+            "name=bench",
+            f"output_dir={out}",
+            f"model.encoder_config={encoder}",
+            f"model.vocab={corpora}/albert_zh/vocab.txt",
+            "train.checkpoint_every_steps=0",
+            *overrides,
+        ],
+        [str(corpus)],
+    )
     return pretrain(cfg, in_process=in_process)
 
 
@@ -193,16 +234,29 @@ def throughput(corpus: Path, corpora: Path, steps: int, repeat: int = 1) -> list
     with the softmax over the corpus' ids and over the whole vocabulary; with ``repeat`` > 1 the
     configurations run in turn that many times (so a drift of the machine's speed touches all of
     them) and each reports its median. ``x_float32``: against float32 with the same softmax."""
-    configs = [(shape, precision, xla, output) for shape in SHAPES for output in ("corpus", "full")
-               for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False))]
+    configs = [
+        (shape, precision, xla, output)
+        for shape in SHAPES
+        for output in ("corpus", "full")
+        for precision, xla in (("float32", False), ("float32", True), ("mixed_bfloat16", False))
+    ]
     runs: dict[tuple, list[float]] = {c: [] for c in configs}
     ran: dict[tuple, int] = {}  # the steps a run took (the corpus' one epoch may hold fewer than asked)
     for _ in range(repeat):
         for shape, precision, xla, output in configs:
             with tempfile.TemporaryDirectory() as tmp:
-                s = pretrain_run(corpus, Path(tmp), corpora, f"train.precision={precision}", f"train.xla={xla}",
-                                 f"train.output_vocabulary={output}", f"train.max_steps={steps}", "train.epochs=1",
-                                 "train.max_minutes=0", shape=shape)
+                s = pretrain_run(
+                    corpus,
+                    Path(tmp),
+                    corpora,
+                    f"train.precision={precision}",
+                    f"train.xla={xla}",
+                    f"train.output_vocabulary={output}",
+                    f"train.max_steps={steps}",
+                    "train.epochs=1",
+                    "train.max_minutes=0",
+                    shape=shape,
+                )
             runs[(shape, precision, xla, output)].append(s["history"][-1]["sequences_per_second"])
             ran[(shape, precision, xla, output)] = s["history"][-1]["steps"]
     median = {c: statistics.median(rates) for c, rates in runs.items()}
@@ -215,7 +269,9 @@ def throughput(corpus: Path, corpora: Path, steps: int, repeat: int = 1) -> list
             "steps": ran[(shape, precision, xla, output)],
             "sequences_per_second": round(median[(shape, precision, xla, output)], 1),
             "runs": [round(r, 1) for r in runs[(shape, precision, xla, output)]],
-            "x_float32": round(median[(shape, precision, xla, output)] / median[(shape, "float32", False, output)], 2),
+            "x_float32": round(
+                median[(shape, precision, xla, output)] / median[(shape, "float32", False, output)], 2
+            ),
             "x_full_softmax": round(
                 median[(shape, precision, xla, output)] / median[(shape, precision, xla, "full")], 2
             ),
@@ -224,22 +280,47 @@ def throughput(corpus: Path, corpora: Path, steps: int, repeat: int = 1) -> list
     ]
 
 
-def fine_tune(name: str, out: Path, corpora: Path, checkpoint: Path | None, learning_rate: float,
-              recipe: list[str] | None = None) -> dict:
+def fine_tune(
+    name: str,
+    out: Path,
+    corpora: Path,
+    checkpoint: Path | None,
+    learning_rate: float,
+    recipe: list[str] | None = None,
+) -> dict:
     """Fine-tune job config ``name`` with ``recipe`` (default: its bounded :data:`RECIPES` one) from
     ``checkpoint`` (``None``: random init of the sample encoder); micro-F1 on the evaluated split."""
     from albert_ray.finetune.config import load_job_config
     from albert_ray.finetune.driver import train_in_process
 
-    init = ["model.init=checkpoint", f"model.checkpoint={checkpoint}"] if checkpoint else \
-        ["model.encoder_config=data/albert_config_sample.json", f"model.vocab={corpora}/albert_zh/vocab.txt"]
-    job = load_job_config(f"jobs/configs/{name}.yaml", [f"output_dir={out}", "train.log_every=0", "train.patience=10",
-                                                        f"train.learning_rate={learning_rate}",
-                                                        *(RECIPES[name] if recipe is None else recipe), *init])
+    init = (
+        ["model.init=checkpoint", f"model.checkpoint={checkpoint}"]
+        if checkpoint
+        else [
+            "model.encoder_config=data/albert_config_sample.json",
+            f"model.vocab={corpora}/albert_zh/vocab.txt",
+        ]
+    )
+    job = load_job_config(
+        f"jobs/configs/{name}.yaml",
+        [
+            f"output_dir={out}",
+            "train.log_every=0",
+            "train.patience=10",
+            f"train.learning_rate={learning_rate}",
+            *(RECIPES[name] if recipe is None else recipe),
+            *init,
+        ],
+    )
     began = time.time()
     summary = train_in_process(job)
-    return {"task": name, "init": "pretrained" if checkpoint else "random", "learning_rate": learning_rate,
-            "micro_f1": round(summary["metrics"]["micro avg"]["f1-score"], 4), "seconds": round(time.time() - began)}
+    return {
+        "task": name,
+        "init": "pretrained" if checkpoint else "random",
+        "learning_rate": learning_rate,
+        "micro_f1": round(summary["metrics"]["micro avg"]["f1-score"], 4),
+        "seconds": round(time.time() - began),
+    }
 
 
 # the reference article's published test scores (accuracy for sogou, micro-F1 otherwise)
@@ -267,7 +348,9 @@ def release_folders(checkpoints: Path) -> list[tuple[str, Path]]:
         if m and list(folder.glob("*.index")):
             found.append((m.group(1), folder))
     if not found:
-        raise SystemExit(f"{checkpoints}: no brightmart release folder (albert_<size>_zh/ with a checkpoint) in it")
+        raise SystemExit(
+            f"{checkpoints}: no brightmart release folder (albert_<size>_zh/ with a checkpoint) in it"
+        )
     return found
 
 
@@ -280,8 +363,15 @@ def reference_table(checkpoints: Path, configs: list[str], out: Path, overrides:
     rows = []
     for size, folder in release_folders(checkpoints):
         for name in configs:
-            job = load_job_config(f"jobs/configs/{name}.yaml", [f"output_dir={out / size}", "model.init=checkpoint",
-                                                                f"model.checkpoint={folder}", *overrides])
+            job = load_job_config(
+                f"jobs/configs/{name}.yaml",
+                [
+                    f"output_dir={out / size}",
+                    "model.init=checkpoint",
+                    f"model.checkpoint={folder}",
+                    *overrides,
+                ],
+            )
             began = time.time()
             summary = train_in_process(job)
             rows.append(
@@ -304,8 +394,9 @@ def print_reference(rows: list[dict]) -> None:
         print(f"{r['config']:<18}{r['size']:<8}{r['score']:>8.4f}{published:>11}")
 
 
-def gain(args: argparse.Namespace, corpus: Path, corpora: Path, workdir: Path, tasks: list[str],
-         rates: list[float]) -> dict:
+def gain(
+    args: argparse.Namespace, corpus: Path, corpora: Path, workdir: Path, tasks: list[str], rates: list[float]
+) -> dict:
     """Pre-train the sample encoder on ``corpus`` (or read ``--pretrained``'s folder), then fine-tune
     every task from random init and from the pre-trained folder at every rate."""
     began = time.time()
@@ -315,12 +406,26 @@ def gain(args: argparse.Namespace, corpus: Path, corpora: Path, workdir: Path, t
     else:
         xla = args.precision == "float32" if args.xla is None else args.xla  # the recipe's precision: off
         precision = [f"train.precision={args.precision}"] if args.precision else []
-        summary = pretrain_run(corpus, workdir / "pt", corpora, f"train.max_minutes={args.minutes}", f"train.xla={xla}",
-                               *precision, *args.pretrain_overrides)
+        summary = pretrain_run(
+            corpus,
+            workdir / "pt",
+            corpora,
+            f"train.max_minutes={args.minutes}",
+            f"train.xla={xla}",
+            *precision,
+            *args.pretrain_overrides,
+        )
         folder = Path(summary["pretrained_dir"])
     recipes = RECIPES if args.recipe == "bounded" else FULL_RECIPES
     rows = [
-        fine_tune(name, workdir / f"{name}-{init}-{lr}", corpora, folder if init == "pt" else None, lr, recipes[name])
+        fine_tune(
+            name,
+            workdir / f"{name}-{init}-{lr}",
+            corpora,
+            folder if init == "pt" else None,
+            lr,
+            recipes[name],
+        )
         for name in tasks
         for init in ("random", "pt")
         for lr in rates
@@ -347,34 +452,52 @@ def best_of(rows: list[dict]) -> dict:
 
 def print_result(result: dict, tasks: list[str], rates: list[float]) -> None:
     """The run as tables: corpus, throughput, workers, and micro-F1 per rate and best against best."""
-    print(f"unlabelled text: {result['unlabelled']['chars']:,} characters "
-          f"({', '.join(f'{k} {v:,}' for k, v in result['unlabelled'].items() if k != 'chars')})")
+    print(
+        f"unlabelled text: {result['unlabelled']['chars']:,} characters "
+        f"({', '.join(f'{k} {v:,}' for k, v in result['unlabelled'].items() if k != 'chars')})"
+    )
     for row in result.get("throughput", []):
-        print(f"pre-training {row['shape']:>6} {row['precision']:>15}{' + XLA' if row['xla'] else '':6} "
-              f"softmax {row.get('output_vocabulary', 'full'):>6}: {row['sequences_per_second']:>7.1f} sequences/s  "
-              f"({row['x_float32']}x float32, {row.get('x_full_softmax', 1.0)}x the full softmax)")
+        print(
+            f"pre-training {row['shape']:>6} {row['precision']:>15}{' + XLA' if row['xla'] else '':6} "
+            f"softmax {row.get('output_vocabulary', 'full'):>6}: {row['sequences_per_second']:>7.1f} sequences/s  "
+            f"({row['x_float32']}x float32, {row.get('x_full_softmax', 1.0)}x the full softmax)"
+        )
     for row in result.get("workers", []):
-        print(f"pre-training on {row['workers']} Ray Train worker(s): {row['sequences_per_second']:>7.1f} sequences/s"
-              + (f"  ({row['x_one_worker']}x one worker)" if "x_one_worker" in row else ""))
+        print(
+            f"pre-training on {row['workers']} Ray Train worker(s): {row['sequences_per_second']:>7.1f} sequences/s"
+            + (f"  ({row['x_one_worker']}x one worker)" if "x_one_worker" in row else "")
+        )
     if "pretraining" in result:
         p = result["pretraining"]
-        print(f"pre-training: {p['minutes']} min, {p['steps']} steps, held-out MLM loss {p['heldout_loss']:.3f}, "
-              f"masked-token accuracy {p['heldout_accuracy']:.3f}")
-        print(f"micro-F1 (entities; event types for DuEE)\n{'task':<17}{'lr':>8}{'random init':>12}{'pre-trained':>12}")
+        print(
+            f"pre-training: {p['minutes']} min, {p['steps']} steps, held-out MLM loss {p['heldout_loss']:.3f}, "
+            f"masked-token accuracy {p['heldout_accuracy']:.3f}"
+        )
+        print(
+            f"micro-F1 (entities; event types for DuEE)\n{'task':<17}{'lr':>8}{'random init':>12}{'pre-trained':>12}"
+        )
         for name in tasks:
             for lr in rates:
-                a, b = [r["micro_f1"] for r in result["fine_tuning"] if r["task"] == name and r["learning_rate"] == lr]
+                a, b = [
+                    r["micro_f1"]
+                    for r in result["fine_tuning"]
+                    if r["task"] == name and r["learning_rate"] == lr
+                ]
                 print(f"{name:<17}{lr:>8g}{a:>12.4f}{b:>12.4f}")
             b = result["best"][name]
             print(f"{name:<17}{'best':>8}{b['random']:>12.4f}{b['pretrained']:>12.4f}  gain {b['gain']:+.4f}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
     parser.add_argument("--minutes", type=float, default=30.0, help="pre-training budget (default 30)")
     parser.add_argument("--throughput-steps", type=int, default=40)
-    parser.add_argument("--repeat", type=int, default=1, help="throughput runs per configuration, in turn (median)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="throughput runs per configuration, in turn (median)"
+    )
     parser.add_argument(
         "--precision", help="pre-training precision of the gain run (default: the recipe's, mixed_bfloat16)"
     )
@@ -385,34 +508,65 @@ def main() -> None:
         help="jit-compile the pre-training step (default: in float32 only, 1.06x there on the sample encoder; with "
         "mixed_bfloat16 XLA's CPU matmuls lose bfloat16's gain)",
     )
-    parser.add_argument("--pretrain-set", dest="pretrain_overrides", action="append", default=[],
-                        help="a pre-training config override, e.g. train.learning_rate=2e-3 (repeatable)")
+    parser.add_argument(
+        "--pretrain-set",
+        dest="pretrain_overrides",
+        action="append",
+        default=[],
+        help="a pre-training config override, e.g. train.learning_rate=2e-3 (repeatable)",
+    )
     parser.add_argument("--workers", action="store_true", help="also measure 1 against 2 Ray Train workers")
-    parser.add_argument("--workdir", help="keep the pre-trained folder and runs here (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", help="keep the pre-trained folder and runs here (default: a temporary folder)"
+    )
     parser.add_argument("--pretrained", help="fine-tune from this pre-trained folder instead of pre-training")
-    parser.add_argument("--recipe", choices=("bounded", "full"), default="bounded",
-                        help="fine-tuning recipe: bounded (RECIPES, default) or full (FULL_RECIPES: whole splits)")
-    parser.add_argument("--tasks", default=",".join(RECIPES), help="the job configs fine-tuned (default: all three)")
-    parser.add_argument("--learning-rates", default=",".join(f"{lr:g}" for lr in LEARNING_RATES),
-                        help="fine-tuning rates, each start reported at its best (default 0.001,0.004)")
+    parser.add_argument(
+        "--recipe",
+        choices=("bounded", "full"),
+        default="bounded",
+        help="fine-tuning recipe: bounded (RECIPES, default) or full (FULL_RECIPES: whole splits)",
+    )
+    parser.add_argument(
+        "--tasks", default=",".join(RECIPES), help="the job configs fine-tuned (default: all three)"
+    )
+    parser.add_argument(
+        "--learning-rates",
+        default=",".join(f"{lr:g}" for lr in LEARNING_RATES),
+        help="fine-tuning rates, each start reported at its best (default 0.001,0.004)",
+    )
     parser.add_argument("--skip-gain", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pretrain_gain.json"))
-    parser.add_argument("--checkpoints", help="a folder of brightmart release folders: run the reference table")
-    parser.add_argument("--configs", default=",".join(REFERENCE_CONFIGS), help="job configs of the reference table")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="a job-config override for every reference run, e.g. train.epochs=3 (repeatable)")
+    parser.add_argument(
+        "--checkpoints", help="a folder of brightmart release folders: run the reference table"
+    )
+    parser.add_argument(
+        "--configs", default=",".join(REFERENCE_CONFIGS), help="job configs of the reference table"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="a job-config override for every reference run, e.g. train.epochs=3 (repeatable)",
+    )
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run = {"command": shlex.join(["python", "benchmarks/pretrain_gain.py", *sys.argv[1:]]), **machine_record()}
+    run = {
+        "command": shlex.join(["python", "benchmarks/pretrain_gain.py", *sys.argv[1:]]),
+        **machine_record(),
+    }
     if args.checkpoints:
         with tempfile.TemporaryDirectory() as tmp:
             rows = reference_table(Path(args.checkpoints), args.configs.split(","), Path(tmp), args.overrides)
         print_reference(rows)
-        output = Path(args.output if args.output != parser.get_default("output")
-                      else ROOT / "benchmarks" / "results" / "reference_table.json")
+        output = Path(
+            args.output
+            if args.output != parser.get_default("output")
+            else ROOT / "benchmarks" / "results" / "reference_table.json"
+        )
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps({**run, "checkpoints": args.checkpoints, "rows": rows}, indent=2))
         return

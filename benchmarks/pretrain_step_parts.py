@@ -34,8 +34,10 @@ from albert_ray.model.encoder import attention_probs  # noqa: E402
 from albert_ray.runtime.hardware import machine_record  # noqa: E402
 
 BATCH, LENGTH = 32, 128
-SHAPES = {"sample": {"hidden": 128, "heads": 4, "intermediate": 512},  # data/albert_config_sample.json
-          "tiny": {"hidden": 312, "heads": 12, "intermediate": 1248}}  # brightmart albert_config_tiny.json
+SHAPES = {
+    "sample": {"hidden": 128, "heads": 4, "intermediate": 512},  # data/albert_config_sample.json
+    "tiny": {"hidden": 312, "heads": 12, "intermediate": 1248},
+}  # brightmart albert_config_tiny.json
 PRECISIONS = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16}
 
 
@@ -49,7 +51,7 @@ def parts(shape: dict, dtype) -> dict:
     ffn = [tf.cast(g.normal([h, inner]) * 0.05, dtype), tf.cast(g.normal([inner, h]) * 0.05, dtype)]
     q, k, v = (tf.cast(g.normal([BATCH * heads, LENGTH, d]), dtype) for _ in range(3))
     scores = tf.cast(g.normal([BATCH * heads, LENGTH, LENGTH]), dtype)
-    keep, scale = tf.ones([BATCH * heads, LENGTH]), 1.0 / d ** 0.5
+    keep, scale = tf.ones([BATCH * heads, LENGTH]), 1.0 / d**0.5
     wide = tf.cast(g.normal([rows, inner]), dtype)
     gamma, beta = tf.ones([h]), tf.zeros([h])
 
@@ -62,17 +64,25 @@ def parts(shape: dict, dtype) -> dict:
 
     return {
         "dense matmuls (Q, K, V, O, feed-forward)": (
-            lambda x, *w: total(tf.matmul(tf.matmul(x, w[4]), w[5])) + sum(total(tf.matmul(x, wi)) for wi in w[:4]),
+            lambda x, *w: (
+                total(tf.matmul(tf.matmul(x, w[4]), w[5])) + sum(total(tf.matmul(x, wi)) for wi in w[:4])
+            ),
             [x, *kernels, *ffn],
         ),
         "attention matmuls (scores, context)": (
             lambda q, k, v: total(tf.matmul(tf.matmul(q, k, transpose_b=True), v)),
             [q, k, v],
         ),
-        "attention softmax, float32 ops (encoder.py)": (lambda s: total(attention_probs(s, keep, scale)), [scores]),
+        "attention softmax, float32 ops (encoder.py)": (
+            lambda s: total(attention_probs(s, keep, scale)),
+            [scores],
+        ),
         "attention softmax, one XLA pass (tried)": (lambda s: total(xla_softmax(s)), [scores]),
         "GELU, XLA (fused.py)": (lambda w: total(fused.gelu_tanh(w)), [wide]),
-        "LayerNorm x 2, XLA (fused.py)": (lambda x: 2.0 * total(fused.layer_norm(x, gamma, beta, 1e-12)), [x]),
+        "LayerNorm x 2, XLA (fused.py)": (
+            lambda x: 2.0 * total(fused.layer_norm(x, gamma, beta, 1e-12)),
+            [x],
+        ),
         "Q/K/V: three projections": (
             lambda x, a, b, c: sum(total(tf.matmul(x, w)) for w in (a, b, c)),
             [x, *kernels[:3]],
@@ -86,6 +96,7 @@ def parts(shape: dict, dtype) -> dict:
 
 def timed(loss_fn, inputs: list, calls: int) -> float:
     """ms per call of the loss and its gradient with respect to every input."""
+
     @tf.function
     def step(*args):
         with tf.GradientTape() as tape:
@@ -103,7 +114,9 @@ def timed(loss_fn, inputs: list, calls: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "pretrain_step_parts.json"))
@@ -118,15 +131,35 @@ def main() -> None:
                     times[(name, p)].append(timed(*built[p][name], args.calls))
         for name in built["float32"]:
             f32, bf16 = (statistics.median(times[(name, p)]) for p in PRECISIONS)
-            rows.append({"shape": shape_name, "part": name, "float32_ms": round(f32, 2), "bfloat16_ms": round(bf16, 2),
-                         "x_float32": round(f32 / bf16, 2),
-                         "runs": {p: [round(t, 2) for t in times[(name, p)]] for p in PRECISIONS}})
+            rows.append(
+                {
+                    "shape": shape_name,
+                    "part": name,
+                    "float32_ms": round(f32, 2),
+                    "bfloat16_ms": round(bf16, 2),
+                    "x_float32": round(f32 / bf16, 2),
+                    "runs": {p: [round(t, 2) for t in times[(name, p)]] for p in PRECISIONS},
+                }
+            )
     print(f"{'shape':<7}{'part (one block, forward + gradient)':<44}{'float32 ms':>11}{'bf16 ms':>9}{'x':>6}")
     for r in rows:
-        print(f"{r['shape']:<7}{r['part']:<44}{r['float32_ms']:>11.2f}{r['bfloat16_ms']:>9.2f}{r['x_float32']:>6.2f}")
-    Path(args.output).write_text(json.dumps({
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), **machine_record(),
-        "batch": BATCH, "length": LENGTH, "shapes": SHAPES, "parts": rows}, indent=1) + "\n")
+        print(
+            f"{r['shape']:<7}{r['part']:<44}{r['float32_ms']:>11.2f}{r['bfloat16_ms']:>9.2f}{r['x_float32']:>6.2f}"
+        )
+    Path(args.output).write_text(
+        json.dumps(
+            {
+                "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                **machine_record(),
+                "batch": BATCH,
+                "length": LENGTH,
+                "shapes": SHAPES,
+                "parts": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {args.output}")
 
 

@@ -44,7 +44,7 @@ from albert_ray.runtime.hardware import machine_record  # noqa: E402
 
 TINY_CONFIG = ROOT.parent / "shared" / "corpora" / "albert_zh" / "albert_config_tiny.json"
 
-REFERENCE_SERVER = r'''
+REFERENCE_SERVER = r"""
 import json, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 sys.path.insert(0, sys.argv[3])
@@ -73,7 +73,7 @@ class Handler(BaseHTTPRequestHandler):
 
 HTTPServer.request_queue_size = 128  # the listen backlog of Flask's (werkzeug's) development server
 HTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()
-'''
+"""
 
 
 def make_models(work: Path) -> dict[str, str]:
@@ -86,13 +86,19 @@ def make_models(work: Path) -> dict[str, str]:
     from albert_ray.finetune.driver import train_in_process
     from albert_ray.model.encoder_config import EncoderConfig
 
-    sample = train_in_process(load_job_config(ROOT / "jobs/configs/sample_ner.yaml", [
-        f"output_dir={work}", "train.epochs=1", "data.max_train_examples=256", "train.log_every=0"]))["model_dir"]
+    sample = train_in_process(
+        load_job_config(
+            ROOT / "jobs/configs/sample_ner.yaml",
+            [f"output_dir={work}", "train.epochs=1", "data.max_train_examples=256", "train.log_every=0"],
+        )
+    )["model_dir"]
     models = {"sample_ner": sample}
     if TINY_CONFIG.is_file():
         spec, vocab = modeldir.check(sample)
         tiny = replace(EncoderConfig.from_json_file(TINY_CONFIG), vocab_size=len(vocab))
-        models["albert_tiny_ner"] = str(modeldir.create(work / "albert_tiny_ner", replace(spec, encoder=tiny), vocab))
+        models["albert_tiny_ner"] = str(
+            modeldir.create(work / "albert_tiny_ner", replace(spec, encoder=tiny), vocab)
+        )
     return models
 
 
@@ -142,11 +148,24 @@ def summary(latencies: list[float], elapsed: float, errors: int = 0) -> dict:
         return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
     if not ordered:
-        return {"requests": 0, "requests_per_second": 0.0, "rows_per_second": 0.0, "p50_ms": None, "p95_ms": None,
-                "p99_ms": None, "errors": errors}
-    return {"requests": len(ordered), "requests_per_second": round(len(ordered) / elapsed, 1),
-            "rows_per_second": round(len(ordered) / elapsed, 1), "p50_ms": pct(0.50), "p95_ms": pct(0.95),
-            "p99_ms": pct(0.99), "errors": errors}
+        return {
+            "requests": 0,
+            "requests_per_second": 0.0,
+            "rows_per_second": 0.0,
+            "p50_ms": None,
+            "p95_ms": None,
+            "p99_ms": None,
+            "errors": errors,
+        }
+    return {
+        "requests": len(ordered),
+        "requests_per_second": round(len(ordered) / elapsed, 1),
+        "rows_per_second": round(len(ordered) / elapsed, 1),
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "errors": errors,
+    }
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -194,35 +213,68 @@ def measure(name: str, model: str, args, precision: str, work: Path) -> list[dic
     sentences, rows = texts(), []
     port = free_port()
     log = work / f"serve-{name}.log"
-    serve = subprocess.Popen([sys.executable, "-m", "albert_ray.cli", "serve", "--model", f"{name}={model}",
-                              "--port", str(port), "--precision", precision],  # the defaults: 1 replica, 1 CPU
-                             stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "albert_ray.cli",
+            "serve",
+            "--model",
+            f"{name}={model}",
+            "--port",
+            str(port),
+            "--precision",
+            precision,
+        ],  # the defaults: 1 replica, 1 CPU
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz", serve, log)
         for clients in args.clients:
-            result = asyncio.run(load(f"http://127.0.0.1:{port}/v1/models/{name}:predict", lambda t: {"texts": [t]},
-                                      clients, args.seconds, sentences))
+            result = asyncio.run(
+                load(
+                    f"http://127.0.0.1:{port}/v1/models/{name}:predict",
+                    lambda t: {"texts": [t]},
+                    clients,
+                    args.seconds,
+                    sentences,
+                )
+            )
             rows.append({"model": name, "system": "albert-ray serve", "clients": clients, **result})
             print(f"  {rows[-1]}", flush=True)
     finally:
         stop(serve)
     port = free_port()
     log = work / f"reference-{name}.log"
-    reference = subprocess.Popen([sys.executable, "-c", REFERENCE_SERVER, model, str(port), str(ROOT), precision],
-                                 stdout=log.open("w"), stderr=subprocess.STDOUT)
+    reference = subprocess.Popen(
+        [sys.executable, "-c", REFERENCE_SERVER, model, str(port), str(ROOT), precision],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}/", reference, log)
         for clients in args.clients:
-            result = asyncio.run(load(f"http://127.0.0.1:{port}/", lambda t: {"text": t}, clients, args.seconds,
-                                      sentences))
-            rows.append({"model": name, "system": "reference (one text per request)", "clients": clients, **result})
+            result = asyncio.run(
+                load(f"http://127.0.0.1:{port}/", lambda t: {"text": t}, clients, args.seconds, sentences)
+            )
+            rows.append(
+                {"model": name, "system": "reference (one text per request)", "clients": clients, **result}
+            )
             print(f"  {rows[-1]}", flush=True)
         empty = asyncio.run(empty_route(f"http://127.0.0.1:{port}/", min(args.seconds, 10)))
         rows.append({"model": name, "system": "HTTP round trip (empty route)", "clients": 1, **empty})
     finally:
         stop(reference)
-    rows.append({"model": name, "system": "in-process Labeler", "clients": 1,
-                 **in_process(model, precision, sentences, min(args.seconds, 20))})
+    rows.append(
+        {
+            "model": name,
+            "system": "in-process Labeler",
+            "clients": 1,
+            **in_process(model, precision, sentences, min(args.seconds, 20)),
+        }
+    )
     return rows
 
 
@@ -241,9 +293,13 @@ async def empty_route(url: str, seconds: float) -> dict:
 
 def verdicts(rows: list[dict], most: int) -> dict:
     """The issue's three targets, per model, from this run's rows."""
+
     def row(model: str, system: str, clients: int) -> dict:
-        return next(r for r in rows
-                    if r["model"] == model and r["system"].startswith(system) and r["clients"] == clients)
+        return next(
+            r
+            for r in rows
+            if r["model"] == model and r["system"].startswith(system) and r["clients"] == clients
+        )
 
     out = {}
     for model in sorted({r["model"] for r in rows}):
@@ -251,10 +307,12 @@ def verdicts(rows: list[dict], most: int) -> dict:
         serve_one = row(model, "albert-ray", 1)
         floor = row(model, "in-process", 1)["p50_ms"] + row(model, "HTTP round trip", 1)["p50_ms"]
         out[model] = {
-            f"requests_per_second_vs_reference_at_{most}": round(serve_many["requests_per_second"]
-                                                                 / ref_many["requests_per_second"], 2),
+            f"requests_per_second_vs_reference_at_{most}": round(
+                serve_many["requests_per_second"] / ref_many["requests_per_second"], 2
+            ),
             f"p99_at_{most}_over_p50_at_1": round(serve_many["p99_ms"] / serve_one["p50_ms"], 2),
-            "p50_at_1_over_labeler_plus_round_trip": round(serve_one["p50_ms"] / floor, 2)}
+            "p50_at_1_over_labeler_plus_round_trip": round(serve_one["p50_ms"] / floor, 2),
+        }
     return out
 
 
@@ -272,17 +330,27 @@ def main() -> None:
     for name, model in make_models(work).items():
         print(f"{name}: measuring ({args.seconds:g} s per load)", flush=True)
         rows += measure(name, model, args, precision, work)
-    print(f"\n{'model':<16} {'system':<34} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-          f"{'rows/s':>8} {'errors':>6}")
+    print(
+        f"\n{'model':<16} {'system':<34} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'rows/s':>8} {'errors':>6}"
+    )
     for r in rows:
-        print(f"{r['model']:<16} {r['system']:<34} {r['clients']:>7} {r['requests_per_second']:>8.1f} "
-              f"{r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rows_per_second']:>8.1f} "
-              f"{r['errors']:>6}")
+        print(
+            f"{r['model']:<16} {r['system']:<34} {r['clients']:>7} {r['requests_per_second']:>8.1f} "
+            f"{r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rows_per_second']:>8.1f} "
+            f"{r['errors']:>6}"
+        )
     checks = verdicts(rows, max(args.clients))
     for model, values in checks.items():
         print(f"{model}: {values}")
-    result = {"benchmark": "serve_latency", "machine": machine_record(), "precision": precision,
-              "seconds_per_load": args.seconds, "rows": rows, "targets": checks}
+    result = {
+        "benchmark": "serve_latency",
+        "machine": machine_record(),
+        "precision": precision,
+        "seconds_per_load": args.seconds,
+        "rows": rows,
+        "targets": checks,
+    }
     Path(args.output).write_text(json.dumps(result, indent=1, ensure_ascii=False))
     print(f"wrote {args.output}")
 

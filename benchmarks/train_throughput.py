@@ -30,15 +30,31 @@ def job_for(args, out, *extra):
 
     corpora = Path(args.corpora)
     if (corpora / "cluener").is_dir():
-        data = [f"data.train={corpora / 'cluener' / 'cluener.train'}", "data.on_bad_records=skip",
-                f"model.encoder_config={corpora / 'albert_zh' / 'albert_config_tiny.json'}",
-                f"model.vocab={corpora / 'albert_zh' / 'vocab.txt'}"]
+        data = [
+            f"data.train={corpora / 'cluener' / 'cluener.train'}",
+            "data.on_bad_records=skip",
+            f"model.encoder_config={corpora / 'albert_zh' / 'albert_config_tiny.json'}",
+            f"model.vocab={corpora / 'albert_zh' / 'vocab.txt'}",
+        ]
     else:
         data = ["data.train=data/ner_sample.train.bio", "model.vocab=auto"]
-    return load_job_config(ROOT / "jobs/configs/sample_ner.yaml", [
-        f"output_dir={out}", *data, "data.dev=", "data.test=", f"data.max_train_examples={args.rows}",
-        "data.dev_fraction=0.01", "data.max_eval_examples=20", "train.epochs=2", "train.log_every=0",
-        "model.max_len=128", "train.batch_size=32", *extra])
+    return load_job_config(
+        ROOT / "jobs/configs/sample_ner.yaml",
+        [
+            f"output_dir={out}",
+            *data,
+            "data.dev=",
+            "data.test=",
+            f"data.max_train_examples={args.rows}",
+            "data.dev_fraction=0.01",
+            "data.max_eval_examples=20",
+            "train.epochs=2",
+            "train.log_every=0",
+            "model.max_len=128",
+            "train.batch_size=32",
+            *extra,
+        ],
+    )
 
 
 def keras_fit(args, out, bucketed: bool):
@@ -63,11 +79,16 @@ def keras_fit(args, out, bucketed: bool):
     model.compile(optimizer=tf.keras.optimizers.AdamW(1e-4), loss=lambda y, p: tf.reduce_mean(crf_loss(y, p)))
     if bucketed:
         batches = make_batches(rows, 32, 0, 0, task.pad_targets)
-        ds = tf.data.Dataset.from_generator(lambda: ((({"Input-Token": a, "Input-Segment": np.zeros_like(a)}, b))
-                                                     for a, b in batches),
-                                            output_signature=({"Input-Token": tf.TensorSpec([None, None], tf.int32),
-                                                               "Input-Segment": tf.TensorSpec([None, None], tf.int32)},
-                                                              tf.TensorSpec([None, None], tf.int32)))
+        ds = tf.data.Dataset.from_generator(
+            lambda: ((({"Input-Token": a, "Input-Segment": np.zeros_like(a)}, b)) for a, b in batches),
+            output_signature=(
+                {
+                    "Input-Token": tf.TensorSpec([None, None], tf.int32),
+                    "Input-Segment": tf.TensorSpec([None, None], tf.int32),
+                },
+                tf.TensorSpec([None, None], tf.int32),
+            ),
+        )
         options = tf.data.Options()
         options.autotune.enabled = False  # autotune stalls ~10 s when an epoch's iterator is torn down
         ds = ds.with_options(options)
@@ -116,13 +137,22 @@ def main():
     def add(name, measure):
         runs = [measure(i) for i in range(args.repeat)]
         rates = sorted(r[0] for r in runs)
-        results.append({"run": name, "examples_per_second": round(statistics.median(rates), 1), "rows": runs[0][1],
-                        "all_examples_per_second": [round(r[0], 1) for r in runs],
-                        "wall_seconds": None if len(runs[0]) < 3 else round(statistics.median(r[2] for r in runs), 1)})
+        results.append(
+            {
+                "run": name,
+                "examples_per_second": round(statistics.median(rates), 1),
+                "rows": runs[0][1],
+                "all_examples_per_second": [round(r[0], 1) for r in runs],
+                "wall_seconds": None if len(runs[0]) < 3 else round(statistics.median(r[2] for r in runs), 1),
+            }
+        )
         print(results[-1], flush=True)
 
     add("keras fit, padded to 128", lambda i: keras_fit(args, out / f"fit{i}", bucketed=False))
-    add("keras fit, length-bucketed (autotune off)", lambda i: keras_fit(args, out / f"fitb{i}", bucketed=True))
+    add(
+        "keras fit, length-bucketed (autotune off)",
+        lambda i: keras_fit(args, out / f"fitb{i}", bucketed=True),
+    )
     add("worker loop in-process, padded to 128", lambda i: loop(args, out / str(i), False, bucketed=False))
     add("worker loop in-process, bucketed", lambda i: loop(args, out / str(i), False))
     from albert_ray.runtime.attach import init_ray
@@ -138,7 +168,9 @@ def main():
         )
     res = ROOT / "benchmarks" / "results"
     res.mkdir(exist_ok=True)
-    (res / "train_throughput.json").write_text(json.dumps({"machine": machine_record(), "results": results}, indent=2))
+    (res / "train_throughput.json").write_text(
+        json.dumps({"machine": machine_record(), "results": results}, indent=2)
+    )
 
 
 if __name__ == "__main__":

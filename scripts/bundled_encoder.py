@@ -39,10 +39,19 @@ LICENCES = {
     "peoples_daily_train": "People's Daily NER (percent4's example.test), the job's training portion only",
     "bundled_samples": "this project's own generated samples (scripts/make_samples.py)",
 }
-SAMPLE_TRAINING = ("data/ner_sample.train.bio", "data/classify_sample.train.csv", "data/multilabel_sample.train.csv",
-                   "data/generic_sample.jsonl", "data/cluener_sample.json")
-SAMPLE_EVALUATED = ("data/ner_sample.dev.bio", "data/ner_sample.test.bio", "data/classify_sample.test.csv",
-                    "data/multilabel_sample.test.csv")
+SAMPLE_TRAINING = (
+    "data/ner_sample.train.bio",
+    "data/classify_sample.train.csv",
+    "data/multilabel_sample.train.csv",
+    "data/generic_sample.jsonl",
+    "data/cluener_sample.json",
+)
+SAMPLE_EVALUATED = (
+    "data/ner_sample.dev.bio",
+    "data/ner_sample.test.bio",
+    "data/classify_sample.test.csv",
+    "data/multilabel_sample.test.csv",
+)
 
 
 def texts_of(path: str) -> list[str]:
@@ -58,9 +67,13 @@ def build_corpus(corpora: Path, workdir: Path) -> dict:
     record = write_unlabelled(sources, evaluated, workdir / "unlabelled.txt")
     for name, row in record["sources"].items():
         row["licence"] = LICENCES[name]
-    record["excluded"] = ["sogou_mini/test.csv (its only split is a test split)", "cluener/cluener.test",
-                          "duee_event_types/test.csv", "People's Daily's held-out dev (10 % of example.test)",
-                          *SAMPLE_EVALUATED]
+    record["excluded"] = [
+        "sogou_mini/test.csv (its only split is a test split)",
+        "cluener/cluener.test",
+        "duee_event_types/test.csv",
+        "People's Daily's held-out dev (10 % of example.test)",
+        *SAMPLE_EVALUATED,
+    ]
     (workdir / "corpus.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
     return record
 
@@ -69,13 +82,22 @@ def pretrain(corpora: Path, workdir: Path, minutes: float) -> dict:
     from albert_ray.pretrain.config import load_pretrain_config
     from albert_ray.pretrain.driver import pretrain as run
 
-    cfg = load_pretrain_config(RECIPE, [f"output_dir={workdir}", f"model.vocab={corpora}/albert_zh/vocab.txt",
-                                        f"train.max_minutes={minutes:g}"], [str(workdir / "unlabelled.txt")])
+    cfg = load_pretrain_config(
+        RECIPE,
+        [
+            f"output_dir={workdir}",
+            f"model.vocab={corpora}/albert_zh/vocab.txt",
+            f"train.max_minutes={minutes:g}",
+        ],
+        [str(workdir / "unlabelled.txt")],
+    )
     return run(cfg, in_process=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("step", choices=("corpus", "pretrain", "pack", "all"))
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))

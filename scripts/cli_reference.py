@@ -19,12 +19,22 @@ def reference() -> str:
     out = []
     helps = {choice.dest: choice.help for choice in commands._choices_actions}
     for name, command in commands.choices.items():
-        out += [f"### `albert-ray {name}`", "", helps[name] + ".", "", f"Example: `{EXAMPLES[name]}`", "",
-                "| option | what |", "|---|---|"]
+        out += [
+            f"### `albert-ray {name}`",
+            "",
+            helps[name] + ".",
+            "",
+            f"Example: `{EXAMPLES[name]}`",
+            "",
+            "| option | what |",
+            "|---|---|",
+        ]
         for action in command._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            flags = ", ".join(f"`{flag}`" for flag in action.option_strings) or f"`{action.dest}` (positional)"
+            flags = (
+                ", ".join(f"`{flag}`" for flag in action.option_strings) or f"`{action.dest}` (positional)"
+            )
             text = (action.help or "").replace("%(default)s", str(action.default)).replace("|", "\\|")
             out.append(f"| {flags} | {text} |")
         out.append("")

@@ -180,13 +180,76 @@ def write_bio(path, sentences):
 
 
 CLASSES = {
-    "体育": ["比赛", "球队", "冠军", "进球", "教练", "联赛", "运动员", "奥运会", "篮球", "足球", "决赛", "主场"],
-    "健康": ["医生", "营养", "睡眠", "病人", "药物", "锻炼", "饮食", "血压", "医院", "维生素", "感冒", "心脏"],
-    "军事": ["部队", "导弹", "演习", "军舰", "士兵", "武器", "国防", "战斗机", "航母", "雷达", "指挥官", "军队"],
+    "体育": [
+        "比赛",
+        "球队",
+        "冠军",
+        "进球",
+        "教练",
+        "联赛",
+        "运动员",
+        "奥运会",
+        "篮球",
+        "足球",
+        "决赛",
+        "主场",
+    ],
+    "健康": [
+        "医生",
+        "营养",
+        "睡眠",
+        "病人",
+        "药物",
+        "锻炼",
+        "饮食",
+        "血压",
+        "医院",
+        "维生素",
+        "感冒",
+        "心脏",
+    ],
+    "军事": [
+        "部队",
+        "导弹",
+        "演习",
+        "军舰",
+        "士兵",
+        "武器",
+        "国防",
+        "战斗机",
+        "航母",
+        "雷达",
+        "指挥官",
+        "军队",
+    ],
     "教育": ["学生", "老师", "考试", "学校", "课程", "高考", "大学", "校长", "教材", "作业", "招生", "课堂"],
-    "汽车": ["发动机", "车型", "油耗", "驾驶", "轮胎", "变速箱", "车主", "新车", "底盘", "续航", "排量", "经销商"],
+    "汽车": [
+        "发动机",
+        "车型",
+        "油耗",
+        "驾驶",
+        "轮胎",
+        "变速箱",
+        "车主",
+        "新车",
+        "底盘",
+        "续航",
+        "排量",
+        "经销商",
+    ],
 }
-FILLERS = ["今天", "记者了解到", "近日", "据悉", "专家认为", "有消息称", "这次", "我们发现", "值得注意的是", "总的来说"]
+FILLERS = [
+    "今天",
+    "记者了解到",
+    "近日",
+    "据悉",
+    "专家认为",
+    "有消息称",
+    "这次",
+    "我们发现",
+    "值得注意的是",
+    "总的来说",
+]
 
 
 def class_doc(label):
@@ -214,7 +277,11 @@ def event_text(labels):
     for label in labels:
         clauses.append(
             rng.choice(EVENTS[label]).format(
-                n=rng.randint(3, 9000), m=rng.randint(3, 8), org=rng.choice(ORGS), per=person(), loc=rng.choice(LOCS)
+                n=rng.randint(3, 9000),
+                m=rng.randint(3, 8),
+                org=rng.choice(ORGS),
+                per=person(),
+                loc=rng.choice(LOCS),
             )
         )
     return "，".join(clauses) + rng.choice(["。", "！", "，引发关注。"])
@@ -259,11 +326,27 @@ def main():
 
     # pre-LN (brightmart's ln_type "preln", as in xxlarge): from random weights it trains reliably,
     # where post-LN sometimes sits on the label-prior plateau for the whole of a short run
-    (OUT / "albert_config_sample.json").write_text(json.dumps({
-        "attention_probs_dropout_prob": 0.0, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-        "embedding_size": 64, "hidden_size": 128, "initializer_range": 0.02, "intermediate_size": 512,
-        "max_position_embeddings": 512, "num_attention_heads": 4, "num_hidden_layers": 4,
-        "type_vocab_size": 2, "vocab_size": 21128, "ln_type": "preln"}, indent=2) + "\n")
+    (OUT / "albert_config_sample.json").write_text(
+        json.dumps(
+            {
+                "attention_probs_dropout_prob": 0.0,
+                "hidden_act": "gelu",
+                "hidden_dropout_prob": 0.0,
+                "embedding_size": 64,
+                "hidden_size": 128,
+                "initializer_range": 0.02,
+                "intermediate_size": 512,
+                "max_position_embeddings": 512,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 4,
+                "type_vocab_size": 2,
+                "vocab_size": 21128,
+                "ln_type": "preln",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

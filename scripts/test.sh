@@ -7,5 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh "[dev]"
 .venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
 if [ $# -eq 0 ]; then set -- -m "not slow or ci"; fi
 exec .venv/bin/python -m pytest "$@"

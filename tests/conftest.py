@@ -41,6 +41,15 @@ def small_ner_model(tmp_path_factory) -> str:
     from albert_ray.finetune.driver import train_in_process
 
     out = tmp_path_factory.mktemp("small_ner")
-    return train_in_process(load_job_config("jobs/configs/sample_ner.yaml", [
-        f"output_dir={out}", "train.epochs=1", "model.max_len=64", "data.max_train_examples=64",
-        "train.log_every=0"]))["model_dir"]
+    return train_in_process(
+        load_job_config(
+            "jobs/configs/sample_ner.yaml",
+            [
+                f"output_dir={out}",
+                "train.epochs=1",
+                "model.max_len=64",
+                "data.max_train_examples=64",
+                "train.log_every=0",
+            ],
+        )
+    )["model_dir"]

@@ -32,15 +32,17 @@ def test_make_batches_bucket_by_length_and_keep_every_row():
 
 def test_fixed_padding_pads_ids_and_sequence_targets_to_max_len():
     rows = [{"token_ids": [1, 2], "target": [0, 1]}, {"token_ids": [3], "target": [2]}]
-    (ids, y), = make_batches(rows, 2, seed=0, epoch=0, pad_targets=_targets, bucket=0, pad_to=4)
+    ((ids, y),) = make_batches(rows, 2, seed=0, epoch=0, pad_targets=_targets, bucket=0, pad_to=4)
     assert sorted(ids.tolist()) == [[1, 2, 0, 0], [3, 0, 0, 0]]
     assert sorted(y.tolist()) == [[0, 1, -1, -1], [2, -1, -1, -1]]
 
 
 def test_two_workers_split_each_global_batch_of_one_worker():
     one = worker_batches(ROWS, 16, seed=3, epoch=2, pad_targets=_targets, split_global=True)
-    halves = [worker_batches(ROWS, 8, seed=3, epoch=2, pad_targets=_targets, rank=r, world=2, split_global=True)
-              for r in range(2)]
+    halves = [
+        worker_batches(ROWS, 8, seed=3, epoch=2, pad_targets=_targets, rank=r, world=2, split_global=True)
+        for r in range(2)
+    ]
     assert len(halves[0]) == len(halves[1]) == len(one) == 5
     for single, a, b in zip(one, *halves):
         assert sorted(single[1].tolist()) == sorted(a[1].tolist() + b[1].tolist())

@@ -24,7 +24,10 @@ def test_runtime_env_sets_legacy_keras_and_excludes_the_venv():
         assert ".venv" in env["excludes"] and ".git" in env["excludes"]
         assert env["worker_process_setup_hook"] == SETUP_HOOK
     job_env = yaml.safe_load(load("cluster/kuberay/rayjob.yaml")["spec"]["runtimeEnvYAML"])
-    assert job_env["worker_process_setup_hook"] == SETUP_HOOK and job_env["env_vars"]["TF_USE_LEGACY_KERAS"] == "1"
+    assert (
+        job_env["worker_process_setup_hook"] == SETUP_HOOK
+        and job_env["env_vars"]["TF_USE_LEGACY_KERAS"] == "1"
+    )
     module, function = SETUP_HOOK.rsplit(".", 1)  # what Ray imports in every worker
     assert callable(getattr(__import__(module, fromlist=[function]), function))
     pins = load("cluster/runtime_env_pip.yaml")["pip"]["packages"]
@@ -43,14 +46,29 @@ def test_kuberay_manifests():
         gpu = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert gpu["nvidia.com/gpu"] == "1"
     train_step, label_step = (step.split() for step in job["spec"]["entrypoint"].split("&&"))
-    assert train_step[:2] == ["python", "jobs/train.py"] and label_step[:2] == ["python", "jobs/label_corpus.py"]
+    assert train_step[:2] == ["python", "jobs/train.py"] and label_step[:2] == [
+        "python",
+        "jobs/label_corpus.py",
+    ]
     config = train_step[train_step.index("--config") + 1]
     assert (ROOT / config).is_file()
     # it keeps what it makes: every artifact at a URI, the labels made by the model just trained
     settings = dict(t.split("=", 1) for t in train_step if "=" in t)
-    flags = {label_step[i]: label_step[i + 1] for i in range(2, len(label_step) - 1) if label_step[i].startswith("--")}
-    assert all(v.startswith("s3://") for v in (settings["output_dir"], settings["storage_path"], flags["--model"],
-                                               flags["--input"], flags["--output"]))
+    flags = {
+        label_step[i]: label_step[i + 1]
+        for i in range(2, len(label_step) - 1)
+        if label_step[i].startswith("--")
+    }
+    assert all(
+        v.startswith("s3://")
+        for v in (
+            settings["output_dir"],
+            settings["storage_path"],
+            flags["--model"],
+            flags["--input"],
+            flags["--output"],
+        )
+    )
     from albert_ray.finetune.config import load_job_config
 
     name = load_job_config(ROOT / config).name
@@ -60,8 +78,10 @@ def test_kuberay_manifests():
     assert "@" not in job["spec"]["entrypoint"] and "AWS_SECRET" not in job["spec"]["runtimeEnvYAML"]
     spec = job["spec"]["rayClusterSpec"]
     pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
-    assert all(p["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "albert-ray-s3"}}]
-               for p in pods)
+    assert all(
+        p["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "albert-ray-s3"}}]
+        for p in pods
+    )
 
 
 def test_ray_up_config_has_cpu_head_and_gpu_workers():
@@ -84,9 +104,20 @@ def _submit(cluster, entrypoint):
     import subprocess
 
     env = {**os.environ, **cluster.client_env()}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "job_client.py"), cluster.dashboard_url, str(ROOT),
-                           str(ROOT / "cluster" / "runtime_env.yaml"), entrypoint],
-                          env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "job_client.py"),
+            cluster.dashboard_url,
+            str(ROOT),
+            str(ROOT / "cluster" / "runtime_env.yaml"),
+            entrypoint,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -97,6 +128,7 @@ def test_free_ports_are_distinct_and_skip_rays_default_ports(monkeypatch):
     import socket
 
     from albert_ray.runtime import localcluster
+
     handed = iter([52365, 40001, 8265, 40002, 40003])
     bound, closed = [], []
 
@@ -124,14 +156,20 @@ def test_submit_train_then_label_to_a_real_local_cluster(tmp_path):
     cluster = start_local_cluster(num_cpus=2, state_dir=tmp_path / "cluster")
     try:
         out = tmp_path / "out"
-        job = _submit(cluster, f"python jobs/train.py --config jobs/configs/sample_ner.yaml output_dir={out} "
-                               "train.epochs=1 data.max_train_examples=64 train.log_every=0")
+        job = _submit(
+            cluster,
+            f"python jobs/train.py --config jobs/configs/sample_ner.yaml output_dir={out} "
+            "train.epochs=1 data.max_train_examples=64 train.log_every=0",
+        )
         assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
         assert f"model saved to {out}/sample_ner/model" in job["logs"] and "micro avg" in job["logs"]
         lines = ["张伟昨天在北京会见了新华社代表团。", "据人民日报社报道，王芳已经抵达上海。"] * 10
         (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        job = _submit(cluster, f"python jobs/label_corpus.py --model {out}/sample_ner/model "
-                               f"--input {tmp_path / 'corpus.txt'} --output {out}/labels")
+        job = _submit(
+            cluster,
+            f"python jobs/label_corpus.py --model {out}/sample_ner/model "
+            f"--input {tmp_path / 'corpus.txt'} --output {out}/labels",
+        )
         assert job["status"] == "SUCCEEDED", job["logs"][-3000:]
         assert "rows in 20 = out 20 + quarantined 0" in job["logs"]
         import pyarrow.parquet as pq
@@ -161,7 +199,10 @@ def test_local_cluster_listens_on_loopback_only_and_stop_leaves_nothing(tmp_path
         procs = cluster_processes(cluster.temp_dir)
         sockets = listening_sockets(procs)
         commands = {Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode() for p, _, _ in sockets}
-        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= commands  # the processes `stop` used to miss
+        assert {
+            "ray::DashboardAgent",
+            "ray::RuntimeEnvAgent",
+        } <= commands  # the processes `stop` used to miss
         assert len(sockets) >= 8
         assert [s for s in sockets if not is_loopback(s[1])] == []
         assert (tmp_path / "c" / "auth_token").stat().st_mode & 0o777 == 0o600
@@ -192,10 +233,14 @@ def test_local_cluster_listens_on_loopback_only_and_stop_leaves_nothing(tmp_path
 def test_the_local_ray_of_train_and_label_listens_on_loopback_only():
     import subprocess
 
-    code = ("import os, json; from albert_ray.runtime.attach import init_ray; init_ray(num_cpus=1, dashboard=False); "
-            "from albert_ray.runtime.localcluster import descendants, listening_sockets; "
-            "print(json.dumps(listening_sockets(descendants(os.getpid()) | {os.getpid()})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    code = (
+        "import os, json; from albert_ray.runtime.attach import init_ray; init_ray(num_cpus=1, dashboard=False); "
+        "from albert_ray.runtime.localcluster import descendants, listening_sockets; "
+        "print(json.dumps(listening_sockets(descendants(os.getpid()) | {os.getpid()})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
     sockets = json.loads(out.stdout.strip().splitlines()[-1])
     from albert_ray.runtime.localcluster import is_loopback
 
@@ -212,23 +257,33 @@ def test_workers_of_a_local_ray_find_it_beside_a_running_cluster(tmp_path):
 
     from albert_ray.runtime.localcluster import start_local_cluster
 
-    code = ("import json, ray; from albert_ray.runtime.attach import init_ray; init_ray(num_cpus=1); "
-            "from ray.train.v2._internal.state.util import is_actor_alive\n"
-            "@ray.remote(num_cpus=0)\nclass A:\n    def ping(self): return 1\n"
-            "@ray.remote(num_cpus=0)\ndef probe(actor_id):\n"
-            "    from ray._private.services import canonicalize_bootstrap_address_or_die\n"
-            "    return canonicalize_bootstrap_address_or_die(None), bool(is_actor_alive(actor_id, timeout=30))\n"
-            "a = A.remote(); ray.get(a.ping.remote())\n"
-            "found, alive = ray.get(probe.remote(a._actor_id.hex()))\n"
-            "print(json.dumps([found, ray.get_runtime_context().gcs_address, alive]))")
+    code = (
+        "import json, ray; from albert_ray.runtime.attach import init_ray; init_ray(num_cpus=1); "
+        "from ray.train.v2._internal.state.util import is_actor_alive\n"
+        "@ray.remote(num_cpus=0)\nclass A:\n    def ping(self): return 1\n"
+        "@ray.remote(num_cpus=0)\ndef probe(actor_id):\n"
+        "    from ray._private.services import canonicalize_bootstrap_address_or_die\n"
+        "    return canonicalize_bootstrap_address_or_die(None), bool(is_actor_alive(actor_id, timeout=30))\n"
+        "a = A.remote(); ray.get(a.ping.remote())\n"
+        "found, alive = ray.get(probe.remote(a._actor_id.hex()))\n"
+        "print(json.dumps([found, ray.get_runtime_context().gcs_address, alive]))"
+    )
     cluster = start_local_cluster(num_cpus=1, state_dir=tmp_path / "c")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         # and the other way round: a job on the cluster, beside the local Ray of the run above
         # (gone by now: a second local Ray in the background keeps the machine at two)
-        background = subprocess.Popen([sys.executable, "-c", "from albert_ray.runtime.attach import init_ray; "
-                                       "init_ray(num_cpus=1); print('up', flush=True); import time; time.sleep(600)"],
-                                      stdout=subprocess.PIPE, text=True, start_new_session=True)
+        background = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from albert_ray.runtime.attach import init_ray; "
+                "init_ray(num_cpus=1); print('up', flush=True); import time; time.sleep(600)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             assert background.stdout.readline().strip() == "up"
             probe = ROOT / "tests" / "data" / "probe_ray_address.py"

@@ -19,13 +19,48 @@ from albert_ray.finetune.driver import train_in_process
 SMALL = ["model.encoder_config=data/albert_config_sample.json", "train.log_every=0", "train.patience=10"]
 
 CASES = [
-    ("cluener", ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=3",
-                 "train.learning_rate=2e-3", "model.bilstm_units=0"], ("micro avg", "f1-score"), 0.15),
-    ("peoples_daily", ["data.max_train_examples=3000", "data.max_eval_examples=400", "train.epochs=4",
-                       "train.learning_rate=2e-3", "model.bilstm_units=0"], ("micro avg", "f1-score"), 0.15),
-    ("duee_multilabel", ["data.max_train_examples=4000", "data.max_eval_examples=500", "train.epochs=4",
-                         "train.learning_rate=2e-3", "model.max_len=128"], ("micro avg", "f1-score"), 0.3),
-    ("sogou_classify", ["train.epochs=6", "train.learning_rate=1e-3", "model.max_len=256"], ("accuracy",), 0.4),
+    (
+        "cluener",
+        [
+            "data.max_train_examples=4000",
+            "data.max_eval_examples=500",
+            "train.epochs=3",
+            "train.learning_rate=2e-3",
+            "model.bilstm_units=0",
+        ],
+        ("micro avg", "f1-score"),
+        0.15,
+    ),
+    (
+        "peoples_daily",
+        [
+            "data.max_train_examples=3000",
+            "data.max_eval_examples=400",
+            "train.epochs=4",
+            "train.learning_rate=2e-3",
+            "model.bilstm_units=0",
+        ],
+        ("micro avg", "f1-score"),
+        0.15,
+    ),
+    (
+        "duee_multilabel",
+        [
+            "data.max_train_examples=4000",
+            "data.max_eval_examples=500",
+            "train.epochs=4",
+            "train.learning_rate=2e-3",
+            "model.max_len=128",
+        ],
+        ("micro avg", "f1-score"),
+        0.3,
+    ),
+    (
+        "sogou_classify",
+        ["train.epochs=6", "train.learning_rate=1e-3", "model.max_len=256"],
+        ("accuracy",),
+        0.4,
+    ),
 ]
 
 
@@ -35,17 +70,22 @@ IN_CI = {"cluener"}
 
 @pytest.mark.slow
 @pytest.mark.corpora
-@pytest.mark.parametrize("name,overrides,metric,threshold",
-                         [pytest.param(*c, id=c[0], marks=[pytest.mark.ci] if c[0] in IN_CI else []) for c in CASES])
+@pytest.mark.parametrize(
+    "name,overrides,metric,threshold",
+    [pytest.param(*c, id=c[0], marks=[pytest.mark.ci] if c[0] in IN_CI else []) for c in CASES],
+)
 def test_from_scratch_model_beats_trivial_baseline(corpora, tmp_path, name, overrides, metric, threshold):
-    cfg = load_job_config(f"jobs/configs/{name}.yaml", [f"output_dir={tmp_path}", *SMALL, *overrides,
-                                                       *_paths(name, corpora)])
+    cfg = load_job_config(
+        f"jobs/configs/{name}.yaml", [f"output_dir={tmp_path}", *SMALL, *overrides, *_paths(name, corpora)]
+    )
     summary = train_in_process(cfg)
     value = summary["metrics"]
     for key in metric:
         value = value[key]
-    print(f"{name}: {'/'.join(metric)} = {value:.4f} on {summary['eval_examples']} {summary['eval_split']} "
-          f"examples in {summary['seconds']} s")
+    print(
+        f"{name}: {'/'.join(metric)} = {value:.4f} on {summary['eval_examples']} {summary['eval_split']} "
+        f"examples in {summary['seconds']} s"
+    )
     assert value > threshold
     if name == "duee_multilabel":
         # predicting no label at all has a Hamming loss of (labels per row) / 65 ~ 0.016

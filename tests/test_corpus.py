@@ -49,7 +49,8 @@ def test_byte_range_units_read_every_line_once_with_exact_line_numbers(tmp_path)
     rng = random.Random(7)
     for trial in range(250):
         lines = [
-            rng.choice(["", " ", "ab", "中文字", "好\r", "x" * rng.randint(1, 40)]) for _ in range(rng.randint(0, 30))
+            rng.choice(["", " ", "ab", "中文字", "好\r", "x" * rng.randint(1, 40)])
+            for _ in range(rng.randint(0, 30))
         ]
         newline = rng.choice(["\n", "\r\n"])
         body = newline.join(lines) + (newline if rng.random() < 0.5 else "")
@@ -64,8 +65,12 @@ def test_byte_range_units_read_every_line_once_with_exact_line_numbers(tmp_path)
         f, units = _one_file(tmp_path / "in.txt", unit_bytes=rng.randint(1, 60))
         assert units[-1].stop == f.size and all(a.stop == b.start for a, b in zip(units, units[1:]))
         rows, ends = _read(_task(f, units), block_rows=rng.randint(1, 7))
-        want = [(i + 1, x.decode(), None if x.decode().strip() else "empty text") for i, x in enumerate(expected)]
-        assert [(r["line"], r["text"] if r["text"] is not None else r["raw"], r["reason"]) for r in rows] == want, trial
+        want = [
+            (i + 1, x.decode(), None if x.decode().strip() else "empty text") for i, x in enumerate(expected)
+        ]
+        assert [
+            (r["line"], r["text"] if r["text"] is not None else r["raw"], r["reason"]) for r in rows
+        ] == want, trial
         assert set(ends) == {u.uid for u in units}
         assert sum(e["rows"] for e in ends.values()) == len(expected)
         for u in units:  # a line belongs to the unit its first byte lies in, rows numbered in it
@@ -79,12 +84,25 @@ def test_byte_range_units_read_every_line_once_with_exact_line_numbers(tmp_path)
 
 
 def test_text_and_jsonl_bad_rows_are_quarantined_with_their_reasons(tmp_path):
-    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join([
-        '{"text": "\u597d", "id": 7}',        # 1 ok, despite the BOM
-        '{"text": "abc\\ud83d"}',             # 2 a truncated emoji
-        '{"text": null}', '{"txt": "x"}', '{"text": 5}', "[1, 2]", "{bad",
-        '{"text": "a\\u0000b"}', '{"text": "  "}', '{"text": "' + "长" * 41 + '"}',
-    ]).encode() + b"\n" + b'{"text": "\xff"}\n')
+    (tmp_path / "a.jsonl").write_bytes(
+        b"\xef\xbb\xbf"
+        + "\n".join(
+            [
+                '{"text": "\u597d", "id": 7}',  # 1 ok, despite the BOM
+                '{"text": "abc\\ud83d"}',  # 2 a truncated emoji
+                '{"text": null}',
+                '{"txt": "x"}',
+                '{"text": 5}',
+                "[1, 2]",
+                "{bad",
+                '{"text": "a\\u0000b"}',
+                '{"text": "  "}',
+                '{"text": "' + "长" * 41 + '"}',
+            ]
+        ).encode()
+        + b"\n"
+        + b'{"text": "\xff"}\n'
+    )
     f, units = _one_file(tmp_path / "a.jsonl")
     rows, _ = _read(_task(f, units), ReadOptions(id_field="id", max_chars=40))
     assert [(r["line"], r["id"], r["text"], r["reason"]) for r in rows] == [
@@ -106,37 +124,55 @@ def test_text_and_jsonl_bad_rows_are_quarantined_with_their_reasons(tmp_path):
     f, units = _one_file(tmp_path / "b.txt")
     rows, _ = _read(_task(f, units))
     assert [(r["line"], r["text"], r["reason"]) for r in rows] == [
-        (1, "张伟", None), (2, None, "NUL character (at character 1)"), (3, None, "not valid UTF-8 (byte 0)"),
-        (4, "last", None)]
+        (1, "张伟", None),
+        (2, None, "NUL character (at character 1)"),
+        (3, None, "not valid UTF-8 (byte 0)"),
+        (4, "last", None),
+    ]
 
 
 def test_csv_bom_header_field_counts_and_unterminated_quotes(tmp_path):
-    (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbf" + "\r\n".join([
-        "text,id",                      # 1 header (Excel's BOM)
-        "\u4f60\u597d,1",               # 2
-        '"\u591a\n\u884c",2',           # 3-4 a legitimate quoted newline (read as \n)
-        "only-one-field",               # 5
-        "a,b,c",                        # 6
-        "",                             # 7
-        '"open quote,3',                # 8 swallows the next lines...
-        "\u540e\u9762,4",               # 9  ...which are read again
-        'x"y,5',                        # 10
-        "\u6700\u540e,6",               # 11
-        '"never closed,7',              # 12 open to the end of the file
-        "\u5c3e\u5df4,8",               # 13
-    ]).replace("\n\u884c", "\n\u884c").encode() + b"\r\n")
+    (tmp_path / "a.csv").write_bytes(
+        b"\xef\xbb\xbf"
+        + "\r\n".join(
+            [
+                "text,id",  # 1 header (Excel's BOM)
+                "\u4f60\u597d,1",  # 2
+                '"\u591a\n\u884c",2',  # 3-4 a legitimate quoted newline (read as \n)
+                "only-one-field",  # 5
+                "a,b,c",  # 6
+                "",  # 7
+                '"open quote,3',  # 8 swallows the next lines...
+                "\u540e\u9762,4",  # 9  ...which are read again
+                'x"y,5',  # 10
+                "\u6700\u540e,6",  # 11
+                '"never closed,7',  # 12 open to the end of the file
+                "\u5c3e\u5df4,8",  # 13
+            ]
+        )
+        .replace("\n\u884c", "\n\u884c")
+        .encode()
+        + b"\r\n"
+    )
     f, units = _one_file(tmp_path / "a.csv")
     assert [(u.start, u.stop) for u in units] == [(0, -1)]  # a quoted field may hold a newline
     rows, ends = _read(_task(f, units), ReadOptions(id_field="id"))
     got = [(r["line"], r["id"], r["text"], r["reason"]) for r in rows]
-    assert got[:4] == [(2, "1", "你好", None), (3, "2", "多\n行", None),
-                       (5, None, None, "wrong number of fields (1, the header has 2)"),
-                       (6, None, None, "wrong number of fields (3, the header has 2)")]
+    assert got[:4] == [
+        (2, "1", "你好", None),
+        (3, "2", "多\n行", None),
+        (5, None, None, "wrong number of fields (1, the header has 2)"),
+        (6, None, None, "wrong number of fields (3, the header has 2)"),
+    ]
     assert got[4] == (7, None, None, "empty line")
     assert got[5][0] == 8 and got[5][3].startswith("unterminated quote (the record ran over lines 8-")
     assert (9, "4", "后面", None) in got and (11, "6", "最后", None) in got
-    assert got[-2] == (12, None, None, "unterminated quote (from line 12 to the end of the file; the following "
-                                       "lines are read again)")
+    assert got[-2] == (
+        12,
+        None,
+        None,
+        "unterminated quote (from line 12 to the end of the file; the following lines are read again)",
+    )
     assert got[-1] == (13, "8", "尾巴", None)
     assert ends[units[0].uid]["rows"] == len(rows)
 
@@ -153,13 +189,17 @@ def test_truncated_gzip_keeps_the_rows_before_the_damage(tmp_path):
     good_rows, ends = _read(_task(files[1], units[1:]))
     assert [r["text"] for r in good_rows] == lines
     damaged = bad_rows[-1]
-    assert damaged["reason"].startswith("truncated or corrupt compressed file (EOFError: Compressed file ended "
-                                        "before the end-of-stream marker was reached; ")
+    assert damaged["reason"].startswith(
+        "truncated or corrupt compressed file (EOFError: Compressed file ended "
+        "before the end-of-stream marker was reached; "
+    )
     assert damaged["source"].endswith("bad.txt.gz")
     kept = bad_rows[:-1]
     assert len(kept) > 100 and [r["text"] for r in kept] == lines[: len(kept)]
-    assert f"; {sum(len(x.encode()) + 1 for x in lines[:len(kept)]) + len(damaged['raw'].encode())} bytes" \
-           f" decompressed" in damaged["reason"]
+    assert (
+        f"; {sum(len(x.encode()) + 1 for x in lines[: len(kept)]) + len(damaged['raw'].encode())} bytes"
+        f" decompressed" in damaged["reason"]
+    )
     assert damaged["line"] == len(kept) + 1
 
 
@@ -170,24 +210,35 @@ def test_parquet_units_are_row_groups_with_row_numbers(tmp_path):
     files = expand_inputs([str(tmp_path)])
     units = plan_units(files, 1)
     assert [(u.path.rsplit("/", 1)[1], u.start, u.stop) for u in units] == [
-        ("a.parquet", 0, 1), ("a.parquet", 1, 2), ("a.parquet", 2, 3), ("b.parquet", 0, 1)]
+        ("a.parquet", 0, 1),
+        ("a.parquet", 1, 2),
+        ("a.parquet", 2, 3),
+        ("b.parquet", 0, 1),
+    ]
     rows, ends = _read(_task(files[0], units[:3]), ReadOptions(id_field="key"))
     assert [(r["line"], r["id"], r["text"], r["reason"]) for r in rows] == [
-        (1, "1", "一", None), (2, "2", None, "null field 'text'"), (3, "3", None, "empty text"),
-        (4, "4", "二", None), (5, "5", "三", None)]
+        (1, "1", "一", None),
+        (2, "2", None, "null field 'text'"),
+        (3, "3", None, "empty text"),
+        (4, "4", "二", None),
+        (5, "5", "三", None),
+    ]
     assert [ends[u.uid]["rows"] for u in units[:3]] == [2, 2, 1]
     rows, _ = _read(_task(files[1], units[3:]))
     assert [r["reason"] for r in rows] == ["field 'text' is not a string (int64)"] * 2
 
 
 def test_a_parquet_file_that_does_not_decode_is_a_quarantine_row_but_a_failing_source_is_the_tasks_error(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     import io
 
     from albert_ray.errors import InputUnreadable
     from albert_ray.io import corpus
 
-    pq.write_table(pa.table({"text": ["一二三四五六七八九十" * 50] * 40}), tmp_path / "a.parquet", compression="none")
+    pq.write_table(
+        pa.table({"text": ["一二三四五六七八九十" * 50] * 40}), tmp_path / "a.parquet", compression="none"
+    )
     data = (tmp_path / "a.parquet").read_bytes()
     files = expand_inputs([str(tmp_path / "a.parquet")])
     units = plan_units(files, 1)
@@ -198,8 +249,10 @@ def test_a_parquet_file_that_does_not_decode_is_a_quarantine_row_but_a_failing_s
     (tmp_path / "a.parquet").write_bytes(bytes(damaged))
     rows, ends = _read(_task(files[0], units))
     assert [(r["line"], r["text"]) for r in rows] == [(1, None)]
-    assert rows[0]["reason"] == ("unreadable Parquet (Couldn't deserialize thrift: don't know what type: \\x0f; "
-                                 "Deserializing page header failed.)")
+    assert rows[0]["reason"] == (
+        "unreadable Parquet (Couldn't deserialize thrift: don't know what type: \\x0f; "
+        "Deserializing page header failed.)"
+    )
 
     # the footer read, then the store fails to give the column's bytes: the read task fails, in one line
     class Flaky(io.BytesIO):
@@ -215,8 +268,10 @@ def test_a_parquet_file_that_does_not_decode_is_a_quarantine_row_but_a_failing_s
     monkeypatch.setattr(corpus, "fs_and_path", lambda uri: (Store(), uri))
     with pytest.raises(InputUnreadable) as caught:
         _read(_task(files[0], units))
-    assert str(caught.value) == (f"input {files[0].path} cannot be read: AWS Error NETWORK_CONNECTION during "
-                                 "GetObject operation: connection reset")
+    assert str(caught.value) == (
+        f"input {files[0].path} cannot be read: AWS Error NETWORK_CONNECTION during "
+        "GetObject operation: connection reset"
+    )
 
 
 def test_inputs_skip_hidden_names_and_roots_of_globs(tmp_path):
@@ -228,7 +283,9 @@ def test_inputs_skip_hidden_names_and_roots_of_globs(tmp_path):
     assert [f.path for f in files] == [str(tmp_path / "d" / "a.txt")]  # once
     assert files[0].size == 2 and files[0].mtime_ns > 0
     assert input_roots([str(tmp_path / "d"), str(tmp_path / "d" / "*.txt"), "s3://b/x"]) == [
-        str(tmp_path / "d"), str(tmp_path / "d")]
+        str(tmp_path / "d"),
+        str(tmp_path / "d"),
+    ]
     with pytest.raises(FileNotFoundError, match=r"input '.*\*\.nothing' matches no file"):
         expand_inputs([str(tmp_path / "*.nothing")])
 
@@ -245,12 +302,18 @@ def test_a_file_under_a_uri_input_is_opened_with_the_inputs_credentials_and_opti
 
     item = "s3://KEY:SECRET@bucket/in?endpoint_override=127.0.0.1:9000&scheme=http"
     assert file_uris(item, "bucket/in", "bucket/in/sub/a.txt") == (
-        "s3://bucket/in/sub/a.txt", "s3://KEY:SECRET@bucket/in/sub/a.txt?endpoint_override=127.0.0.1:9000&scheme=http")
-    assert file_uris("s3://bucket/in/a.txt", "bucket/in/a.txt", "bucket/in/a.txt") == ("s3://bucket/in/a.txt",) * 2
+        "s3://bucket/in/sub/a.txt",
+        "s3://KEY:SECRET@bucket/in/sub/a.txt?endpoint_override=127.0.0.1:9000&scheme=http",
+    )
+    assert (
+        file_uris("s3://bucket/in/a.txt", "bucket/in/a.txt", "bucket/in/a.txt")
+        == ("s3://bucket/in/a.txt",) * 2
+    )
     assert file_uris("s3://bucket", "bucket", "bucket/a.txt") == ("s3://bucket/a.txt",) * 2
     # a host and port that are not in the filesystem's paths stay in the URI
     assert (
-        file_uris("hdfs://namenode:8020/data/", "/data", "/data/x/a.txt") == ("hdfs://namenode:8020/data/x/a.txt",) * 2
+        file_uris("hdfs://namenode:8020/data/", "/data", "/data/x/a.txt")
+        == ("hdfs://namenode:8020/data/x/a.txt",) * 2
     )
     assert without_credentials(item) == "s3://bucket/in?endpoint_override=127.0.0.1:9000&scheme=http"
     assert without_credentials("s3://bucket/in") == "s3://bucket/in"

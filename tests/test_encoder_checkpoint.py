@@ -23,9 +23,18 @@ V, E, H, N, I, P, L = 100, 16, 32, 4, 64, 40, 2  # noqa: E741 (the papers' names
 
 
 def tiny(layout, **extra):
-    d = dict(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=N, intermediate_size=I,
-             max_position_embeddings=P, type_vocab_size=2, hidden_act="gelu",
-             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    d = dict(
+        vocab_size=V,
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=N,
+        intermediate_size=I,
+        max_position_embeddings=P,
+        type_vocab_size=2,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     if layout == "albert_brightmart":
         d.update(embedding_size=E, ln_type="postln")
     if layout == "albert_google":
@@ -68,7 +77,10 @@ def random_variables(layout, cfg, rng):
         bert_block("bert/encoder/layer_shared")
     else:
         groups = sorted(
-            {int(k / cfg["num_hidden_layers"] * cfg["num_hidden_groups"]) for k in range(cfg["num_hidden_layers"])}
+            {
+                int(k / cfg["num_hidden_layers"] * cfg["num_hidden_groups"])
+                for k in range(cfg["num_hidden_layers"])
+            }
         )
         for g in groups:
             for j in range(cfg["inner_group_num"]):
@@ -96,8 +108,9 @@ def np_layer_norm(x, g, b, eps=1e-12):
 def np_gelu(x, exact):
     if exact:
         from scipy.special import erf
+
         return 0.5 * x * (1 + erf(x / math.sqrt(2)))
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def reference_forward(layout, cfg, v, ids, seg):
@@ -121,6 +134,7 @@ def reference_forward(layout, cfg, v, ids, seg):
         def heads(w):
             y = x @ v[f"{w}/kernel"] + v[f"{w}/bias"]
             return y.reshape(y.shape[0], t, nh, d).transpose(0, 2, 1, 3)
+
         s = heads(q) @ heads(k).transpose(0, 1, 3, 2) / math.sqrt(d)
         s = s - 10000.0 * (1 - mask[:, None, None, :])
         p = np.exp(s - s.max(-1, keepdims=True))
@@ -140,16 +154,29 @@ def reference_forward(layout, cfg, v, ids, seg):
             g = int(k / cfg["num_hidden_layers"] * cfg["num_hidden_groups"])
             for j in range(cfg["inner_group_num"]):
                 s = f"bert/encoder/transformer/group_{g}/inner_group_{j}"
-                a = ln(x + attention(x, f"{s}/attention_1/self/query", f"{s}/attention_1/self/key",
-                                     f"{s}/attention_1/self/value", f"{s}/attention_1/output/dense"), f"{s}/LayerNorm")
+                a = ln(
+                    x
+                    + attention(
+                        x,
+                        f"{s}/attention_1/self/query",
+                        f"{s}/attention_1/self/key",
+                        f"{s}/attention_1/self/value",
+                        f"{s}/attention_1/output/dense",
+                    ),
+                    f"{s}/LayerNorm",
+                )
                 x = ln(
                     a + ffn(a, f"{s}/ffn_1/intermediate/dense", f"{s}/ffn_1/intermediate/output/dense"),
                     f"{s}/LayerNorm_1",
                 )
             continue
         s = f"bert/encoder/layer_{k}" if layout == "bert" else "bert/encoder/layer_shared"
-        args = (f"{s}/attention/self/query", f"{s}/attention/self/key", f"{s}/attention/self/value",
-                f"{s}/attention/output/dense")
+        args = (
+            f"{s}/attention/self/query",
+            f"{s}/attention/self/key",
+            f"{s}/attention/self/value",
+            f"{s}/attention/output/dense",
+        )
         if cfg.get("ln_type") == "preln":
             a = x + attention(ln(x, f"{s}/attention/output/LayerNorm"), *args)
             x = a + ffn(ln(a, f"{s}/output/LayerNorm"), f"{s}/intermediate/dense", f"{s}/output/dense")
@@ -213,7 +240,9 @@ def _write(tmp_path, layout, **extra):
 
 def test_wrong_layout_names_the_real_one(tmp_path):
     cfg, _ = _write(tmp_path, "albert_google")
-    write_variables(tmp_path / "g" / "model.ckpt", random_variables("albert_google", cfg, np.random.default_rng(1)))
+    write_variables(
+        tmp_path / "g" / "model.ckpt", random_variables("albert_google", cfg, np.random.default_rng(1))
+    )
     _, bright = _write(tmp_path, "albert_brightmart")
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(build_encoder(bright), bright, tmp_path / "g")
@@ -234,7 +263,10 @@ def test_missing_unexpected_and_shape_conflicts_in_one_message(tmp_path):
     msg = str(err.value)
     assert "missing variables (1): bert/encoder/layer_shared/output/LayerNorm/beta" in msg
     assert "unexpected variables (1): bert/encoder/layer_shared/extra/kernel" in msg
-    assert f"shape conflicts (1): bert/embeddings/word_embeddings: checkpoint [{V + 5}, {E}] vs model [{V}, {E}]" in msg
+    assert (
+        f"shape conflicts (1): bert/embeddings/word_embeddings: checkpoint [{V + 5}, {E}] vs model [{V}, {E}]"
+        in msg
+    )
 
 
 def test_resolve_checkpoint_paths(tmp_path):
@@ -247,7 +279,9 @@ def test_resolve_checkpoint_paths(tmp_path):
     assert resolve_checkpoint(prefix + ".data-00000-of-00001") == prefix
     assert resolve_checkpoint(tmp_path / "d") == prefix
     # albert_zh base_36k ships a `checkpoint` file pointing at the author's own disk
-    (tmp_path / "d" / "checkpoint").write_text('model_checkpoint_path: "/home/author/albert_base/model.ckpt-36000"\n')
+    (tmp_path / "d" / "checkpoint").write_text(
+        'model_checkpoint_path: "/home/author/albert_base/model.ckpt-36000"\n'
+    )
     assert resolve_checkpoint(tmp_path / "d") == prefix
     with pytest.raises(FileNotFoundError, match="no TensorFlow checkpoint at .*nothing"):
         resolve_checkpoint(tmp_path / "nothing")
@@ -262,14 +296,17 @@ def test_detect_layout_of_unknown_names():
         detect_layout(["foo/bar", "global_step"])
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"hidden_size": 30}, "hidden_size=30: must be divisible by num_attention_heads=4"),
-    ({"hidden_act": "mish"}, "hidden_act='mish': must be one of"),
-    ({"ln_type": "sandwich"}, "ln_type='sandwich': must be one of"),
-    ({"hiden_size": 32}, "unknown config key(s) ['hiden_size']"),
-    ({"num_hidden_layers": 0}, "num_hidden_layers=0: must be a positive integer"),
-    ({"net_structure_type": 1}, "net_structure_type=1: only 0 is supported"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"hidden_size": 30}, "hidden_size=30: must be divisible by num_attention_heads=4"),
+        ({"hidden_act": "mish"}, "hidden_act='mish': must be one of"),
+        ({"ln_type": "sandwich"}, "ln_type='sandwich': must be one of"),
+        ({"hiden_size": 32}, "unknown config key(s) ['hiden_size']"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers=0: must be a positive integer"),
+        ({"net_structure_type": 1}, "net_structure_type=1: only 0 is supported"),
+    ],
+)
 def test_bad_config_errors_name_file_and_key(tmp_path, change, message):
     cfg = tiny("albert_brightmart")
     cfg.update(change)
@@ -319,7 +356,13 @@ def test_seq_len_over_positions_names_both_values(tmp_path):
         ),
         (
             "albert_google",
-            ["Embedding-Token", "Embedding-Segment", "Embedding-Position", "Embedding-Norm", "Embedding-Mapping"],
+            [
+                "Embedding-Token",
+                "Embedding-Segment",
+                "Embedding-Position",
+                "Embedding-Norm",
+                "Embedding-Mapping",
+            ],
         ),
     ],
 )

@@ -23,8 +23,9 @@ SAMPLE = "jobs/configs/sample_ner.yaml"
 
 def _cli(*args, timeout=120):
     began = time.time()
-    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", *args], capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "albert_ray.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
     return out.returncode, [line for line in out.stderr.splitlines() if line.strip()], time.time() - began
 
 
@@ -34,20 +35,34 @@ def test_yaml_that_is_a_list_or_unparsable_is_one_line(tmp_path):
     (tmp_path / "broken.yaml").write_text("name: x\ntask: [ner\n")
     with pytest.raises(JobConfigError) as err:
         load_job_config(tmp_path / "list.yaml")
-    assert str(err.value) == f"{tmp_path}/list.yaml: expected a mapping of settings (key: value lines), got a list"
+    assert (
+        str(err.value)
+        == f"{tmp_path}/list.yaml: expected a mapping of settings (key: value lines), got a list"
+    )
     rc, lines, _ = _cli("train", "--config", str(tmp_path / "broken.yaml"))
-    assert rc == 2 and lines == [f"albert-ray train: error: {tmp_path}/broken.yaml: not valid YAML at line 3, "
-                                 f"column 1: expected ',' or ']', but got '<stream end>'"]
+    assert rc == 2 and lines == [
+        f"albert-ray train: error: {tmp_path}/broken.yaml: not valid YAML at line 3, "
+        f"column 1: expected ',' or ']', but got '<stream end>'"
+    ]
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.bilstm_units=-5", "model.bilstm_units=-5: must be >= 0"),
-    ("model.stride=-10", "model.stride=-10: must be in [1, 126] (model.max_len - 2), or empty for half a window"),
-    ("model.stride=200", "model.stride=200: must be in [1, 126] (model.max_len - 2), or empty for half a window"),
-    ("train.patience=-1", "train.patience=-1: must be >= 0"),
-    ("data.max_train_examples=0", "data.max_train_examples=0: must be >= 1, or empty for all examples"),
-    ("train.max_failures=-2", "train.max_failures=-2: must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.bilstm_units=-5", "model.bilstm_units=-5: must be >= 0"),
+        (
+            "model.stride=-10",
+            "model.stride=-10: must be in [1, 126] (model.max_len - 2), or empty for half a window",
+        ),
+        (
+            "model.stride=200",
+            "model.stride=200: must be in [1, 126] (model.max_len - 2), or empty for half a window",
+        ),
+        ("train.patience=-1", "train.patience=-1: must be >= 0"),
+        ("data.max_train_examples=0", "data.max_train_examples=0: must be >= 1, or empty for all examples"),
+        ("train.max_failures=-2", "train.max_failures=-2: must be >= 0"),
+    ],
+)
 def test_out_of_range_values_fail_at_load(override, message):
     with pytest.raises(JobConfigError) as err:
         load_job_config(SAMPLE, [override])
@@ -57,8 +72,9 @@ def test_out_of_range_values_fail_at_load(override, message):
 def test_file_level_problems_are_found_in_the_driver_before_ray(tmp_path):
     with pytest.raises(ValueError) as err:
         check_job(load_job_config(SAMPLE, ["model.max_len=1000"]))
-    assert str(err.value) == ("model.max_len=1000 exceeds max_position_embeddings=512 of "
-                              "data/albert_config_sample.json")
+    assert str(err.value) == (
+        "model.max_len=1000 exceeds max_position_embeddings=512 of data/albert_config_sample.json"
+    )
     # the Ray path: one line, exit 2, in seconds (no Ray started: it would print its own lines)
     rc, lines, seconds = _cli("train", "--config", SAMPLE, f"data.train={tmp_path}/missing.bio")
     assert rc == 2 and lines == [f"albert-ray train: error: data.train not found: {tmp_path}/missing.bio"]
@@ -72,27 +88,47 @@ def test_file_level_problems_are_found_in_the_driver_before_ray(tmp_path):
     assert rc == 2 and lines == [f"albert-ray train: error: vocab file is a folder, not a file: {tmp_path}"]
 
 
-
 def test_a_relative_path_not_found_names_the_working_directory_it_was_read_from(tmp_path):
     # the usual cause: the repo's configs (paths relative to the repo) run from another folder
     repo = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "pretrain", "--config",
-                          str(repo / "jobs/configs/pretrain/sample.yaml"), "--no-ray"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "albert_ray.cli",
+            "pretrain",
+            "--config",
+            str(repo / "jobs/configs/pretrain/sample.yaml"),
+            "--no-ray",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "albert-ray pretrain: error: encoder config not found: data/albert_config_sample.json "
-        f"(relative to the working directory {tmp_path})"]
-    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "train", "--config", str(repo / SAMPLE)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        f"(relative to the working directory {tmp_path})"
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "albert_ray.cli", "train", "--config", str(repo / SAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         f"albert-ray train: error: data.train not found: data/ner_sample.train.bio "
-        f"(relative to the working directory {tmp_path})"]
+        f"(relative to the working directory {tmp_path})"
+    ]
+
 
 def test_a_bad_record_found_while_preparing_is_one_line_without_a_ray_traceback(tmp_path):
     bad = tmp_path / "bad.bio"
     bad.write_text("张 B-PER\n伟 I-PER\n\n李 X-PER\n", encoding="utf-8")
-    rc, lines, _ = _cli("train", "--config", SAMPLE, f"data.train={bad}", f"output_dir={tmp_path}/runs",
-                        timeout=300)
+    rc, lines, _ = _cli(
+        "train", "--config", SAMPLE, f"data.train={bad}", f"output_dir={tmp_path}/runs", timeout=300
+    )
     assert rc == 2
     errors = [line for line in lines if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith(f"albert-ray train: error: {bad}:4")
@@ -103,13 +139,21 @@ def test_workers_that_leave_no_cpu_for_featurising_are_one_line_not_a_hang(tmp_p
     import os
 
     cpus = os.cpu_count()
-    rc, lines, _ = _cli("train", "--config", SAMPLE, "train.num_workers=2", f"train.cpus_per_worker={cpus / 2:g}",
-                        f"output_dir={tmp_path}/runs", timeout=300)
+    rc, lines, _ = _cli(
+        "train",
+        "--config",
+        SAMPLE,
+        "train.num_workers=2",
+        f"train.cpus_per_worker={cpus / 2:g}",
+        f"output_dir={tmp_path}/runs",
+        timeout=300,
+    )
     assert rc == 2
     assert [line for line in lines if "error:" in line] == [
         f"albert-ray train: error: train.num_workers=2 x train.cpus_per_worker={cpus / 2:g} = {cpus:g} of the "
         f"cluster's {cpus:g} CPUs leaves less than 0.5 for reading the training data: lower train.cpus_per_worker "
-        "(TensorFlow's threads are set apart, by train.tf_threads)"]
+        "(TensorFlow's threads are set apart, by train.tf_threads)"
+    ]
     assert not any("Traceback" in line for line in lines)
 
 
@@ -123,9 +167,13 @@ def ckpt(tmp_path_factory):
     (t / "albert_config.json").write_text(json.dumps(cfg))
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(0x4E00 + i) for i in range(95)]
     (t / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    write_variables(t / "ck" / "model.ckpt", random_variables("albert_brightmart", cfg, np.random.default_rng(0)))
+    write_variables(
+        t / "ck" / "model.ckpt", random_variables("albert_brightmart", cfg, np.random.default_rng(0))
+    )
     google = tiny("albert_google")
-    write_variables(t / "g" / "model.ckpt", random_variables("albert_google", google, np.random.default_rng(0)))
+    write_variables(
+        t / "g" / "model.ckpt", random_variables("albert_google", google, np.random.default_rng(0))
+    )
     (t / "wide.json").write_text(json.dumps(dict(cfg, intermediate_size=48)))
     return t
 
@@ -149,7 +197,7 @@ def _damaged(t, name, suffix, keep):
     if not folder.exists():
         shutil.copytree(t / "ck", folder)
         f = next(folder.glob(f"model.ckpt{suffix}"))
-        f.write_bytes(f.read_bytes()[:keep(f.stat().st_size)])
+        f.write_bytes(f.read_bytes()[: keep(f.stat().st_size)])
     return folder
 
 
@@ -159,17 +207,18 @@ def test_a_good_checkpoint_passes(ckpt):
 
 def test_checkpoint_faults_are_one_line_naming_the_checkpoint_and_the_config(ckpt):
     cases = {
-        _damaged(ckpt, "trunc_data", ".data-*", lambda n: n // 2):
-            "checkpoint {c}/model.ckpt: variable bert/encoder/layer_shared/attention/self/query/kernel cannot be read "
-            "(Read less bytes than requested); its data file is damaged or truncated",
-        _damaged(ckpt, "trunc_index", ".index", lambda n: 20):
-            "checkpoint {c}/model.ckpt: its index file {c}/model.ckpt.index cannot be read (file is too short to be "
-            "an sstable); it is damaged or truncated",
-        ckpt / "g":
-            "checkpoint {c}/model.ckpt is a Google-format ALBERT (embedding_hidden_mapping_in, "
-            "transformer/group_N/inner_group_M) checkpoint, but config {t}/albert_config.json describes a brightmart "
-            "ALBERT (albert_zh: word_embeddings_2, encoder/layer_shared) model; use a Google-format "
-            "albert_config_*_google.json (with num_hidden_groups) with this checkpoint",
+        _damaged(
+            ckpt, "trunc_data", ".data-*", lambda n: n // 2
+        ): "checkpoint {c}/model.ckpt: variable bert/encoder/layer_shared/attention/self/query/kernel cannot be read "
+        "(Read less bytes than requested); its data file is damaged or truncated",
+        _damaged(
+            ckpt, "trunc_index", ".index", lambda n: 20
+        ): "checkpoint {c}/model.ckpt: its index file {c}/model.ckpt.index cannot be read (file is too short to be "
+        "an sstable); it is damaged or truncated",
+        ckpt / "g": "checkpoint {c}/model.ckpt is a Google-format ALBERT (embedding_hidden_mapping_in, "
+        "transformer/group_N/inner_group_M) checkpoint, but config {t}/albert_config.json describes a brightmart "
+        "ALBERT (albert_zh: word_embeddings_2, encoder/layer_shared) model; use a Google-format "
+        "albert_config_*_google.json (with num_hidden_groups) with this checkpoint",
     }
     for folder, message in cases.items():
         with pytest.raises(ValueError) as err:
@@ -178,14 +227,18 @@ def test_checkpoint_faults_are_one_line_naming_the_checkpoint_and_the_config(ckp
     (ckpt / "empty").mkdir(exist_ok=True)
     with pytest.raises(FileNotFoundError) as err:
         check_job(_job(ckpt, ckpt / "empty"))
-    assert str(err.value) == (f"no TensorFlow checkpoint in directory {ckpt}/empty: it holds no 'checkpoint' file, "
-                              f"and no '<prefix>.index' file")
+    assert str(err.value) == (
+        f"no TensorFlow checkpoint in directory {ckpt}/empty: it holds no 'checkpoint' file, "
+        f"and no '<prefix>.index' file"
+    )
     with pytest.raises(ValueError) as err:
         check_job(_job(ckpt, ckpt / "ck", f"model.encoder_config={ckpt / 'wide.json'}"))
-    assert str(err.value).startswith(f"checkpoint {ckpt}/ck/model.ckpt does not match config {ckpt}/wide.json "
-                                     f"(brightmart ALBERT (albert_zh: word_embeddings_2, encoder/layer_shared)): "
-                                     f"shape conflicts (3): bert/encoder/layer_shared/intermediate/dense/kernel: "
-                                     f"checkpoint [32, 64] vs model [32, 48]; ")
+    assert str(err.value).startswith(
+        f"checkpoint {ckpt}/ck/model.ckpt does not match config {ckpt}/wide.json "
+        f"(brightmart ALBERT (albert_zh: word_embeddings_2, encoder/layer_shared)): "
+        f"shape conflicts (3): bert/encoder/layer_shared/intermediate/dense/kernel: "
+        f"checkpoint [32, 64] vs model [32, 48]; "
+    )
     assert "\n" not in str(err.value)
 
 
@@ -201,9 +254,11 @@ def test_cli_train_with_a_truncated_checkpoint_fails_in_the_driver_without_retry
         f"model.vocab={ckpt / 'vocab.txt'}",
         "model.max_len=32",
     )
-    assert rc == 2 and lines == [f"albert-ray train: error: checkpoint {folder}/model.ckpt: variable "
-                                 f"bert/encoder/layer_shared/attention/self/query/kernel cannot be read (Read less "
-                                 f"bytes than requested); its data file is damaged or truncated"]
+    assert rc == 2 and lines == [
+        f"albert-ray train: error: checkpoint {folder}/model.ckpt: variable "
+        f"bert/encoder/layer_shared/attention/self/query/kernel cannot be read (Read less "
+        f"bytes than requested); its data file is damaged or truncated"
+    ]
     assert seconds < 60
 
 
@@ -228,8 +283,12 @@ def test_predict_file_keeps_one_output_line_per_input_line(tmp_path):
     f.write_bytes(
         "\ufeff张伟在北京。\r\n\n李明\xff来了\n王芳到了上海。\n".encode("utf-8").replace(b"\xc3\xbf", b"\xff")
     )
-    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "predict", "--model", str(OLD_MODEL), "--file",
-                          str(f)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "albert_ray.cli", "predict", "--model", str(OLD_MODEL), "--file", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0
     records = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["line"] for r in records] == [1, 2, 3, 4]
@@ -238,7 +297,8 @@ def test_predict_file_keeps_one_output_line_per_input_line(tmp_path):
     assert records[2] == {"line": 3, "text": None, "error": "invalid UTF-8 (byte 0xff at column 7)"}
     assert "entities" in records[0] and "entities" in records[3]
     assert [line for line in out.stderr.splitlines() if "predict" in line] == [
-        f"albert-ray predict: {f}:3: invalid UTF-8 (byte 0xff at column 7); its output line holds the error"]
+        f"albert-ray predict: {f}:3: invalid UTF-8 (byte 0xff at column 7); its output line holds the error"
+    ]
 
 
 # ---- errors inside Ray Train workers ----------------------------------------------------------
@@ -292,11 +352,20 @@ def _run(tmp_path, name: str, fail: str, until: int, max_failures: int):
 
     log = tmp_path / f"{name}.log"
     trainer = trainer_class()(
-        _failing_loop(), train_loop_config={"log": str(log), "fail": fail, "until": until,
-                                         "run_dir": str(tmp_path / "ray" / name)},
+        _failing_loop(),
+        train_loop_config={
+            "log": str(log),
+            "fail": fail,
+            "until": until,
+            "run_dir": str(tmp_path / "ray" / name),
+        },
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        run_config=RunConfig(name=name, storage_path=str(tmp_path / "ray"),
-                             failure_config=FailureConfig(max_failures=max_failures)))
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(tmp_path / "ray"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
     try:
         return trainer.fit(), None, [int(v) for v in log.read_text().split()]
     except Exception as exc:  # noqa: BLE001 (the test looks at which one)
@@ -305,8 +374,9 @@ def _run(tmp_path, name: str, fail: str, until: int, max_failures: int):
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_its_checkpoint(tmp_path, local_ray,
-                                                                                               caplog):
+def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_its_checkpoint(
+    tmp_path, local_ray, caplog
+):
     import logging
     import re
 
@@ -322,16 +392,20 @@ def test_a_user_error_in_a_worker_is_not_retried_and_a_dead_worker_resumes_from_
     caplog.set_level(logging.WARNING, logger="albert_ray.runtime.attach")
     result, exc, starts = _run(tmp_path, "dies", "exit", until=9, max_failures=1)
     assert isinstance(exc, EnvironmentFault) and starts == [0, 1]
-    assert str(exc) == (f"training run dies: a node or Ray worker was lost beyond Ray's retries "
-                        f"(WorkerHealthCheckFailedError); checkpoints so far are in {tmp_path / 'ray'}/dies: run the "
-                        f"same command again to resume from the latest (or raise train.max_failures)")
+    assert str(exc) == (
+        f"training run dies: a node or Ray worker was lost beyond Ray's retries "
+        f"(WorkerHealthCheckFailedError); checkpoints so far are in {tmp_path / 'ray'}/dies: run the "
+        f"same command again to resume from the latest (or raise train.max_failures)"
+    )
     said = [
         re.sub(r"\(\w+: [^)]*\)", "(ERROR)", r.getMessage())
         for r in caplog.records
         if r.name == "albert_ray.runtime.attach"
     ]
-    assert said == ["dies: worker 0 failed (ERROR); starting again from the latest checkpoint (failure 1 of 1 "
-                    "allowed, train.max_failures)"]
+    assert said == [
+        "dies: worker 0 failed (ERROR); starting again from the latest checkpoint (failure 1 of 1 "
+        "allowed, train.max_failures)"
+    ]
 
 
 def test_ray_train_tracebacks_of_a_user_error_are_not_logged_and_others_are():
@@ -347,11 +421,15 @@ def test_ray_train_tracebacks_of_a_user_error_are_not_logged_and_others_are():
         return logging.LogRecord("ray.train", logging.ERROR, __file__, 1, "failed", None, exc_info)
 
     def controller_record(*errors):  # the controller logs its decision with the WorkerGroupError
-        exc = WorkerGroupError("snippet", {rank: UserExceptionWithTraceback(err, "Traceback ...")
-                                           for rank, err in enumerate(errors)})
+        exc = WorkerGroupError(
+            "snippet",
+            {rank: UserExceptionWithTraceback(err, "Traceback ...") for rank, err in enumerate(errors)},
+        )
         return record((WorkerGroupError, exc, None))
 
-    assert not _not_a_user_error(controller_record(RuntimeError("collective aborted"), DataError("a.txt line 3")))
+    assert not _not_a_user_error(
+        controller_record(RuntimeError("collective aborted"), DataError("a.txt line 3"))
+    )
     assert not _not_a_user_error(controller_record(FileNotFoundError("corpus.txt")))
     assert not _not_a_user_error(controller_record(PermissionError(13, "Permission denied", "/data/a.txt")))
     assert not _not_a_user_error(controller_record(IsADirectoryError(21, "Is a directory", "/data")))
@@ -373,7 +451,9 @@ def test_ray_train_tracebacks_of_a_user_error_are_not_logged_and_others_are():
     assert _not_a_user_error(record())  # no error at all
 
 
-def test_a_user_error_raised_in_a_ray_task_prints_its_own_line_without_the_remote_traceback(monkeypatch, capsys):
+def test_a_user_error_raised_in_a_ray_task_prints_its_own_line_without_the_remote_traceback(
+    monkeypatch, capsys
+):
     from ray.exceptions import RayTaskError
 
     from albert_ray import cli
@@ -381,8 +461,12 @@ def test_a_user_error_raised_in_a_ray_task_prints_its_own_line_without_the_remot
     from albert_ray.io.training_files import DataError
 
     cause = DataError("a.jsonl line 3: text is not a string")
-    wrapped = RayTaskError("read_unit", "Traceback (most recent call last):\n  File ...", cause).as_instanceof_cause()
-    assert isinstance(wrapped, DataError) and "(pid=" in str(wrapped)  # what Ray raises: its text is the remote trace
+    wrapped = RayTaskError(
+        "read_unit", "Traceback (most recent call last):\n  File ...", cause
+    ).as_instanceof_cause()
+    assert isinstance(wrapped, DataError) and "(pid=" in str(
+        wrapped
+    )  # what Ray raises: its text is the remote trace
     assert unwrapped(wrapped) is cause
     bug = RayTaskError("read_unit", "Traceback ...", ZeroDivisionError("a bug")).as_instanceof_cause()
     assert unwrapped(bug) is bug  # not the user's: kept whole
@@ -396,7 +480,8 @@ def test_a_user_error_raised_in_a_ray_task_prints_its_own_line_without_the_remot
 
 
 def test_an_object_a_read_task_cannot_read_is_one_line_exit_1_and_ray_datas_tracebacks_of_it_are_not_logged(
-        monkeypatch, capsys):
+    monkeypatch, capsys
+):
     import logging
 
     from ray.exceptions import RayTaskError
@@ -405,28 +490,45 @@ def test_an_object_a_read_task_cannot_read_is_one_line_exit_1_and_ray_datas_trac
     from albert_ray.errors import InputUnreadable
     from albert_ray.runtime.quiet import _not_a_one_line_error
 
-    cause = InputUnreadable("input s3://b/in/a.txt cannot be read: AWS Error NETWORK_CONNECTION during GetObject")
+    cause = InputUnreadable(
+        "input s3://b/in/a.txt cannot be read: AWS Error NETWORK_CONNECTION during GetObject"
+    )
     wrapped = RayTaskError("read", "Traceback ...", cause).as_instanceof_cause()
     # what Ray Data appends to a failed task's message: kept out of the line
-    wrapped.args = (f"{wrapped.args[0]}\nFailed to apply UDF transform after 1/1 attempts (total backoff 0.0s).",)
+    wrapped.args = (
+        f"{wrapped.args[0]}\nFailed to apply UDF transform after 1/1 attempts (total backoff 0.0s).",
+    )
 
     def fails(args):
         raise wrapped
 
     monkeypatch.setattr(cli, "_cmd_label", fails)
-    assert cli.main(["label", "--model", "m", "--input", "s3://b/in", "--output", "o"]) == 1  # not the user's: 1, not 2
-    assert capsys.readouterr().err == ("albert-ray label: error: input s3://b/in/a.txt cannot be read: AWS Error "
-                                       "NETWORK_CONNECTION during GetObject\n")
+    assert (
+        cli.main(["label", "--model", "m", "--input", "s3://b/in", "--output", "o"]) == 1
+    )  # not the user's: 1, not 2
+    assert capsys.readouterr().err == (
+        "albert-ray label: error: input s3://b/in/a.txt cannot be read: AWS Error "
+        "NETWORK_CONNECTION during GetObject\n"
+    )
 
     def record(exc):
-        return logging.LogRecord("ray.data", logging.ERROR, __file__, 1, "An exception was raised", None,
-                                 (type(exc), exc, None) if exc else None)
+        return logging.LogRecord(
+            "ray.data",
+            logging.ERROR,
+            __file__,
+            1,
+            "An exception was raised",
+            None,
+            (type(exc), exc, None) if exc else None,
+        )
 
     assert not _not_a_one_line_error(record(wrapped))
     assert not _not_a_one_line_error(
         record(RayTaskError("read", "Traceback ...", ValueError("x")).as_instanceof_cause())
     )
-    assert _not_a_one_line_error(record(RayTaskError("read", "Traceback ...", KeyError("bug")).as_instanceof_cause()))
+    assert _not_a_one_line_error(
+        record(RayTaskError("read", "Traceback ...", KeyError("bug")).as_instanceof_cause())
+    )
     assert _not_a_one_line_error(record(None))
 
 
@@ -445,14 +547,20 @@ def test_an_unreadable_input_is_one_line_naming_it_before_any_read_task(tmp_path
     with pytest.raises(PermissionError) as err:  # label and pretrain plan their inputs with it
         expand_inputs([str(tmp_path / "ok.txt"), unreadable])
     assert str(err.value) == f"input {unreadable} cannot be read: Permission denied"
-    rc, lines, _ = _cli("pretrain", "--config", "jobs/configs/pretrain/sample.yaml", "--input", unreadable, "--no-ray")
-    assert rc == 2 and lines == [f"albert-ray pretrain: error: input {unreadable} cannot be read: Permission denied"]
+    rc, lines, _ = _cli(
+        "pretrain", "--config", "jobs/configs/pretrain/sample.yaml", "--input", unreadable, "--no-ray"
+    )
+    assert rc == 2 and lines == [
+        f"albert-ray pretrain: error: input {unreadable} cannot be read: Permission denied"
+    ]
 
 
 # ---- faults of the environment -------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.ci
-@pytest.mark.skipif(shutil.which("mount") is None or __import__("os").geteuid() != 0, reason="needs root for a tmpfs")
+@pytest.mark.skipif(
+    shutil.which("mount") is None or __import__("os").geteuid() != 0, reason="needs root for a tmpfs"
+)
 def test_a_full_output_disk_is_one_line_exit_1_and_the_same_command_then_finishes(tmp_path, small_ner_model):
     """A 64 KiB tmpfs output fills mid-run: one line with the cause and that the same command
     resumes, exit code 1, no traceback; with space freed (the tmpfs grown) the same command
@@ -468,8 +576,21 @@ def test_a_full_output_disk_is_one_line_exit_1_and_the_same_command_then_finishe
     out.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)], check=True)
     try:
-        cmd = ("label", "--model", small_ner_model, "--input", str(corpus), "--output", str(out), "--no-progress",
-               "--include-text", "--unit-bytes", "16KiB", "--batch-size", "250")
+        cmd = (
+            "label",
+            "--model",
+            small_ner_model,
+            "--input",
+            str(corpus),
+            "--output",
+            str(out),
+            "--no-progress",
+            "--include-text",
+            "--unit-bytes",
+            "16KiB",
+            "--batch-size",
+            "250",
+        )
         code, err, _ = _cli(*cmd, timeout=600)
         assert code == 1, err
         errors = [line for line in err if line.startswith("albert-ray label: error:")]
@@ -500,14 +621,22 @@ def test_faults_of_the_environment_found_in_rays_wrapper_text_are_one_line():
     from albert_ray.errors import InputUnreadable, environment_fault
 
     def remote(text):
-        return RayTaskError("MapBatches(LabelWriter)", f"Traceback (most recent call last):\n  File ...\n{text}",
-                            RuntimeError("UDF failed")).as_instanceof_cause()
+        return RayTaskError(
+            "MapBatches(LabelWriter)",
+            f"Traceback (most recent call last):\n  File ...\n{text}",
+            RuntimeError("UDF failed"),
+        ).as_instanceof_cause()
 
     resume = "3 of 9 units are committed and kept: run the same command again to resume"
-    full = environment_fault(remote("OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space "
-                                    "left on device"), "output /data/labels", resume)
-    assert str(full) == ("output /data/labels: no space left on the device or quota (OSError: [Errno 28] Error "
-                         "writing bytes to file. Detail: [errno 28] No space left on device); " + resume)
+    full = environment_fault(
+        remote("OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"),
+        "output /data/labels",
+        resume,
+    )
+    assert str(full) == (
+        "output /data/labels: no space left on the device or quota (OSError: [Errno 28] Error "
+        "writing bytes to file. Detail: [errno 28] No space left on device); " + resume
+    )
     slow = environment_fault(
         remote(
             "OSError: When uploading part for key 'l/unit=a/part-1.parquet' in bucket 'b': "
@@ -516,8 +645,10 @@ def test_faults_of_the_environment_found_in_rays_wrapper_text_are_one_line():
         "output s3://b/l",
         resume,
     )
-    assert str(slow) == ("output s3://b/l: the store refused or timed out (When uploading part for key "
-                         "'l/unit=a/part-1.parquet' in bucket 'b': AWS Error SLOW_DOWN during UploadPart operation: "
-                         "Please reduce your request rate.); " + resume)
+    assert str(slow) == (
+        "output s3://b/l: the store refused or timed out (When uploading part for key "
+        "'l/unit=a/part-1.parquet' in bucket 'b': AWS Error SLOW_DOWN during UploadPart operation: "
+        "Please reduce your request rate.); " + resume
+    )
     assert environment_fault(remote("ZeroDivisionError: division by zero"), "output x", resume) is None
     assert environment_fault(InputUnreadable("input s3://b/a.txt cannot be read"), "output x", resume) is None

@@ -64,8 +64,11 @@ def test_fused_cross_entropy_and_logits_bias_equal_the_plain_ops():
     bias = tf.random.stateless_normal([30], seed=[0, 7])
     labels = tf.constant([0, 3, 29, 7, 7, 1, 2, 11, 5])
     _assert_same(lambda z: fused.logits_with_bias(z, bias), lambda z: z + bias, logits)
-    _assert_same(lambda z: fused.sparse_cross_entropy(labels, z),
-                 lambda z: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, z), logits)
+    _assert_same(
+        lambda z: fused.sparse_cross_entropy(labels, z),
+        lambda z: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, z),
+        logits,
+    )
 
 
 def _mlm(precision="float32", seed=0):
@@ -98,7 +101,9 @@ def _logits_and_grads(model, inputs, labels):
         logits = model(inputs, training=True)
         loss, _, n = masked_loss(logits, labels, tf.ones_like(labels, tf.float32))
         loss = loss / n
-    return logits.numpy(), [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
+    return logits.numpy(), [
+        tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)
+    ]
 
 
 def test_an_enabled_pretraining_model_trains_through_the_fused_kernels_to_the_same_numbers():
@@ -127,9 +132,14 @@ def test_the_mlm_output_layer_runs_in_bfloat16_and_returns_float32_logits():
     model.set_weights(plain.get_weights())  # the head's transform is not seeded
     fused.enable(model)
     graph = tf.function(lambda: model(inputs, training=True)).get_concrete_function().graph
-    output_layer = [op for op in graph.get_operations() if op.type == "MatMul" and "MLM-Head" in op.name
-                    and op.outputs[0].shape[-1] == V]
+    output_layer = [
+        op
+        for op in graph.get_operations()
+        if op.type == "MatMul" and "MLM-Head" in op.name and op.outputs[0].shape[-1] == V
+    ]
     assert [op.get_attr("T") for op in output_layer] == [tf.bfloat16]
     logits = model(inputs, training=True)
     assert logits.dtype == tf.float32 and logits.shape == (4, 7, V)
-    assert np.abs(logits.numpy() - reference).max() < 0.005 * np.abs(reference).max()  # bfloat16: ~3 significant digits
+    assert (
+        np.abs(logits.numpy() - reference).max() < 0.005 * np.abs(reference).max()
+    )  # bfloat16: ~3 significant digits

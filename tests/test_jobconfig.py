@@ -14,17 +14,20 @@ def test_defaults_and_dotted_overrides():
     assert BASE["data"] == {"train": "t.bio"}  # the input dict is not mutated
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["task=tagging"], "task='tagging': must be one of ['classify', 'multilabel', 'ner']"),
-    (["model.scheme=IOB"], "model.scheme='IOB': must be one of ['BIO', 'BIOES']"),
-    (["train.epochs=0"], "train.epochs=0: must be > 0"),
-    (["train.epochs=two"], "train.epochs='two': must be int"),
-    (["train.epoch=2"], "train.epoch: unknown field; allowed:"),
-    (["model.init=checkpoint"], "model.checkpoint: required when model.init is 'checkpoint'"),
-    (["model.dropout=1.5"], "model.dropout=1.5: must be in [0, 1)"),
-    (["data.on_bad_records=ignore"], "data.on_bad_records='ignore': must be one of ['error', 'skip']"),
-    (["epochs"], "override 'epochs': expected key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["task=tagging"], "task='tagging': must be one of ['classify', 'multilabel', 'ner']"),
+        (["model.scheme=IOB"], "model.scheme='IOB': must be one of ['BIO', 'BIOES']"),
+        (["train.epochs=0"], "train.epochs=0: must be > 0"),
+        (["train.epochs=two"], "train.epochs='two': must be int"),
+        (["train.epoch=2"], "train.epoch: unknown field; allowed:"),
+        (["model.init=checkpoint"], "model.checkpoint: required when model.init is 'checkpoint'"),
+        (["model.dropout=1.5"], "model.dropout=1.5: must be in [0, 1)"),
+        (["data.on_bad_records=ignore"], "data.on_bad_records='ignore': must be one of ['error', 'skip']"),
+        (["epochs"], "override 'epochs': expected key=value"),
+    ],
+)
 def test_validation_names_field_and_allowed_values(overrides, message):
     with pytest.raises(JobConfigError) as err:
         load_job_config(data=BASE, overrides=overrides)
@@ -51,8 +54,22 @@ def test_mixed_precision_is_accepted_for_albert_and_refused_for_bert_with_the_re
 
     assert load_job_config(data=BASE, overrides=["train.mixed_precision=true"]).train.mixed_precision is True
     bert = tmp_path / "bert_config.json"
-    bert.write_text(json.dumps({"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 2}))
-    with pytest.raises(JobConfigError, match=r"train.mixed_precision=true: not available for the BERT layout of "
-                                             r".*bert_config.json \(built by keras-bert's get_model"):
+    bert.write_text(
+        json.dumps(
+            {
+                "vocab_size": 100,
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+                "max_position_embeddings": 64,
+                "type_vocab_size": 2,
+            }
+        )
+    )
+    with pytest.raises(
+        JobConfigError,
+        match=r"train.mixed_precision=true: not available for the BERT layout of "
+        r".*bert_config.json \(built by keras-bert's get_model",
+    ):
         load_job_config(data=BASE, overrides=["train.mixed_precision=true", f"model.encoder_config={bert}"])

@@ -37,7 +37,14 @@ def test_spans_tags_round_trip(scheme):
 
 
 def test_bioes_and_bio_examples():
-    assert spans_to_tags(6, [(0, 1, "PER"), (2, 5, "LOC")], "BIOES") == ["S-PER", "O", "B-LOC", "I-LOC", "E-LOC", "O"]
+    assert spans_to_tags(6, [(0, 1, "PER"), (2, 5, "LOC")], "BIOES") == [
+        "S-PER",
+        "O",
+        "B-LOC",
+        "I-LOC",
+        "E-LOC",
+        "O",
+    ]
     assert spans_to_tags(4, [(0, 2, "PER"), (2, 4, "PER")], "BIO") == ["B-PER", "I-PER", "B-PER", "I-PER"]
     # lenient decoding of predictions: a stray I- starts an entity, a label change splits
     assert tags_to_spans(["O", "I-PER", "I-PER", "I-LOC", "O"]) == [(1, 3, "PER"), (3, 4, "LOC")]
@@ -121,7 +128,9 @@ def test_stitched_spans_never_overlap_and_keep_every_entity_seen_whole(seed):
     # an entity seen whole, with context, in some window and not overlapped by any noise span survives whole
     noise = [(s, e) for spans in per_window for s, e, label in spans if label == "N"]
     for s, e, label in gold:
-        if any(first < s and e < end for first, end in windows) and not any(a < e and s < b for a, b in noise):
+        if any(first < s and e < end for first, end in windows) and not any(
+            a < e and s < b for a, b in noise
+        ):
             assert (s, e, label) in out
 
 

@@ -69,8 +69,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             elif w in stack:
                 low[v] = min(low[v], index[w])
         if low[v] == index[v]:
-            component = stack[stack.index(v):]
-            del stack[stack.index(v):]
+            component = stack[stack.index(v) :]
+            del stack[stack.index(v) :]
             if len(component) > 1:
                 found.append(sorted(component))
 
@@ -87,7 +87,13 @@ def test_the_cycle_finder_finds_a_cycle_and_a_clean_graph_has_none():
 
 def test_the_package_modules_import_each_other_without_cycles():
     graph = import_graph()
-    assert {"tasks.registry", "inference.export", "reports.page", "tasks.crf_graph", "finetune.worker"} <= set(graph)
+    assert {
+        "tasks.registry",
+        "inference.export",
+        "reports.page",
+        "tasks.crf_graph",
+        "finetune.worker",
+    } <= set(graph)
     assert "tasks.registry" in graph["inference.export"] and "tasks.crf_graph" in graph["tasks.registry"]
     assert cycles(graph) == []
 
@@ -102,14 +108,47 @@ def test_the_tree_is_the_subpackages_and_the_shared_top_level_only():
 
 
 def test_the_shared_core_never_imports_a_workflow():
-    reaching = sorted((name, dep) for name, deps in import_graph().items() for dep in deps
-                      if name.split(".")[0] in CORE and "." in dep and dep.split(".")[0] not in CORE)
+    reaching = sorted(
+        (name, dep)
+        for name, deps in import_graph().items()
+        for dep in deps
+        if name.split(".")[0] in CORE and "." in dep and dep.split(".")[0] not in CORE
+    )
     assert reaching == []
 
 
 def test_the_architecture_page_names_every_module():
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    missing = sorted(name for name, path in modules().items()
-                     if name not in SUBPACKAGES and name != "__init__"
-                     and f"{path.relative_to(PACKAGE).as_posix()}" not in page)
+    missing = sorted(
+        name
+        for name, path in modules().items()
+        if name not in SUBPACKAGES
+        and name != "__init__"
+        and f"{path.relative_to(PACKAGE).as_posix()}" not in page
+    )
     assert missing == []
+
+
+def test_the_model_directory_and_resume_file_names_have_one_owner():
+    """Only ``modeldir`` spells the files of a model directory and of a training checkpoint's
+    resume state; everything else names them through its constants (changing the layout is one
+    edit). ``spec.py`` names model.json only as the label of its error messages."""
+    from albert_ray import modeldir
+
+    owned = [
+        modeldir.SPEC_FILE,
+        modeldir.WEIGHTS_FILE,
+        modeldir.JOB_FILE,
+        modeldir.METRICS_FILE,
+        modeldir.REPORT_FILE,
+        modeldir.STATE_FILE,
+        modeldir.OPTIMIZER_FILE,
+    ]
+    found = []
+    for name, path in modules().items():
+        if name == "modeldir":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in owned:
+                found.append((name, node.value))
+    assert found == [("spec", "model.json")], found

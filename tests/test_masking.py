@@ -39,14 +39,18 @@ def test_whole_word_masking_takes_every_token_of_a_chosen_word():
     from albert_ray.pretrain.masking import WORD_START
 
     rng = np.random.default_rng(0)
-    texts = [" ".join("".join(rng.choice(CHARS, rng.integers(1, 5))) for _ in range(rng.integers(5, 30)))
-             for _ in range(300)]
+    texts = [
+        " ".join("".join(rng.choice(CHARS, rng.integers(1, 5))) for _ in range(rng.integers(5, 30)))
+        for _ in range(300)
+    ]
     seqs = pack_texts(texts, CharTokenizer(VOCAB), max_len=64, words=True)
     ids = pad_batch(seqs)
     plain = ids & ~WORD_START
     assert sorted(set(plain[plain > 4].tolist())) == list(range(5, len(VOCAB)))  # flags strip to the ids
     # the words of each row, as position lists (a word starts at a flag)
-    inputs, positions, labels, weights = mask_batch(ids, np.random.default_rng(1), VOCAB, rate=0.15, whole_words=True)
+    inputs, positions, labels, weights = mask_batch(
+        ids, np.random.default_rng(1), VOCAB, rate=0.15, whole_words=True
+    )
     assert inputs.max() < len(VOCAB) and labels.max() < len(VOCAB)
     chosen_total = ordinary_total = 0
     for row in range(len(seqs)):
@@ -81,16 +85,22 @@ def test_sentence_pairs_are_cut_at_a_text_boundary_and_half_are_swapped():
 
     tok = CharTokenizer(VOCAB)
     texts = ["甲乙丙丁", "戊己庚辛壬癸", "子丑寅卯辰巳午未申", "酉甲"]  # 4 + 6 + 9 + 2 tokens
-    seqs = pack_texts(texts, tok, max_len=18, pairs=True)      # bodies of 15 tokens
+    seqs = pack_texts(texts, tok, max_len=18, pairs=True)  # bodies of 15 tokens
     sep, cls = VOCAB.index["[SEP]"], VOCAB.index["[CLS]"]
     ids = [VOCAB.tokens[i] for i in seqs[0]]
     # the text boundaries inside the first 15 tokens are at 4 and 10: 10 is nearer the middle (7.5)
-    assert "".join(t if t not in ("[CLS]", "[SEP]") else "|" for t in ids) == "|甲乙丙丁戊己庚辛壬癸|子丑寅卯辰|"
-    assert seqs[1] == [cls] + [VOCAB.index[c] for c in "巳午未申"] + [sep] + [VOCAB.index[c] for c in "酉甲"] + [sep]
+    assert (
+        "".join(t if t not in ("[CLS]", "[SEP]") else "|" for t in ids) == "|甲乙丙丁戊己庚辛壬癸|子丑寅卯辰|"
+    )
+    assert seqs[1] == [cls] + [VOCAB.index[c] for c in "巳午未申"] + [sep] + [
+        VOCAB.index[c] for c in "酉甲"
+    ] + [sep]
 
     rng = np.random.default_rng(0)
-    rows = [[cls] + list(rng.integers(5, 25, a)) + [sep] + list(rng.integers(5, 25, b)) + [sep]
-            for a, b in rng.integers(1, 20, (400, 2))] + [[cls, 7, sep]]
+    rows = [
+        [cls] + list(rng.integers(5, 25, a)) + [sep] + list(rng.integers(5, 25, b)) + [sep]
+        for a, b in rng.integers(1, 20, (400, 2))
+    ] + [[cls, 7, sep]]
     batch = pad_batch(rows)
     out, segments, labels, weights = order_batch(batch, np.random.default_rng(1), VOCAB)
     assert labels[:400].mean() == pytest.approx(0.5, abs=0.06) and weights[:400].all() and weights[400] == 0
@@ -102,4 +112,4 @@ def test_sentence_pairs_are_cut_at_a_text_boundary_and_half_are_swapped():
         assert segments[row, : len(r)].tolist() == [0] * (len(want[: want.index(sep)]) + 1) + [1] * (
             len(r) - want.index(sep) - 1
         )
-        assert (out[row, len(r):] == 0).all() and (segments[row, len(r):] == 0).all()
+        assert (out[row, len(r) :] == 0).all() and (segments[row, len(r) :] == 0).all()

@@ -19,7 +19,9 @@ def test_multilabel_report_identical_to_sklearn_plus_hamming_and_exact_match():
     gold = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
     pred = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [1, 0, 1]])
     text, data = multilabel_reports(gold, pred, ["a", "b", "c"])
-    assert text.startswith(classification_report(gold, pred, target_names=["a", "b", "c"], digits=4, zero_division=0))
+    assert text.startswith(
+        classification_report(gold, pred, target_names=["a", "b", "c"], digits=4, zero_division=0)
+    )
     assert data["accuracy"] == 0.5 and data["hamming_loss"] == hamming_loss(gold, pred) == 2 / 12
     assert "hamming loss: 0.1667" in text and "samples avg" in text
 

@@ -21,7 +21,7 @@ from albert_ray.runtime.localcluster import add_worker_node, start_local_cluster
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="unshare -m needs root")]
 
 BUCKET = "albert-ray-mn"
-SECRET = "mn-secret-9f3b7c1d"   # moto takes any key; a run must never write it anywhere
+SECRET = "mn-secret-9f3b7c1d"  # moto takes any key; a run must never write it anywhere
 TEXTS = ["张伟昨天在北京会见了新华社代表团。", "王芳去上海。", "李明在清华大学工作。", "今天天气很好。"]
 
 
@@ -43,8 +43,12 @@ def s3(tmp_path_factory):
 def _with_aws_env(endpoint: str):
     import pyarrow.fs as pafs
 
-    env = {"AWS_ACCESS_KEY_ID": "mn-key", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{endpoint}"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "mn-key",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{endpoint}",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -68,7 +72,9 @@ def cluster(s3, job_folder, tmp_path_factory):
     nodes = []
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
     try:
-        nodes = [add_worker_node(head, num_cpus=1, private_dirs=(str(job_folder),), name=f"w{i}") for i in (1, 2)]
+        nodes = [
+            add_worker_node(head, num_cpus=1, private_dirs=(str(job_folder),), name=f"w{i}") for i in (1, 2)
+        ]
         os.environ.update({k: v for k, v in head.client_env().items() if k != "RAY_ADDRESS"})
         _reload_auth()  # Ray read the auth settings when it was imported (by an earlier test)
         init_ray(head.address)
@@ -136,7 +142,9 @@ def _grep_store(fs, prefix: str, needle: str) -> list[str]:
     import pyarrow.fs as pafs
 
     hits = []
-    for info in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)):
+    for info in fs.get_file_info(
+        pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)
+    ):
         if info.type == pafs.FileType.File:
             with fs.open_input_stream(info.path) as f:
                 if needle.encode() in f.read():
@@ -154,10 +162,20 @@ def test_label_s3_to_s3_with_the_model_on_s3_and_on_the_drivers_disk(cluster, s3
     inputs, expected = _corpus(s3, "in")
     spec, _ = modeldir.check(model)
     model_uri = modeldir.publish(model, f"s3://{BUCKET}/models/ner")
-    assert set(modeldir.paths.files_under(model_uri)) >= {"job.json", "model.json", "model.weights.h5", "vocab.txt"}
-    for where, model_location in (("s3", model_uri), ("local", model)):  # (a) on the store, (b) the driver's disk
+    assert set(modeldir.paths.files_under(model_uri)) >= {
+        "job.json",
+        "model.json",
+        "model.weights.h5",
+        "vocab.txt",
+    }
+    for where, model_location in (
+        ("s3", model_uri),
+        ("local", model),
+    ):  # (a) on the store, (b) the driver's disk
         out = f"s3://{BUCKET}/labels-{where}"
-        manifest = label_corpus(LabelConfig(model=model_location, inputs=(inputs,), output=out, progress=False))
+        manifest = label_corpus(
+            LabelConfig(model=model_location, inputs=(inputs,), output=out, progress=False)
+        )
         assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (300, 300, 0)
         table, frame = _read_back(s3, out)
         assert table.schema.remove(table.schema.get_field_index("unit")) == output_schema(spec)
@@ -165,34 +183,49 @@ def test_label_s3_to_s3_with_the_model_on_s3_and_on_the_drivers_disk(cluster, s3
         assert got == sorted(expected) and len(set(got)) == 300  # every row once, line numbers exact
         assert manifest["model"] == (model_uri if where == "s3" else str(Path(model).resolve()))
     # both runs labeled with the same model bytes, whatever its location
-    a, b = (json.loads(s3.open_input_stream(f"{BUCKET}/labels-{w}/_manifest.json").read()) for w in ("s3", "local"))
+    a, b = (
+        json.loads(s3.open_input_stream(f"{BUCKET}/labels-{w}/_manifest.json").read())
+        for w in ("s3", "local")
+    )
     assert a["model_checksum"] == b["model_checksum"] == modeldir.checksum(modeldir.pack(model))
     assert _grep_store(s3, "", SECRET) == []
-    from albert_ray.inference.labeler import Labeler  # predict / evaluate / export open a model at a URI alike
+    from albert_ray.inference.labeler import (
+        Labeler,
+    )  # predict / evaluate / export open a model at a URI alike
 
     assert Labeler.from_dir(model_uri).predict(TEXTS) == Labeler.from_dir(model).predict(TEXTS)
 
 
 @pytest.mark.ci
-def test_local_inputs_and_outputs_are_refused_in_one_line_before_any_read_task(cluster, s3, model, job_folder):
+def test_local_inputs_and_outputs_are_refused_in_one_line_before_any_read_task(
+    cluster, s3, model, job_folder
+):
     from albert_ray.label.config import LabelConfig
     from albert_ray.label.run import label_corpus
 
     corpus = job_folder / "corpus.txt"
     corpus.write_text("张伟\n王芳\n", encoding="utf-8")
     with pytest.raises(ValueError) as err:
-        label_corpus(LabelConfig(model=model, inputs=(str(corpus),), output=f"s3://{BUCKET}/never", progress=False))
-    assert re.fullmatch(rf"input {re.escape(str(corpus))} is a local path that node 127\.0\.0\.1 \([0-9a-f]{{8}}\) of "
-                        r"this 3-node cluster cannot see, and read tasks open it on every node: give a URI "
-                        r"\(s3://bucket/\.\.\.\) or a path on a filesystem every node mounts", str(err.value))
+        label_corpus(
+            LabelConfig(model=model, inputs=(str(corpus),), output=f"s3://{BUCKET}/never", progress=False)
+        )
+    assert re.fullmatch(
+        rf"input {re.escape(str(corpus))} is a local path that node 127\.0\.0\.1 \([0-9a-f]{{8}}\) of "
+        r"this 3-node cluster cannot see, and read tasks open it on every node: give a URI "
+        r"\(s3://bucket/\.\.\.\) or a path on a filesystem every node mounts",
+        str(err.value),
+    )
     inputs, _ = _corpus(s3, "small", files=1, lines=3)
     out = job_folder / "labels"
     with pytest.raises(ValueError) as err:
         label_corpus(LabelConfig(model=model, inputs=(inputs,), output=str(out), progress=False))
-    assert re.fullmatch(rf"output {re.escape(str(out))} is a local path that node "
-                        r"127\.0\.0\.1 \([0-9a-f]{8}\) of this 3-node cluster cannot see, and labeling actors write "
-                        r"into it on every node: give a URI \(s3://bucket/\.\.\.\) or a path on a filesystem every "
-                        r"node mounts", str(err.value))
+    assert re.fullmatch(
+        rf"output {re.escape(str(out))} is a local path that node "
+        r"127\.0\.0\.1 \([0-9a-f]{8}\) of this 3-node cluster cannot see, and labeling actors write "
+        r"into it on every node: give a URI \(s3://bucket/\.\.\.\) or a path on a filesystem every "
+        r"node mounts",
+        str(err.value),
+    )
     assert [p.name for p in out.iterdir()] == []  # the marker is gone, nothing was labeled
     assert _grep_store(s3, "never", "") == []
 
@@ -208,8 +241,11 @@ def test_a_truncated_committed_part_is_relabeled_and_the_folder_reads_whole(clus
     cfg = LabelConfig(model=model, inputs=(inputs,), output=f"s3://{BUCKET}/labels-trunc", progress=False)
     first = label_corpus(cfg)
     assert (first["units"], first["rows_out"]) == (2, 80)
-    parts = sorted(i.path for i in s3.get_file_info(pafs.FileSelector(f"{BUCKET}/labels-trunc", recursive=True))
-                   if i.path.endswith(".parquet") and "/unit=" in i.path and "_quarantine" not in i.path)
+    parts = sorted(
+        i.path
+        for i in s3.get_file_info(pafs.FileSelector(f"{BUCKET}/labels-trunc", recursive=True))
+        if i.path.endswith(".parquet") and "/unit=" in i.path and "_quarantine" not in i.path
+    )
     data = s3.open_input_stream(parts[0]).read()
     with s3.open_output_stream(parts[0]) as f:  # a partial copy between buckets
         f.write(data[: len(data) // 2])
@@ -245,8 +281,14 @@ def test_a_killed_labeling_actor_costs_a_retry_not_a_row(cluster, s3, model):
             time.sleep(0.2)
 
     threading.Thread(target=killer, daemon=True).start()
-    cfg = LabelConfig(model=model, inputs=(inputs,), output=f"s3://{BUCKET}/labels-kill", progress=False,
-                      batch_size=100, unit_bytes=4096)
+    cfg = LabelConfig(
+        model=model,
+        inputs=(inputs,),
+        output=f"s3://{BUCKET}/labels-kill",
+        progress=False,
+        batch_size=100,
+        unit_bytes=4096,
+    )
     manifest = label_corpus(cfg)
     assert killed, "no labeling actor was found on the second worker node"
     _, frame = _read_back(s3, cfg.output)
@@ -256,8 +298,9 @@ def test_a_killed_labeling_actor_costs_a_retry_not_a_row(cluster, s3, model):
 
 
 @pytest.mark.ci
-def test_two_workers_one_per_node_write_the_model_to_the_store_log_once_and_match_one_worker(cluster, s3,
-                                                                                            job_folder):
+def test_two_workers_one_per_node_write_the_model_to_the_store_log_once_and_match_one_worker(
+    cluster, s3, job_folder
+):
     """The CLI, attached to the cluster as a user's driver: 2 workers placed one per worker node
     (STRICT_SPREAD), storage_path and output_dir on the store. The model directory is complete
     there, each worker line is printed once, nothing holds the secret, and the weights equal one
@@ -269,12 +312,33 @@ def test_two_workers_one_per_node_write_the_model_to_the_store_log_once_and_matc
     from albert_ray.finetune.driver import train_in_process
 
     head, _ = cluster
-    common = ["data.max_train_examples=96", "train.epochs=1", "model.dropout=0", "train.log_every=0",
-              "train.shard=deterministic", "train.learning_rate=1e-3", "train.lr_scaling=none", "model.max_len=64"]
+    common = [
+        "data.max_train_examples=96",
+        "train.epochs=1",
+        "model.dropout=0",
+        "train.log_every=0",
+        "train.shard=deterministic",
+        "train.learning_rate=1e-3",
+        "train.lr_scaling=none",
+        "model.max_len=64",
+    ]
     out = f"s3://{BUCKET}/runs"
-    cmd = [sys.executable, "-m", "albert_ray.cli", "train", "--config", "jobs/configs/sample_ner.yaml",
-           f"output_dir={out}", f"storage_path={out}/ray", f"ray_address={head.address}", "train.batch_size=8",
-           "train.num_workers=2", "train.cpus_per_worker=0.5", "train.placement_strategy=STRICT_SPREAD", *common]
+    cmd = [
+        sys.executable,
+        "-m",
+        "albert_ray.cli",
+        "train",
+        "--config",
+        "jobs/configs/sample_ner.yaml",
+        f"output_dir={out}",
+        f"storage_path={out}/ray",
+        f"ray_address={head.address}",
+        "train.batch_size=8",
+        "train.num_workers=2",
+        "train.cpus_per_worker=0.5",
+        "train.placement_strategy=STRICT_SPREAD",
+        *common,
+    ]
     env = {**os.environ, **{k: v for k, v in head.client_env().items() if k != "RAY_ADDRESS"}}
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     text = run.stdout + run.stderr
@@ -283,15 +347,27 @@ def test_two_workers_one_per_node_write_the_model_to_the_store_log_once_and_matc
     assert len(re.findall(r"run sample_ner: task=ner", text)) == 1, text[-3000:]
     assert len(re.findall(r"epoch 1/1: loss ", text)) == 1, text[-3000:]
     files = modeldir.paths.files_under(f"{out}/sample_ner/model")
-    assert set(files) >= {"model.weights.h5", "model.json", "vocab.txt", "job.json", "metrics.json", "report.txt",
-                          "report.html", "curves.png"}
+    assert set(files) >= {
+        "model.weights.h5",
+        "model.json",
+        "vocab.txt",
+        "job.json",
+        "metrics.json",
+        "report.txt",
+        "report.html",
+        "curves.png",
+    }
     assert "optimizer.npz" not in files
     assert not Path("s3:").exists()  # no local folder named after the URI
     assert _grep_store(s3, "runs", SECRET) == []
     assert modeldir.paths.files_under(f"{out}/ray/sample_ner/tensorboard")  # the scalars reached the store
 
-    one = train_in_process(load_job_config("jobs/configs/sample_ner.yaml",
-                                           [f"output_dir={job_folder / 'one'}", "train.batch_size=16", *common]))
+    one = train_in_process(
+        load_job_config(
+            "jobs/configs/sample_ner.yaml",
+            [f"output_dir={job_folder / 'one'}", "train.batch_size=16", *common],
+        )
+    )
     from test_ray_training import _weights
 
     w1, w2 = _weights(one["model_dir"]), _weights(modeldir.local_copy(f"{out}/sample_ner/model"))

@@ -8,9 +8,21 @@ from albert_ray.spec import ModelSpec
 from albert_ray.tasks.label_encoding import entity_tags
 from albert_ray.tasks.registry import NerTask, build_task_model
 
-ENCODER = dict(vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-               embedding_size=8, max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu",
-               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, ln_type="postln", layout="albert_brightmart")
+ENCODER = dict(
+    vocab_size=10,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=16,
+    embedding_size=8,
+    max_position_embeddings=128,
+    type_vocab_size=2,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    ln_type="postln",
+    layout="albert_brightmart",
+)
 
 
 def test_entity_across_window_border_found_once_with_exact_offsets():
@@ -42,7 +54,7 @@ def test_entity_across_window_border_found_once_with_exact_offsets():
     result = NerTask().decode(text, windows, outputs, spec, model)
     found = [(x["start"], x["end"], x["label"]) for x in result["entities"]]
     assert sorted(found) == sorted(entities)
-    assert all(text[x["start"]:x["end"]] == x["text"] for x in result["entities"])
+    assert all(text[x["start"] : x["end"]] == x["text"] for x in result["entities"])
     assert all(x["score"] > 0.99 for x in result["entities"])
 
 
@@ -62,7 +74,7 @@ def test_trained_model_on_a_long_text_gives_no_overlapping_entities():
     spans = sorted((e["start"], e["end"]) for e in entities)
     assert len(spans) > 40
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
-    assert all(long_text[e["start"]:e["end"]] == e["text"] for e in entities)
+    assert all(long_text[e["start"] : e["end"]] == e["text"] for e in entities)
     # a text that fits one window: the same entities alone as at the start of the long text
     alone = labeler.predict([texts[0]])[0]["entities"]
     assert alone and all(e["end"] <= len(texts[0]) for e in alone)
@@ -72,7 +84,7 @@ def test_a_span_of_cls_alone_is_dropped_without_shifting_the_next_entities_score
     """[CLS] tagged B-LOC (a span with no characters), then a weak PER and a confident LOC: each
     entity keeps its own score (they were zipped out of step, giving PER the [CLS] span's)."""
     spec = ModelSpec(task="ner", labels=("LOC", "PER"), encoder=ENCODER, max_len=128, dropout=0.0)
-    tags = entity_tags(spec.labels, "BIO")                 # O B-LOC I-LOC B-PER I-PER
+    tags = entity_tags(spec.labels, "BIO")  # O B-LOC I-LOC B-PER I-PER
     model = build_task_model(spec)
     crf = model.get_layer("CRF")
     for v in (crf.transitions, crf.start, crf.end):
@@ -80,13 +92,13 @@ def test_a_span_of_cls_alone_is_dropped_without_shifting_the_next_entities_score
     tok = CharTokenizer(Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
     windows = NerTask().windows(tok, "甲乙", spec)
     em = np.zeros((4, len(tags)))
-    em[0, tags.index("B-LOC")] = 10.0                      # [CLS]
-    em[1, tags.index("B-PER")] = 0.5                       # 甲: a weak PER
-    em[2, tags.index("B-LOC")] = 10.0                      # 乙: a confident LOC
-    em[3, tags.index("O")] = 10.0                          # [SEP]
+    em[0, tags.index("B-LOC")] = 10.0  # [CLS]
+    em[1, tags.index("B-PER")] = 0.5  # 甲: a weak PER
+    em[2, tags.index("B-LOC")] = 10.0  # 乙: a confident LOC
+    em[3, tags.index("O")] = 10.0  # [SEP]
     result = NerTask().decode("甲乙", windows, [em], spec, model)
     got = {(e["start"], e["end"], e["label"]): e["score"] for e in result["entities"]}
     assert list(got) == [(0, 1, "PER"), (1, 2, "LOC")]
-    weak = np.exp(0.5) / (np.exp(0.5) + 4)                 # its marginal: one tag at 0.5 against four at 0
+    weak = np.exp(0.5) / (np.exp(0.5) + 4)  # its marginal: one tag at 0.5 against four at 0
     assert got[(0, 1, "PER")] == pytest.approx(weak, abs=1e-6)
     assert got[(1, 2, "LOC")] > 0.999

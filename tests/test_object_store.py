@@ -30,8 +30,14 @@ def test_checkpoints_in_an_object_store_and_resume_from_it(tmp_path, local_ray, 
     uri = f"s3://key:secret@{BUCKET}/runs?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
     fs.create_dir(BUCKET)
-    base = [f"output_dir={tmp_path}", f"storage_path={uri}", "data.max_train_examples=128", "train.log_every=0",
-            "train.patience=5", "train.keep_checkpoints=1"]
+    base = [
+        f"output_dir={tmp_path}",
+        f"storage_path={uri}",
+        "data.max_train_examples=128",
+        "train.log_every=0",
+        "train.patience=5",
+        "train.keep_checkpoints=1",
+    ]
 
     first = train(load_job_config("jobs/configs/sample_ner.yaml", [*base, "train.epochs=1"]))
     assert first["steps"] == 4 and first["resumes"] == []  # 128 rows / batch 32
@@ -58,15 +64,16 @@ def test_checkpoints_in_an_object_store_and_resume_from_it(tmp_path, local_ray, 
     for path in (p for p in files if p.endswith((".json", ".txt", ".html"))):
         with fs.open_input_stream(path) as f:
             assert b"secret" not in f.read(), path
-    assert json.loads((tmp_path / "sample_ner" / "model" / "job.json").read_text())["storage_path"] == \
-        uri.replace("key:secret@", "")
+    assert json.loads((tmp_path / "sample_ner" / "model" / "job.json").read_text())[
+        "storage_path"
+    ] == uri.replace("key:secret@", "")
 
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unreadable_object(tmp_path, local_ray,
-                                                                                                 s3_endpoint,
-                                                                                                 small_ner_model):
+def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unreadable_object(
+    tmp_path, local_ray, s3_endpoint, small_ner_model
+):
     """The endpoint and credentials in an input URI reach the read tasks (a file opened as
     ``s3://bucket/key`` alone would be looked for on AWS), are kept out of the output, and an
     object the store refuses to serve is one line naming it."""
@@ -94,18 +101,31 @@ def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unre
     manifest = label_corpus(config)
     assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (4, 4, 0)
     rows = sorted((r["source"], r["line"]) for r in pq.read_table(out).to_pylist())
-    assert rows == [(f"s3://{BUCKET}/in/a.txt", 1), (f"s3://{BUCKET}/in/a.txt", 2),
-                    (f"s3://{BUCKET}/in/b.jsonl", 1), (f"s3://{BUCKET}/in/b.jsonl", 2)]
+    assert rows == [
+        (f"s3://{BUCKET}/in/a.txt", 1),
+        (f"s3://{BUCKET}/in/a.txt", 2),
+        (f"s3://{BUCKET}/in/b.jsonl", 1),
+        (f"s3://{BUCKET}/in/b.jsonl", 2),
+    ]
     assert "secret" not in (out / "_manifest.json").read_text()
 
     # an archived object: listed, but the store refuses its bytes (moto answers InvalidObjectState)
-    boto3.client("s3", endpoint_url=f"http://{s3_endpoint}", aws_access_key_id="key", aws_secret_access_key="secret",
-                 region_name="us-east-1").put_object(Bucket=BUCKET, Key="in/cold.txt", Body="冷\n".encode(),
-                                                     StorageClass="GLACIER")
-    with pytest.raises(InputUnreadable) as err:  # Ray's RayTaskError(InputUnreadable); the CLI prints its line
+    boto3.client(
+        "s3",
+        endpoint_url=f"http://{s3_endpoint}",
+        aws_access_key_id="key",
+        aws_secret_access_key="secret",
+        region_name="us-east-1",
+    ).put_object(Bucket=BUCKET, Key="in/cold.txt", Body="冷\n".encode(), StorageClass="GLACIER")
+    with pytest.raises(
+        InputUnreadable
+    ) as err:  # Ray's RayTaskError(InputUnreadable); the CLI prints its line
         label_corpus(config)
-    assert re.match(rf"input s3://{BUCKET}/in/cold\.txt cannot be read: AWS Error INTERNAL_FAILURE during GetObject "
-                    rf"operation: ", first_line(unwrapped(err.value)))
+    assert re.match(
+        rf"input s3://{BUCKET}/in/cold\.txt cannot be read: AWS Error INTERNAL_FAILURE during GetObject "
+        rf"operation: ",
+        first_line(unwrapped(err.value)),
+    )
     assert "secret" not in str(err.value)
 
 
@@ -131,17 +151,33 @@ def test_pretraining_writes_to_a_uri_and_fine_tuning_starts_from_it_there(tmp_pa
     _corpus(tmp_path)
     summary = pretrain(_cfg(tmp_path, "train.epochs=1", f"output_dir={uri}"), in_process=True)
     folder = paths.join(uri, "p", "pretrained")
-    assert summary["pretrained_dir"] == paths.without_credentials(folder) and "secret" not in json.dumps(summary)
-    assert sorted(paths.files_under(folder)) == ["albert_config.json", "checkpoint", "model.ckpt.data-00000-of-00001",
-                                                 "model.ckpt.index", "pretrain.json", "train_state.json", "vocab.txt"]
+    assert summary["pretrained_dir"] == paths.without_credentials(folder) and "secret" not in json.dumps(
+        summary
+    )
+    assert sorted(paths.files_under(folder)) == [
+        "albert_config.json",
+        "checkpoint",
+        "model.ckpt.data-00000-of-00001",
+        "model.ckpt.index",
+        "pretrain.json",
+        "train_state.json",
+        "vocab.txt",
+    ]
     assert not Path("s3:").exists() and not (tmp_path / "out").exists()
 
-    job = load_job_config("jobs/configs/sample_classify.yaml", ["model.init=checkpoint", f"model.checkpoint={folder}",
-                                                                "model.max_len=32"])
+    job = load_job_config(
+        "jobs/configs/sample_classify.yaml",
+        ["model.init=checkpoint", f"model.checkpoint={folder}", "model.max_len=32"],
+    )
     local = paths.local_folder(folder)
-    assert (job.model.encoder_config, job.model.vocab) == (str(local / "albert_config.json"), str(local / "vocab.txt"))
+    assert (job.model.encoder_config, job.model.vocab) == (
+        str(local / "albert_config.json"),
+        str(local / "vocab.txt"),
+    )
     spec = ModelSpec.from_job(job, ("a", "b"), EncoderConfig.from_json_file(job.model.encoder_config))
     model = modeldir.new_model(spec, checkpoint=job.model.checkpoint)
     reader = tf.train.load_checkpoint(str(local / "model.ckpt"))
-    np.testing.assert_array_equal(model.get_layer("Embedding-Token").weights[0].numpy(),
-                                  reader.get_tensor("bert/embeddings/word_embeddings"))
+    np.testing.assert_array_equal(
+        model.get_layer("Embedding-Token").weights[0].numpy(),
+        reader.get_tensor("bert/embeddings/word_embeddings"),
+    )

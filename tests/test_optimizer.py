@@ -32,7 +32,9 @@ def test_resume_state_round_trips_the_loop_state_and_every_optimizer_variable(tm
     for _ in range(3):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(model(x) ** 2)
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        )
     state = TrainState(epoch=2, batch=5, best_score=0.75, history=[{"epoch": 1, "train_loss": 0.5}])
     save_resume_state(tmp_path, state, optimizer)
 

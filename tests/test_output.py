@@ -53,9 +53,22 @@ def test_noise_lines_are_recognised_and_ours_are_kept(monkeypatch):
     assert [line for line in NOISE if quiet.is_noise(line)] == []
 
 
-MARKERS = ["absl::InitializeLog", "oneDNN", "cuda", "cuInit", "TrainingReport(", "Checkpoint successfully created",
-           "RayDeprecationWarning", "Token authentication is enabled", "Execution plan of Dataset", "core_worker.cc",
-           "albert-ray-progress", "execution finished in", "Tip: Use", "Failed to query Ray Train Controller"]
+MARKERS = [
+    "absl::InitializeLog",
+    "oneDNN",
+    "cuda",
+    "cuInit",
+    "TrainingReport(",
+    "Checkpoint successfully created",
+    "RayDeprecationWarning",
+    "Token authentication is enabled",
+    "Execution plan of Dataset",
+    "core_worker.cc",
+    "albert-ray-progress",
+    "execution finished in",
+    "Tip: Use",
+    "Failed to query Ray Train Controller",
+]
 
 
 @pytest.mark.slow
@@ -72,20 +85,41 @@ def test_the_demo_prints_our_lines_and_bars_only_and_v_brings_the_rest_back(tmp_
         f"stty cols 120 rows 40; {sys.executable} -m albert_ray.cli train --config jobs/configs/sample_ner.yaml "
         f"output_dir={tmp_path} train.epochs=2 data.max_train_examples=300 --predict 张伟昨天在北京会见了新华社代表团。"
     )
-    out = subprocess.run(["script", "-qec", cmd, str(tmp_path / "tty.log")], capture_output=True, timeout=400,
-                         stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        ["script", "-qec", cmd, str(tmp_path / "tty.log")],
+        capture_output=True,
+        timeout=400,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 0
     text = (tmp_path / "tty.log").read_bytes().decode("utf-8", "replace").replace("\r", "\n")
     assert [m for m in MARKERS if m.lower() in text.lower()] == []
-    assert "epoch 2/2: loss " in text and "micro avg" in text and '"text": "张伟昨天在北京会见了新华社代表团。"' in text
-    assert re.search(r"epoch 2/2 loss \d+\.\d{4}: +100%\|", text)  # drawn by the driver from the worker's state
+    assert (
+        "epoch 2/2: loss " in text
+        and "micro avg" in text
+        and '"text": "张伟昨天在北京会见了新华社代表团。"' in text
+    )
+    assert re.search(
+        r"epoch 2/2 loss \d+\.\d{4}: +100%\|", text
+    )  # drawn by the driver from the worker's state
     lines = [line for line in text.splitlines() if line.strip() and "%|" not in line]
     assert len(lines) < 40
 
     loud_predict_brings_back_what_this_cpu_prints()
-    quiet_run = subprocess.run([sys.executable, "-m", "albert_ray.cli", "predict", "--model",
-                                "tests/data/model_before_mixed_precision", "张伟"], capture_output=True, text=True,
-                               timeout=300)
+    quiet_run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "albert_ray.cli",
+            "predict",
+            "--model",
+            "tests/data/model_before_mixed_precision",
+            "张伟",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert quiet_run.returncode == 0 and quiet_run.stderr == ""
 
 
@@ -96,6 +130,7 @@ def loud_predict_brings_back_what_this_cpu_prints(env: dict | None = None) -> No
     import os
 
     from albert_ray.runtime import hardware
+
     env = {**os.environ, **(env or {})}
     loud = subprocess.run(
         [
@@ -120,6 +155,7 @@ def loud_predict_brings_back_what_this_cpu_prints(env: dict | None = None) -> No
 
 def test_onednn_expectation_follows_the_cpu_flags_and_the_override():
     from albert_ray.runtime import hardware
+
     zen3_avx2 = frozenset("fpu sse4_2 avx avx2 fma bmi2 sha_ni vaes vpclmulqdq".split())
     epyc_amx = zen3_avx2 | {"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"}
     assert hardware.onednn_on(zen3_avx2, env={}) is False
@@ -158,14 +194,15 @@ def test_report_page_has_the_curves_per_label_bars_the_task_plots_and_the_text(t
     examples = [Example(text="x", source="t:1", label=g) for g in gold]
     text, report = classification_reports(gold, pred)
     spec = SimpleNamespace(task="classify", labels=("体育", "教育", "汽车"))
-    page = report_page(tmp_path / "c", spec, examples, [{"label": p} for p in pred], text, report, history,
-                       title="sogou")
+    page = report_page(
+        tmp_path / "c", spec, examples, [{"label": p} for p in pred], text, report, history, title="sogou"
+    )
     names = sorted(p.name for p in (tmp_path / "c").glob("*.png"))
     assert names == ["confusion.png", "curves.png", "per_label.png"]
     assert all(_png(tmp_path / "c" / n) > 5000 for n in names)
     body = page.read_text(encoding="utf-8")
     assert all(f'src="{n}"' in body for n in names)
-    assert "0.6667" in text and "0.6667" in body            # the seqeval/sklearn text report, on the page
+    assert "0.6667" in text and "0.6667" in body  # the seqeval/sklearn text report, on the page
     assert "<td>accuracy</td><td>0.7500</td>" in body
     if pages._font_covering("体育教育汽车") is None:  # no CJK font here: numbered ticks, listed on the page
         assert "labels in the plots: 1 = 体育, 2 = 教育, 3 = 汽车" in body
@@ -181,7 +218,10 @@ def test_report_page_has_the_curves_per_label_bars_the_task_plots_and_the_text(t
 
 def test_labels_no_installed_font_can_draw_are_numbered_and_listed(tmp_path, monkeypatch):
     from albert_ray.reports import page as pages
-    monkeypatch.setattr(pages, "_font_covering", lambda text: None if any(ord(c) > 0x2E80 for c in text) else "x")
+
+    monkeypatch.setattr(
+        pages, "_font_covering", lambda text: None if any(ord(c) > 0x2E80 for c in text) else "x"
+    )
     assert pages.tick_names(["体育", "汽车"]) == ["1", "2"]
     assert pages.tick_names(["LOC", "PER"]) == ["LOC", "PER"]
 
@@ -189,13 +229,27 @@ def test_labels_no_installed_font_can_draw_are_numbered_and_listed(tmp_path, mon
 def test_label_summary_page_shows_totals_counts_chart_and_reasons():
     from albert_ray.reports.page import label_summary_page
 
-    manifest = {"model_name": "sample_ner", "task": "ner", "rows_in": 10, "rows_out": 8, "rows_quarantined": 2,
-                "rows_per_second": 123.4, "entity_counts": {"PER": 5, "LOC": 3},
-                "quarantine_reasons": {"empty text": 1, "invalid UTF-8 (byte 0xff at 3)": 1}}
+    manifest = {
+        "model_name": "sample_ner",
+        "task": "ner",
+        "rows_in": 10,
+        "rows_out": 8,
+        "rows_quarantined": 2,
+        "rows_per_second": 123.4,
+        "entity_counts": {"PER": 5, "LOC": 3},
+        "quarantine_reasons": {"empty text": 1, "invalid UTF-8 (byte 0xff at 3)": 1},
+    }
     page = label_summary_page(manifest, "entity_counts")
-    for cell in ("<td>rows_in</td><td>10</td>", "<td>rows_out</td><td>8</td>", "<td>rows_quarantined</td><td>2</td>",
-                 "<td>rows_per_second</td><td>123.4</td>", "<td>PER</td><td>5</td>", "<td>LOC</td><td>3</td>",
-                 "<td>empty text</td><td>1</td>", "<td>invalid UTF-8 (byte 0xff at 3)</td><td>1</td>"):
+    for cell in (
+        "<td>rows_in</td><td>10</td>",
+        "<td>rows_out</td><td>8</td>",
+        "<td>rows_quarantined</td><td>2</td>",
+        "<td>rows_per_second</td><td>123.4</td>",
+        "<td>PER</td><td>5</td>",
+        "<td>LOC</td><td>3</td>",
+        "<td>empty text</td><td>1</td>",
+        "<td>invalid UTF-8 (byte 0xff at 3)</td><td>1</td>",
+    ):
         assert cell in page
     assert page.count('src="data:image/png;base64,') == 1
     assert "<p>none</p>" in label_summary_page({**manifest, "quarantine_reasons": {}}, "entity_counts")
@@ -205,12 +259,32 @@ def test_evaluate_output_writes_the_report_page_for_any_data_set(tmp_path):
     from pathlib import Path
 
     model = Path(__file__).parent / "data" / "model_before_mixed_precision"
-    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "evaluate", "--model", str(model), "--data",
-                          "data/ner_sample.test.bio", "--output", str(tmp_path / "eval")],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "albert_ray.cli",
+            "evaluate",
+            "--model",
+            str(model),
+            "--data",
+            "data/ner_sample.test.bio",
+            "--output",
+            str(tmp_path / "eval"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     files = sorted(p.name for p in (tmp_path / "eval").iterdir())
-    assert files == ["entity_types.png", "metrics.json", "per_label.png", "report.html", "report.txt"]  # no curves
+    assert files == [
+        "entity_types.png",
+        "metrics.json",
+        "per_label.png",
+        "report.html",
+        "report.txt",
+    ]  # no curves
     page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
     report = (tmp_path / "eval" / "report.txt").read_text(encoding="utf-8")
     assert out.stdout.strip() == report.strip()
@@ -230,8 +304,10 @@ def test_the_driver_draws_a_workers_final_state_even_when_its_lines_arrive_toget
     stream = io.StringIO()
     bars = DriverBars(stream)
     for n, done in ((0, False), (7, False), (20, True)):
-        bars.update(PROGRESS_MARK + json.dumps({"desc": "epoch 2/2", "n": n, "total": 20, "loss": 1.25 + n,
-                                                "done": done}))
+        bars.update(
+            PROGRESS_MARK
+            + json.dumps({"desc": "epoch 2/2", "n": n, "total": 20, "loss": 1.25 + n, "done": done})
+        )
     drawn = stream.getvalue().replace("\r", "\n")
     assert "epoch 2/2 loss 21.2500: 100%|" in drawn
     assert bars.bars == {}
@@ -254,18 +330,30 @@ def test_the_demo_script_trains_labels_the_bundled_corpus_into_parquet_and_says_
     assert [[(e["text"], e["label"]) for e in p["entities"]] for p in predicted] == [
         [("张伟", "PER"), ("北京", "LOC"), ("新华社", "ORG")],
         [("人民日报社", "ORG"), ("王芳", "PER"), ("上海", "LOC")],
-        [("李明", "PER"), ("清华大学", "ORG")]]  # not "Sha", not the emoji
-    rows, bad = pd.read_parquet(tmp_path / "demo_labels"), pd.read_parquet(tmp_path / "demo_labels" / "_quarantine")
+        [("李明", "PER"), ("清华大学", "ORG")],
+    ]  # not "Sha", not the emoji
+    rows, bad = (
+        pd.read_parquet(tmp_path / "demo_labels"),
+        pd.read_parquet(tmp_path / "demo_labels" / "_quarantine"),
+    )
     assert len(rows) == 230 and len(set(zip(rows["source"], rows["line"]))) == 230
     assert sorted(zip(bad["line"], bad["reason"].str.split(" \\(").str[0])) == [
-        (11, "field 'text' is not a string"), (22, "not valid JSON")]
+        (11, "field 'text' is not a string"),
+        (22, "not valid JSON"),
+    ]
     assert (tmp_path / "demo_ner" / "model" / "report.html").is_file()
     assert (tmp_path / "demo_labels" / "_summary.html").is_file()
     summary = run.stdout.split("\ndemo summary\n", 1)[1].splitlines()
     assert summary[0].startswith(f"  model        {tmp_path}/demo_ner/model: test entity micro-F1 0.9")
-    assert summary[1].startswith(f"  labels       230 rows labeled into {tmp_path}/demo_labels (Parquet), "
-                                 "2 quarantined, ")
+    assert summary[1].startswith(
+        f"  labels       230 rows labeled into {tmp_path}/demo_labels (Parquet), 2 quarantined, "
+    )
     assert [line.split(": ")[0] for line in summary[2:4]] == [
-        "  quarantined  data/demo_corpus/more.jsonl line 11", "  quarantined  data/demo_corpus/more.jsonl line 22"]
+        "  quarantined  data/demo_corpus/more.jsonl line 11",
+        "  quarantined  data/demo_corpus/more.jsonl line 22",
+    ]
     assert summary[4].startswith("  most found   ") and summary[4].count("/") == 8
-    assert summary[5] == f"  pages        {tmp_path}/demo_ner/model/report.html, {tmp_path}/demo_labels/_summary.html"
+    assert (
+        summary[5]
+        == f"  pages        {tmp_path}/demo_ner/model/report.html, {tmp_path}/demo_labels/_summary.html"
+    )

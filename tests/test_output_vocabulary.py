@@ -53,7 +53,9 @@ def test_a_restricted_softmax_has_the_full_layers_logits_at_its_ids_and_no_gradi
 
     weights = np.ones(labels.shape, np.float32)
     with tf.GradientTape() as tape:
-        loss, correct, n = masked_loss(restricted(inputs, training=True), output.targets(labels, weights), weights)
+        loss, correct, n = masked_loss(
+            restricted(inputs, training=True), output.targets(labels, weights), weights
+        )
     head = restricted.get_layer("MLM-Head")
     grad = tf.convert_to_tensor(tape.gradient(loss, head.output_bias)).numpy()
     outside = np.setdiff1d(np.arange(V), output.ids)
@@ -61,7 +63,10 @@ def test_a_restricted_softmax_has_the_full_layers_logits_at_its_ids_and_no_gradi
     # the loss is the cross-entropy over the restricted logits, label by label
     logits = restricted(inputs).numpy().reshape(-1, len(output.ids))
     targets = output.targets(labels, weights).ravel()
-    log_softmax = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+    log_softmax = (
+        logits
+        - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
         - logits.max(1, keepdims=True)
+    )
     np.testing.assert_allclose(float(loss), -log_softmax[np.arange(len(targets)), targets].sum(), rtol=1e-5)
     assert float(n) == labels.size

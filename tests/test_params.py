@@ -22,10 +22,15 @@ def closed_form(c: dict, classes=5, positions=512):
 
 
 @pytest.mark.corpora
-@pytest.mark.parametrize("name,approx_millions", [
-    ("albert_config_tiny.json", 4.08), ("albert_config_base.json", 10.29),
-    ("albert_config_xlarge.json", 54.39), ("bert_config.json", 101.68),
-])
+@pytest.mark.parametrize(
+    "name,approx_millions",
+    [
+        ("albert_config_tiny.json", 4.08),
+        ("albert_config_base.json", 10.29),
+        ("albert_config_xlarge.json", 54.39),
+        ("bert_config.json", 101.68),
+    ],
+)
 def test_published_configs_match_closed_form(corpora, name, approx_millions):
     import json
 
@@ -39,9 +44,20 @@ def test_published_configs_match_closed_form(corpora, name, approx_millions):
 def test_params_table_over_a_folder(tmp_path):
     import json
 
-    cfg = dict(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=24,
-               embedding_size=8, max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu",
-               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, ln_type="postln")
+    cfg = dict(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=24,
+        embedding_size=8,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        ln_type="postln",
+    )
     (tmp_path / "albert_config_mini.json").write_text(json.dumps(cfg))
     rows = params_table(tmp_path)
     assert [(r.name, r.total) for r in rows] == [("albert_config_mini", closed_form(cfg))]

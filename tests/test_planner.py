@@ -6,11 +6,21 @@ from albert_ray.model.encoder_config import EncoderConfig
 from albert_ray.model.memory_planner import count_parameters, estimate, parse_size, recommend
 from albert_ray.model.params import count_params
 
-TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-            embedding_size=16, max_position_embeddings=64, type_vocab_size=2)
+TINY = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    embedding_size=16,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+)
 
 
-@pytest.mark.parametrize("layout_keys", [{"ln_type": "postln"}, {"num_hidden_groups": 1}, {"embedding_size": None}])
+@pytest.mark.parametrize(
+    "layout_keys", [{"ln_type": "postln"}, {"num_hidden_groups": 1}, {"embedding_size": None}]
+)
 def test_closed_form_parameters_equal_the_built_model(tmp_path, layout_keys):
     cfg = {**TINY, **layout_keys}
     if cfg["embedding_size"] is None:
@@ -24,12 +34,19 @@ def test_closed_form_parameters_equal_the_built_model(tmp_path, layout_keys):
 def test_activation_formula_and_mixed_precision():
     c = EncoderConfig.from_dict(TINY)
     fp32, fp16 = estimate(c, 16), estimate(c, 16, mixed_precision=True)
-    hidden, intermediate, attention = 3 * 17 * 16 * 32 + 16 * (16 + 4 * 32), 3 * 6 * 16 * 64, 3 * 2 * 4 * 16 ** 2
+    hidden, intermediate, attention = (
+        3 * 17 * 16 * 32 + 16 * (16 + 4 * 32),
+        3 * 6 * 16 * 64,
+        3 * 2 * 4 * 16**2,
+    )
     assert fp32.activation_bytes_per_example == 4 * (hidden + intermediate + attention)
     # mixed_float16 halves only the feed-forward activations (LayerNorm and softmax stay float32)
     assert fp16.activation_bytes_per_example == 4 * hidden + 2 * intermediate + 4 * attention
     assert fp32.attention_bytes_per_example == fp16.attention_bytes_per_example == 4 * attention
-    assert fp32.weights_optimizer_bytes == 16 * fp32.parameters and fp16.weights_optimizer_bytes == 18 * fp16.parameters
+    assert (
+        fp32.weights_optimizer_bytes == 16 * fp32.parameters
+        and fp16.weights_optimizer_bytes == 18 * fp16.parameters
+    )
     block = 4 * (32 * 32 + 32) + 32 * 64 + 64 + 64 * 32 + 32 + 4 * 32
     assert fp32.shared_gradient_bytes == 4 * block * 2  # 3 uses of the shared block: 2 extra gradient copies
 

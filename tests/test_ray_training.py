@@ -14,15 +14,23 @@ from albert_ray.inference.labeler import Labeler
 @pytest.mark.slow
 @pytest.mark.ci
 def test_ray_train_one_worker_matches_in_process_run(tmp_path, local_ray):
-    overrides = ["train.epochs=2", "data.max_train_examples=200", "train.learning_rate=3e-3", "train.log_every=0"]
+    overrides = [
+        "train.epochs=2",
+        "data.max_train_examples=200",
+        "train.learning_rate=3e-3",
+        "train.log_every=0",
+    ]
     ray_job = load_job_config("jobs/configs/sample_ner.yaml", [f"output_dir={tmp_path / 'ray'}", *overrides])
     summary = train(ray_job)
-    local_job = load_job_config("jobs/configs/sample_ner.yaml", [f"output_dir={tmp_path / 'local'}", *overrides])
+    local_job = load_job_config(
+        "jobs/configs/sample_ner.yaml", [f"output_dir={tmp_path / 'local'}", *overrides]
+    )
     reference = train_in_process(local_job)
     # one worker under MultiWorkerMirroredStrategy = the default strategy, bit for bit on CPU
     assert summary["best_dev_score"] == pytest.approx(reference["best_dev_score"], abs=1e-6)
     assert [h["train_loss"] for h in summary["history"]] == pytest.approx(
-        [h["train_loss"] for h in reference["history"]], rel=1e-5)
+        [h["train_loss"] for h in reference["history"]], rel=1e-5
+    )
     state = json.loads((tmp_path / "ray" / "sample_ner" / "model" / "train_state.json").read_text())
     assert state["final"] and state["steps"] == 2 * 7  # 200 rows / batch 32 = 7 steps per epoch
     # Ray Train kept a checkpoint per epoch plus the final one in its storage folder
@@ -31,8 +39,9 @@ def test_ray_train_one_worker_matches_in_process_run(tmp_path, local_ray):
     texts = ["张伟昨天在北京会见了新华社代表团。"]
     a = Labeler.from_dir(summary["model_dir"]).predict(texts)
     b = Labeler.from_dir(reference["model_dir"]).predict(texts)
-    assert [(e["start"], e["end"], e["label"]) for e in a[0]["entities"]] == \
-           [(e["start"], e["end"], e["label"]) for e in b[0]["entities"]]
+    assert [(e["start"], e["end"], e["label"]) for e in a[0]["entities"]] == [
+        (e["start"], e["end"], e["label"]) for e in b[0]["entities"]
+    ]
 
 
 def _weights(model_dir):
@@ -41,7 +50,9 @@ def _weights(model_dir):
 
     out = {}
     with h5py.File(Path(model_dir) / "model.weights.h5") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, np.array(obj)) if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, obj: out.__setitem__(name, np.array(obj)) if isinstance(obj, h5py.Dataset) else None
+        )
     return out
 
 
@@ -50,12 +61,22 @@ def _weights(model_dir):
 def test_two_workers_at_batch_b_reach_the_weights_of_one_worker_at_2b(tmp_path, local_ray):
     import numpy as np
 
-    common = ["data.max_train_examples=96", "train.epochs=1", "model.dropout=0", "train.log_every=0",
-              "train.shard=deterministic", "train.cpus_per_worker=0.5", "train.learning_rate=1e-3",
-              "train.lr_scaling=none"]
+    common = [
+        "data.max_train_examples=96",
+        "train.epochs=1",
+        "model.dropout=0",
+        "train.log_every=0",
+        "train.shard=deterministic",
+        "train.cpus_per_worker=0.5",
+        "train.learning_rate=1e-3",
+        "train.lr_scaling=none",
+    ]
     # one worker in this process: the Ray Train run of one worker is the same bit for bit (above)
-    one = train_in_process(load_job_config("jobs/configs/sample_ner.yaml",
-                                           [f"output_dir={tmp_path / 'one'}", "train.batch_size=16", *common]))
+    one = train_in_process(
+        load_job_config(
+            "jobs/configs/sample_ner.yaml", [f"output_dir={tmp_path / 'one'}", "train.batch_size=16", *common]
+        )
+    )
     two = train(
         load_job_config(
             "jobs/configs/sample_ner.yaml",
@@ -81,9 +102,16 @@ def test_mixed_precision_on_two_workers_scales_the_loss_and_updates(tmp_path, lo
 
     import numpy as np
 
-    common = ["data.max_train_examples=256", "train.epochs=1", "model.dropout=0", "train.log_every=0",
-              "train.cpus_per_worker=0.5", "train.learning_rate=3e-3", "train.mixed_precision=true",
-              f"model.encoder_config={narrow_encoder(tmp_path)}"]
+    common = [
+        "data.max_train_examples=256",
+        "train.epochs=1",
+        "model.dropout=0",
+        "train.log_every=0",
+        "train.cpus_per_worker=0.5",
+        "train.learning_rate=3e-3",
+        "train.mixed_precision=true",
+        f"model.encoder_config={narrow_encoder(tmp_path)}",
+    ]
     two = train(
         load_job_config(
             "jobs/configs/sample_ner.yaml",
@@ -94,7 +122,7 @@ def test_mixed_precision_on_two_workers_scales_the_loss_and_updates(tmp_path, lo
     assert two["steps"] == 8  # 256 rows / (16 x 2 workers)
     # overflowing updates are skipped on every worker alike (the check runs on all-reduced
     # gradients) and each halves the scale from 2**15
-    assert last["skipped_steps"] == round(math.log2(2.0 ** 15 / last["loss_scale"]))
+    assert last["skipped_steps"] == round(math.log2(2.0**15 / last["loss_scale"]))
     assert 0 < last["skipped_steps"] < 8 and math.isfinite(last["train_loss"])
     w = _weights(two["model_dir"])
     init = _weights_after_zero_steps(tmp_path, common)
@@ -159,7 +187,9 @@ def kill_workers_once_checkpointed(snapshot: Path) -> list[int]:
         deadline = time.time() + 300
         while time.time() < deadline:
             try:
-                registered = json.loads(snapshot.read_text()).get("checkpoint_results") if snapshot.exists() else None
+                registered = (
+                    json.loads(snapshot.read_text()).get("checkpoint_results") if snapshot.exists() else None
+                )
             except ValueError:  # being written
                 registered = None
             if registered:
@@ -175,9 +205,19 @@ def kill_workers_once_checkpointed(snapshot: Path) -> list[int]:
 
 @pytest.mark.slow  # not in CI: test_faults' dead-worker test resumes from a checkpoint there (~75 s each)
 def test_killed_worker_resumes_from_checkpoint_not_from_scratch(tmp_path, local_ray):
-    job = load_job_config("jobs/configs/sample_ner.yaml", [
-        f"output_dir={tmp_path}", "data.max_train_examples=400", "train.batch_size=8", "train.epochs=4",
-        "train.checkpoint_every_steps=10", "train.max_failures=1", "train.log_every=0", "model.max_len=64"])
+    job = load_job_config(
+        "jobs/configs/sample_ner.yaml",
+        [
+            f"output_dir={tmp_path}",
+            "data.max_train_examples=400",
+            "train.batch_size=8",
+            "train.epochs=4",
+            "train.checkpoint_every_steps=10",
+            "train.max_failures=1",
+            "train.log_every=0",
+            "model.max_len=64",
+        ],
+    )
     storage = tmp_path / "ray" / job.name
     killed = kill_workers_once_checkpointed(storage / "checkpoint_manager_snapshot.json")
     summary = train(job)
@@ -205,10 +245,21 @@ def test_rerun_with_the_same_name_resumes(tmp_path, local_ray):
 def test_xlarge_two_steps_on_two_cpu_workers(corpora, tmp_path, local_ray):
     import numpy as np
 
-    common = [f"output_dir={tmp_path}", f"model.encoder_config={corpora / 'albert_zh' / 'albert_config_xlarge.json'}",
-              f"model.vocab={corpora / 'albert_zh' / 'vocab.txt'}", "model.max_len=32", "data.max_train_examples=4",
-              "data.max_eval_examples=4", "train.epochs=1", "train.batch_size=1", "train.num_workers=2",
-              "train.cpus_per_worker=0.5", "train.shard=deterministic", "train.log_every=0", "model.dropout=0"]
+    common = [
+        f"output_dir={tmp_path}",
+        f"model.encoder_config={corpora / 'albert_zh' / 'albert_config_xlarge.json'}",
+        f"model.vocab={corpora / 'albert_zh' / 'vocab.txt'}",
+        "model.max_len=32",
+        "data.max_train_examples=4",
+        "data.max_eval_examples=4",
+        "train.epochs=1",
+        "train.batch_size=1",
+        "train.num_workers=2",
+        "train.cpus_per_worker=0.5",
+        "train.shard=deterministic",
+        "train.log_every=0",
+        "model.dropout=0",
+    ]
     job = load_job_config("jobs/configs/sample_classify.yaml", common)
     summary = train(job)
     assert summary["steps"] == 2  # 4 rows / (1 per worker x 2 workers)
@@ -241,7 +292,11 @@ def interrupt_once_checkpointed(cmd: list, err: Path, snapshot: Path, ready=lamb
 
     def registered() -> bool:
         try:
-            return bool(json.loads(snapshot.read_text()).get("checkpoint_results")) if snapshot.exists() else False
+            return (
+                bool(json.loads(snapshot.read_text()).get("checkpoint_results"))
+                if snapshot.exists()
+                else False
+            )
         except ValueError:  # being written
             return False
 
@@ -264,19 +319,39 @@ def test_ctrl_c_on_train_is_one_line_and_the_same_command_resumes(tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "albert_ray.cli", "train", "--config", "jobs/configs/sample_ner.yaml",
-           f"output_dir={tmp_path}", "model.max_len=64", "train.epochs=30", "data.max_train_examples=200",
-           "train.log_every=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "albert_ray.cli",
+        "train",
+        "--config",
+        "jobs/configs/sample_ner.yaml",
+        f"output_dir={tmp_path}",
+        "model.max_len=64",
+        "train.epochs=30",
+        "data.max_train_examples=200",
+        "train.log_every=0",
+    ]
     err = tmp_path / "err.txt"
-    rc = interrupt_once_checkpointed(cmd, err, tmp_path / "ray" / "sample_ner" / "checkpoint_manager_snapshot.json",
-                                     lambda text: "epoch 2/30" in text)
+    rc = interrupt_once_checkpointed(
+        cmd,
+        err,
+        tmp_path / "ray" / "sample_ner" / "checkpoint_manager_snapshot.json",
+        lambda text: "epoch 2/30" in text,
+    )
     lines = err.read_text().splitlines()
     assert rc == 130
-    assert lines[-1] == (f"albert-ray train: interrupted: checkpoints so far are in {tmp_path}/ray/sample_ner; run "
-                         f"the same command again to resume from the latest")
+    assert lines[-1] == (
+        f"albert-ray train: interrupted: checkpoints so far are in {tmp_path}/ray/sample_ner; run "
+        f"the same command again to resume from the latest"
+    )
     assert not any("Traceback" in line for line in lines[-20:])
-    again = subprocess.run(cmd[:-3] + ["train.epochs=3", "data.max_train_examples=200", "train.log_every=0"],
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        cmd[:-3] + ["train.epochs=3", "data.max_train_examples=200", "train.log_every=0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = [line for line in again.stderr.splitlines() if "resumed from checkpoint at epoch" in line]
     assert len(resumed) == 1 and "epoch 1, batch 0" not in resumed[0]

@@ -22,9 +22,12 @@ def test_old_model_dir_loads_and_predicts_what_it_did():
     got = Labeler.from_dir(MODEL).predict(expected["texts"])
     assert sum(len(p["entities"]) for p in expected["predictions"]) == 9
     for old, new in zip(expected["predictions"], got):
-        assert [(e["start"], e["end"], e["label"], e["text"]) for e in new["entities"]] == \
-               [(e["start"], e["end"], e["label"], e["text"]) for e in old["entities"]]
-        assert [e["score"] for e in new["entities"]] == pytest.approx([e["score"] for e in old["entities"]], abs=1e-5)
+        assert [(e["start"], e["end"], e["label"], e["text"]) for e in new["entities"]] == [
+            (e["start"], e["end"], e["label"], e["text"]) for e in old["entities"]
+        ]
+        assert [e["score"] for e in new["entities"]] == pytest.approx(
+            [e["score"] for e in old["entities"]], abs=1e-5
+        )
 
 
 def test_bfloat16_labeling_keeps_float32_parts_and_agrees():
@@ -39,9 +42,12 @@ def test_bfloat16_labeling_keeps_float32_parts_and_agrees():
     assert all(w.dtype == "float32" for w in bf16.model.weights)
     a, b = fp32.predict(expected["texts"]), bf16.predict(expected["texts"])
     for x, y in zip(a, b):
-        assert [(e["start"], e["end"], e["label"]) for e in y["entities"]] == \
-               [(e["start"], e["end"], e["label"]) for e in x["entities"]]
-        assert [e["score"] for e in y["entities"]] == pytest.approx([e["score"] for e in x["entities"]], abs=0.05)
+        assert [(e["start"], e["end"], e["label"]) for e in y["entities"]] == [
+            (e["start"], e["end"], e["label"]) for e in x["entities"]
+        ]
+        assert [e["score"] for e in y["entities"]] == pytest.approx(
+            [e["score"] for e in x["entities"]], abs=0.05
+        )
 
 
 def test_auto_precision_follows_the_cpu():

@@ -35,19 +35,33 @@ NER_TEXTS = ["新华社北京电，李明在清华大学发表演讲。", "张�
 
 
 # ---- request checks, without a server ------------------------------------------------------------
-@pytest.mark.parametrize("body, status, message", [
-    (b"not json", 400, "the body is not JSON (Expecting value: line 1 column 1 (char 0)); "
-                       "send {\"texts\": [\"...\"]}"),
-    (b"\xff\xfe", 400, "the body is not JSON ('utf-8' codec can't decode byte 0xff in position 0: invalid start "
-                       "byte); send {\"texts\": [\"...\"]}"),
-    (b'{"text": "x"}', 400, "the body has no 'texts'; send {\"texts\": [\"...\"]}"),
-    (b'["x"]', 400, "the body has no 'texts'; send {\"texts\": [\"...\"]}"),
-    (b'{"texts": "x"}', 400, "'texts' is a string, not a list; send {\"texts\": [\"...\"]}"),
-    (b'{"texts": []}', 400, "'texts' is empty; send at least one text"),
-    (b'{"texts": ["a", 3]}', 400, "texts[1] is a number, not a string"),
-    (b'{"texts": ["a", null]}', 400, "texts[1] is a null, not a string"),
-    (json.dumps({"texts": ["a"] * 9}).encode(), 413, "9 texts in one request, over the limit of 8; split the request"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (
+            b"not json",
+            400,
+            'the body is not JSON (Expecting value: line 1 column 1 (char 0)); send {"texts": ["..."]}',
+        ),
+        (
+            b"\xff\xfe",
+            400,
+            "the body is not JSON ('utf-8' codec can't decode byte 0xff in position 0: invalid start "
+            'byte); send {"texts": ["..."]}',
+        ),
+        (b'{"text": "x"}', 400, 'the body has no \'texts\'; send {"texts": ["..."]}'),
+        (b'["x"]', 400, 'the body has no \'texts\'; send {"texts": ["..."]}'),
+        (b'{"texts": "x"}', 400, '\'texts\' is a string, not a list; send {"texts": ["..."]}'),
+        (b'{"texts": []}', 400, "'texts' is empty; send at least one text"),
+        (b'{"texts": ["a", 3]}', 400, "texts[1] is a number, not a string"),
+        (b'{"texts": ["a", null]}', 400, "texts[1] is a null, not a string"),
+        (
+            json.dumps({"texts": ["a"] * 9}).encode(),
+            413,
+            "9 texts in one request, over the limit of 8; split the request",
+        ),
+    ],
+)
 def test_a_bad_body_is_refused_with_its_status_and_one_line(body, status, message):
     with pytest.raises(RequestError) as caught:
         parse_texts(body, LIMITS)
@@ -61,7 +75,10 @@ def test_a_good_body_keeps_every_text_as_sent():
 
 def test_models_are_named_after_their_folder_unless_named():
     assert parse_models(["out/sample_ner/model", "cls=s3://bucket/runs/cls?region=x", "s3://b/m/ner2/"]) == {
-        "model": "out/sample_ner/model", "cls": "s3://bucket/runs/cls?region=x", "ner2": "s3://b/m/ner2/"}
+        "model": "out/sample_ner/model",
+        "cls": "s3://bucket/runs/cls?region=x",
+        "ner2": "s3://b/m/ner2/",
+    }
     with pytest.raises(ValueError, match=r"^--model b/model: the name 'model' is given twice; name them"):
         parse_models(["a/model", "b/model"])
     with pytest.raises(ValueError, match=r"^--model a b=...: a model name may hold letters"):
@@ -79,8 +96,11 @@ def test_the_token_file_must_be_private_and_the_gateway_holds_only_its_digest(tm
     digest = token_digest(read_token(str(token)))
     assert "s3cret" not in digest and len(digest) == 64
     assert authorized("Bearer s3cret-token", digest) and authorized("bearer  s3cret-token ", digest)
-    assert not authorized("", digest) and not authorized("Bearer wrong", digest) and not authorized("s3cret-token",
-                                                                                                    digest)
+    assert (
+        not authorized("", digest)
+        and not authorized("Bearer wrong", digest)
+        and not authorized("s3cret-token", digest)
+    )
     assert authorized("", None)
 
 
@@ -99,25 +119,45 @@ def test_readiness_names_the_models_that_do_not_answer():
 
 def test_usage_shows_the_url_the_models_and_a_curl_line():
     cfg = ServeConfig(models={"ner": "s3://key:secret@bucket/ner"}, port=8123, token_file="/etc/token")
-    text = usage(cfg, [{"name": "ner", "task": "ner", "labels": ["LOC", "ORG", "PER"], "precision": "float32",
-                        "checksum": "abc"}])
+    text = usage(
+        cfg,
+        [
+            {
+                "name": "ner",
+                "task": "ner",
+                "labels": ["LOC", "ORG", "PER"],
+                "precision": "float32",
+                "checksum": "abc",
+            }
+        ],
+    )
     assert text.splitlines()[:3] == [
         "serving 1 model(s) at http://127.0.0.1:8123 with Ray Serve (1 replica(s) each; Ctrl-C stops)",
         "  ner: ner, 3 labels, float32, model abc (s3://bucket/ner)",
-        "call it:"]
-    assert "curl -s http://127.0.0.1:8123/v1/models/ner:predict -H \"Authorization: Bearer $(cat /etc/token)\"" in text
+        "call it:",
+    ]
+    assert (
+        'curl -s http://127.0.0.1:8123/v1/models/ner:predict -H "Authorization: Bearer $(cat /etc/token)"'
+        in text
+    )
     assert "secret" not in text
 
 
 def test_a_model_directory_that_fails_the_check_is_one_line_before_ray_starts(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "model.json").write_text("{}")
-    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "serve", "--model", f"x={tmp_path}/broken"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "albert_ray.cli", "serve", "--model", f"x={tmp_path}/broken"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
-    assert out.stderr.splitlines() == [f"albert-ray serve: error: {tmp_path}/broken is not a model directory: "
-                                       "model.weights.h5, vocab.txt missing (a model directory is written by "
-                                       "'albert-ray train')"]
+    assert out.stderr.splitlines() == [
+        f"albert-ray serve: error: {tmp_path}/broken is not a model directory: "
+        "model.weights.h5, vocab.txt missing (a model directory is written by "
+        "'albert-ray train')"
+    ]
     assert "Ray" not in out.stdout
 
 
@@ -138,7 +178,11 @@ def _call(url, body=None, token=None, method=None, timeout=120):
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, _parsed(response.read()), {k.lower(): v for k, v in response.headers.items()}
+            return (
+                response.status,
+                _parsed(response.read()),
+                {k.lower(): v for k, v in response.headers.items()},
+            )
     except urllib.error.HTTPError as error:
         return error.code, _parsed(error.read()), {k.lower(): v for k, v in error.headers.items()}
 
@@ -149,9 +193,18 @@ def small_classify_model(tmp_path_factory) -> str:
     from albert_ray.finetune.driver import train_in_process
 
     out = tmp_path_factory.mktemp("small_classify")
-    return train_in_process(load_job_config("jobs/configs/sample_classify.yaml", [
-        f"output_dir={out}", "train.epochs=1", "model.max_len=64", "data.max_train_examples=64",
-        "train.log_every=0"]))["model_dir"]
+    return train_in_process(
+        load_job_config(
+            "jobs/configs/sample_classify.yaml",
+            [
+                f"output_dir={out}",
+                "train.epochs=1",
+                "model.max_len=64",
+                "data.max_train_examples=64",
+                "train.log_every=0",
+            ],
+        )
+    )["model_dir"]
 
 
 def _start(args: list[str], tmp: Path):
@@ -159,8 +212,12 @@ def _start(args: list[str], tmp: Path):
     everything it started) when it does not get there."""
     port = free_port()
     log = tmp / f"serve-{port}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "albert_ray.cli", "serve", "--port", str(port), *args],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "albert_ray.cli", "serve", "--port", str(port), *args],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300
@@ -198,18 +255,44 @@ def server(small_ner_model, small_classify_model, tmp_path_factory):
     token = tmp / "token"
     token.write_text("test-token-1")
     token.chmod(0o600)
-    proc, url, log = _start(["--model", f"ner={small_ner_model}", "--model", f"cls={small_classify_model}",
-                             "--precision", "float32", "--token-file", str(token), "--max-texts", "8",
-                             "--max-body-bytes", str(64 << 10), "--max-chars", "5000"], tmp)
-    yield {"url": url, "token": "test-token-1", "proc": proc, "log": log, "ner": small_ner_model,
-           "cls": small_classify_model}
+    proc, url, log = _start(
+        [
+            "--model",
+            f"ner={small_ner_model}",
+            "--model",
+            f"cls={small_classify_model}",
+            "--precision",
+            "float32",
+            "--token-file",
+            str(token),
+            "--max-texts",
+            "8",
+            "--max-body-bytes",
+            str(64 << 10),
+            "--max-chars",
+            "5000",
+        ],
+        tmp,
+    )
+    yield {
+        "url": url,
+        "token": "test-token-1",
+        "proc": proc,
+        "log": log,
+        "ner": small_ner_model,
+        "cls": small_classify_model,
+    }
     assert _stop(proc) == ""  # every process the server started is gone
 
 
 def _predicted(model: str, texts: list[str]) -> list[dict]:
     """What ``albert-ray predict`` prints for the texts, one JSON line each."""
-    out = subprocess.run([sys.executable, "-m", "albert_ray.cli", "predict", "--model", model, *texts],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "albert_ray.cli", "predict", "--model", model, *texts],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines()]
 
@@ -227,8 +310,10 @@ def test_served_results_equal_predict_for_ner_and_a_classifier_in_one_applicatio
     assert status == 200 and body["results"] == _predicted(server["cls"], texts)
     status, body, _ = _call(f"{url}/v1/models", token=token)
     assert status == 200
-    assert [(m["name"], m["task"], m["precision"]) for m in body["models"]] == [("ner", "ner", "float32"),
-                                                                                 ("cls", "classify", "float32")]
+    assert [(m["name"], m["task"], m["precision"]) for m in body["models"]] == [
+        ("ner", "ner", "float32"),
+        ("cls", "classify", "float32"),
+    ]
     assert body["models"][0]["labels"] == ["LOC", "ORG", "PER"] and len(body["models"][0]["checksum"]) == 16
 
 
@@ -240,7 +325,9 @@ def test_64_concurrent_requests_are_answered_right_in_fewer_forward_passes(serve
     expected = _predicted(server["ner"], texts)
     before = _call(f"{url}/v1/models/ner", token=token)[1]["served_by_this_replica"]
     with ThreadPoolExecutor(64) as pool:
-        answers = list(pool.map(lambda t: _call(f"{url}/v1/models/ner:predict", {"texts": [t]}, token), texts))
+        answers = list(
+            pool.map(lambda t: _call(f"{url}/v1/models/ner:predict", {"texts": [t]}, token), texts)
+        )
     assert [status for status, _, _ in answers] == [200] * 64
     assert [body["results"][0] for _, body, _ in answers] == expected
     after = _call(f"{url}/v1/models/ner", token=token)[1]["served_by_this_replica"]
@@ -255,9 +342,13 @@ def test_bad_requests_get_their_status_and_one_line_and_the_server_keeps_serving
     url, token = server["url"], server["token"]
     predict = f"{url}/v1/models/ner:predict"
     cases = [
-        (b"{oops", 400, "the body is not JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
-                        "(char 1)); send {\"texts\": [\"...\"]}"),
-        ({"texts": "one"}, 400, "'texts' is a string, not a list; send {\"texts\": [\"...\"]}"),
+        (
+            b"{oops",
+            400,
+            "the body is not JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+            '(char 1)); send {"texts": ["..."]}',
+        ),
+        ({"texts": "one"}, 400, '\'texts\' is a string, not a list; send {"texts": ["..."]}'),
         ({"texts": []}, 400, "'texts' is empty; send at least one text"),
         ({"texts": ["a", 1]}, 400, "texts[1] is a number, not a string"),
         ({"texts": ["a"] * 9}, 413, "9 texts in one request, over the limit of 8; split the request"),
@@ -266,10 +357,14 @@ def test_bad_requests_get_their_status_and_one_line_and_the_server_keeps_serving
     for body, status, message in cases:
         assert _call(predict, body, token)[:2] == (status, {"error": message})
     assert _call(f"{url}/v1/models/nope:predict", {"texts": ["a"]}, token)[:2] == (
-        404, {"error": "no model named 'nope'; models: ner, cls"})
+        404,
+        {"error": "no model named 'nope'; models: ner, cls"},
+    )
     status, body, _ = _call(predict, {"texts": ["李明", "长" * 5001]}, token)
     assert status == 200 and body["results"][1] == {
-        "text": "长" * 5001, "error": "the text has 5001 characters, over max_chars 5000; split it"}
+        "text": "长" * 5001,
+        "error": "the text has 5001 characters, over max_chars 5000; split it",
+    }
     assert body["results"][0] == _predicted(server["ner"], ["李明"])[0]  # the rest of the request is labeled
 
 
@@ -278,8 +373,11 @@ def test_bad_requests_get_their_status_and_one_line_and_the_server_keeps_serving
 def test_the_token_guards_every_route_but_healthz_and_sockets_are_on_loopback(server):
     url, token = server["url"], server["token"]
     refused = {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"}
-    for target, body in ((f"{url}/v1/models/ner:predict", {"texts": ["a"]}), (f"{url}/v1/models", None),
-                         (f"{url}/v1/models/ner", None)):
+    for target, body in (
+        (f"{url}/v1/models/ner:predict", {"texts": ["a"]}),
+        (f"{url}/v1/models", None),
+        (f"{url}/v1/models/ner", None),
+    ):
         status, answer, headers = _call(target, body)
         assert (status, answer, headers.get("www-authenticate")) == (401, refused, "Bearer")
         assert _call(target, body, "wrong")[:2] == (401, refused)
@@ -292,21 +390,37 @@ def test_the_token_guards_every_route_but_healthz_and_sockets_are_on_loopback(se
     text = server["log"].read_text()
     assert "test-token-1" not in text
     assert text.splitlines()[-3:] == [  # what a user sees after start: no Serve access log without -v
-        f"  curl -s {url}/v1/models/ner:predict -H \"Authorization: Bearer $(cat {server['log'].parent}/token)\" "
+        f'  curl -s {url}/v1/models/ner:predict -H "Authorization: Bearer $(cat {server["log"].parent}/token)" '
         "-H 'Content-Type: application/json' -d '{\"texts\": [\"新华社北京电，李明在清华大学发表演讲。\"]}'",
-        f"  curl -s {url}/v1/models -H \"Authorization: Bearer $(cat {server['log'].parent}/token)\"        "
+        f'  curl -s {url}/v1/models -H "Authorization: Bearer $(cat {server["log"].parent}/token)"        '
         "(models, labels, what each replica served)",
-        f"  curl -s {url}/healthz           (200 once every model is loaded)"]
+        f"  curl -s {url}/healthz           (200 once every model is loaded)",
+    ]
 
 
 @pytest.mark.slow
 def test_a_full_queue_is_503_with_retry_after_and_a_slow_answer_504(small_ner_model, tmp_path):
-    proc, url, _ = _start(["--model", f"ner={small_ner_model}", "--max-queued-requests", "1",
-                           "--max-batch-size", "1", "--batch-wait-ms", "0", "--request-timeout", "2"], tmp_path)
+    proc, url, _ = _start(
+        [
+            "--model",
+            f"ner={small_ner_model}",
+            "--max-queued-requests",
+            "1",
+            "--max-batch-size",
+            "1",
+            "--batch-wait-ms",
+            "0",
+            "--request-timeout",
+            "2",
+        ],
+        tmp_path,
+    )
     try:
         long = ["长" * 5000]
         with ThreadPoolExecutor(24) as pool:
-            answers = list(pool.map(lambda _: _call(f"{url}/v1/models/ner:predict", {"texts": long}), range(24)))
+            answers = list(
+                pool.map(lambda _: _call(f"{url}/v1/models/ner:predict", {"texts": long}), range(24))
+            )
         statuses = {status for status, _, _ in answers}
         assert statuses <= {200, 503, 504} and {503, 504} <= statuses, statuses
         busy = next(a for a in answers if a[0] == 503)
@@ -345,7 +459,10 @@ def test_the_serve_config_file_and_the_rayservice_deploy_the_same_application(tm
     volume = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["volumes"][0]
     assert volume["secret"]["defaultMode"] == 0o400  # read_token refuses a token others can read
     # the builder takes the file's args as they are (the models swapped for one on this disk)
-    args = dict(local["applications"][0]["args"], models={"ner": str(root / "tests/data/model_before_mixed_precision")})
+    args = dict(
+        local["applications"][0]["args"],
+        models={"ner": str(root / "tests/data/model_before_mixed_precision")},
+    )
     token = tmp_path / "token"
     token.write_text("t")
     token.chmod(0o400)

@@ -132,14 +132,24 @@ def test_output_norm_is_on_for_a_pre_ln_encoder_from_a_checkpoint_and_rebuilt_fr
     preln = EncoderConfig.from_json_file("data/albert_config_sample.json")
     postln = replace(preln, ln_type="postln")
     job = load_job_config("jobs/configs/sample_ner.yaml")
-    auto = {(enc.ln_type, init): ModelSpec.from_job(replace(job, model=replace(job.model, init=init)), ["PER"],
-                                                    enc).output_norm
-            for enc in (preln, postln) for init in ("none", "checkpoint")}
-    assert auto == {("preln", "none"): False, ("preln", "checkpoint"): True,
-                    ("postln", "none"): False, ("postln", "checkpoint"): False}
+    auto = {
+        (enc.ln_type, init): ModelSpec.from_job(
+            replace(job, model=replace(job.model, init=init)), ["PER"], enc
+        ).output_norm
+        for enc in (preln, postln)
+        for init in ("none", "checkpoint")
+    }
+    assert auto == {
+        ("preln", "none"): False,
+        ("preln", "checkpoint"): True,
+        ("postln", "none"): False,
+        ("postln", "checkpoint"): False,
+    }
     forced = load_job_config("jobs/configs/sample_ner.yaml", ["model.output_norm=false"])  # an override wins
     forced = replace(forced, model=replace(forced.model, init="checkpoint"))
-    assert forced.model.output_norm is False and ModelSpec.from_job(forced, ["PER"], preln).output_norm is False
+    assert (
+        forced.model.output_norm is False and ModelSpec.from_job(forced, ["PER"], preln).output_norm is False
+    )
     spec = ModelSpec.from_job(replace(job, model=replace(job.model, output_norm=True)), ["PER"], preln)
     model = build_task_model(spec)
     x = np.array([[2, 5, 7, 3, 0, 0]], np.int32)
@@ -147,6 +157,10 @@ def test_output_norm_is_on_for_a_pre_ln_encoder_from_a_checkpoint_and_rebuilt_fr
     normed = probe([x, np.zeros_like(x)]).numpy()
     assert np.allclose(normed.mean(-1), 0, atol=1e-4) and np.allclose(normed.std(-1), 1, atol=1e-3)
     again = ModelSpec.from_dict(spec.to_dict())
-    assert again.output_norm is True and "Head-Norm" in [layer.name for layer in build_task_model(again).layers]
-    old = {k: v for k, v in spec.to_dict().items() if k != "output_norm"}  # a model.json written before the field
+    assert again.output_norm is True and "Head-Norm" in [
+        layer.name for layer in build_task_model(again).layers
+    ]
+    old = {
+        k: v for k, v in spec.to_dict().items() if k != "output_norm"
+    }  # a model.json written before the field
     assert ModelSpec.from_dict(old).output_norm is False

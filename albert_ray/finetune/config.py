@@ -30,7 +30,7 @@ class DataConfig:
     test: str | None = None
     format: str = "auto"
     on_bad_records: str = "error"
-    dev_fraction: float = 0.1          # carved from train when no dev file is given
+    dev_fraction: float = 0.1  # carved from train when no dev file is given
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
 
@@ -38,8 +38,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     encoder_config: str = "data/albert_config_sample.json"
-    vocab: str = "auto"                # a vocab.txt, or "auto": characters of the training data
-    init: str = "none"                 # "none" (random) or "checkpoint"
+    vocab: str = "auto"  # a vocab.txt, or "auto": characters of the training data
+    init: str = "none"  # "none" (random) or "checkpoint"
     checkpoint: str | None = None
     max_len: int = 128
     stride: int | None = None
@@ -47,37 +47,37 @@ class ModelConfig:
     scheme: str = "BIO"
     bilstm_units: int = 0
     dropout: float = 0.1
-    pooling: str = "cls"               # classification sentence vector: cls (reference) | mean
-    output_norm: bool | None = None    # LayerNorm on the encoder's output; None: auto (see ModelSpec.from_job)
+    pooling: str = "cls"  # classification sentence vector: cls (reference) | mean
+    output_norm: bool | None = None  # LayerNorm on the encoder's output; None: auto (see ModelSpec.from_job)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 3
-    batch_size: int = 32               # per worker
-    learning_rate: float = 5e-5        # for the reference global batch `lr_reference_batch`
-    lr_scaling: str = "linear"         # "linear": lr * global_batch / lr_reference_batch; "none"
+    batch_size: int = 32  # per worker
+    learning_rate: float = 5e-5  # for the reference global batch `lr_reference_batch`
+    lr_scaling: str = "linear"  # "linear": lr * global_batch / lr_reference_batch; "none"
     lr_reference_batch: int = 32
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    patience: int = 2                  # epochs without dev improvement before stopping
+    patience: int = 2  # epochs without dev improvement before stopping
     seed: int = 42
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0       # with use_gpu
-    placement_strategy: str = "PACK"   # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
-    shard: str = "ray"                 # "ray": Ray Data shards; "deterministic": exact N-worker = 1-worker steps
-    grad_accum_steps: int = 1          # micro-batches per optimizer step
-    bucket_by_length: bool = True      # sort by length in pools and pad per batch (False: pad to max_len)
-    precision: str = "auto"            # auto (bf16 where the hardware has it) | float32 | mixed_[b]float16
-    mixed_precision: bool = False      # alias of precision: mixed_float16 (ALBERT layouts)
-    xla: bool = False                  # jit-compile the training step
-    checkpoint_every_steps: int = 0    # 0: checkpoint at epoch ends only
-    keep_checkpoints: int = 3          # best k by dev score (the latest is always kept too)
-    max_failures: int = 1              # worker failures Ray Train recovers from (resume from checkpoint)
-    tf_threads: int = 0                # 0: the CPUs of the worker's node divided by local workers
-    log_every: int = 20                # steps between progress lines (0: none)
+    gpus_per_worker: float = 1.0  # with use_gpu
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    shard: str = "ray"  # "ray": Ray Data shards; "deterministic": exact N-worker = 1-worker steps
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    bucket_by_length: bool = True  # sort by length in pools and pad per batch (False: pad to max_len)
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | float32 | mixed_[b]float16
+    mixed_precision: bool = False  # alias of precision: mixed_float16 (ALBERT layouts)
+    xla: bool = False  # jit-compile the training step
+    checkpoint_every_steps: int = 0  # 0: checkpoint at epoch ends only
+    keep_checkpoints: int = 3  # best k by dev score (the latest is always kept too)
+    max_failures: int = 1  # worker failures Ray Train recovers from (resume from checkpoint)
+    tf_threads: int = 0  # 0: the CPUs of the worker's node divided by local workers
+    log_every: int = 20  # steps between progress lines (0: none)
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs"
-    storage_path: str | None = None    # Ray Train storage (shared FS / s3://...); default <output_dir>/ray
-    ray_address: str | None = None     # None: $RAY_ADDRESS if set (inside a Ray job), else a local Ray
+    storage_path: str | None = None  # Ray Train storage (shared FS / s3://...); default <output_dir>/ray
+    ray_address: str | None = None  # None: $RAY_ADDRESS if set (inside a Ray job), else a local Ray
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,11 +129,27 @@ _CHOICES = {
     "train.shard": ("ray", "deterministic"),
     "train.precision": TRAIN_PRECISIONS,
 }
-_NON_NEGATIVE = ("model.bilstm_units", "train.patience", "train.weight_decay", "train.gpus_per_worker",
-                 "train.checkpoint_every_steps", "train.max_failures", "train.tf_threads", "train.log_every")
-_POSITIVE = {"model.max_len", "train.epochs", "train.batch_size", "train.num_workers", "train.lr_reference_batch",
-             "train.learning_rate", "train.cpus_per_worker",
-             "train.grad_accum_steps", "train.keep_checkpoints"}
+_NON_NEGATIVE = (
+    "model.bilstm_units",
+    "train.patience",
+    "train.weight_decay",
+    "train.gpus_per_worker",
+    "train.checkpoint_every_steps",
+    "train.max_failures",
+    "train.tf_threads",
+    "train.log_every",
+)
+_POSITIVE = {
+    "model.max_len",
+    "train.epochs",
+    "train.batch_size",
+    "train.num_workers",
+    "train.lr_reference_batch",
+    "train.learning_rate",
+    "train.cpus_per_worker",
+    "train.grad_accum_steps",
+    "train.keep_checkpoints",
+}
 
 
 def _validate(cfg: JobConfig) -> None:
@@ -160,19 +176,26 @@ def _validate(cfg: JobConfig) -> None:
             raise JobConfigError(f"{key}={flat[key]!r}: must be >= 1, or empty for all examples")
     body = cfg.model.max_len - 2
     if cfg.model.stride is not None and not 1 <= cfg.model.stride <= body:
-        raise JobConfigError(f"model.stride={cfg.model.stride}: must be in [1, {body}] (model.max_len - 2), or empty "
-                             f"for half a window")
+        raise JobConfigError(
+            f"model.stride={cfg.model.stride}: must be in [1, {body}] (model.max_len - 2), or empty "
+            f"for half a window"
+        )
     if cfg.train.mixed_precision and cfg.train.precision == "mixed_bfloat16":
-        raise JobConfigError("train.mixed_precision=true (mixed_float16) contradicts train.precision=mixed_bfloat16; "
-                             "give one")
+        raise JobConfigError(
+            "train.mixed_precision=true (mixed_float16) contradicts train.precision=mixed_bfloat16; give one"
+        )
     if cfg.policy not in ("float32", "auto") and Path(cfg.model.encoder_config).is_file():
         from albert_ray.model.encoder_config import EncoderConfig
 
-        setting = "train.mixed_precision=true" if cfg.train.mixed_precision else f"train.precision={cfg.policy}"
+        setting = (
+            "train.mixed_precision=true" if cfg.train.mixed_precision else f"train.precision={cfg.policy}"
+        )
         if EncoderConfig.from_json_file(cfg.model.encoder_config).layout == "bert":
-            raise JobConfigError(f"{setting}: not available for the BERT layout of "
-                                 f"{cfg.model.encoder_config} (built by keras-bert's get_model, whose attention "
-                                 f"is float32-only); ALBERT layouts support it")
+            raise JobConfigError(
+                f"{setting}: not available for the BERT layout of "
+                f"{cfg.model.encoder_config} (built by keras-bert's get_model, whose attention "
+                f"is float32-only); ALBERT layouts support it"
+            )
     if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:
         raise JobConfigError("model.checkpoint: required when model.init is 'checkpoint'")
     if cfg.model.init == "checkpoint" and cfg.model.vocab == "auto":
@@ -195,8 +218,9 @@ def _checkpoint_defaults(data: dict, overridden: set[str]) -> None:
         model["vocab"] = vocab
 
 
-def load_job_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                    data: dict | None = None) -> JobConfig:
+def load_job_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+) -> JobConfig:
     """Load a YAML job config (or a dict), apply overrides, validate.
 
     Raises:

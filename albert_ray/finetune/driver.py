@@ -65,11 +65,18 @@ def check_job(job: JobConfig) -> None:
         from albert_ray.model.checkpoint import check_checkpoint
 
         report = check_checkpoint(encoder, job.model.checkpoint)
-        log.info("checkpoint %s (%s): %d tensors fit %s", report.prefix, report.layout, report.assigned,
-                 job.model.encoder_config)
+        log.info(
+            "checkpoint %s (%s): %d tensors fit %s",
+            report.prefix,
+            report.layout,
+            report.assigned,
+            job.model.encoder_config,
+        )
 
 
-def encoder_and_vocab(job: JobConfig, texts: Sequence[str] | None = None) -> tuple[EncoderConfig, Vocab | None]:
+def encoder_and_vocab(
+    job: JobConfig, texts: Sequence[str] | None = None
+) -> tuple[EncoderConfig, Vocab | None]:
     """The job's encoder config and vocabulary, checked against each other and ``model.max_len``.
     ``vocab: auto`` builds the vocabulary from ``texts`` (``None``: not yet, only the checks)."""
     encoder = EncoderConfig.from_json_file(job.model.encoder_config)
@@ -82,8 +89,11 @@ def encoder_and_vocab(job: JobConfig, texts: Sequence[str] | None = None) -> tup
         return encoder, None
     vocab = build_char_vocab(texts)
     if encoder.vocab_size != len(vocab):
-        log.info("vocab: auto -> %d characters from the training data (vocab_size of %s overridden)",
-                 len(vocab), job.model.encoder_config)
+        log.info(
+            "vocab: auto -> %d characters from the training data (vocab_size of %s overridden)",
+            len(vocab),
+            job.model.encoder_config,
+        )
         encoder = replace(encoder, vocab_size=len(vocab))
     return encoder, vocab
 
@@ -102,7 +112,9 @@ class Prepared:
 def prepare(job: JobConfig) -> Prepared:
     """Read the splits, derive label and token vocabularies, and describe the model."""
     task = task_for(job.task)
-    read = dict(fmt=job.data.format, on_bad_records=job.data.on_bad_records, **task.read_options(job.model.scheme))
+    read = dict(
+        fmt=job.data.format, on_bad_records=job.data.on_bad_records, **task.read_options(job.model.scheme)
+    )
     skipped = {}
     train_res = read_examples(job.data.train, **read)
     train, skipped["train"] = train_res.examples, len(train_res.skipped)
@@ -130,7 +142,9 @@ def prepare(job: JobConfig) -> Prepared:
     encoder, vocab = encoder_and_vocab(job, [e.text for e in train])
     labels = task.label_vocab(train)
     spec = ModelSpec.from_job(job, labels, encoder)
-    return Prepared(spec=spec, vocab=vocab, train=train, dev=dev, test=test, skipped=skipped, train_count=len(train))
+    return Prepared(
+        spec=spec, vocab=vocab, train=train, dev=dev, test=test, skipped=skipped, train_count=len(train)
+    )
 
 
 def featurize(spec: ModelSpec, vocab: Vocab, examples: Sequence[Example]) -> list[dict]:
@@ -148,9 +162,15 @@ def _featurize_batch(batch: dict, spec: ModelSpec, vocab: Vocab) -> dict:
     examples = []
     for raw in batch["example"]:
         d = json.loads(raw)
-        examples.append(Example(text=d["text"], source=d["source"], label=d["label"],
-                                labels=tuple(d["labels"]) if d["labels"] is not None else None,
-                                spans=tuple(tuple(x) for x in d["spans"]) if d["spans"] is not None else None))
+        examples.append(
+            Example(
+                text=d["text"],
+                source=d["source"],
+                label=d["label"],
+                labels=tuple(d["labels"]) if d["labels"] is not None else None,
+                spans=tuple(tuple(x) for x in d["spans"]) if d["spans"] is not None else None,
+            )
+        )
     rows = featurize(spec, vocab, examples)
     return {"token_ids": [r["token_ids"] for r in rows], "target": [r["target"] for r in rows]}
 
@@ -159,8 +179,13 @@ _CHUNK = 5000  # examples per Arrow block handed from the reading task to Ray Da
 
 
 def _serialise(examples: Sequence[Example]) -> list[str]:
-    return [json.dumps({"text": e.text, "source": e.source, "label": e.label, "labels": e.labels, "spans": e.spans},
-                       ensure_ascii=False) for e in examples]
+    return [
+        json.dumps(
+            {"text": e.text, "source": e.source, "label": e.label, "labels": e.labels, "spans": e.spans},
+            ensure_ascii=False,
+        )
+        for e in examples
+    ]
 
 
 def _prepare_in_task(job: JobConfig):
@@ -194,7 +219,11 @@ def prepare_distributed(job: JobConfig):
         raise unwrapped(exc) from None
     refs = list(gen)
     ds = ray.data.from_arrow_refs(refs).map_batches(
-        _featurize_batch, fn_kwargs={"spec": prep.spec, "vocab": prep.vocab}, batch_size=256, num_cpus=FEATURIZE_CPUS)
+        _featurize_batch,
+        fn_kwargs={"spec": prep.spec, "vocab": prep.vocab},
+        batch_size=256,
+        num_cpus=FEATURIZE_CPUS,
+    )
     return prep, ds
 
 
@@ -210,14 +239,27 @@ def train(job: JobConfig) -> dict:
     require_visible_job(job)
     require_read_room(job.train.num_workers, job.train.cpus_per_worker, FEATURIZE_CPUS, "the training data")
     prep, train_ds = prepare_distributed(job)
-    log.info("prepared %s: %d train, %d dev, %d test examples, labels %s", job.name, prep.train_count,
-             len(prep.dev), len(prep.test), list(prep.spec.labels)[:12])
+    log.info(
+        "prepared %s: %d train, %d dev, %d test examples, labels %s",
+        job.name,
+        prep.train_count,
+        len(prep.dev),
+        len(prep.test),
+        list(prep.spec.labels)[:12],
+    )
     t = job.train
     cpus = os.cpu_count() or 1
     threads = t.tf_threads or max(1, cpus // max(1, t.num_workers))
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
-    worker = WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev, tf_threads=threads,
-                          progress_bar=bars_wanted(), tensorboard_dir=job.tensorboard_dir)
+    worker = WorkerConfig(
+        job=job,
+        spec=prep.spec,
+        vocab=prep.vocab,
+        dev=prep.dev,
+        tf_threads=threads,
+        progress_bar=bars_wanted(),
+        tensorboard_dir=job.tensorboard_dir,
+    )
     if t.shard == "deterministic":  # every worker reads all rows and takes its slice of each global batch
         data_config = DataConfig(datasets_to_split=[])
     else:
@@ -225,15 +267,24 @@ def train(job: JobConfig) -> dict:
     trainer = trainer_class()(
         train_loop_per_worker,
         train_loop_config={"worker": worker},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
-                                     placement_strategy=t.placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=t.placement_strategy,
+        ),
         datasets={"train": train_ds},
         dataset_config=data_config,
-        run_config=RunConfig(name=job.name, storage_path=job.ray_storage,
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints,
-                                                                checkpoint_score_attribute="dev_score",
-                                                                checkpoint_score_order="max"),
-                             failure_config=FailureConfig(max_failures=t.max_failures)),
+        run_config=RunConfig(
+            name=job.name,
+            storage_path=job.ray_storage,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.keep_checkpoints,
+                checkpoint_score_attribute="dev_score",
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -261,10 +312,17 @@ def require_visible_job(job: JobConfig) -> None:
     data are read in a Ray task, and workers write checkpoints and TensorBoard scalars there.
     Checked before any task starts; the model directory itself is written by the driver."""
 
-    data = [(p, os.path.getsize(p)) for p in (job.data.train, job.data.dev, job.data.test) if p and not paths.is_uri(p)]
+    data = [
+        (p, os.path.getsize(p))
+        for p in (job.data.train, job.data.dev, job.data.test)
+        if p and not paths.is_uri(p)
+    ]
     require_visible("data file", "it is read in a Ray task", data)
-    require_visible_folder("storage_path" if job.storage_path else "output_dir", "Ray Train's workers write "
-                           "checkpoints and TensorBoard scalars under it", job.ray_storage)
+    require_visible_folder(
+        "storage_path" if job.storage_path else "output_dir",
+        "Ray Train's workers write checkpoints and TensorBoard scalars under it",
+        job.ray_storage,
+    )
 
 
 def train_in_process(job: JobConfig) -> dict:
@@ -274,9 +332,21 @@ def train_in_process(job: JobConfig) -> dict:
     prep = prepare(job)
     rows = featurize(prep.spec, prep.vocab, prep.train)
     out = staging_dir(job)
-    train_loop_per_worker({"worker": WorkerConfig(job=job, spec=prep.spec, vocab=prep.vocab, dev=prep.dev,
-                                                  tf_threads=job.train.tf_threads, rows=rows, local_output=str(out),
-                                                  progress_bar=bars_wanted(), tensorboard_dir=job.tensorboard_dir)})
+    train_loop_per_worker(
+        {
+            "worker": WorkerConfig(
+                job=job,
+                spec=prep.spec,
+                vocab=prep.vocab,
+                dev=prep.dev,
+                tf_threads=job.train.tf_threads,
+                rows=rows,
+                local_output=str(out),
+                progress_bar=bars_wanted(),
+                tensorboard_dir=job.tensorboard_dir,
+            )
+        }
+    )
     return finish(job, prep, out, time.time() - began)
 
 
@@ -310,6 +380,11 @@ def finish(job: JobConfig, prep: Prepared, model_dir: Path, seconds: float) -> d
         modeldir.publish(model_dir, job.model_dir)
         shutil.rmtree(model_dir.parent, ignore_errors=True)
     summary["report_text"] = text
-    log.info("%s: evaluated on %d %s examples; report in %s", job.name, len(examples), split,
-             paths.join(paths.without_credentials(job.model_dir), modeldir.REPORT_FILE))
+    log.info(
+        "%s: evaluated on %d %s examples; report in %s",
+        job.name,
+        len(examples),
+        split,
+        paths.join(paths.without_credentials(job.model_dir), modeldir.REPORT_FILE),
+    )
     return summary

@@ -57,14 +57,15 @@ class WorkerConfig:
     tf_threads: int = 0
     rows: list[dict] | None = None
     local_output: str | None = None
-    progress_bar: bool = False     # the driver writes to a terminal: a step bar on rank 0
+    progress_bar: bool = False  # the driver writes to a terminal: a step bar on rank 0
     tensorboard_dir: str | None = None  # where rank 0 writes TensorBoard scalars
 
     @property
     def policy(self) -> str:
         """The Keras dtype policy of training on this worker's hardware (``auto`` resolved)."""
-        return training_precision(self.job.policy, self.spec.encoder.layout,
-                                  gpu_bf16=self.job.train.use_gpu and gpu_supports_bf16())
+        return training_precision(
+            self.job.policy, self.spec.encoder.layout, gpu_bf16=self.job.train.use_gpu and gpu_supports_bf16()
+        )
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,13 @@ class Schedule:
         steps_rows = shard_rows * (world if t.shard == "ray" else 1)
         steps_per_epoch = math.ceil(steps_rows / (t.batch_size * world * t.grad_accum_steps))
         total = max(1, steps_per_epoch * t.epochs)
-        return cls(steps_per_epoch, total, int(total * t.warmup_ratio), learning_rate(job),
-                   steps_rows if global_rows is None else global_rows)
+        return cls(
+            steps_per_epoch,
+            total,
+            int(total * t.warmup_ratio),
+            learning_rate(job),
+            steps_rows if global_rows is None else global_rows,
+        )
 
 
 def learning_rate(job: JobConfig) -> float:
@@ -116,8 +122,14 @@ class Training:
 
 def worker_context(cfg: WorkerConfig) -> Context:
     """In this process (``cfg.rows``) or Ray Train's worker, its shard's rows as lists."""
-    return loop.worker_context(cfg.rows, cfg.local_output, lambda r: {
-        "token_ids": np.asarray(r["token_ids"]).tolist(), "target": np.asarray(r["target"]).tolist()})
+    return loop.worker_context(
+        cfg.rows,
+        cfg.local_output,
+        lambda r: {
+            "token_ids": np.asarray(r["token_ids"]).tolist(),
+            "target": np.asarray(r["target"]).tolist(),
+        },
+    )
 
 
 def build_training(cfg: WorkerConfig, strategy, schedule: Schedule) -> Training:
@@ -132,12 +144,22 @@ def build_training(cfg: WorkerConfig, strategy, schedule: Schedule) -> Training:
     with strategy.scope():
         with dtype_policy(cfg.policy):
             model = modeldir.new_model(
-                spec, seed=t.seed, checkpoint=cfg.job.model.checkpoint if cfg.job.model.init == "checkpoint" else None
+                spec,
+                seed=t.seed,
+                checkpoint=cfg.job.model.checkpoint if cfg.job.model.init == "checkpoint" else None,
             )
-        optimizer = adamw(model, WarmupLinearDecay(schedule.peak_lr, schedule.warmup, schedule.total_steps),
-                          t.weight_decay, NO_WEIGHT_DECAY, cfg.policy)
-        accumulators = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables] \
-            if t.grad_accum_steps > 1 else []
+        optimizer = adamw(
+            model,
+            WarmupLinearDecay(schedule.peak_lr, schedule.warmup, schedule.total_steps),
+            t.weight_decay,
+            NO_WEIGHT_DECAY,
+            cfg.policy,
+        )
+        accumulators = (
+            [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables]
+            if t.grad_accum_steps > 1
+            else []
+        )
     step = _compile_step(model, optimizer, task_for(spec).loss(model), accumulators, strategy, cfg)
     return Training(model, optimizer, step, cfg.policy == "mixed_float16")
 
@@ -174,8 +196,11 @@ def _compile_step(model, optimizer, loss_fn, accumulators, strategy, cfg: Worker
         tf.cond(apply, apply_and_reset, lambda: tf.constant(0))
         return loss
 
-    sig = [tf.TensorSpec([None, None], tf.int32), task_for(cfg.spec).target_signature(cfg.spec),
-           tf.TensorSpec([], tf.bool)]
+    sig = [
+        tf.TensorSpec([None, None], tf.int32),
+        task_for(cfg.spec).target_signature(cfg.spec),
+        tf.TensorSpec([], tf.bool),
+    ]
 
     @tf.function(input_signature=sig, jit_compile=t.xla or None)
     def step(ids, y, apply):
@@ -185,7 +210,9 @@ def _compile_step(model, optimizer, loss_fn, accumulators, strategy, cfg: Worker
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
-def write_checkpoint(folder: str | Path, tr: Training, cfg: WorkerConfig, spec: ModelSpec, state: TrainState) -> None:
+def write_checkpoint(
+    folder: str | Path, tr: Training, cfg: WorkerConfig, spec: ModelSpec, state: TrainState
+) -> None:
     """A model directory plus the resume state (loop state, optimizer slots)."""
     modeldir.save(folder, tr.model, spec, cfg.vocab, cfg.job.to_dict())
     loop.save_resume_state(folder, state, tr.optimizer)
@@ -200,8 +227,13 @@ def restore(tr: Training, checkpoint) -> tuple[TrainState, list | None]:
         state = loop.restore_resume_state(d, tr.optimizer)
     best = tr.model.get_weights() if state.is_best else None
     state.resumes.append({"epoch": state.epoch, "batch": state.batch, "step": tr.steps_done})
-    log.info("resumed from checkpoint at epoch %d, batch %d (optimizer step %d, best dev %.4f)",
-             state.epoch + 1, state.batch, tr.steps_done, state.best_score)
+    log.info(
+        "resumed from checkpoint at epoch %d, batch %d (optimizer step %d, best dev %.4f)",
+        state.epoch + 1,
+        state.batch,
+        tr.steps_done,
+        state.best_score,
+    )
     return state, best
 
 
@@ -225,11 +257,22 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         schedule = Schedule.of(cfg.job, len(ctx.rows), ctx.world)
     if ctx.rank == 0:
-        log.info("run %s: task=%s, %d training rows, %d workers (%s shards), per-worker batch %d x %d accumulation, "
-                 "global batch %d, %d optimizer steps/epoch, %d epochs, peak lr %.2e, warmup %d steps", cfg.job.name,
-                 spec.task, schedule.global_rows, ctx.world, t.shard, t.batch_size, t.grad_accum_steps,
-                 t.batch_size * ctx.world * t.grad_accum_steps, schedule.steps_per_epoch, t.epochs, schedule.peak_lr,
-                 schedule.warmup)
+        log.info(
+            "run %s: task=%s, %d training rows, %d workers (%s shards), per-worker batch %d x %d accumulation, "
+            "global batch %d, %d optimizer steps/epoch, %d epochs, peak lr %.2e, warmup %d steps",
+            cfg.job.name,
+            spec.task,
+            schedule.global_rows,
+            ctx.world,
+            t.shard,
+            t.batch_size,
+            t.grad_accum_steps,
+            t.batch_size * ctx.world * t.grad_accum_steps,
+            schedule.steps_per_epoch,
+            t.epochs,
+            schedule.peak_lr,
+            schedule.warmup,
+        )
     tr = build_training(cfg, ctx.strategy, schedule)
     state, best = restore(tr, ctx.resume)
     labeler = Labeler(tr.model, spec, cfg.vocab, batch_size=max(32, t.batch_size))
@@ -246,12 +289,26 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.update(dev_score=score, best_dev_score=state.best_score)
         state.history.append(metrics)
         if ctx.rank == 0:
-            log.info("epoch %d/%d: loss %.4f, dev %s %.4f (best %.4f), %.1f ex/s per worker", epoch + 1, t.epochs,
-                     metrics["train_loss"], task.name, score, state.best_score, metrics["examples_per_second"])
-        scalars.write(epoch + 1, {"loss/train": metrics["train_loss"], "dev/score": score,
-                                  "learning_rate": current_learning_rate(tr.optimizer),
-                                  "loss_scale": metrics.get("loss_scale"),
-                                  "examples_per_second": metrics["examples_per_second"]})
+            log.info(
+                "epoch %d/%d: loss %.4f, dev %s %.4f (best %.4f), %.1f ex/s per worker",
+                epoch + 1,
+                t.epochs,
+                metrics["train_loss"],
+                task.name,
+                score,
+                state.best_score,
+                metrics["examples_per_second"],
+            )
+        scalars.write(
+            epoch + 1,
+            {
+                "loss/train": metrics["train_loss"],
+                "dev/score": score,
+                "learning_rate": current_learning_rate(tr.optimizer),
+                "loss_scale": metrics.get("loss_scale"),
+                "examples_per_second": metrics["examples_per_second"],
+            },
+        )
         state.epoch, state.batch, state.is_best = epoch + 1, 0, improved
         ctx.reporter.report(metrics, checkpoint)
         if state.bad_epochs > t.patience:
@@ -263,13 +320,27 @@ def train_loop_per_worker(config: dict) -> None:
         tr.model.set_weights(best)
     spec = tune_on_dev(labeler, task, cfg, ctx)
     state.final, state.is_best, state.steps = True, True, tr.steps_done
-    ctx.reporter.report({"epoch": state.epoch, "dev_score": state.best_score, "best_dev_score": state.best_score,
-                         "final": True, "steps": state.steps},
-                        functools.partial(write_checkpoint, tr=tr, cfg=cfg, spec=spec, state=state))
+    ctx.reporter.report(
+        {
+            "epoch": state.epoch,
+            "dev_score": state.best_score,
+            "best_dev_score": state.best_score,
+            "final": True,
+            "steps": state.steps,
+        },
+        functools.partial(write_checkpoint, tr=tr, cfg=cfg, spec=spec, state=state),
+    )
 
 
-def run_epoch(tr: Training, ctx: Context, cfg: WorkerConfig, task: Task, state: TrainState, epoch: int,
-              checkpoint: Callable[[str], None]) -> dict:
+def run_epoch(
+    tr: Training,
+    ctx: Context,
+    cfg: WorkerConfig,
+    task: Task,
+    state: TrainState,
+    epoch: int,
+    checkpoint: Callable[[str], None],
+) -> dict:
     """Train one epoch (from ``state.batch`` when resuming into it); checkpoint every
     ``train.checkpoint_every_steps`` optimizer steps. Returns the epoch's training metrics."""
     import tensorflow as tf
@@ -289,10 +360,16 @@ def run_epoch(tr: Training, ctx: Context, cfg: WorkerConfig, task: Task, state: 
         pad_to=cfg.spec.max_len,
     )
     # every worker must run the same number of steps (collectives): the smallest shard decides
-    n = loop.min_across_workers(ctx.strategy, len(batches)) if ctx.world > 1 and t.shard == "ray" else len(batches)
+    n = (
+        loop.min_across_workers(ctx.strategy, len(batches))
+        if ctx.world > 1 and t.shard == "ray"
+        else len(batches)
+    )
     n -= n % t.grad_accum_steps if n >= t.grad_accum_steps else 0
     first = state.batch if epoch == state.epoch else 0
-    bar = StepBar(cfg.progress_bar and ctx.rank == 0, n - first, f"epoch {epoch + 1}/{t.epochs}", cfg.rows is None)
+    bar = StepBar(
+        cfg.progress_bar and ctx.rank == 0, n - first, f"epoch {epoch + 1}/{t.epochs}", cfg.rows is None
+    )
     for i in range(first, n):
         ids, y = batches[i]
         apply = (i + 1) % t.grad_accum_steps == 0
@@ -305,17 +382,32 @@ def run_epoch(tr: Training, ctx: Context, cfg: WorkerConfig, task: Task, state: 
             state.skipped_steps += 1
         examples += len(ids)
         if ctx.rank == 0 and t.log_every and (i + 1) % t.log_every == 0 and bar.bar is None:
-            log.info("epoch %d batch %d/%d loss %.4f (%.1f ex/s per worker)", epoch + 1, i + 1, n,
-                     np.mean(losses[-t.log_every:]), examples / (time.time() - began))
-        if t.checkpoint_every_steps and apply and (i + 1) < n and tr.steps_done % t.checkpoint_every_steps == 0:
+            log.info(
+                "epoch %d batch %d/%d loss %.4f (%.1f ex/s per worker)",
+                epoch + 1,
+                i + 1,
+                n,
+                np.mean(losses[-t.log_every :]),
+                examples / (time.time() - began),
+            )
+        if (
+            t.checkpoint_every_steps
+            and apply
+            and (i + 1) < n
+            and tr.steps_done % t.checkpoint_every_steps == 0
+        ):
             state.epoch, state.batch, state.is_best = epoch, i + 1, False
             last = state.history[-1]["dev_score"] if state.history else -1.0
             ctx.reporter.report({"epoch": epoch + 1, "dev_score": last, "steps": tr.steps_done}, checkpoint)
     bar.close()
     seconds = time.time() - began
-    metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "examples_per_second": examples / max(seconds, 1e-9), "steps": tr.steps_done,
-               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    metrics = {
+        "epoch": epoch + 1,
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "examples_per_second": examples / max(seconds, 1e-9),
+        "steps": tr.steps_done,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
     if tr.mixed:
         metrics.update(loss_scale=float(tr.optimizer.loss_scale), skipped_steps=state.skipped_steps)
     return metrics

@@ -16,8 +16,13 @@ from albert_ray.tasks.registry import task_for
 log = logging.getLogger(__name__)
 
 
-def evaluate_examples(model_dir: str | Path, examples: Sequence[Example], labeler: Labeler | None = None,
-                      page: str | Path | None = None, history: Sequence[dict] | None = None) -> tuple[str, dict]:
+def evaluate_examples(
+    model_dir: str | Path,
+    examples: Sequence[Example],
+    labeler: Labeler | None = None,
+    page: str | Path | None = None,
+    history: Sequence[dict] | None = None,
+) -> tuple[str, dict]:
     """Report text and metrics dict of a model on examples; with ``page``, also the plots and
     ``report.html`` in that folder (``history``: the training curves)."""
     labeler = labeler or Labeler.from_dir(model_dir)
@@ -26,13 +31,29 @@ def evaluate_examples(model_dir: str | Path, examples: Sequence[Example], labele
     predictions = labeler.predict([e.text for e in examples], progress="evaluating")
     text, report = task_for(labeler.spec).report(examples, predictions, labeler.spec)
     if page is not None:
-        report_page(page, labeler.spec, examples, predictions, text, report, history,
-                    title=f"{labeler.spec.name}: {labeler.spec.task}")
+        report_page(
+            page,
+            labeler.spec,
+            examples,
+            predictions,
+            text,
+            report,
+            history,
+            title=f"{labeler.spec.name}: {labeler.spec.task}",
+        )
     return text, report
 
 
-def report_page(folder: str | Path, spec, examples: Sequence[Example], predictions: Sequence[dict], text: str,
-                report: dict, history: Sequence[dict] | None = None, title: str = "") -> Path:
+def report_page(
+    folder: str | Path,
+    spec,
+    examples: Sequence[Example],
+    predictions: Sequence[dict],
+    text: str,
+    report: dict,
+    history: Sequence[dict] | None = None,
+    title: str = "",
+) -> Path:
     """``report.html`` in ``folder`` with the task's own plots (the task draws those; the page
     module draws the rest and does not know the tasks)."""
 
@@ -42,13 +63,20 @@ def report_page(folder: str | Path, spec, examples: Sequence[Example], predictio
     return write_report_page(folder, spec.task, len(examples), text, report, plots, history, title)
 
 
-def evaluate_file(model_dir: str | Path, data: str | Path, fmt: str = "auto", on_bad_records: str = "error",
-                  output: str | Path | None = None) -> tuple[str, dict]:
+def evaluate_file(
+    model_dir: str | Path,
+    data: str | Path,
+    fmt: str = "auto",
+    on_bad_records: str = "error",
+    output: str | Path | None = None,
+) -> tuple[str, dict]:
     """Read ``data`` in the model's task format, evaluate, and optionally write ``report.txt``,
     ``metrics.json``, the plots and ``report.html`` into ``output``."""
     labeler = Labeler.from_dir(model_dir)
     spec = labeler.spec
-    res = read_examples(data, fmt=fmt, on_bad_records=on_bad_records, **task_for(spec).read_options(spec.scheme))
+    res = read_examples(
+        data, fmt=fmt, on_bad_records=on_bad_records, **task_for(spec).read_options(spec.scheme)
+    )
     text, report = evaluate_examples(model_dir, res.examples, labeler, page=output)
     report["skipped_records"] = len(res.skipped)
     if output:

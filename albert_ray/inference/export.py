@@ -34,6 +34,7 @@ from albert_ray.tasks.registry import task_for
 
 log = logging.getLogger(__name__)
 
+
 def char_table(vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
     """``(code points, token ids)`` for every code point whose id is not ``[UNK]`` (-1: never a token)."""
     tokenizer = CharTokenizer(vocab)
@@ -57,7 +58,7 @@ class Graph:
         cps = tf.strings.unicode_decode(texts, "UTF-8", errors="replace")
         ids = tf.ragged.map_flat_values(module.table.lookup, cps)
         keep = ids >= 0
-        self.token_ids = tf.ragged.boolean_mask(ids, keep)                           # (B, n) ragged
+        self.token_ids = tf.ragged.boolean_mask(ids, keep)  # (B, n) ragged
         self.token_chars = tf.ragged.boolean_mask(tf.ragged.range(cps.row_lengths()), keep)
 
     def windows(self, stride: int, head_only: bool):
@@ -72,7 +73,7 @@ class Graph:
         first = tf.ragged.range(k).flat_values * stride
         size = tf.minimum(body, tf.gather(n, text) - first)
         width = tf.reduce_max(size) + 2
-        pos = tf.range(width)[None, :] - 1                                             # token slot of each column
+        pos = tf.range(width)[None, :] - 1  # token slot of each column
         inside = (pos >= 0) & (pos < size[:, None])
         flat = tf.cast(tf.gather(self.token_ids.row_starts(), text), tf.int32)[:, None] + first[:, None] + pos
         flat = tf.where(inside, flat, 0)
@@ -98,11 +99,12 @@ class Exported(tf.Module):
     def __init__(self, model, spec: ModelSpec, vocab: Vocab):
         super().__init__()
         self.spec, self.task = spec, task_for(spec)
-        self.weights = list(model.variables)       # tracked: the functions below capture them
+        self.weights = list(model.variables)  # tracked: the functions below capture them
         self._model = model
         keys, values = char_table(vocab)
-        self.table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values),
-                                               default_value=vocab.unk_id)
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, values), default_value=vocab.unk_id
+        )
         self.vocab_ids = {"cls": vocab.cls_id, "sep": vocab.sep_id}
         self.label_names = tf.Variable(list(spec.labels), trainable=False, name="label_names")
         self.extra = self.task.serving_state(model, spec)  # e.g. the CRF's transitions, tracked

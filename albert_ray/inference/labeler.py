@@ -63,7 +63,7 @@ class Labeler:
         self.tokenizer = CharTokenizer(vocab)
         self.batch_size = batch_size
         self.precision = "float32"
-        self.forward_passes = 0   # model calls so far (a server counts how well it batches)
+        self.forward_passes = 0  # model calls so far (a server counts how well it batches)
         self.windows_run = 0
         sig = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)]
         self._forward = tf.function(lambda ids, seg: model([ids, seg], training=False), input_signature=sig)
@@ -91,8 +91,13 @@ class Labeler:
 
         order = sorted(range(len(token_rows)), key=lambda i: len(token_rows[i]))
         out: list[np.ndarray | None] = [None] * len(token_rows)
-        bar = tqdm(total=len(order), desc=progress, unit=" windows", leave=False,
-                   disable=progress is None or not bars_wanted())
+        bar = tqdm(
+            total=len(order),
+            desc=progress,
+            unit=" windows",
+            leave=False,
+            disable=progress is None or not bars_wanted(),
+        )
         for b in range(0, len(order), self.batch_size):
             bar.update(min(self.batch_size, len(order) - b))
             idx = order[b : b + self.batch_size]

@@ -49,11 +49,11 @@ MODEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 class Limits:
     """What one request may hold, and how long it may take."""
 
-    max_body_bytes: int = 1 << 20      # a larger body: 413
-    max_texts: int = 256               # more texts in one request: 413
-    max_chars: int = 10_000            # a longer text: an error in its place in the results
-    request_timeout_s: float = 30.0    # no answer by then: 504
-    retry_after_s: int = 1             # the Retry-After of a 503 when a model's queue is full
+    max_body_bytes: int = 1 << 20  # a larger body: 413
+    max_texts: int = 256  # more texts in one request: 413
+    max_chars: int = 10_000  # a longer text: an error in its place in the results
+    request_timeout_s: float = 30.0  # no answer by then: 504
+    retry_after_s: int = 1  # the Retry-After of a 503 when a model's queue is full
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,9 @@ class ServeConfig:
     replicas: int = 1
     cpus_per_replica: float = 1.0
     precision: str = "auto"
-    max_batch_size: int = 32           # texts per batch a replica collects across requests
-    batch_wait_ms: float = 2.0         # how long a replica waits to fill a batch (adds to a lone request)
-    max_queued_requests: int = 256     # per model: beyond it, 503 with Retry-After
+    max_batch_size: int = 32  # texts per batch a replica collects across requests
+    batch_wait_ms: float = 2.0  # how long a replica waits to fill a batch (adds to a lone request)
+    max_queued_requests: int = 256  # per model: beyond it, 503 with Retry-After
     token_file: str | None = None
     limits: Limits = field(default_factory=Limits)
 
@@ -77,7 +77,9 @@ class ServeConfig:
             raise ValueError("serve: give at least one --model DIR or --model NAME=DIR")
         for name in self.models:
             if not name or not set(name) <= MODEL_NAME_CHARS:
-                raise ValueError(f"--model {name}=...: a model name may hold letters, digits, '_', '.' and '-'")
+                raise ValueError(
+                    f"--model {name}=...: a model name may hold letters, digits, '_', '.' and '-'"
+                )
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision}: must be one of {', '.join(PRECISIONS)}")
         for key in ("replicas", "max_batch_size", "max_queued_requests"):
@@ -115,8 +117,9 @@ def read_token(path: str) -> str:
     except OSError as exc:
         raise ValueError(f"--token-file {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"--token-file {path}: mode {stat.S_IMODE(mode):04o} lets others read it; "
-                         f"run chmod 600 {path}")
+        raise ValueError(
+            f"--token-file {path}: mode {stat.S_IMODE(mode):04o} lets others read it; run chmod 600 {path}"
+        )
     if not token:
         raise ValueError(f"--token-file {path}: the file is empty; put the token in it")
     return token
@@ -146,17 +149,18 @@ def parse_texts(body: bytes, limits: Limits) -> list[str]:
     try:
         payload = json.loads(body.decode("utf-8"))  # JSON over HTTP is UTF-8 (RFC 8259), no BOM guessing
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, f"the body is not JSON ({exc}); send {{\"texts\": [\"...\"]}}") from None
+        raise RequestError(400, f'the body is not JSON ({exc}); send {{"texts": ["..."]}}') from None
     if not isinstance(payload, dict) or "texts" not in payload:
-        raise RequestError(400, "the body has no 'texts'; send {\"texts\": [\"...\"]}")
+        raise RequestError(400, 'the body has no \'texts\'; send {"texts": ["..."]}')
     texts = payload["texts"]
     if not isinstance(texts, list):
-        raise RequestError(400, f"'texts' is a {_json_type(texts)}, not a list; send {{\"texts\": [\"...\"]}}")
+        raise RequestError(400, f'\'texts\' is a {_json_type(texts)}, not a list; send {{"texts": ["..."]}}')
     if not texts:
         raise RequestError(400, "'texts' is empty; send at least one text")
     if len(texts) > limits.max_texts:
-        raise RequestError(413, f"{len(texts)} texts in one request, over the limit of {limits.max_texts}; "
-                                "split the request")
+        raise RequestError(
+            413, f"{len(texts)} texts in one request, over the limit of {limits.max_texts}; split the request"
+        )
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise RequestError(400, f"texts[{i}] is a {_json_type(text)}, not a string")
@@ -219,8 +223,15 @@ def bind_replica_grpc_to_node_address() -> None:
 class ModelServer:
     """One model's replica: loaded and warmed once; :meth:`predict` is batched across requests."""
 
-    def __init__(self, name: str, location: str, precision: str, max_batch_size: int, batch_wait_ms: float,
-                 threads: int):
+    def __init__(
+        self,
+        name: str,
+        location: str,
+        precision: str,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        threads: int,
+    ):
         from albert_ray.inference.labeler import Labeler
         from albert_ray.runtime.attach import configure_tf
 
@@ -241,10 +252,14 @@ class ModelServer:
         """Results for one request's texts (batched with other requests' texts)."""
         self.served["requests"] += 1
         size = self.max_batch_size  # a request longer than a batch goes in several
-        parts = await asyncio.gather(*(self._batched(texts[i : i + size]) for i in range(0, len(texts), size)))
+        parts = await asyncio.gather(
+            *(self._batched(texts[i : i + size]) for i in range(0, len(texts), size))
+        )
         return [result for part in parts for result in part]
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda items: sum(map(len, items)))
+    @serve.batch(
+        max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda items: sum(map(len, items))
+    )
     async def _batched(self, requests: list[list[str]]) -> list[list[dict]]:
         texts = [text for request in requests for text in request]
         windows, passes = self.labeler.windows_run, self.labeler.forward_passes
@@ -268,11 +283,21 @@ class ModelServer:
         """What ``GET /v1/models`` shows of this model, and what this replica has served."""
         spec = self.labeler.spec
         encoder = spec.encoder
-        return {"name": self.name, "task": spec.task, "labels": list(spec.labels), "precision": self.labeler.precision,
-                "checksum": self.checksum, "max_len": spec.max_len,
-                "encoder": {"layout": encoder.layout, "hidden_size": encoder.hidden_size,
-                            "num_hidden_layers": encoder.num_hidden_layers, "vocab_size": encoder.vocab_size},
-                "served_by_this_replica": dict(self.served)}
+        return {
+            "name": self.name,
+            "task": spec.task,
+            "labels": list(spec.labels),
+            "precision": self.labeler.precision,
+            "checksum": self.checksum,
+            "max_len": spec.max_len,
+            "encoder": {
+                "layout": encoder.layout,
+                "hidden_size": encoder.hidden_size,
+                "num_hidden_layers": encoder.num_hidden_layers,
+                "vocab_size": encoder.vocab_size,
+            },
+            "served_by_this_replica": dict(self.served),
+        }
 
 
 def _replica_metrics(name: str) -> tuple:
@@ -280,9 +305,11 @@ def _replica_metrics(name: str) -> tuple:
     from ray.serve import metrics
 
     made = []
-    for metric, description in (("albert_ray_texts_served", "texts labeled"),
-                                ("albert_ray_windows_served", "windows run through the model"),
-                                ("albert_ray_forward_passes", "batched forward passes")):
+    for metric, description in (
+        ("albert_ray_texts_served", "texts labeled"),
+        ("albert_ray_windows_served", "windows run through the model"),
+        ("albert_ray_forward_passes", "batched forward passes"),
+    ):
         counter = metrics.Counter(metric, description=description, tag_keys=("model",))
         counter.set_default_tags({"model": name})
         made.append(counter)
@@ -299,6 +326,7 @@ def authorized(header: str, token_sha256: str | None) -> bool:
 
 async def not_ready(models: dict, timeout_s: float = 2.0) -> list[str]:
     """The models whose replicas do not answer within ``timeout_s`` (loading, restarting, failed)."""
+
     async def ready(handle) -> bool:
         try:
             await asyncio.wait_for(handle.describe.remote(), timeout=timeout_s)
@@ -327,8 +355,11 @@ class Gateway:
     def _refused(self, request: Request) -> Response | None:
         if authorized(request.headers.get("authorization", ""), self.token_sha256):
             return None
-        return json_response({"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"}, 401,
-                             {"WWW-Authenticate": "Bearer"})
+        return json_response(
+            {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"},
+            401,
+            {"WWW-Authenticate": "Bearer"},
+        )
 
     def _model(self, name: str):
         if name not in self.models:
@@ -369,11 +400,19 @@ class Gateway:
         except RequestError as exc:
             return json_response({"error": str(exc)}, exc.status)
         except BackPressureError:
-            return json_response({"error": f"model {name!r} has too many requests queued; retry shortly"}, 503,
-                                 {"Retry-After": str(self.limits.retry_after_s)})
+            return json_response(
+                {"error": f"model {name!r} has too many requests queued; retry shortly"},
+                503,
+                {"Retry-After": str(self.limits.retry_after_s)},
+            )
         except TimeoutError:
-            return json_response({"error": f"no answer within {self.limits.request_timeout_s:g} s; "
-                                           "send fewer or shorter texts, or retry"}, 504)
+            return json_response(
+                {
+                    "error": f"no answer within {self.limits.request_timeout_s:g} s; "
+                    "send fewer or shorter texts, or retry"
+                },
+                504,
+            )
         return json_response({"results": results})
 
     async def _predict(self, handle, texts: list[str]) -> list[dict]:
@@ -381,8 +420,10 @@ class Gateway:
         limit = self.limits.max_chars
         wanted = [i for i, text in enumerate(texts) if len(text) <= limit]
         labeled = await handle.predict.remote([texts[i] for i in wanted]) if wanted else []
-        results: list[dict] = [{"text": text, "error": f"the text has {len(text)} characters, over max_chars "
-                                                       f"{limit}; split it"} for text in texts]
+        results: list[dict] = [
+            {"text": text, "error": f"the text has {len(text)} characters, over max_chars {limit}; split it"}
+            for text in texts
+        ]
         for i, result in zip(wanted, labeled):
             results[i] = {"text": texts[i], **result}
         return results
@@ -392,12 +433,16 @@ class Gateway:
 def build_app(cfg: ServeConfig, token_sha256: str | None = None):
     """The Ray Serve application: the gateway and one deployment per model."""
     threads = max(1, int(cfg.cpus_per_replica))
-    bound = [ModelServer.options(name=f"model-{name}", num_replicas=cfg.replicas,
-                                 max_ongoing_requests=2 * cfg.max_batch_size,
-                                 max_queued_requests=cfg.max_queued_requests,
-                                 ray_actor_options={"num_cpus": cfg.cpus_per_replica})
-             .bind(name, _located(location), cfg.precision, cfg.max_batch_size, cfg.batch_wait_ms, threads)
-             for name, location in cfg.models.items()]
+    bound = [
+        ModelServer.options(
+            name=f"model-{name}",
+            num_replicas=cfg.replicas,
+            max_ongoing_requests=2 * cfg.max_batch_size,
+            max_queued_requests=cfg.max_queued_requests,
+            ray_actor_options={"num_cpus": cfg.cpus_per_replica},
+        ).bind(name, _located(location), cfg.precision, cfg.max_batch_size, cfg.batch_wait_ms, threads)
+        for name, location in cfg.models.items()
+    ]
     return Gateway.options(name="gateway").bind(list(cfg.models), cfg.limits, token_sha256, *bound)
 
 
@@ -438,17 +483,28 @@ def serve_models(cfg: ServeConfig, address: str | None = None, block: bool = Tru
     if not address and not os.environ.get("RAY_ADDRESS"):
         require_free_port(cfg.host, cfg.port)
     init_ray(address)
-    require_visible("--model", "serving replicas load it", [
-        (str(Path(location, name)), Path(location, name).stat().st_size)
-        for location in cfg.models.values() if not paths.is_uri(location) for name in modeldir.REQUIRED])
+    require_visible(
+        "--model",
+        "serving replicas load it",
+        [
+            (str(Path(location, name)), Path(location, name).stat().st_size)
+            for location in cfg.models.values()
+            if not paths.is_uri(location)
+            for name in modeldir.REQUIRED
+        ],
+    )
     quiet = {"log_level": "DEBUG" if verbose() else "WARNING"}  # Serve's access log only with -v
-    serve.start(proxy_location="HeadOnly", http_options={"host": cfg.host, "port": cfg.port}, logging_config=quiet)
+    serve.start(
+        proxy_location="HeadOnly", http_options={"host": cfg.host, "port": cfg.port}, logging_config=quiet
+    )
     try:
         serve.run(build_app(cfg, digest), name=APP_NAME, route_prefix="/", logging_config=quiet)
     except RuntimeError as exc:  # a replica's constructor failed: Serve's text holds the traceback
         raise RuntimeError(f"serve: the application did not start: {_last_error_line(exc)}") from None
-    described = [serve.get_deployment_handle(f"model-{name}", APP_NAME).describe.remote().result(timeout_s=60)
-                 for name in cfg.models]
+    described = [
+        serve.get_deployment_handle(f"model-{name}", APP_NAME).describe.remote().result(timeout_s=60)
+        for name in cfg.models
+    ]
     print(usage(cfg, described))
     if block:
         _wait_for_ctrl_c()
@@ -468,8 +524,9 @@ def require_free_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ValueError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); "
-                             "pick another --port") from None
+            raise ValueError(
+                f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pick another --port"
+            ) from None
 
 
 def _last_error_line(exc: BaseException) -> str:
@@ -482,18 +539,24 @@ def _last_error_line(exc: BaseException) -> str:
 def usage(cfg: ServeConfig, described: list[dict]) -> str:
     """What ``albert-ray serve`` prints: the URL, each model, and how to call it with curl."""
     url = f"http://{cfg.host}:{cfg.port}"
-    lines = [f"serving {len(described)} model(s) at {url} with Ray Serve "
-             f"({cfg.replicas} replica(s) each; Ctrl-C stops)"]
+    lines = [
+        f"serving {len(described)} model(s) at {url} with Ray Serve "
+        f"({cfg.replicas} replica(s) each; Ctrl-C stops)"
+    ]
     for d in described:
-        lines.append(f"  {d['name']}: {d['task']}, {len(d['labels'])} labels, {d['precision']}, model {d['checksum']} "
-                     f"({paths.without_credentials(cfg.models[d['name']])})")
-    auth = f" -H \"Authorization: Bearer $(cat {cfg.token_file})\"" if cfg.token_file else ""
+        lines.append(
+            f"  {d['name']}: {d['task']}, {len(d['labels'])} labels, {d['precision']}, model {d['checksum']} "
+            f"({paths.without_credentials(cfg.models[d['name']])})"
+        )
+    auth = f' -H "Authorization: Bearer $(cat {cfg.token_file})"' if cfg.token_file else ""
     name = described[0]["name"]
-    lines += ["call it:",
-              f"  curl -s {url}/v1/models/{name}:predict{auth} -H 'Content-Type: application/json' "
-              "-d '{\"texts\": [\"新华社北京电，李明在清华大学发表演讲。\"]}'",
-              f"  curl -s {url}/v1/models{auth}        (models, labels, what each replica served)",
-              f"  curl -s {url}/healthz           (200 once every model is loaded)"]
+    lines += [
+        "call it:",
+        f"  curl -s {url}/v1/models/{name}:predict{auth} -H 'Content-Type: application/json' "
+        '-d \'{"texts": ["新华社北京电，李明在清华大学发表演讲。"]}\'',
+        f"  curl -s {url}/v1/models{auth}        (models, labels, what each replica served)",
+        f"  curl -s {url}/healthz           (200 once every model is loaded)",
+    ]
     return "\n".join(lines)
 
 

@@ -23,8 +23,16 @@ def pad_batch(rows: Sequence[Sequence[int]], value: int = 0, multiple: int = 1) 
     return out
 
 
-def make_batches(rows: Sequence[dict], batch_size: int, seed: int, epoch: int, pad_targets: Callable,
-                 bucket: int = 50, unpadded: bool = False, pad_to: int | None = None) -> list[tuple]:
+def make_batches(
+    rows: Sequence[dict],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    pad_targets: Callable,
+    bucket: int = 50,
+    unpadded: bool = False,
+    pad_to: int | None = None,
+) -> list[tuple]:
     """Shuffled, length-bucketed, per-batch padded batches of ``{"token_ids", "target"}`` rows.
 
     Rows are shuffled, cut into pools of ``bucket`` batches, sorted by length inside each pool
@@ -38,23 +46,38 @@ def make_batches(rows: Sequence[dict], batch_size: int, seed: int, epoch: int, p
     pool = batch_size * max(bucket, 1)
     batches: list[tuple] = []
     for p in range(0, len(order), pool):
-        chunk = sorted(order[p : p + pool], key=lambda i: len(rows[i]["token_ids"])) if bucket else order[p : p + pool]
+        chunk = (
+            sorted(order[p : p + pool], key=lambda i: len(rows[i]["token_ids"]))
+            if bucket
+            else order[p : p + pool]
+        )
         for b in range(0, len(chunk), batch_size):
             idx = chunk[b : b + batch_size]
             ids = [rows[i]["token_ids"] for i in idx]
             targets = [rows[i]["target"] for i in idx]
             if pad_to and not unpadded:  # fixed padding: ids to pad_to, sequence targets too
-                targets = [list(y) + [-1] * (pad_to - len(y)) if isinstance(y, list) and len(y) == len(x) else y
-                           for y, x in zip(targets, ids)]
+                targets = [
+                    list(y) + [-1] * (pad_to - len(y)) if isinstance(y, list) and len(y) == len(x) else y
+                    for y, x in zip(targets, ids)
+                ]
                 ids = [list(x) + [0] * (pad_to - len(x)) for x in ids]
             batches.append((ids if unpadded else pad_batch(ids), pad_targets(targets)))
     shuffled = rng.permutation(len(batches))
     return [batches[i] for i in shuffled]
 
 
-def worker_batches(rows: Sequence[dict], batch_size: int, seed: int, epoch: int, pad_targets: Callable,
-                   rank: int = 0, world: int = 1, split_global: bool = False, bucket_by_length: bool = True,
-                   pad_to: int | None = None) -> list[Batch]:
+def worker_batches(
+    rows: Sequence[dict],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    pad_targets: Callable,
+    rank: int = 0,
+    world: int = 1,
+    split_global: bool = False,
+    bucket_by_length: bool = True,
+    pad_to: int | None = None,
+) -> list[Batch]:
     """One worker's batches for an epoch.
 
     ``split_global=False``: the rows are this worker's own shard, batched as they are.

@@ -47,24 +47,34 @@ from albert_ray.errors import USER_ERRORS, InputUnreadable, first_line, one_line
 from albert_ray.paths import fs_and_path, where, without_credentials
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet")
-RAW_LIMIT = 1000          # characters of an offending line kept in the quarantine
+RAW_LIMIT = 1000  # characters of an offending line kept in the quarantine
 BOM = b"\xef\xbb\xbf"
-CHUNK = 1 << 22           # bytes per read
+CHUNK = 1 << 22  # bytes per read
 
 # what a read task hands on: one row per input row, then one end row per unit (``meta`` set)
-ROW_SCHEMA = pa.schema([("unit", pa.string()), ("row", pa.int64()), ("source", pa.string()),
-                        ("line", pa.int64()), ("id", pa.string()), ("text", pa.string()),
-                        ("reason", pa.string()), ("raw", pa.string()), ("meta", pa.string())])
+ROW_SCHEMA = pa.schema(
+    [
+        ("unit", pa.string()),
+        ("row", pa.int64()),
+        ("source", pa.string()),
+        ("line", pa.int64()),
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
 class ReadOptions:
     """How rows are found in the inputs and which are refused."""
 
-    format: str = "auto"          # text | jsonl | csv | parquet | auto (by extension)
-    text_field: str = "text"      # JSONL / CSV / Parquet column holding the text
-    id_field: str | None = None   # column copied to ``id``
-    max_chars: int = 100_000      # longer texts are quarantined
+    format: str = "auto"  # text | jsonl | csv | parquet | auto (by extension)
+    text_field: str = "text"  # JSONL / CSV / Parquet column holding the text
+    id_field: str | None = None  # column copied to ``id``
+    max_chars: int = 100_000  # longer texts are quarantined
 
     def __post_init__(self):
         if self.format not in INPUT_FORMATS + ("auto",):
@@ -75,11 +85,11 @@ class ReadOptions:
 
 @dataclass(frozen=True)
 class InputFile:
-    path: str          # local absolute path or URI (without the input's credentials and options)
+    path: str  # local absolute path or URI (without the input's credentials and options)
     fmt: str
     size: int
     mtime_ns: int
-    opener: str = ""   # a URI input's file with the input's credentials and options, as opened
+    opener: str = ""  # a URI input's file with the input's credentials and options, as opened
 
     @property
     def location(self) -> str:
@@ -138,15 +148,23 @@ def expand_inputs(inputs, fmt: str = "auto") -> list[InputFile]:
             fs, path = fs_and_path(item)
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.Directory:
-                infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                         if i.type == pafs.FileType.File and _visible(Path(i.path).name)]
+                infos = [
+                    i
+                    for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                    if i.type == pafs.FileType.File and _visible(Path(i.path).name)
+                ]
             else:
                 infos = [info] if info.type == pafs.FileType.File else []
             found = [(*file_uris(item, path, i.path), i) for i in sorted(infos, key=lambda i: i.path)]
         else:
             if os.path.isdir(item):
-                paths = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and _visible(p.name)
-                               and all(_visible(part) for part in p.relative_to(item).parts))
+                paths = sorted(
+                    str(p)
+                    for p in Path(item).rglob("*")
+                    if p.is_file()
+                    and _visible(p.name)
+                    and all(_visible(part) for part in p.relative_to(item).parts)
+                )
             elif any(c in item for c in "*?["):
                 paths = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             else:
@@ -156,8 +174,15 @@ def expand_inputs(inputs, fmt: str = "auto") -> list[InputFile]:
         if not found:
             raise FileNotFoundError(f"input {without_credentials(item)!r} matches no file{where(item)}")
         for path, opener, info in found:
-            files.append(InputFile(path, detect_input_format(path, fmt), int(info.size or 0), int(info.mtime_ns or 0),
-                                   opener if opener != path else ""))
+            files.append(
+                InputFile(
+                    path,
+                    detect_input_format(path, fmt),
+                    int(info.size or 0),
+                    int(info.mtime_ns or 0),
+                    opener if opener != path else "",
+                )
+            )
     seen: set[str] = set()
     return [f for f in files if not (f.path in seen or seen.add(f.path))]
 
@@ -169,7 +194,7 @@ def file_uris(item: str, root: str, file: str) -> tuple[str, str]:
     endpoint_override=host:port``: a file opened as ``s3://bucket/dir/f`` would be looked for
     on AWS) and its host (``hdfs://namenode:8020/...``)."""
     parts = urlsplit(item)
-    suffix = file[len(root.rstrip("/")):] if file.startswith(root.rstrip("/")) else "/" + file
+    suffix = file[len(root.rstrip("/")) :] if file.startswith(root.rstrip("/")) else "/" + file
     path = parts.path.rstrip("/") + suffix if parts.path else suffix
     shown = without_credentials(urlunsplit((parts.scheme, parts.netloc, path, "", "")))
     return shown, urlunsplit(parts._replace(path=path))
@@ -354,7 +379,7 @@ def _csv_rows(lines: Iterator[tuple[int, bytes, int]], opts: ReadOptions):
     """CSV records with exact line numbers.  A record whose field count differs from the
     header's and that ran over several lines (an unterminated quote swallowing the rows after
     it) is quarantined by its first line and the lines it swallowed are read again."""
-    pending: deque = deque()      # (line_no, str, decode problem) pushed back to read again
+    pending: deque = deque()  # (line_no, str, decode problem) pushed back to read again
     consumed: list = []
 
     def feed():
@@ -394,7 +419,13 @@ def _csv_rows(lines: Iterator[tuple[int, bytes, int]], opts: ReadOptions):
         elif problem:
             yield line_no, None, None, problem, raw
         elif text_col is None:
-            yield line_no, None, None, f"missing field {opts.text_field!r} (the header has {', '.join(header)})", raw
+            yield (
+                line_no,
+                None,
+                None,
+                f"missing field {opts.text_field!r} (the header has {', '.join(header)})",
+                raw,
+            )
         else:
             text, rid = rec[text_col], rec[id_col] if id_col is not None else None
             yield line_no, rid, text, text_problem(text, opts.text_field, opts.max_chars), raw
@@ -403,11 +434,15 @@ def _csv_rows(lines: Iterator[tuple[int, bytes, int]], opts: ReadOptions):
 def _csv_error_reason(exc: csv.Error, consumed: list) -> str:
     """Why the CSV reader failed on the lines it ``consumed`` (``(line_no, text, decode problem)``)."""
     if "unexpected end of data" in str(exc):
-        return (f"unterminated quote (from line {consumed[0][0]} to the end of the file; "
-                "the following lines are read again)")
+        return (
+            f"unterminated quote (from line {consumed[0][0]} to the end of the file; "
+            "the following lines are read again)"
+        )
     if len(consumed) > 1:
-        return (f"unterminated quote (the record ran over lines {consumed[0][0]}-{consumed[-1][0]}, then: {exc}; "
-                f"the following lines are read again)")
+        return (
+            f"unterminated quote (the record ran over lines {consumed[0][0]}-{consumed[-1][0]}, then: {exc}; "
+            f"the following lines are read again)"
+        )
     return f"malformed CSV ({one_line(exc)})"
 
 
@@ -420,8 +455,10 @@ def _csv_record_problem(rec: list[str], consumed: list, header: list[str]) -> tu
     if not rec:
         return "empty line", False
     if len(rec) != len(header) and len(consumed) > 1:
-        return (f"unterminated quote (the record ran over lines {consumed[0][0]}-{consumed[-1][0]} with {len(rec)} "
-                f"fields, the header has {len(header)}; the following lines are read again)"), True
+        return (
+            f"unterminated quote (the record ran over lines {consumed[0][0]}-{consumed[-1][0]} with {len(rec)} "
+            f"fields, the header has {len(header)}; the following lines are read again)"
+        ), True
     if len(rec) != len(header):
         return f"wrong number of fields ({len(rec)}, the header has {len(header)})", False
     return None, False
@@ -483,15 +520,31 @@ def _parquet_rows(path: str, group: int, opts: ReadOptions):
                 raise source.failed from None
             yield first + 1, None, None, f"unreadable Parquet ({one_line(exc)})", ""
             return
-    ids = table.column(opts.id_field).to_pylist() if opts.id_field in table.column_names else [None] * table.num_rows
+    ids = (
+        table.column(opts.id_field).to_pylist()
+        if opts.id_field in table.column_names
+        else [None] * table.num_rows
+    )
     if opts.text_field not in table.column_names:
         for i in range(table.num_rows):
-            yield first + i + 1, ids[i], None, f"missing field {opts.text_field!r} (columns: {', '.join(names)})", ""
+            yield (
+                first + i + 1,
+                ids[i],
+                None,
+                f"missing field {opts.text_field!r} (columns: {', '.join(names)})",
+                "",
+            )
         return
     column = table.column(opts.text_field)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         for i, value in enumerate(column.to_pylist()):
-            yield first + i + 1, ids[i], None, f"field {opts.text_field!r} is not a string ({column.type})", str(value)
+            yield (
+                first + i + 1,
+                ids[i],
+                None,
+                f"field {opts.text_field!r} is not a string ({column.type})",
+                str(value),
+            )
         return
     for i, text in enumerate(column.to_pylist()):
         rid = None if ids[i] is None else str(ids[i])
@@ -499,7 +552,7 @@ def _parquet_rows(path: str, group: int, opts: ReadOptions):
 
 
 # ---- read tasks -----------------------------------------------------------------------------
-BLOCK_BYTES = 128 << 10   # about this many bytes of text per table handed on
+BLOCK_BYTES = 128 << 10  # about this many bytes of text per table handed on
 
 
 class _Blocks:
@@ -528,7 +581,11 @@ class _Blocks:
         self.cols["meta"][-1] = json.dumps(meta)
 
     def ready(self, final: bool = False) -> Iterator[pa.Table]:
-        if len(self.cols["unit"]) >= self.block_rows or self.bytes >= BLOCK_BYTES or (final and self.cols["unit"]):
+        if (
+            len(self.cols["unit"]) >= self.block_rows
+            or self.bytes >= BLOCK_BYTES
+            or (final and self.cols["unit"])
+        ):
             yield pa.Table.from_pydict(self.cols, schema=ROW_SCHEMA)
             self.cols = {name: [] for name in ROW_SCHEMA.names}
             self.bytes = 0
@@ -539,13 +596,29 @@ def read_task(file: InputFile, units: list[Unit], done: dict[str, dict] | None =
     (uid -> its commit record) are skipped, their records saying where the next unit starts."""
     done = done or {}
     opened = {"open": file.opener} if file.opener else {}
-    return {"path": file.path, "fmt": file.fmt, **opened, "units": [
-        {"uid": u.uid, "start": u.start, "stop": u.stop, "todo": u.uid not in done,
-         "resume": _resume_point(done.get(u.uid))} for u in units]}
+    return {
+        "path": file.path,
+        "fmt": file.fmt,
+        **opened,
+        "units": [
+            {
+                "uid": u.uid,
+                "start": u.start,
+                "stop": u.stop,
+                "todo": u.uid not in done,
+                "resume": _resume_point(done.get(u.uid)),
+            }
+            for u in units
+        ],
+    }
 
 
 def _resume_point(record: dict | None) -> dict | None:
-    return None if record is None else {"next_offset": record.get("next_offset"), "next_line": record.get("next_line")}
+    return (
+        None
+        if record is None
+        else {"next_offset": record.get("next_offset"), "next_line": record.get("next_line")}
+    )
 
 
 def read_file(task: dict, opts: ReadOptions, block_rows: int = 1024) -> Iterator[pa.Table]:
@@ -560,8 +633,9 @@ def read_file(task: dict, opts: ReadOptions, block_rows: int = 1024) -> Iterator
         yield from _read_file(task, opts, block_rows)
     except OSError as exc:  # one line naming the file; a missing or forbidden file stays the user's error
         user = isinstance(exc, USER_ERRORS) and type(exc).__module__ == "builtins"
-        raise (type(exc) if user else InputUnreadable)(f"input {task['path']} cannot be read: {first_line(exc)}") \
-            from None
+        raise (type(exc) if user else InputUnreadable)(
+            f"input {task['path']} cannot be read: {first_line(exc)}"
+        ) from None
 
 
 def _opened(task: dict) -> str:
@@ -590,8 +664,16 @@ def _read_ranges(task: dict, run: list[dict], at: dict, opts: ReadOptions, out: 
     first_line = line_no
 
     def finish(next_offset):
-        out.end(run[k]["uid"], {"rows": rows, "first_line": first_line, "lines": line_no - first_line,
-                                "next_offset": next_offset, "next_line": line_no})
+        out.end(
+            run[k]["uid"],
+            {
+                "rows": rows,
+                "first_line": first_line,
+                "lines": line_no - first_line,
+                "next_offset": next_offset,
+                "next_line": line_no,
+            },
+        )
 
     for offset, raw, line_end in physical_lines(_opened(task), end):
         end = line_end  # where the file's last line read ends
@@ -625,8 +707,14 @@ def _read_whole(task: dict, unit: dict, opts: ReadOptions, out: _Blocks):
             yield from out.ready()
     except Damaged as exc:
         tail = getattr(exc, "tail", b"")
-        out.add(uid, rows, last + 1, None, None,
-                f"truncated or corrupt compressed file ({exc}; {exc.offset} bytes decompressed, the rest is lost)",
-                tail.decode("utf-8", "replace"))
+        out.add(
+            uid,
+            rows,
+            last + 1,
+            None,
+            None,
+            f"truncated or corrupt compressed file ({exc}; {exc.offset} bytes decompressed, the rest is lost)",
+            tail.decode("utf-8", "replace"),
+        )
         rows += 1
     out.end(uid, {"rows": rows})

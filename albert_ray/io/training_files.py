@@ -70,8 +70,14 @@ def detect_format(path: str | Path) -> str:
     return "bio"
 
 
-def read_examples(path: str | Path, fmt: str = "auto", multilabel: bool = False, scheme: str = "BIO",
-                  on_bad_records: str = "error", label_sep: str = "|") -> ReadResult:
+def read_examples(
+    path: str | Path,
+    fmt: str = "auto",
+    multilabel: bool = False,
+    scheme: str = "BIO",
+    on_bad_records: str = "error",
+    label_sep: str = "|",
+) -> ReadResult:
     """Read a data file.
 
     Args:
@@ -104,7 +110,9 @@ def read_examples(path: str | Path, fmt: str = "auto", multilabel: bool = False,
             raise DataError(f"{where}: {reason} (set on_bad_records: skip to skip and count such records)")
         result.skipped.append(item)
     if result.skipped:
-        log.warning("%s: skipped %d bad records, first: %s: %s", path, len(result.skipped), *result.skipped[0])
+        log.warning(
+            "%s: skipped %d bad records, first: %s: %s", path, len(result.skipped), *result.skipped[0]
+        )
     log.info("%s (%s): %s", path, fmt, result.summary())
     return result
 
@@ -173,7 +181,9 @@ def _bio_sentence(path, start_line, chars, tags, scheme, bad):
     reason = tag_error(tags, scheme)
     if reason:
         return f"{path}:{start_line}", f"sentence starting here: {reason}"
-    return Example(text="".join(chars), source=f"{path}:{start_line}", spans=tuple(tags_to_spans(tags, scheme)))
+    return Example(
+        text="".join(chars), source=f"{path}:{start_line}", spans=tuple(tags_to_spans(tags, scheme))
+    )
 
 
 def _json_lines(path: Path):
@@ -250,7 +260,11 @@ def _read_jsonl(path: Path, **_):
                 yield where, "each entity needs integer 'start', 'end' (exclusive) and a 'label'"
                 continue
             for x in record["entities"]:
-                if "text" in x and 0 <= x["start"] < x["end"] <= len(text) and text[x["start"]:x["end"]] != x["text"]:
+                if (
+                    "text" in x
+                    and 0 <= x["start"] < x["end"] <= len(text)
+                    and text[x["start"] : x["end"]] != x["text"]
+                ):
                     found = text[x["start"] : x["end"]]
                     error = f"entity text {x['text']!r} differs from the text at [{x['start']}, {x['end']}): {found!r}"
             error = error or _check_spans(text, spans)

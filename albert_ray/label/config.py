@@ -22,22 +22,22 @@ class LabelConfig:
     model: str
     inputs: tuple[str, ...]
     output: str
-    format: str = "auto"             # text | jsonl | csv | parquet | auto (by extension)
-    text_field: str = "text"         # JSONL / CSV / Parquet column holding the text
-    id_field: str | None = None      # column copied to `id`
+    format: str = "auto"  # text | jsonl | csv | parquet | auto (by extension)
+    text_field: str = "text"  # JSONL / CSV / Parquet column holding the text
+    id_field: str | None = None  # column copied to `id`
     include_text: bool = False
     include_probs: bool = False
-    max_chars: int = 100_000         # longer texts are quarantined
-    unit_bytes: int = 32 << 20       # plain text / JSONL unit size (resume granularity)
-    batch_size: int = 2048           # rows per labeling call (sorted by length inside)
-    model_batch_size: int = 32       # windows per forward pass (32 is fastest for 1-thread actors)
-    concurrency: int = 0             # labeling actors; 0: auto (see actor_layout)
-    num_cpus: float = 0.5            # per actor (fractional: leaves CPUs for the read tasks)
-    num_gpus: float = 0.0            # per actor
-    tf_threads: int = 0              # per actor; 0: the cluster's CPUs / actors
-    precision: str = "auto"          # auto | float32 | bfloat16 | float16
-    prune: bool = False              # delete the labels of inputs no longer given
-    verify: bool = False             # checksum every committed part before reusing its unit (sizes always)
+    max_chars: int = 100_000  # longer texts are quarantined
+    unit_bytes: int = 32 << 20  # plain text / JSONL unit size (resume granularity)
+    batch_size: int = 2048  # rows per labeling call (sorted by length inside)
+    model_batch_size: int = 32  # windows per forward pass (32 is fastest for 1-thread actors)
+    concurrency: int = 0  # labeling actors; 0: auto (see actor_layout)
+    num_cpus: float = 0.5  # per actor (fractional: leaves CPUs for the read tasks)
+    num_gpus: float = 0.0  # per actor
+    tf_threads: int = 0  # per actor; 0: the cluster's CPUs / actors
+    precision: str = "auto"  # auto | float32 | bfloat16 | float16
+    prune: bool = False  # delete the labels of inputs no longer given
+    verify: bool = False  # checksum every committed part before reusing its unit (sizes always)
     progress: bool = True
 
     def __post_init__(self):
@@ -58,8 +58,9 @@ class LabelConfig:
         return ReadOptions(self.format, self.text_field, self.id_field, self.max_chars)
 
 
-def load_label_config(path: str | None = None, overrides: list[str] | None = None,
-                      given: dict | None = None) -> LabelConfig:
+def load_label_config(
+    path: str | None = None, overrides: list[str] | None = None, given: dict | None = None
+) -> LabelConfig:
     """A :class:`LabelConfig` from a YAML file (optional), dotted ``key=value`` overrides, then
     ``given`` values (command-line flags), in that order of precedence. ``unit_bytes`` may be a
     size such as ``32MiB``.
@@ -74,5 +75,3 @@ def load_label_config(path: str | None = None, overrides: list[str] | None = Non
     if isinstance(data.get("unit_bytes"), str):
         data["unit_bytes"] = parse_size(data["unit_bytes"])
     return build(LabelConfig, data)
-
-

@@ -38,7 +38,7 @@ from albert_ray.tasks.registry import task_for
 QUARANTINE_DIR = "_quarantine"
 UNITS_DIR = "_units"
 MANIFEST = "_manifest.json"
-SUMMARY_HTML = "_summary.html"   # the manifest for people: counts, quarantine reasons, throughput
+SUMMARY_HTML = "_summary.html"  # the manifest for people: counts, quarantine reasons, throughput
 STATS_SCHEMA = pa.schema(
     [
         ("unit", pa.string()),
@@ -58,10 +58,15 @@ STATS_SCHEMA = pa.schema(
         ("call_seconds", pa.float64()),
     ]
 )
-QUARANTINE_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("id", pa.string()),
-                               ("reason", pa.string()), ("raw", pa.string())])
-
-
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("line", pa.int64()),
+        ("id", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
 
 
 def output_schema(spec, include_text: bool = False, include_probs: bool = False) -> pa.Schema:
@@ -131,7 +136,9 @@ class OutputStore:
     def _file_infos(self, directory: str) -> list:
         if self.fs.get_file_info(directory).type != pafs.FileType.Directory:
             return []
-        return [i for i in self.fs.get_file_info(pafs.FileSelector(directory)) if i.type == pafs.FileType.File]
+        return [
+            i for i in self.fs.get_file_info(pafs.FileSelector(directory)) if i.type == pafs.FileType.File
+        ]
 
     def files(self, directory: str) -> list[str]:
         return [i.path for i in self._file_infos(directory)]
@@ -153,7 +160,7 @@ class OutputStore:
                 for info in self.fs.get_file_info(pafs.FileSelector(base)):
                     name = info.path.rsplit("/", 1)[-1]
                     if info.type == pafs.FileType.Directory and name.startswith("unit="):
-                        found.add(name[len("unit="):])
+                        found.add(name[len("unit=") :])
         return found
 
     def delete_unit(self, uid: str) -> None:
@@ -175,9 +182,7 @@ class OutputStore:
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return False
         for info in self.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-            parts = info.path[len(base):].strip("/").split("/")
+            parts = info.path[len(base) :].strip("/").split("/")
             if info.path.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts):
                 return True  # a file readers see (they skip names starting with _ or .)
         return False
-
-

@@ -33,8 +33,16 @@ class LabelWriter:
     of it (labeled and quarantined rows) as its own Parquet files; returns one stats row per
     unit of the batch."""
 
-    def __init__(self, model: list, output: str, include_text: bool, include_probs: bool,
-                 model_batch_size: int, tf_threads: int, precision: str):
+    def __init__(
+        self,
+        model: list,
+        output: str,
+        include_text: bool,
+        include_probs: bool,
+        model_batch_size: int,
+        tf_threads: int,
+        precision: str,
+    ):
         """``model``: ``[ref]``, the object-store reference of :func:`modeldir.pack`'s files (in a
         list, so Ray hands it over as a reference): the actor never opens the driver's disk."""
 
@@ -62,17 +70,36 @@ class LabelWriter:
         good, bad = rows.filter(good_mask), rows.filter(pc.invert(good_mask))
         labeled = self._label(good)
         label_seconds = time.perf_counter() - began
-        stats = {uid: self._write_unit(uid, rows, good, labeled, bad)
-                 for uid in pc.unique(rows.column("unit")).to_pylist()}
+        stats = {
+            uid: self._write_unit(uid, rows, good, labeled, bad)
+            for uid in pc.unique(rows.column("unit")).to_pylist()
+        }
         for uid, meta in zip(ends.column("unit").to_pylist(), ends.column("meta").to_pylist()):
             stats.setdefault(uid, {})["meta"] = meta
         call_seconds = time.perf_counter() - began
-        return pa.Table.from_pylist([{"unit": uid, "precision": self.labeler.precision, "rows": 0, "out": 0, "bad": 0,
-                                      "parts": "[]", "quarantine_parts": "[]", "sizes": "{}", "quarantine_sizes": "{}",
-                                      "counts": "{}", "reasons": "{}",
-                                      "text_bytes": 0, "label_seconds": 0.0 if i else label_seconds,
-                                      "call_seconds": 0.0 if i else call_seconds, **s}
-                                     for i, (uid, s) in enumerate(stats.items())], schema=STATS_SCHEMA)
+        return pa.Table.from_pylist(
+            [
+                {
+                    "unit": uid,
+                    "precision": self.labeler.precision,
+                    "rows": 0,
+                    "out": 0,
+                    "bad": 0,
+                    "parts": "[]",
+                    "quarantine_parts": "[]",
+                    "sizes": "{}",
+                    "quarantine_sizes": "{}",
+                    "counts": "{}",
+                    "reasons": "{}",
+                    "text_bytes": 0,
+                    "label_seconds": 0.0 if i else label_seconds,
+                    "call_seconds": 0.0 if i else call_seconds,
+                    **s,
+                }
+                for i, (uid, s) in enumerate(stats.items())
+            ],
+            schema=STATS_SCHEMA,
+        )
 
     def _write_unit(self, uid: str, rows: pa.Table, good: pa.Table, labeled: pa.Table, bad: pa.Table) -> dict:
         """Write one unit's slice of the batch (files named by its first and last row, so a
@@ -84,16 +111,24 @@ class LabelWriter:
         out = labeled.filter(good_mask)
         if out.num_rows:
             info = self.store.write_table(out, f"{self.store.unit_dir(uid)}/{name}")
-            s.update(out=out.num_rows, parts=json.dumps([name]), sizes=json.dumps({name: info}),
-                     counts=json.dumps(_value_counts(self.task.counted_values(out))),
-                     text_bytes=pc.sum(pc.binary_length(good.filter(good_mask).column("text"))).as_py() or 0)
+            s.update(
+                out=out.num_rows,
+                parts=json.dumps([name]),
+                sizes=json.dumps({name: info}),
+                counts=json.dumps(_value_counts(self.task.counted_values(out))),
+                text_bytes=pc.sum(pc.binary_length(good.filter(good_mask).column("text"))).as_py() or 0,
+            )
         quarantined = bad.filter(pc.equal(bad.column("unit"), uid))
         if quarantined.num_rows:
             table = quarantined.select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
             info = self.store.write_table(table, f"{self.store.unit_dir(uid, quarantine=True)}/{name}")
             reasons = Counter(map(reason_kind, table.column("reason").to_pylist()))
-            s.update(bad=table.num_rows, quarantine_parts=json.dumps([name]), reasons=json.dumps(reasons),
-                     quarantine_sizes=json.dumps({name: info}))
+            s.update(
+                bad=table.num_rows,
+                quarantine_parts=json.dumps([name]),
+                reasons=json.dumps(reasons),
+                quarantine_sizes=json.dumps({name: info}),
+            )
         return s
 
     def _label(self, good: pa.Table) -> pa.Table:
@@ -110,5 +145,7 @@ class LabelWriter:
 
 def _value_counts(values: pa.Array) -> dict:
     return {
-        item["values"]: item["counts"] for item in pc.value_counts(values).to_pylist() if item["values"] is not None
+        item["values"]: item["counts"]
+        for item in pc.value_counts(values).to_pylist()
+        if item["values"] is not None
     }

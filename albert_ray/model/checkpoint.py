@@ -81,7 +81,9 @@ def resolve_checkpoint(path: str | Path) -> str:
                 if Path(c + ".index").is_file():
                     return c
             if candidate:
-                log.warning("%s points to %s, which does not exist; looking for *.index in %s", state, candidate, p)
+                log.warning(
+                    "%s points to %s, which does not exist; looking for *.index in %s", state, candidate, p
+                )
         indexes = sorted(p.glob("*.index"))
         if len(indexes) == 1:
             return str(indexes[0])[: -len(".index")]
@@ -90,9 +92,14 @@ def resolve_checkpoint(path: str | Path) -> str:
                 f"{p} holds several checkpoints ({', '.join(i.name for i in indexes)}); pass one prefix, "
                 f"e.g. {str(indexes[-1])[: -len('.index')]}"
             )
-        found = f"its 'checkpoint' file names {', '.join(tried)}, which do not exist" if tried else \
-            "it holds no 'checkpoint' file"
-        raise FileNotFoundError(f"no TensorFlow checkpoint in directory {p}: {found}, and no '<prefix>.index' file")
+        found = (
+            f"its 'checkpoint' file names {', '.join(tried)}, which do not exist"
+            if tried
+            else "it holds no 'checkpoint' file"
+        )
+        raise FileNotFoundError(
+            f"no TensorFlow checkpoint in directory {p}: {found}, and no '<prefix>.index' file"
+        )
     raise FileNotFoundError(
         f"no TensorFlow checkpoint at {path}: neither a directory nor a prefix with a '{text}.index' file"
     )
@@ -106,10 +113,13 @@ def detect_layout(names) -> str:
     """
     names = list(names)
     if any(
-        n.startswith(("bert/encoder/transformer/group_", "bert/encoder/embedding_hidden_mapping_in")) for n in names
+        n.startswith(("bert/encoder/transformer/group_", "bert/encoder/embedding_hidden_mapping_in"))
+        for n in names
     ):
         return "albert_google"
-    if any(n == "bert/embeddings/word_embeddings_2" or n.startswith("bert/encoder/layer_shared/") for n in names):
+    if any(
+        n == "bert/embeddings/word_embeddings_2" or n.startswith("bert/encoder/layer_shared/") for n in names
+    ):
         return "albert_brightmart"
     if any(re.match(r"^bert/encoder/layer_\d+/", n) for n in names):
         return "bert"
@@ -141,12 +151,19 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
         try:
             value = reader.get_tensor(var)
         except (tf.errors.OpError, IndexError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {prefix}: variable {var} cannot be read ({first_line(exc)}); its "
-                                  f"data file is damaged or truncated") from None
+            raise CheckpointError(
+                f"checkpoint {prefix}: variable {var} cannot be read ({first_line(exc)}); its "
+                f"data file is damaged or truncated"
+            ) from None
         weight.assign(value)
     ignored = tuple(sorted(set(shapes) - {v for names in vmap.values() for v in names}))
-    log.info("loaded %d tensors from %s (%s); ignored %d (pooler / pre-training heads / optimizer slots)",
-             len(assignments), prefix, config.layout, len(ignored))
+    log.info(
+        "loaded %d tensors from %s (%s); ignored %d (pooler / pre-training heads / optimizer slots)",
+        len(assignments),
+        prefix,
+        config.layout,
+        len(ignored),
+    )
     return LoadReport(prefix=prefix, layout=config.layout, assigned=len(assignments), ignored=ignored)
 
 
@@ -155,8 +172,10 @@ def _open(prefix: str, config: EncoderConfig):
     try:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {prefix}: its index file {prefix}.index cannot be read "
-                              f"({first_line(exc)}); it is damaged or truncated") from None
+        raise CheckpointError(
+            f"checkpoint {prefix}: its index file {prefix}.index cannot be read "
+            f"({first_line(exc)}); it is damaged or truncated"
+        ) from None
     shapes = reader.get_variable_to_shape_map()
     layout = detect_layout(shapes)
     if layout != config.layout:
@@ -167,7 +186,9 @@ def _open(prefix: str, config: EncoderConfig):
     return reader, shapes
 
 
-def _matched_weights(model: keras.Model, vmap: dict, shapes: dict, prefix: str, config: EncoderConfig) -> list:
+def _matched_weights(
+    model: keras.Model, vmap: dict, shapes: dict, prefix: str, config: EncoderConfig
+) -> list:
     """``(weight, variable name)`` for every encoder weight of ``model``; every missing or
     unexpected variable and shape conflict is listed in one :class:`CheckpointError`."""
     wanted = {v for names in vmap.values() for v in names}
@@ -177,7 +198,9 @@ def _matched_weights(model: keras.Model, vmap: dict, shapes: dict, prefix: str, 
     for layer_name, var_names in vmap.items():
         weights = _find_layer(model, layer_name).weights
         if len(weights) != len(var_names):
-            raise CheckpointError(f"layer {layer_name} has {len(weights)} weights, mapping names {len(var_names)}")
+            raise CheckpointError(
+                f"layer {layer_name} has {len(weights)} weights, mapping names {len(var_names)}"
+            )
         for weight, var in zip(weights, var_names):
             if var not in shapes:
                 continue
@@ -186,7 +209,9 @@ def _matched_weights(model: keras.Model, vmap: dict, shapes: dict, prefix: str, 
             else:
                 assignments.append((weight, var))
     if missing or unexpected or conflicts:
-        parts = [f"checkpoint {prefix} does not match config {config.source} ({_LAYOUT_NAMES[config.layout]}):"]
+        parts = [
+            f"checkpoint {prefix} does not match config {config.source} ({_LAYOUT_NAMES[config.layout]}):"
+        ]
         if missing:
             parts.append(f"missing variables ({len(missing)}): {', '.join(missing)}")
         if unexpected:

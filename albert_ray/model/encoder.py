@@ -95,8 +95,10 @@ class MultiHeadAttention(KerasMultiHeadAttention):
         else:
             q = k = v = inputs
         key_mask = mask[1] if isinstance(mask, list) else mask
-        q, k, v = (self._project(x, w, b)
-                   for x, w, b in ((q, self.Wq, self.bq), (k, self.Wk, self.bk), (v, self.Wv, self.bv)))
+        q, k, v = (
+            self._project(x, w, b)
+            for x, w, b in ((q, self.Wq, self.bq), (k, self.Wk, self.bk), (v, self.Wv, self.bv))
+        )
         q, k, v = (self._reshape_to_batches(x, self.head_num) for x in (q, k, v))
         scores = tf.matmul(q, k, transpose_b=True)
         keep = None if key_mask is None else self._reshape_mask(key_mask, self.head_num)
@@ -183,9 +185,11 @@ def dtype_policy(name: str):
         keras.mixed_precision.set_global_policy(previous)
 
 
-FLOAT16_ON_CPU = ("train.precision=mixed_float16 without a GPU: this process's CPU runs float16 matmuls in a "
-                  "reference kernel (one ~300x slower than float32 was measured on a CPU with AVX512_FP16); "
-                  "mixed_bfloat16 is the fast precision on CPUs")
+FLOAT16_ON_CPU = (
+    "train.precision=mixed_float16 without a GPU: this process's CPU runs float16 matmuls in a "
+    "reference kernel (one ~300x slower than float32 was measured on a CPU with AVX512_FP16); "
+    "mixed_bfloat16 is the fast precision on CPUs"
+)
 
 
 @functools.cache
@@ -212,9 +216,11 @@ class BertEncoder:
         c = self.config
         _check_seq_len(c, seq_len)
         if mixed_precision_active():
-            raise ValueError(f"mixed precision is not available for the BERT layout ({c.source}): it is built by "
-                             f"keras-bert's get_model, whose attention layer is float32-only; train it with "
-                             f"train.mixed_precision=false (ALBERT layouts support it)")
+            raise ValueError(
+                f"mixed precision is not available for the BERT layout ({c.source}): it is built by "
+                f"keras-bert's get_model, whose attention layer is float32-only; train it with "
+                f"train.mixed_precision=false (ALBERT layouts support it)"
+            )
         inputs, sequence = get_model(
             token_num=c.vocab_size,
             pos_num=c.max_position_embeddings,
@@ -258,8 +264,13 @@ class BrightmartAlbertEncoder(BertEncoder):
         blocks = {g: self._block_layers(g) for g in self.groups()}
         for i in range(c.num_hidden_layers):
             for layers in blocks[c.group_of_layer(i)]:
-                x = _apply_block(layers, x, preln=c.ln_type == "preln", dropout=c.hidden_dropout_prob,
-                                 name=f"Encoder-{i + 1}-{layers['name']}")
+                x = _apply_block(
+                    layers,
+                    x,
+                    preln=c.ln_type == "preln",
+                    dropout=c.hidden_dropout_prob,
+                    name=f"Encoder-{i + 1}-{layers['name']}",
+                )
         return self._finish(inputs, x, name)
 
     def groups(self) -> list[int]:
@@ -267,14 +278,20 @@ class BrightmartAlbertEncoder(BertEncoder):
 
     def embeddings(self, inputs):
         c = self.config
-        token = keras.layers.Embedding(c.vocab_size, c.embedding_size, mask_zero=True, name="Embedding-Token")(
-            inputs[0]
-        )
+        token = keras.layers.Embedding(
+            c.vocab_size, c.embedding_size, mask_zero=True, name="Embedding-Token"
+        )(inputs[0])
         token = keras.layers.Dense(c.hidden_size, use_bias=False, name="Embedding-Token-Projection")(token)
-        segment = keras.layers.Embedding(c.type_vocab_size, c.hidden_size, name="Embedding-Segment")(inputs[1])
+        segment = keras.layers.Embedding(c.type_vocab_size, c.hidden_size, name="Embedding-Segment")(
+            inputs[1]
+        )
         x = keras.layers.Add(name="Embedding-Token-Segment")([token, segment])
-        x = PositionEmbedding(c.max_position_embeddings, c.hidden_size, mode=PositionEmbedding.MODE_ADD,
-                              name="Embedding-Position")(x)
+        x = PositionEmbedding(
+            c.max_position_embeddings,
+            c.hidden_size,
+            mode=PositionEmbedding.MODE_ADD,
+            name="Embedding-Position",
+        )(x)
         x = _layer_norm("Embedding-Norm")(x)
         return _dropout(x, c.hidden_dropout_prob, "Embedding-Dropout")
 
@@ -287,7 +304,9 @@ class BrightmartAlbertEncoder(BertEncoder):
                 {
                     "name": "Shared" if self.layout == "albert_brightmart" else f"Group-{group}-{inner}",
                     "attention": MultiHeadAttention(
-                        head_num=c.num_attention_heads, activation=None, name=f"{prefix}-MultiHeadSelfAttention"
+                        head_num=c.num_attention_heads,
+                        activation=None,
+                        name=f"{prefix}-MultiHeadSelfAttention",
                     ),
                     "attention_norm": _layer_norm(f"{prefix}-MultiHeadSelfAttention-Norm"),
                     "feed_forward": FeedForward(
@@ -322,9 +341,9 @@ class GoogleAlbertEncoder(BrightmartAlbertEncoder):
         token = keras.layers.Embedding(c.vocab_size, e, mask_zero=True, name="Embedding-Token")(inputs[0])
         segment = keras.layers.Embedding(c.type_vocab_size, e, name="Embedding-Segment")(inputs[1])
         x = keras.layers.Add(name="Embedding-Token-Segment")([token, segment])
-        x = PositionEmbedding(c.max_position_embeddings, e, mode=PositionEmbedding.MODE_ADD, name="Embedding-Position")(
-            x
-        )
+        x = PositionEmbedding(
+            c.max_position_embeddings, e, mode=PositionEmbedding.MODE_ADD, name="Embedding-Position"
+        )(x)
         x = _layer_norm("Embedding-Norm")(x)
         x = _dropout(x, c.hidden_dropout_prob, "Embedding-Dropout")
         if e != c.hidden_size:
@@ -344,8 +363,10 @@ class GoogleAlbertEncoder(BrightmartAlbertEncoder):
                 p = f"bert/encoder/transformer/group_{g}/inner_group_{inner}"
                 k = self._block_prefix(g, inner)
                 out[f"{k}-MultiHeadSelfAttention"] = (
-                    _dense(f"{p}/attention_1/self/query") + _dense(f"{p}/attention_1/self/key")
-                    + _dense(f"{p}/attention_1/self/value") + _dense(f"{p}/attention_1/output/dense")
+                    _dense(f"{p}/attention_1/self/query")
+                    + _dense(f"{p}/attention_1/self/key")
+                    + _dense(f"{p}/attention_1/self/value")
+                    + _dense(f"{p}/attention_1/output/dense")
                 )
                 out[f"{k}-MultiHeadSelfAttention-Norm"] = _ln(f"{p}/LayerNorm")
                 out[f"{k}-FeedForward"] = _dense(f"{p}/ffn_1/intermediate/dense") + _dense(
@@ -368,8 +389,9 @@ def encoder_for(config: EncoderConfig) -> BertEncoder:
     return ENCODERS[config.layout](config)
 
 
-def build_encoder(config: EncoderConfig, seq_len: int | None = None, dropout: float | None = None,
-                  name: str = "encoder") -> keras.Model:
+def build_encoder(
+    config: EncoderConfig, seq_len: int | None = None, dropout: float | None = None, name: str = "encoder"
+) -> keras.Model:
     """Build an encoder.
 
     Args:
@@ -480,10 +502,13 @@ def _embeddings_map(projection: bool = False) -> dict[str, list[str]]:
 def _bert_block_map(layer_prefix: str, scope: str) -> dict[str, list[str]]:
     return {
         f"{layer_prefix}-MultiHeadSelfAttention": (
-            _dense(f"{scope}/attention/self/query") + _dense(f"{scope}/attention/self/key")
-            + _dense(f"{scope}/attention/self/value") + _dense(f"{scope}/attention/output/dense")
+            _dense(f"{scope}/attention/self/query")
+            + _dense(f"{scope}/attention/self/key")
+            + _dense(f"{scope}/attention/self/value")
+            + _dense(f"{scope}/attention/output/dense")
         ),
         f"{layer_prefix}-MultiHeadSelfAttention-Norm": _ln(f"{scope}/attention/output/LayerNorm"),
-        f"{layer_prefix}-FeedForward": _dense(f"{scope}/intermediate/dense") + _dense(f"{scope}/output/dense"),
+        f"{layer_prefix}-FeedForward": _dense(f"{scope}/intermediate/dense")
+        + _dense(f"{scope}/output/dense"),
         f"{layer_prefix}-FeedForward-Norm": _ln(f"{scope}/output/LayerNorm"),
     }

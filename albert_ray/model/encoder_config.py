@@ -72,7 +72,9 @@ class EncoderConfig:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>", layout: str | None = None) -> "EncoderConfig":
+    def from_dict(
+        cls, data: dict[str, Any], source: str = "<dict>", layout: str | None = None
+    ) -> "EncoderConfig":
         """Build and validate a config from a parsed JSON dict.
 
         Raises:
@@ -86,7 +88,13 @@ class EncoderConfig:
             raise ConfigError(
                 f"{source}: unknown config key(s) {unknown}; known keys are {sorted(fields | _INFORMATIONAL_KEYS)}"
             )
-        required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"]
+        required = [
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        ]
         missing = [k for k in required if k not in data]
         if missing:
             raise ConfigError(f"{source}: missing required key(s) {missing}")
@@ -118,12 +126,26 @@ class EncoderConfig:
         """The JSON-serialisable architecture (what ``from_dict`` reads back)."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "layout")}
         if self.layout == "bert":
-            for key in ("embedding_size", "ln_type", "num_hidden_groups", "inner_group_num",
-                        "net_structure_type", "gap_size", "num_memory_blocks", "down_scale_factor"):
+            for key in (
+                "embedding_size",
+                "ln_type",
+                "num_hidden_groups",
+                "inner_group_num",
+                "net_structure_type",
+                "gap_size",
+                "num_memory_blocks",
+                "down_scale_factor",
+            ):
                 out.pop(key)
         elif self.layout == "albert_brightmart":
-            for key in ("num_hidden_groups", "inner_group_num", "net_structure_type", "gap_size",
-                        "num_memory_blocks", "down_scale_factor"):
+            for key in (
+                "num_hidden_groups",
+                "inner_group_num",
+                "net_structure_type",
+                "gap_size",
+                "num_memory_blocks",
+                "down_scale_factor",
+            ):
                 out.pop(key)
         else:
             out.pop("ln_type")
@@ -137,9 +159,17 @@ class EncoderConfig:
         """Check types, ranges and cross-key consistency."""
         if self.layout not in LAYOUTS:
             self._fail("layout", f"must be one of {LAYOUTS}")
-        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                    "num_hidden_groups", "inner_group_num"):
+        for key in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "num_hidden_groups",
+            "inner_group_num",
+        ):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self._fail(key, "must be a positive integer")
@@ -163,12 +193,18 @@ class EncoderConfig:
             if not isinstance(self.embedding_size, int) or self.embedding_size < 1:
                 self._fail("embedding_size", "an ALBERT config needs a positive integer embedding_size")
         if self.layout == "albert_brightmart" and (self.num_hidden_groups, self.inner_group_num) != (1, 1):
-            self._fail("num_hidden_groups", "brightmart ALBERT shares one block; groups are Google-format keys")
+            self._fail(
+                "num_hidden_groups", "brightmart ALBERT shares one block; groups are Google-format keys"
+            )
         if self.layout == "albert_google":
             if self.ln_type != "postln":
                 self._fail("ln_type", "Google-format ALBERT is post-LN only")
-        for key, neutral in (("net_structure_type", 0), ("gap_size", 0), ("num_memory_blocks", 0),
-                             ("down_scale_factor", 1)):
+        for key, neutral in (
+            ("net_structure_type", 0),
+            ("gap_size", 0),
+            ("num_memory_blocks", 0),
+            ("down_scale_factor", 1),
+        ):
             if getattr(self, key) != neutral:
                 self._fail(key, f"only {neutral} is supported (the value every published ALBERT uses)")
 
@@ -203,19 +239,24 @@ def detect_config_layout(data: dict[str, Any]) -> str:
     return "albert_brightmart"
 
 
-def check_fits(encoder: EncoderConfig, max_len: int, vocab_len: int | None = None,
-               vocab_file: str | None = None) -> None:
+def check_fits(
+    encoder: EncoderConfig, max_len: int, vocab_len: int | None = None, vocab_file: str | None = None
+) -> None:
     """The vocabulary and the sequence length a run uses against the encoder that has to hold them.
 
     Raises:
         ValueError: naming both files and the values.
     """
     if vocab_len is not None and vocab_len != encoder.vocab_size:
-        raise ValueError(f"{vocab_file} has {vocab_len} tokens but {encoder.source} says vocab_size="
-                         f"{encoder.vocab_size}; use the vocab.txt that came with the checkpoint")
+        raise ValueError(
+            f"{vocab_file} has {vocab_len} tokens but {encoder.source} says vocab_size="
+            f"{encoder.vocab_size}; use the vocab.txt that came with the checkpoint"
+        )
     if max_len > encoder.max_position_embeddings:
-        raise ValueError(f"model.max_len={max_len} exceeds max_position_embeddings={encoder.max_position_embeddings} "
-                         f"of {encoder.source}")
+        raise ValueError(
+            f"model.max_len={max_len} exceeds max_position_embeddings={encoder.max_position_embeddings} "
+            f"of {encoder.source}"
+        )
 
 
 def checkpoint_folder_files(checkpoint: str) -> tuple[str | None, str | None]:

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from albert_ray.model.encoder_config import EncoderConfig
 
 C_H, C_I, C_A = 17, 6, 2  # calibrated: benchmarks/planner_check.py
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def parse_size(text: str) -> int:
@@ -62,7 +62,9 @@ def count_parameters(c: EncoderConfig, num_labels: int = 2) -> int:
         emb = c.vocab_size * e + e * h + (c.type_vocab_size + c.max_position_embeddings + 2) * h
         blocks = block
     else:
-        emb = (c.vocab_size + c.type_vocab_size + c.max_position_embeddings + 2) * e + (e * h + h if e != h else 0)
+        emb = (c.vocab_size + c.type_vocab_size + c.max_position_embeddings + 2) * e + (
+            e * h + h if e != h else 0
+        )
         blocks = len(c.used_groups()) * c.inner_group_num * block
     return emb + blocks + h * num_labels + num_labels
 
@@ -81,7 +83,7 @@ def intermediate_values_per_example(c: EncoderConfig, seq_len: int) -> int:
 
 def attention_values_per_example(c: EncoderConfig, seq_len: int) -> int:
     """Attention scores / probabilities kept for the backward pass (float32 in both precisions)."""
-    return _layers(c) * C_A * c.num_attention_heads * seq_len ** 2
+    return _layers(c) * C_A * c.num_attention_heads * seq_len**2
 
 
 def _layers(c: EncoderConfig) -> int:
@@ -95,8 +97,10 @@ def shared_gradient_bytes(c: EncoderConfig) -> int:
     if c.layout == "albert_brightmart":
         return 4 * block * (c.num_hidden_layers - 1)
     if c.layout == "albert_google":
-        uses = [sum(1 for layer in range(c.num_hidden_layers) if c.group_of_layer(layer) == g)
-                for g in c.used_groups()]
+        uses = [
+            sum(1 for layer in range(c.num_hidden_layers) if c.group_of_layer(layer) == g)
+            for g in c.used_groups()
+        ]
         return 4 * block * c.inner_group_num * sum(u - 1 for u in uses)
     return 0
 
@@ -118,11 +122,16 @@ class MemoryEstimate:
         return self.weights_optimizer_bytes + self.shared_gradient_bytes + self.workspace_bytes
 
 
-def estimate(c: EncoderConfig, seq_len: int, mixed_precision: bool = False, workspace: int = GIB) -> MemoryEstimate:
+def estimate(
+    c: EncoderConfig, seq_len: int, mixed_precision: bool = False, workspace: int = GIB
+) -> MemoryEstimate:
     p = count_parameters(c)
     attention = 4 * attention_values_per_example(c, seq_len)
-    activations = 4 * hidden_values_per_example(c, seq_len) + attention + \
-        (2 if mixed_precision else 4) * intermediate_values_per_example(c, seq_len)
+    activations = (
+        4 * hidden_values_per_example(c, seq_len)
+        + attention
+        + (2 if mixed_precision else 4) * intermediate_values_per_example(c, seq_len)
+    )
     return MemoryEstimate(
         parameters=p,
         weights_optimizer_bytes=(18 if mixed_precision else 16) * p,
@@ -142,8 +151,15 @@ class Plan:
     gpu_bytes: int
 
 
-def recommend(c: EncoderConfig, gpu_bytes: int, seq_len: int, target_global_batch: int = 32, num_gpus: int = 1,
-              mixed_precision: bool = False, headroom: float = 0.9) -> Plan:
+def recommend(
+    c: EncoderConfig,
+    gpu_bytes: int,
+    seq_len: int,
+    target_global_batch: int = 32,
+    num_gpus: int = 1,
+    mixed_precision: bool = False,
+    headroom: float = 0.9,
+) -> Plan:
     """The largest power-of-two per-GPU batch that fits ``headroom`` of the card, and the
     accumulation steps that reach ``target_global_batch`` over ``num_gpus``.
 
@@ -154,9 +170,11 @@ def recommend(c: EncoderConfig, gpu_bytes: int, seq_len: int, target_global_batc
     budget = gpu_bytes * headroom - est.fixed_bytes
     fit = int(budget // est.activation_bytes_per_example) if budget > 0 else 0
     if fit < 1:
-        raise ValueError(f"{c.source} at seq_len={seq_len} does not fit in {gpu_bytes / GIB:.1f} GiB "
-                         f"(weights, optimizer and shared-block gradients alone: {est.fixed_bytes / GIB:.2f} GiB); try "
-                         f"mixed precision or a shorter sequence")
+        raise ValueError(
+            f"{c.source} at seq_len={seq_len} does not fit in {gpu_bytes / GIB:.1f} GiB "
+            f"(weights, optimizer and shared-block gradients alone: {est.fixed_bytes / GIB:.2f} GiB); try "
+            f"mixed precision or a shorter sequence"
+        )
     per_gpu_target = max(1, math.ceil(target_global_batch / num_gpus))
     batch = 1 << int(math.log2(min(fit, per_gpu_target)))
     accum = max(1, math.ceil(per_gpu_target / batch))
@@ -164,15 +182,24 @@ def recommend(c: EncoderConfig, gpu_bytes: int, seq_len: int, target_global_batc
 
 
 def format_plan(c: EncoderConfig, est: MemoryEstimate, plan: Plan) -> str:
-    rows = [("parameters", f"{est.parameters:,}"),
-            ("weights + gradients + AdamW", f"{est.weights_optimizer_bytes / GIB:.2f} GiB"),
-            ("shared-block gradient copies", f"{est.shared_gradient_bytes / GIB:.2f} GiB"),
-            ("activations per example", f"{est.activation_bytes_per_example / 2 ** 20:.1f} MiB "
-                                        f"(attention {est.attention_bytes_per_example / 2 ** 20:.1f} MiB)"),
-            ("workspace", f"{est.workspace_bytes / GIB:.2f} GiB"),
-            ("per-GPU batch", str(plan.per_gpu_batch)), ("accumulation steps", str(plan.accumulation_steps)),
-            ("global batch", str(plan.global_batch)),
-            ("estimated per-GPU memory", f"{plan.estimated_bytes / GIB:.2f} GiB of {plan.gpu_bytes / GIB:.1f} GiB")]
+    rows = [
+        ("parameters", f"{est.parameters:,}"),
+        ("weights + gradients + AdamW", f"{est.weights_optimizer_bytes / GIB:.2f} GiB"),
+        ("shared-block gradient copies", f"{est.shared_gradient_bytes / GIB:.2f} GiB"),
+        (
+            "activations per example",
+            f"{est.activation_bytes_per_example / 2**20:.1f} MiB "
+            f"(attention {est.attention_bytes_per_example / 2**20:.1f} MiB)",
+        ),
+        ("workspace", f"{est.workspace_bytes / GIB:.2f} GiB"),
+        ("per-GPU batch", str(plan.per_gpu_batch)),
+        ("accumulation steps", str(plan.accumulation_steps)),
+        ("global batch", str(plan.global_batch)),
+        (
+            "estimated per-GPU memory",
+            f"{plan.estimated_bytes / GIB:.2f} GiB of {plan.gpu_bytes / GIB:.1f} GiB",
+        ),
+    ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

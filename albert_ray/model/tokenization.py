@@ -160,7 +160,7 @@ class CharTokenizer:
             return [self._from_chars(text, chars)]
         out = []
         for s in range(0, len(chars), stride):
-            out.append(self._from_chars(text, chars[s:s + body]))
+            out.append(self._from_chars(text, chars[s : s + body]))
             if s + body >= len(chars):
                 break
         return out

@@ -16,29 +16,29 @@ OUTPUT_VOCABULARIES = ("corpus", "full")
 
 @dataclass(frozen=True)
 class PretrainModel:
-    encoder_config: str | None = None    # default: the checkpoint's own, else data/albert_config_sample.json
-    vocab: str | None = None             # a vocab.txt; default: the checkpoint's; "auto": the corpus' characters
-    checkpoint: str | None = None        # continue from this checkpoint (domain adaptation)
+    encoder_config: str | None = None  # default: the checkpoint's own, else data/albert_config_sample.json
+    vocab: str | None = None  # a vocab.txt; default: the checkpoint's; "auto": the corpus' characters
+    checkpoint: str | None = None  # continue from this checkpoint (domain adaptation)
     max_len: int = 128
-    init_range: float | None = None      # std of a random start; default: init_std(encoder), see there
+    init_range: float | None = None  # std of a random start; default: init_std(encoder), see there
 
 
 @dataclass(frozen=True)
 class PretrainTrain:
     epochs: int = 1
-    batch_size: int = 32                 # sequences per worker and step
+    batch_size: int = 32  # sequences per worker and step
     learning_rate: float = 5e-4
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
     mask_rate: float = 0.15
-    whole_word_masking: bool = False     # the corpus is word-segmented with spaces: mask whole words
-    sentence_order: bool = False         # ALBERT's sentence-order prediction beside the masked LM
-    output_vocabulary: str = "corpus"    # the MLM softmax over: corpus (the ids the corpus holds) | full
-    max_steps: int = 0                   # 0: no limit
-    max_minutes: float = 0.0             # wall-clock budget of the training loop; 0: none
-    heldout_permille: int = 10           # sequences kept out of training to report MLM loss / accuracy
-    precision: str = "auto"              # auto (bf16 where the hardware has it) | float32 | mixed_[b]float16
-    xla: bool = False                    # jit-compile the training step (XLA)
+    whole_word_masking: bool = False  # the corpus is word-segmented with spaces: mask whole words
+    sentence_order: bool = False  # ALBERT's sentence-order prediction beside the masked LM
+    output_vocabulary: str = "corpus"  # the MLM softmax over: corpus (the ids the corpus holds) | full
+    max_steps: int = 0  # 0: no limit
+    max_minutes: float = 0.0  # wall-clock budget of the training loop; 0: none
+    heldout_permille: int = 10  # sequences kept out of training to report MLM loss / accuracy
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | float32 | mixed_[b]float16
+    xla: bool = False  # jit-compile the training step (XLA)
     seed: int = 42
     num_workers: int = 1
     cpus_per_worker: float = 1.0
@@ -46,7 +46,7 @@ class PretrainTrain:
     tf_threads: int = 0
     log_every: int = 50
     max_failures: int = 1
-    checkpoint_every_steps: int = 0      # also checkpoint within epochs: a killed worker loses at most this many
+    checkpoint_every_steps: int = 0  # also checkpoint within epochs: a killed worker loses at most this many
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,9 @@ class PretrainConfig:
         return paths.ray_storage(self.storage_path, self.output_dir)
 
 
-def load_pretrain_config(path: str | None, overrides: list[str] | None = None,
-                         inputs: list[str] | None = None) -> PretrainConfig:
+def load_pretrain_config(
+    path: str | None, overrides: list[str] | None = None, inputs: list[str] | None = None
+) -> PretrainConfig:
     """A :class:`PretrainConfig` from YAML and dotted overrides (``--input`` replaces ``inputs``).
 
     Raises:
@@ -102,7 +103,9 @@ def load_pretrain_config(path: str | None, overrides: list[str] | None = None,
     if t.precision not in TRAIN_PRECISIONS:
         raise ValueError(f"train.precision={t.precision!r}: must be one of {list(TRAIN_PRECISIONS)}")
     if t.output_vocabulary not in OUTPUT_VOCABULARIES:
-        raise ValueError(f"train.output_vocabulary={t.output_vocabulary!r}: must be one of {list(OUTPUT_VOCABULARIES)}")
+        raise ValueError(
+            f"train.output_vocabulary={t.output_vocabulary!r}: must be one of {list(OUTPUT_VOCABULARIES)}"
+        )
     if not cfg.inputs:
         raise ValueError("inputs: give at least one file, directory or glob (or --input)")
     return cfg

@@ -86,8 +86,13 @@ def task_sequences(task: dict, cfg: PretrainConfig, vocab: Vocab, count: CorpusC
 
     tokenizer = CharTokenizer(vocab)
     for table in read_file(task, ReadOptions(cfg.format, cfg.text_field, None, 1_000_000)):
-        seqs = pack_texts(count.add(table), tokenizer, cfg.model.max_len, cfg.train.whole_word_masking,
-                          cfg.train.sentence_order)
+        seqs = pack_texts(
+            count.add(table),
+            tokenizer,
+            cfg.model.max_len,
+            cfg.train.whole_word_masking,
+            cfg.train.sentence_order,
+        )
         count.sequences += len(seqs)
         if seqs:
             yield seqs
@@ -114,16 +119,22 @@ def corpus_sequences(cfg: PretrainConfig, vocab: Vocab) -> tuple[list[list[int]]
 def _named(inputs) -> str:
     """The inputs as an error names them: the first three, without credentials."""
 
-    return ", ".join(map(without_credentials, inputs[:3])) + (f" (+{len(inputs) - 3} more)" if len(inputs) > 3 else "")
+    return ", ".join(map(without_credentials, inputs[:3])) + (
+        f" (+{len(inputs) - 3} more)" if len(inputs) > 3 else ""
+    )
 
 
-def too_small(cfg: PretrainConfig, training: int, workers: int, count: CorpusCount | None = None) -> ValueError:
+def too_small(
+    cfg: PretrainConfig, training: int, workers: int, count: CorpusCount | None = None
+) -> ValueError:
     """The one-line error of a corpus with fewer training sequences than one step takes."""
     inputs = _named(cfg.inputs)
     read = f" ({count.describe()})" if count else ""
-    return ValueError(f"{inputs}: the corpus gives {_count(training, 'training sequence')} of model.max_len="
-                      f"{cfg.model.max_len}{read}; one step takes {cfg.train.batch_size * workers} (train.batch_size "
-                      f"{cfg.train.batch_size} x {_count(workers, 'worker')}): add text or lower train.batch_size")
+    return ValueError(
+        f"{inputs}: the corpus gives {_count(training, 'training sequence')} of model.max_len="
+        f"{cfg.model.max_len}{read}; one step takes {cfg.train.batch_size * workers} (train.batch_size "
+        f"{cfg.train.batch_size} x {_count(workers, 'worker')}): add text or lower train.batch_size"
+    )
 
 
 def require_enough_text(cfg: PretrainConfig, vocab: Vocab) -> None:
@@ -156,11 +167,13 @@ def require_a_step_per_share(cfg: PretrainConfig, shares, count: CorpusCount) ->
     if min(training) >= b:
         return
     inputs = _named(cfg.inputs)
-    raise ValueError(f"{inputs}: the corpus gives {_count(sum(training), 'training sequence')} of model.max_len="
-                     f"{cfg.model.max_len} ({count.describe()}), cut among {len(shares)} workers as "
-                     f"{' + '.join(f'{n:,}' for n in training)} (held-out sequences fall unevenly); each worker's "
-                     f"step takes train.batch_size {b}: add text or lower train.batch_size or "
-                     f"train.heldout_permille")
+    raise ValueError(
+        f"{inputs}: the corpus gives {_count(sum(training), 'training sequence')} of model.max_len="
+        f"{cfg.model.max_len} ({count.describe()}), cut among {len(shares)} workers as "
+        f"{' + '.join(f'{n:,}' for n in training)} (held-out sequences fall unevenly); each worker's "
+        f"step takes train.batch_size {b}: add text or lower train.batch_size or "
+        f"train.heldout_permille"
+    )
 
 
 class CorpusTally:
@@ -184,7 +197,9 @@ def _read_and_pack(batch, cfg: PretrainConfig, vocab: Vocab, tally):
     for task in map(json.loads, batch["task"]):
         count = CorpusCount()
         for seqs in task_sequences(task, cfg, vocab, count):
-            yield pa.table({"token_ids": seqs, "heldout": [is_heldout(s, cfg.train.heldout_permille) for s in seqs]})
+            yield pa.table(
+                {"token_ids": seqs, "heldout": [is_heldout(s, cfg.train.heldout_permille) for s in seqs]}
+            )
         ray.get(tally.put.remote(task["path"], count))
 
 
@@ -196,7 +211,11 @@ def sequences_dataset(cfg: PretrainConfig, vocab: Vocab, tally):
     tasks = read_tasks(cfg)
     log.info("pre-training on %d files", len(tasks))
     return ray.data.from_items([{"task": json.dumps(t)} for t in tasks]).map_batches(
-        _read_and_pack, fn_kwargs={"cfg": cfg, "vocab": vocab, "tally": tally}, batch_size=1, num_cpus=READ_TASK_CPUS)
+        _read_and_pack,
+        fn_kwargs={"cfg": cfg, "vocab": vocab, "tally": tally},
+        batch_size=1,
+        num_cpus=READ_TASK_CPUS,
+    )
 
 
 def peek_tally(tally) -> CorpusCount:
@@ -208,4 +227,3 @@ def peek_tally(tally) -> CorpusCount:
     for path in sorted(by_file := ray.get(tally.get.remote())):
         count.merge(by_file[path])
     return count
-

@@ -66,14 +66,20 @@ def resolve_model_files(cfg: PretrainConfig) -> tuple[EncoderConfig, Vocab]:
     config_file = m.encoder_config or own_config or "data/albert_config_sample.json"
     vocab_file = m.vocab or own_vocab
     if vocab_file is None:
-        raise ValueError("model.vocab: give a vocab.txt (the brightmart one), 'auto' (the corpus' characters) or a "
-                         "model.checkpoint directory that holds one")
+        raise ValueError(
+            "model.vocab: give a vocab.txt (the brightmart one), 'auto' (the corpus' characters) or a "
+            "model.checkpoint directory that holds one"
+        )
     encoder = EncoderConfig.from_json_file(config_file)
     if vocab_file == "auto":
         if m.checkpoint:
             raise ValueError("model.vocab: a checkpoint needs its own vocab.txt, not 'auto'")
         vocab = build_char_vocab(corpus_texts(cfg))
-        log.info("vocab: auto -> %d characters from the corpus (vocab_size of %s overridden)", len(vocab), config_file)
+        log.info(
+            "vocab: auto -> %d characters from the corpus (vocab_size of %s overridden)",
+            len(vocab),
+            config_file,
+        )
         encoder = replace(encoder, vocab_size=len(vocab))
     else:
         vocab = Vocab.from_file(vocab_file)
@@ -91,7 +97,11 @@ def pretrain(cfg: PretrainConfig, in_process: bool = False) -> dict:
 
         check_checkpoint(encoder, cfg.model.checkpoint)
     remote = paths.is_uri(cfg.pretrained_dir)
-    out = Path(tempfile.mkdtemp(prefix="albert-ray-pretrained-")) / "pretrained" if remote else Path(cfg.pretrained_dir)
+    out = (
+        Path(tempfile.mkdtemp(prefix="albert-ray-pretrained-")) / "pretrained"
+        if remote
+        else Path(cfg.pretrained_dir)
+    )
     count = (_pretrain_here if in_process else _pretrain_on_ray)(cfg, encoder, vocab, out)
     (out / modeldir.OPTIMIZER_FILE).unlink(missing_ok=True)
     summary = json.loads((out / "pretrain.json").read_text())
@@ -117,8 +127,9 @@ def _pretrain_here(cfg: PretrainConfig, encoder: EncoderConfig, vocab: Vocab, ou
     log.info("corpus: %s", count.describe())
     if (training := sum(not is_heldout(r, t.heldout_permille) for r in rows)) < t.batch_size:
         raise too_small(cfg, training, 1, count)
-    pretrain_loop_per_worker({"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out),
-                                                       bars_wanted())})
+    pretrain_loop_per_worker(
+        {"worker": PretrainWorker(cfg, encoder, vocab, t.tf_threads, rows, str(out), bars_wanted())}
+    )
     return count
 
 
@@ -131,26 +142,44 @@ def _pretrain_on_ray(cfg: PretrainConfig, encoder: EncoderConfig, vocab: Vocab, 
     require_enough_text(cfg, vocab)
     init_ray(cfg.ray_address)
     require_shared_storage(cfg.storage_path, "storage_path")
-    require_visible("input", "read tasks open it", [(f.path, f.size) for f in expand_inputs(cfg.inputs, cfg.format)
-                                                    if not paths.is_uri(f.path)])
-    require_visible_folder("storage_path" if cfg.storage_path else "output_dir", "Ray Train's workers write "
-                           "checkpoints under it", cfg.ray_storage)
+    require_visible(
+        "input",
+        "read tasks open it",
+        [(f.path, f.size) for f in expand_inputs(cfg.inputs, cfg.format) if not paths.is_uri(f.path)],
+    )
+    require_visible_folder(
+        "storage_path" if cfg.storage_path else "output_dir",
+        "Ray Train's workers write checkpoints under it",
+        cfg.ray_storage,
+    )
     require_read_room(t.num_workers, t.cpus_per_worker, READ_TASK_CPUS, "the corpus")
     tally = ray.remote(num_cpus=0)(CorpusTally).remote()
     try:
         sequences = sequences_dataset(cfg, vocab, tally)
-        split = every_row_split(sequences, t.num_workers, f"{cfg.name}: packed corpus",
-                                lambda shares: require_a_step_per_share(cfg, shares, peek_tally(tally)))
+        split = every_row_split(
+            sequences,
+            t.num_workers,
+            f"{cfg.name}: packed corpus",
+            lambda shares: require_a_step_per_share(cfg, shares, peek_tally(tally)),
+        )
         threads = t.tf_threads or max(1, (os.cpu_count() or 1) // t.num_workers)
         trainer = trainer_class()(
             pretrain_loop_per_worker,
-            train_loop_config={"worker": PretrainWorker(cfg, encoder, vocab, threads, progress_bar=bars_wanted())},
-            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                         resources_per_worker={"CPU": t.cpus_per_worker}),
-            datasets={"train": sequences}, dataset_config=split,
-            run_config=RunConfig(name=f"{cfg.name}-pretrain", storage_path=cfg.ray_storage,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                                 failure_config=FailureConfig(max_failures=t.max_failures)))
+            train_loop_config={
+                "worker": PretrainWorker(cfg, encoder, vocab, threads, progress_bar=bars_wanted())
+            },
+            scaling_config=ScalingConfig(
+                num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+            ),
+            datasets={"train": sequences},
+            dataset_config=split,
+            run_config=RunConfig(
+                name=f"{cfg.name}-pretrain",
+                storage_path=cfg.ray_storage,
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                failure_config=FailureConfig(max_failures=t.max_failures),
+            ),
+        )
         result = trainer.fit()
         count = peek_tally(tally)
     finally:

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 WORD_START = 1 << 30  # flag bit on a token id: a word begins here (whole-word masking)
 
 
-def pack_texts(texts, tokenizer: CharTokenizer, max_len: int, words: bool = False,
-               pairs: bool = False) -> list[list[int]]:
+def pack_texts(
+    texts, tokenizer: CharTokenizer, max_len: int, words: bool = False, pairs: bool = False
+) -> list[list[int]]:
     """Token ids of the texts, concatenated and cut into ``[CLS] body [SEP]`` sequences of at
     most ``max_len`` (short sentences share a sequence: no compute spent on padding).
 
@@ -97,8 +98,11 @@ def make_batch(rows, rng: np.random.Generator, vocab: Vocab, t: PretrainTrain) -
     if t.sentence_order:
         batch, segments, order_labels, order_weights = order_batch(batch, rng, vocab)
     else:
-        segments, order_labels, order_weights = np.zeros_like(batch), np.zeros(len(batch), np.int32), \
-            np.zeros(len(batch), np.float32)
+        segments, order_labels, order_weights = (
+            np.zeros_like(batch),
+            np.zeros(len(batch), np.int32),
+            np.zeros(len(batch), np.float32),
+        )
     ids, pos, labels, weights = mask_batch(batch, rng, vocab, t.mask_rate, t.whole_word_masking)
     return ids, segments, pos, labels, weights, order_labels, order_weights
 
@@ -121,8 +125,9 @@ def token_counts(rows, vocab_size: int) -> np.ndarray:
     return counts
 
 
-def mask_batch(ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: float = 0.15,
-               whole_words: bool = False) -> tuple:
+def mask_batch(
+    ids: np.ndarray, rng: np.random.Generator, vocab: Vocab, rate: float = 0.15, whole_words: bool = False
+) -> tuple:
     """Dynamic masking of a padded batch: ``rate`` of each row's ordinary tokens (never
     ``[PAD]``/``[CLS]``/``[SEP]``/``[MASK]``) become prediction targets, of which 80 % are
     replaced by ``[MASK]``, 10 % by a random ordinary token and 10 % kept. ``whole_words``: whole

@@ -52,7 +52,9 @@ class OutputVocabulary:
         return np.where(real, index, 0).astype(np.int32)
 
 
-def build_mlm_model(config: EncoderConfig, sentence_order: bool = False, output: OutputVocabulary | None = None):
+def build_mlm_model(
+    config: EncoderConfig, sentence_order: bool = False, output: OutputVocabulary | None = None
+):
     """``[token_ids, segment_ids, masked_positions] -> logits (B, P, vocab)`` (float32): the
     encoder and an MLM head whose output layer is the token embedding, transposed (as in BERT and
     ALBERT), evaluated at the masked positions only; with ``output``, over its ids only
@@ -68,7 +70,9 @@ def build_mlm_model(config: EncoderConfig, sentence_order: bool = False, output:
     head = MaskedLMHead(config, encoder, name="MLM-Head", output=output)
     logits = head([encoder.outputs[0], positions])
     if sentence_order:
-        pooled = keras.layers.Dense(config.hidden_size, activation="tanh", name="SOP-Pooler")(encoder.outputs[1])
+        pooled = keras.layers.Dense(config.hidden_size, activation="tanh", name="SOP-Pooler")(
+            encoder.outputs[1]
+        )
         order = keras.layers.Dense(2, name="SOP-Output", dtype="float32")(pooled)
         return keras.Model(encoder.inputs + [positions], [logits, order], name="mlm_sop")
     return keras.Model(encoder.inputs + [positions], logits, name="mlm")
@@ -96,8 +100,12 @@ def head_variables(model) -> dict:
 _TRANSPOSED = {"cls/seq_relationship/output_weights"}
 
 
-def MaskedLMHead(config: EncoderConfig, encoder, name: str,  # noqa: N802  (a layer factory)
-                 output: OutputVocabulary | None = None):
+def MaskedLMHead(
+    config: EncoderConfig,
+    encoder,
+    name: str,  # noqa: N802  (a layer factory)
+    output: OutputVocabulary | None = None,
+):
     """The MLM head layer: transform (dense + activation + LayerNorm) at the width the layout's
     published head has, then logits against the token embedding (brightmart projects back
     through ``word_embeddings_2`` first), plus ``output_bias``; with ``output``, against its rows only."""
@@ -118,8 +126,11 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str,  # noqa: N802  (a la
         def build(self, input_shape):
             self.kernel = self.add_weight(name="transform_kernel", shape=(config.hidden_size, width))
             self.bias = self.add_weight(name="transform_bias", shape=(width,), initializer="zeros")
+
             def float32(name, size, initializer):  # read in float32 under a mixed policy too
-                return self.add_weight(name=name, shape=(size,), initializer=initializer, experimental_autocast=False)
+                return self.add_weight(
+                    name=name, shape=(size,), initializer=initializer, experimental_autocast=False
+                )
 
             self.gamma, self.beta = float32("gamma", width, "ones"), float32("beta", width, "zeros")
             self.output_bias = float32("output_bias", config.vocab_size, "zeros")
@@ -138,11 +149,15 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str,  # noqa: N802  (a la
             # 2-D matmuls on the (B * P) gathered rows: against a 3-D input the tied embedding's
             # gradient would be a (B, vocab, E) batch summed afterwards
             sequence, positions = inputs
-            compute = self.compute_dtype                                            # bfloat16 under mixed_bfloat16
-            x = tf.gather(sequence, positions, batch_dims=1)                       # (B, P, H)
-            x = tf.reshape(tf.cast(x, compute), [-1, config.hidden_size])         # (B * P, H)
-            x = self.act(tf.nn.bias_add(tf.matmul(x, tf.cast(self.kernel, compute)), tf.cast(self.bias, compute)))
-            x = tf.cast(fused.layer_norm(x, self.gamma, self.beta, LN_EPSILON), compute)  # LayerNorm in float32
+            compute = self.compute_dtype  # bfloat16 under mixed_bfloat16
+            x = tf.gather(sequence, positions, batch_dims=1)  # (B, P, H)
+            x = tf.reshape(tf.cast(x, compute), [-1, config.hidden_size])  # (B * P, H)
+            x = self.act(
+                tf.nn.bias_add(tf.matmul(x, tf.cast(self.kernel, compute)), tf.cast(self.bias, compute))
+            )
+            x = tf.cast(
+                fused.layer_norm(x, self.gamma, self.beta, LN_EPSILON), compute
+            )  # LayerNorm in float32
             if config.layout == "albert_brightmart":
                 x = tf.matmul(x, tf.cast(self.projection(), compute), transpose_b=True)  # H -> E
             logits = tf.matmul(x, tf.cast(restricted(self.embedding()), compute), transpose_b=True)
@@ -151,9 +166,13 @@ def MaskedLMHead(config: EncoderConfig, encoder, name: str,  # noqa: N802  (a la
 
         def variables_by_name(self) -> dict:
             p = HEAD_PREFIX
-            return {f"{p}/transform/dense/kernel": self.kernel, f"{p}/transform/dense/bias": self.bias,
-                    f"{p}/transform/LayerNorm/gamma": self.gamma, f"{p}/transform/LayerNorm/beta": self.beta,
-                    f"{p}/output_bias": self.output_bias}
+            return {
+                f"{p}/transform/dense/kernel": self.kernel,
+                f"{p}/transform/dense/bias": self.bias,
+                f"{p}/transform/LayerNorm/gamma": self.gamma,
+                f"{p}/transform/LayerNorm/beta": self.beta,
+                f"{p}/output_bias": self.output_bias,
+            }
 
     return _Head(name=name, autocast=False)  # the global policy's compute dtype; variables float32
 
@@ -168,7 +187,9 @@ def save_pretrained(
 
     folder = Path(folder)
     variables = encoder_variables(model, config)
-    variables.update({k: v.numpy().T if k in _TRANSPOSED else v.numpy() for k, v in head_variables(model).items()})
+    variables.update(
+        {k: v.numpy().T if k in _TRANSPOSED else v.numpy() for k, v in head_variables(model).items()}
+    )
     write_variables(folder / "model.ckpt", variables)
     name = "bert_config.json" if config.layout == "bert" else "albert_config.json"
     (folder / name).write_text(json.dumps(config.to_dict(), indent=2))
@@ -209,6 +230,9 @@ def masked_loss(logits, labels, weights):
     import tensorflow as tf
 
     from albert_ray.model import fused
+
     ce = fused.sparse_cross_entropy(labels, logits)
-    correct = tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), labels), tf.float32)  # pruned in training
+    correct = tf.cast(
+        tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), labels), tf.float32
+    )  # pruned in training
     return tf.reduce_sum(ce * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)

@@ -50,7 +50,7 @@ def init_std(encoder: EncoderConfig, init_range: float | None = None) -> float:
     batch 32, 1.6M characters): held-out masked-token accuracy 0.054 at 0.02 (the unigram
     baseline), 0.143 at 0.1; 0.02 needed 5,300 steps to reach 0.132.
     """
-    return init_range if init_range is not None else max(encoder.initializer_range, encoder.hidden_size ** -0.5)
+    return init_range if init_range is not None else max(encoder.initializer_range, encoder.hidden_size**-0.5)
 
 
 # ---- the worker loop -------------------------------------------------------------------------------
@@ -60,16 +60,20 @@ class PretrainWorker:
     encoder: EncoderConfig
     vocab: Vocab
     tf_threads: int = 0
-    rows: list | None = None          # in-process runs: the sequences
+    rows: list | None = None  # in-process runs: the sequences
     local_output: str | None = None
-    progress_bar: bool = False        # the driver writes to a terminal: a step bar on rank 0
-    output: OutputVocabulary | None = None  # the MLM softmax's ids (train.output_vocabulary=corpus): set by the loop
+    progress_bar: bool = False  # the driver writes to a terminal: a step bar on rank 0
+    output: OutputVocabulary | None = (
+        None  # the MLM softmax's ids (train.output_vocabulary=corpus): set by the loop
+    )
 
     @property
     def policy(self) -> str:
         """The Keras dtype policy of pre-training on this worker's hardware (``auto`` resolved)."""
         t = self.cfg.train
-        return training_precision(t.precision, self.encoder.layout, gpu_bf16=t.use_gpu and gpu_supports_bf16())
+        return training_precision(
+            t.precision, self.encoder.layout, gpu_bf16=t.use_gpu and gpu_supports_bf16()
+        )
 
 
 def pretrain_loop_per_worker(config: dict) -> None:
@@ -79,8 +83,11 @@ def pretrain_loop_per_worker(config: dict) -> None:
     w: PretrainWorker = config["worker"]
     configure_tf(w.tf_threads)
     cfg, t = w.cfg, w.cfg.train
-    ctx = loop.worker_context(w.rows and [np.asarray(r, np.int32) for r in w.rows], w.local_output,
-                              lambda r: np.asarray(r["token_ids"], np.int32))
+    ctx = loop.worker_context(
+        w.rows and [np.asarray(r, np.int32) for r in w.rows],
+        w.local_output,
+        lambda r: np.asarray(r["token_ids"], np.int32),
+    )
     ctx.rows.sort(
         key=lambda r: r.tobytes()
     )  # Ray Data's order varies between attempts; a resumed epoch skips by position
@@ -98,22 +105,42 @@ def pretrain_loop_per_worker(config: dict) -> None:
         raise too_small(cfg, len(train_rows) * ctx.world, ctx.world)
     w = replace(w, output=_output_vocabulary(ctx.rows, w, combine))
     if not held_out and ctx.rank == 0:
-        log.warning("no held-out sequence among %d (train.heldout_permille=%d): held-out loss and accuracy will read "
-                    "nan; raise train.heldout_permille", sequences, t.heldout_permille)
+        log.warning(
+            "no held-out sequence among %d (train.heldout_permille=%d): held-out loss and accuracy will read "
+            "nan; raise train.heldout_permille",
+            sequences,
+            t.heldout_permille,
+        )
     cap = max(1, steps_per_epoch * t.epochs)
     cap = min(cap, t.max_steps) if t.max_steps else cap
     model, optimizer, step, budget = _build_pretraining(w, ctx.strategy, cap)
     state = _restore_pretraining(model, optimizer, w, ctx.resume)
     if ctx.rank == 0:
-        log.info("pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
-                 "%s, %s, MLM softmax over %s", cfg.name, sequences, held_out, ctx.world, t.batch_size, steps_per_epoch,
-                 cap, f", {t.max_minutes:g} min" if t.max_minutes else "", w.policy,
-                 f"all {len(w.vocab):,} vocabulary ids" if w.output is None else
-                 f"the {len(w.output.ids):,} of {len(w.vocab):,} vocabulary ids the corpus holds")
+        log.info(
+            "pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
+            "%s, %s, MLM softmax over %s",
+            cfg.name,
+            sequences,
+            held_out,
+            ctx.world,
+            t.batch_size,
+            steps_per_epoch,
+            cap,
+            f", {t.max_minutes:g} min" if t.max_minutes else "",
+            w.policy,
+            f"all {len(w.vocab):,} vocabulary ids"
+            if w.output is None
+            else f"the {len(w.output.ids):,} of {len(w.vocab):,} vocabulary ids the corpus holds",
+        )
 
     def checkpoint(folder):
-        save_pretrained(folder, model, w.encoder, w.vocab, {"history": state.history, "resumes": state.resumes,
-                                                                     "precision": w.policy})
+        save_pretrained(
+            folder,
+            model,
+            w.encoder,
+            w.vocab,
+            {"history": state.history, "resumes": state.resumes, "precision": w.policy},
+        )
         loop.save_resume_state(folder, state, optimizer)
 
     def midway(epoch: int, batch: int) -> None:  # a checkpoint within the epoch, resumed at ``batch``
@@ -124,16 +151,32 @@ def pretrain_loop_per_worker(config: dict) -> None:
 
     for epoch in range(state.epoch, t.epochs):
         first = state.batch if epoch == state.epoch else 0
-        metrics = _pretrain_epoch(step, optimizer, train_rows, w, rank=ctx.rank, epoch=epoch, first=first,
-                                  steps=steps_per_epoch, budget=budget, midway=functools.partial(midway, epoch))
+        metrics = _pretrain_epoch(
+            step,
+            optimizer,
+            train_rows,
+            w,
+            rank=ctx.rank,
+            epoch=epoch,
+            first=first,
+            steps=steps_per_epoch,
+            budget=budget,
+            midway=functools.partial(midway, epoch),
+        )
         metrics.update(evaluate_mlm(model, heldout, w, combine), sequences=sequences)
         state.history.append(metrics)
         state.epoch, state.batch = epoch + 1, 0
         if ctx.rank == 0:
             order = metrics.get("heldout_order_accuracy")
-            log.info("epoch %d: loss %.4f, held-out MLM loss %.4f, masked-token accuracy %.4f%s, %.1f sequences/s",
-                     epoch + 1, metrics["train_loss"], metrics["heldout_loss"], metrics["heldout_accuracy"],
-                     "" if order is None else f", sentence-order accuracy {order:.4f}", metrics["sequences_per_second"])
+            log.info(
+                "epoch %d: loss %.4f, held-out MLM loss %.4f, masked-token accuracy %.4f%s, %.1f sequences/s",
+                epoch + 1,
+                metrics["train_loss"],
+                metrics["heldout_loss"],
+                metrics["heldout_accuracy"],
+                "" if order is None else f", sentence-order accuracy {order:.4f}",
+                metrics["sequences_per_second"],
+            )
         ctx.reporter.report({**metrics, "final": budget.hit or epoch + 1 == t.epochs}, checkpoint)
         if budget.hit:
             break
@@ -161,12 +204,13 @@ class Budget:
     that the schedule's total (a ``tf.Variable``) is re-fitted to the steps that still fit (and the
     warmup to its share of them), so the learning rate reaches 0 when the time is up."""
 
-    def __init__(self, cap: int, minutes: float, total_var, warmup_var=None, warmup_ratio: float = 0.0,
-                 clock=time.time):
+    def __init__(
+        self, cap: int, minutes: float, total_var, warmup_var=None, warmup_ratio: float = 0.0, clock=time.time
+    ):
         self.cap, self.minutes, self.total_var = cap, minutes, total_var
         self.warmup_var, self.warmup_ratio, self.clock = warmup_var, warmup_ratio, clock
         self.began, self.hit = clock(), False
-        self.first: int | None = None                   # the step the run started at
+        self.first: int | None = None  # the step the run started at
         self.timed_from: tuple[float, int] | None = None  # (time, step) the pace is measured from
 
     @property
@@ -222,14 +266,23 @@ def _build_pretraining(w: PretrainWorker, strategy, cap: int):
         initialize_encoder(model, replace(w.encoder, initializer_range=std), seed=t.seed)
         if checkpoint:
             load_checkpoint(model, w.encoder, checkpoint)
-            log.info("MLM head %s", "continued from the checkpoint" if load_head(model, checkpoint)
-                     else "new (the checkpoint has none)")
+            log.info(
+                "MLM head %s",
+                "continued from the checkpoint"
+                if load_head(model, checkpoint)
+                else "new (the checkpoint has none)",
+            )
         else:
             log.info("random start: weights drawn with std %g", std)
         total_var = tf.Variable(float(cap), trainable=False, dtype=tf.float32)
         warmup_var = tf.Variable(float(int(cap * t.warmup_ratio)), trainable=False, dtype=tf.float32)
-        optimizer = adamw(model, WarmupLinearDecay(t.learning_rate, warmup_var, total_var), t.weight_decay,
-                          ("gamma", "beta", "bias", "embeddings"), w.policy)
+        optimizer = adamw(
+            model,
+            WarmupLinearDecay(t.learning_rate, warmup_var, total_var),
+            t.weight_decay,
+            ("gamma", "beta", "bias", "embeddings"),
+            w.policy,
+        )
     scaled = w.policy == "mixed_float16"
 
     def replica_step(ids, seg, pos, labels, weights, order_labels, order_weights):
@@ -277,8 +330,19 @@ def _restore_pretraining(model, optimizer, w: PretrainWorker, resume):
     return state
 
 
-def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, *, rank: int, epoch: int, first: int, steps: int,
-                    budget: Budget, midway: Callable[[int], None]) -> dict:
+def _pretrain_epoch(
+    step,
+    optimizer,
+    rows,
+    w: PretrainWorker,
+    *,
+    rank: int,
+    epoch: int,
+    first: int,
+    steps: int,
+    budget: Budget,
+    midway: Callable[[int], None],
+) -> dict:
     """Batches ``first..steps-1`` of an epoch of dynamically masked batches (the order a function
     of seed, epoch and rank; a resumed epoch skips the batches done and draws new masks), calling
     ``midway(batch)`` every ``train.checkpoint_every_steps`` optimizer steps."""
@@ -289,21 +353,31 @@ def _pretrain_epoch(step, optimizer, rows, w: PretrainWorker, *, rank: int, epoc
     order = np.random.default_rng([t.seed, epoch, rank]).permutation(len(rows))
     losses, seqs, began = [], 0, time.time()
     opening = (0, 0.0)  # the first step's sequences and seconds (tracing / XLA compile included)
-    bar = StepBar(w.progress_bar and rank == 0, steps - first, f"epoch {epoch + 1}/{t.epochs}", w.rows is None)
+    bar = StepBar(
+        w.progress_bar and rank == 0, steps - first, f"epoch {epoch + 1}/{t.epochs}", w.rows is None
+    )
     for i in range(first, steps):
         if budget.over(int(optimizer.iterations.numpy())):
             break
         batch = masked_batch([rows[j] for j in order[i * t.batch_size : (i + 1) * t.batch_size]], rng, w)
         losses.append(float(step(*(tf.constant(x) for x in batch))))
         bar.step(losses[-1])
-        if len(losses) == 1:  # sequences/s from the end of the first step on: not the tracing (and XLA) compile
+        if (
+            len(losses) == 1
+        ):  # sequences/s from the end of the first step on: not the tracing (and XLA) compile
             opening, began = (len(batch[0]), time.time() - began), time.time()
         else:
             seqs += len(batch[0])
         if rank == 0 and t.log_every and (i + 1) % t.log_every == 0 and bar.bar is None:
-            log.info("epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker; %s)", epoch + 1, i + 1, steps,
-                     np.mean(losses[-t.log_every:]), seqs / (time.time() - began),
-                     budget.progress(int(optimizer.iterations.numpy())))
+            log.info(
+                "epoch %d step %d/%d: MLM loss %.4f (%.1f sequences/s per worker; %s)",
+                epoch + 1,
+                i + 1,
+                steps,
+                np.mean(losses[-t.log_every :]),
+                seqs / (time.time() - began),
+                budget.progress(int(optimizer.iterations.numpy())),
+            )
         every = t.checkpoint_every_steps
         if every and i + 1 < steps and int(optimizer.iterations.numpy()) % every == 0 and not budget.hit:
             midway(i + 1)
@@ -339,8 +413,11 @@ def evaluate_mlm(model, rows, w: PretrainWorker, combine=None) -> dict:
     sums[5] = len(rows)
     if combine is not None:
         sums = combine(sums)
-    result = {"heldout_loss": _ratio(sums[0], sums[2]), "heldout_accuracy": _ratio(sums[1], sums[2]),
-              "heldout_sequences": int(sums[5])}
+    result = {
+        "heldout_loss": _ratio(sums[0], sums[2]),
+        "heldout_accuracy": _ratio(sums[1], sums[2]),
+        "heldout_sequences": int(sums[5]),
+    }
     if t.sentence_order:
         result["heldout_order_accuracy"] = _ratio(sums[3], sums[4])
     return result

@@ -31,8 +31,9 @@ def multilabel_reports(gold: np.ndarray, pred: np.ndarray, labels: Sequence[str]
     return text, data
 
 
-def ner_reports(gold_tags: list[list[str]], pred_tags: list[list[str]], scheme: str = "BIO",
-                strict: bool = False) -> tuple[str, dict]:
+def ner_reports(
+    gold_tags: list[list[str]], pred_tags: list[list[str]], scheme: str = "BIO", strict: bool = False
+) -> tuple[str, dict]:
     """seqeval ``classification_report(digits=4)`` at entity level (``strict`` for BIOES)."""
     from seqeval.metrics import accuracy_score, classification_report
 
@@ -48,7 +49,9 @@ def ner_reports(gold_tags: list[list[str]], pred_tags: list[list[str]], scheme: 
     return text, data
 
 
-def best_threshold(gold: np.ndarray, probs: np.ndarray, grid: Sequence[float] | None = None) -> tuple[float, float]:
+def best_threshold(
+    gold: np.ndarray, probs: np.ndarray, grid: Sequence[float] | None = None
+) -> tuple[float, float]:
     """The decision threshold with the best micro-F1 on ``(gold, probs)``; ties go to 0.5's side."""
     from sklearn.metrics import f1_score
 

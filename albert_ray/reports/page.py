@@ -40,7 +40,9 @@ def _font_covering(text: str) -> str | None:
 
         _FONTS[chars] = None
         default = font_manager.findfont(font_manager.FontProperties())
-        fonts = sorted(font_manager.fontManager.ttflist, key=lambda f: f.fname != default)  # the default first
+        fonts = sorted(
+            font_manager.fontManager.ttflist, key=lambda f: f.fname != default
+        )  # the default first
         for font in fonts:
             try:
                 if chars <= FT2Font(font.fname).get_charmap().keys():
@@ -117,8 +119,15 @@ def confusion_plot(folder: Path, gold: Sequence[str], pred: Sequence[str], label
     ax.set(xlabel="predicted", ylabel="gold", title="confusion matrix")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black", fontsize="small")
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+                fontsize="small",
+            )
     return _save(fig, folder / "confusion.png")
 
 
@@ -147,9 +156,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write_report_page(folder: str | Path, task: str, examples: int, text: str, report: dict,
-                      task_plots: Sequence[Path | None] = (), history: Sequence[dict] | None = None,
-                      title: str = "") -> Path:
+def write_report_page(
+    folder: str | Path,
+    task: str,
+    examples: int,
+    text: str,
+    report: dict,
+    task_plots: Sequence[Path | None] = (),
+    history: Sequence[dict] | None = None,
+    title: str = "",
+) -> Path:
     """The curves and per-label plots and ``report.html`` (text report, headline metrics, those
     plots and the task's own, already drawn into ``folder``, which exists) in ``folder``."""
     folder = Path(folder)
@@ -158,19 +174,29 @@ def write_report_page(folder: str | Path, task: str, examples: int, text: str, r
     for avg in AVERAGES:
         if avg in report:
             headline[f"{avg} F1"] = report[avg]["f1-score"]
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" if isinstance(v, float)
-                   else f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
-                   for k, v in headline.items())
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
+        if isinstance(v, float)
+        else f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
+        for k, v in headline.items()
+    )
     names = list(label_rows(report))
-    legend = "" if tick_names(names) == names else "<p>labels in the plots: " + ", ".join(
-        f"{i + 1} = {html.escape(n)}" for i, n in enumerate(names)) + "</p>"
+    legend = (
+        ""
+        if tick_names(names) == names
+        else "<p>labels in the plots: "
+        + ", ".join(f"{i + 1} = {html.escape(n)}" for i, n in enumerate(names))
+        + "</p>"
+    )
     images = legend + "".join(f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in plots if p is not None)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or task)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}"
-            "td{padding:0 1em}</style></head><body>"
-            f"<h1>{html.escape(title or task)}</h1><p>task {html.escape(task)}, "
-            f"{examples} examples evaluated</p><table>{rows}</table>"
-            f"<h2>report</h2><pre>{html.escape(text)}</pre><h2>plots</h2>{images}</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or task)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}"
+        "td{padding:0 1em}</style></head><body>"
+        f"<h1>{html.escape(title or task)}</h1><p>task {html.escape(task)}, "
+        f"{examples} examples evaluated</p><table>{rows}</table>"
+        f"<h2>report</h2><pre>{html.escape(text)}</pre><h2>plots</h2>{images}</body></html>"
+    )
     out = folder / REPORT_HTML
     out.write_text(page, encoding="utf-8")
     return out
@@ -205,15 +231,36 @@ def label_summary_page(manifest: dict, counts_key: str, top: int = 30) -> str:
             chart += "<p>" + ", ".join(f"{t} = {html.escape(n)}" for t, n in zip(ticks, names)) + "</p>"
 
     def table(rows) -> str:
-        return "<table>" + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                                   for k, v in rows) + "</table>"
+        return (
+            "<table>"
+            + "".join(
+                f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+            )
+            + "</table>"
+        )
 
-    totals = [(k, manifest.get(k)) for k in ("task", "model", "rows_in", "rows_out", "rows_quarantined", "units",
-                                             "units_reused", "rows_labeled_this_run", "seconds", "rows_per_second",
-                                             "precision", "output")]
+    totals = [
+        (k, manifest.get(k))
+        for k in (
+            "task",
+            "model",
+            "rows_in",
+            "rows_out",
+            "rows_quarantined",
+            "units",
+            "units_reused",
+            "rows_labeled_this_run",
+            "seconds",
+            "rows_per_second",
+            "precision",
+            "output",
+        )
+    ]
     reasons = manifest.get("quarantine_reasons", {})
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>label run</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td{padding:0 1em}</style></head><body>"
-            f"<h1>label run: {html.escape(str(manifest.get('model_name', '')))}</h1>{table(totals)}"
-            f"<h2>{html.escape(counts_key.replace('_', ' '))}</h2>{chart}{table(counts.items())}"
-            f"<h2>quarantine reasons</h2>{table(reasons.items()) if reasons else '<p>none</p>'}</body></html>")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>label run</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td{padding:0 1em}</style></head><body>"
+        f"<h1>label run: {html.escape(str(manifest.get('model_name', '')))}</h1>{table(totals)}"
+        f"<h2>{html.escape(counts_key.replace('_', ' '))}</h2>{chart}{table(counts.items())}"
+        f"<h2>quarantine reasons</h2>{table(reasons.items()) if reasons else '<p>none</p>'}</body></html>"
+    )

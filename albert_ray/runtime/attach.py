@@ -50,8 +50,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     if ray.is_initialized():
         return
 
-    env = {**WORKER_ENV, VERBOSE_ENV: os.environ.get(VERBOSE_ENV, "0"),
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", WORKER_ENV["TF_CPP_MIN_LOG_LEVEL"])}
+    env = {
+        **WORKER_ENV,
+        VERBOSE_ENV: os.environ.get(VERBOSE_ENV, "0"),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", WORKER_ENV["TF_CPP_MIN_LOG_LEVEL"]),
+    }
     if address:
         ray.init(address=address, runtime_env=runtime_env(env))
     elif os.environ.get("RAY_ADDRESS"):
@@ -82,15 +85,20 @@ def start_local_ray(env: dict, num_cpus: int | None, dashboard: bool) -> None:
     import ray
     from ray._private import ray_constants
 
-
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before (see LOOPBACK_ENV)
     port = free_port()
     env = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     saved = os.environ.get(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE)
     os.environ[ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)  # read by the head node it starts
     try:
-        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=dashboard,
-                 runtime_env=runtime_env(env), configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            dashboard_host="127.0.0.1",
+            include_dashboard=dashboard,
+            runtime_env=runtime_env(env),
+            configure_logging=False,
+        )
     finally:
         if saved is None:
             os.environ.pop(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE, None)
@@ -110,8 +118,10 @@ def require_shared_storage(path: str | None, what: str) -> None:
         ValueError: more than one node and no explicit shared location.
     """
     if path is None and alive_nodes() > 1:
-        raise ValueError(f"{what} is not set and the cluster has {alive_nodes()} nodes: set it to shared storage "
-                         f"(an NFS path mounted on every node, or s3://bucket/prefix), not a node's local disk")
+        raise ValueError(
+            f"{what} is not set and the cluster has {alive_nodes()} nodes: set it to shared storage "
+            f"(an NFS path mounted on every node, or s3://bucket/prefix), not a node's local disk"
+        )
 
 
 def task_nodes() -> list[dict]:
@@ -119,8 +129,12 @@ def task_nodes() -> list[dict]:
     runs none, so what it sees does not matter."""
     import ray
 
-    return [n for n in ray.nodes() if n.get("Alive") and
-            (n.get("Resources", {}).get("CPU", 0) > 0 or n.get("Resources", {}).get("GPU", 0) > 0)]
+    return [
+        n
+        for n in ray.nodes()
+        if n.get("Alive")
+        and (n.get("Resources", {}).get("CPU", 0) > 0 or n.get("Resources", {}).get("GPU", 0) > 0)
+    ]
 
 
 def _sees(files: list[tuple[str, int | None]]) -> int | None:
@@ -134,7 +148,9 @@ def _sees(files: list[tuple[str, int | None]]) -> int | None:
     return None
 
 
-def require_visible(what: str, role: str, files: list[tuple[str, int | None]], shown: str | None = None) -> None:
+def require_visible(
+    what: str, role: str, files: list[tuple[str, int | None]], shown: str | None = None
+) -> None:
     """On a multi-node cluster, refuse local paths a node that runs tasks cannot see, before any
     task reads them: one small task per such node (pinned to it) looks for each path.
 
@@ -155,8 +171,12 @@ def require_visible(what: str, role: str, files: list[tuple[str, int | None]], s
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     check = ray.remote(num_cpus=0, max_retries=0)(_sees)
-    refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(files)
-            for n in nodes]
+    refs = [
+        check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            files
+        )
+        for n in nodes
+    ]
     for node, missing in zip(nodes, ray.get(refs)):
         if missing is not None:
             raise ValueError(
@@ -202,10 +222,12 @@ def require_read_room(num_workers: int, cpus_per_worker: float, read_cpus: float
     total = ray.cluster_resources().get("CPU", 0.0)
     taken = num_workers * cpus_per_worker
     if taken + read_cpus > total:
-        raise ValueError(f"train.num_workers={num_workers} x train.cpus_per_worker={cpus_per_worker:g} = "
-                         f"{taken:g} of the cluster's {total:g} CPUs leaves less than {read_cpus:g} for reading "
-                         f"{what}: lower train.cpus_per_worker (TensorFlow's threads are set apart, by "
-                         f"train.tf_threads)")
+        raise ValueError(
+            f"train.num_workers={num_workers} x train.cpus_per_worker={cpus_per_worker:g} = "
+            f"{taken:g} of the cluster's {total:g} CPUs leaves less than {read_cpus:g} for reading "
+            f"{what}: lower train.cpus_per_worker (TensorFlow's threads are set apart, by "
+            f"train.tf_threads)"
+        )
 
 
 def every_row_split(ds, workers: int, what: str, require=None):
@@ -228,8 +250,14 @@ def every_row_split(ds, workers: int, what: str, require=None):
     rows = ds.count()
     cuts = [rows * i // workers for i in range(1, workers)]
     shards = ds.split_at_indices(cuts) if cuts else [ds]
-    log.info("%s: %s rows ready in %.1f s, %s to each of %d workers", what, f"{rows:,}", time.time() - began,
-             "/".join(sorted({f"{s.count():,}" for s in shards})), workers)
+    log.info(
+        "%s: %s rows ready in %.1f s, %s to each of %d workers",
+        what,
+        f"{rows:,}",
+        time.time() - began,
+        "/".join(sorted({f"{s.count():,}" for s in shards})),
+        workers,
+    )
     if require is not None:
         require(shards)
 
@@ -269,7 +297,9 @@ def trainer_class():
             super().__init__(*args, **kwargs)
             self.max_failures = self.run_config.failure_config.max_failures
             # in place: the run context holds this same RunConfig
-            self.run_config.failure_config = dataclasses.replace(self.run_config.failure_config, max_failures=0)
+            self.run_config.failure_config = dataclasses.replace(
+                self.run_config.failure_config, max_failures=0
+            )
 
         def fit(self):
             """Run, starting again from the latest checkpoint after a worker failure, at most
@@ -292,9 +322,16 @@ def trainer_class():
                         )
                         raise (fault or exc) from None
                     rank, err = min(exc.worker_failures.items())
-                    log.warning("%s: worker %d failed (%s: %s); starting again from the latest checkpoint "
-                                "(failure %d of %d allowed, train.max_failures)", self.run_config.name, rank,
-                                type(err).__name__, first_line(err), failures, self.max_failures)
+                    log.warning(
+                        "%s: worker %d failed (%s: %s); starting again from the latest checkpoint "
+                        "(failure %d of %d allowed, train.max_failures)",
+                        self.run_config.name,
+                        rank,
+                        type(err).__name__,
+                        first_line(err),
+                        failures,
+                        self.max_failures,
+                    )
 
         def _fit_once(self):
             try:
@@ -302,8 +339,10 @@ def trainer_class():
             except KeyboardInterrupt:  # ray.get re-raises a plain one: say what is kept
                 ray.shutdown()  # stop streaming the actors' last log lines after ours
                 storage = self.run_config.storage_path
-                raise Interrupted(f"interrupted: checkpoints so far are in {storage}/{self.run_config.name}; run "
-                                  f"the same command again to resume from the latest") from None
+                raise Interrupted(
+                    f"interrupted: checkpoints so far are in {storage}/{self.run_config.name}; run "
+                    f"the same command again to resume from the latest"
+                ) from None
 
     return Trainer
 

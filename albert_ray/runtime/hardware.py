@@ -18,8 +18,19 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # TensorFlow (tensorflow/core/util/util.cc, IsMKLEnabled) enables oneDNN by default on x86 Linux
 # only where the CPU has one of these; elsewhere (e.g. AVX2-only Zen 3) it stays off and its
 # "oneDNN custom operations are on" line never appears.  TF_ENABLE_ONEDNN_OPTS overrides it.
-ONEDNN_DEFAULT_FLAGS = frozenset({"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"})
-SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+ONEDNN_DEFAULT_FLAGS = frozenset(
+    {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"}
+)
+SHOWN_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def _cpuinfo_field(name: str) -> str:
@@ -47,8 +58,9 @@ def has_bf16(flags: frozenset[str] | None = None) -> bool:
     return bool((cpu_flags() if flags is None else flags) & BF16_FLAGS)
 
 
-def training_precision(setting: str, layout: str | None = None, flags: frozenset[str] | None = None,
-                       gpu_bf16: bool = False) -> str:
+def training_precision(
+    setting: str, layout: str | None = None, flags: frozenset[str] | None = None, gpu_bf16: bool = False
+) -> str:
     """The Keras dtype policy a ``train.precision`` setting means on this machine: ``auto`` is
     mixed_bfloat16 where the CPU has bfloat16 instructions (or the GPU in use supports bfloat16) and
     the layout allows it (keras-bert's BERT attention is float32-only), float32 elsewhere; any other
@@ -84,7 +96,9 @@ def head_commit(root: str | Path | None = None) -> str:
     """The checkout's commit (``git rev-parse --short HEAD``), "" outside a git checkout."""
     root = Path(root) if root else Path(__file__).resolve().parents[2]
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
     except OSError:
         return ""
     return done.stdout.strip() if done.returncode == 0 else ""
@@ -93,9 +107,14 @@ def head_commit(root: str | Path | None = None) -> str:
 def machine_record() -> dict:
     """What every benchmark JSON records of its machine: CPU model, its flags, cores, commit."""
     flags = cpu_flags()
-    return {"cpu_model": cpu_model(), "cpu_flags": sorted(flags), "cores": os.cpu_count(),
-            "bf16_instructions": has_bf16(flags), "onednn_default": bool(flags & ONEDNN_DEFAULT_FLAGS),
-            "commit": head_commit()}
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": sorted(flags),
+        "cores": os.cpu_count(),
+        "bf16_instructions": has_bf16(flags),
+        "onednn_default": bool(flags & ONEDNN_DEFAULT_FLAGS),
+        "commit": head_commit(),
+    }
 
 
 def describe() -> str:

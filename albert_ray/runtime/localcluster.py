@@ -64,14 +64,18 @@ class LocalCluster:
     """A running head node. ``client_env()`` is what a client (``ray job submit``,
     ``JobSubmissionClient``, ``ray.init``) needs in its environment."""
 
-    address: str          # GCS address, host:port
-    dashboard_url: str    # job server, http://127.0.0.1:port
+    address: str  # GCS address, host:port
+    dashboard_url: str  # job server, http://127.0.0.1:port
     temp_dir: str
     token_path: str
     pids: list[int]
 
     def client_env(self) -> dict[str, str]:
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path, "RAY_ADDRESS": self.dashboard_url}
+        return {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": self.token_path,
+            "RAY_ADDRESS": self.dashboard_url,
+        }
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +89,9 @@ class LocalCluster:
         """Stop every process of this cluster — found now, by its private temp dir (named on the
         command line or held open as a log file) and as descendants of those — with SIGTERM, then
         SIGKILL after ``grace`` seconds (the agents ignore SIGTERM). Never ``ray stop``."""
-        pids = cluster_processes(self.temp_dir) | {p for p in self.pids if _alive(p) and _mentions(p, self.temp_dir)}
+        pids = cluster_processes(self.temp_dir) | {
+            p for p in self.pids if _alive(p) and _mentions(p, self.temp_dir)
+        }
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in pids:
                 try:
@@ -119,7 +125,9 @@ def _processes() -> list[int]:
 def _mentions(pid: int, marker: str) -> bool:
     """Whether a process names ``marker`` on its command line or holds a file under it open."""
     try:
-        if marker in (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")):
+        if marker in (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        ):
             return True
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
@@ -174,7 +182,7 @@ def listening_sockets(pids) -> list[tuple[int, str, int]]:
                 continue
             ip_hex, port_hex = parts[1].split(":")
             raw = bytes.fromhex(ip_hex)
-            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
             inodes[parts[9]] = (socket.inet_ntop(family, raw), int(port_hex, 16))
     out = []
     for pid in pids:
@@ -193,12 +201,16 @@ def listening_sockets(pids) -> list[tuple[int, str, int]]:
 
 
 def is_loopback(address: str) -> bool:
-    return address.startswith("127.") or address in ("::1", "::ffff:127.0.0.1") or \
-        address.startswith("::ffff:127.")
+    return (
+        address.startswith("127.")
+        or address in ("::1", "::ffff:127.0.0.1")
+        or address.startswith("::ffff:127.")
+    )
 
 
-def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | None = None,
-                        ray_bin: str | None = None) -> LocalCluster:
+def start_local_cluster(
+    num_cpus: int | None = None, state_dir: str | Path | None = None, ray_bin: str | None = None
+) -> LocalCluster:
     """Start a head node on 127.0.0.1 with free ports, using this Python's ``ray``.
 
     Jobs run with the head's Python, so start it from the project's virtual environment.
@@ -210,38 +222,67 @@ def start_local_cluster(num_cpus: int | None = None, state_dir: str | Path | Non
     token_path = state / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
-    port, dash, client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager = free_ports(9)
+    port, dash, client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager = (
+        free_ports(9)
+    )
     ray_bin = ray_bin or str(Path(sys.executable).with_name("ray"))
     # `python` in job entrypoints must be this environment's Python
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), **LOOPBACK_ENV,
-           "TF_USE_LEGACY_KERAS": "1", "PATH": path}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        **LOOPBACK_ENV,
+        "TF_USE_LEGACY_KERAS": "1",
+        "PATH": path,
+    }
     # the processes it starts (workers too) inherit this: Ray's own state-API calls in a worker
     # (Ray Train's placement-group cleaner) then find this cluster, not "the" Ray of the machine,
     # which fails with "Found multiple active Ray instances" beside another Ray
     env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    cmd = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}",
-           f"--ray-client-server-port={client}", "--disable-usage-stats",
-           # the agents' default ports (e.g. 52365) clash with any other Ray on this machine:
-           # the job server then answers "No available agent to submit job" forever
-           f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-           f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
-           f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}"]
+    cmd = [
+        ray_bin,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--temp-dir={temp_dir}",
+        f"--ray-client-server-port={client}",
+        "--disable-usage-stats",
+        # the agents' default ports (e.g. 52365) clash with any other Ray on this machine:
+        # the job server then answers "No available agent to submit job" forever
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+    ]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     pids = sorted(cluster_processes(temp_dir))
-    cluster = LocalCluster(address=f"127.0.0.1:{port}", dashboard_url=f"http://127.0.0.1:{dash}",
-                           temp_dir=temp_dir, token_path=str(token_path), pids=pids)
+    cluster = LocalCluster(
+        address=f"127.0.0.1:{port}",
+        dashboard_url=f"http://127.0.0.1:{dash}",
+        temp_dir=temp_dir,
+        token_path=str(token_path),
+        pids=pids,
+    )
     if proc.returncode != 0:
         cluster.stop()
         raise RuntimeError(f"ray start failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     _wait_for_dashboard(cluster)
     cluster.pids = sorted(set(pids) | cluster_processes(temp_dir))
     cluster.save(state / "cluster.json")
-    log.info("local Ray cluster at %s, dashboard %s, %d processes", cluster.address, cluster.dashboard_url,
-             len(cluster.pids))
+    log.info(
+        "local Ray cluster at %s, dashboard %s, %d processes",
+        cluster.address,
+        cluster.dashboard_url,
+        len(cluster.pids),
+    )
     return cluster
 
 
@@ -256,7 +297,9 @@ def _wait_for_dashboard(cluster: LocalCluster, timeout: float = 90.0) -> None:
                 return
             time.sleep(1)
     cluster.stop()
-    raise RuntimeError(f"the dashboard / job server at {cluster.dashboard_url} did not come up in {timeout:.0f} s")
+    raise RuntimeError(
+        f"the dashboard / job server at {cluster.dashboard_url} did not come up in {timeout:.0f} s"
+    )
 
 
 # ---- several nodes on one machine ---------------------------------------------------------------
@@ -266,7 +309,7 @@ def _wait_for_dashboard(cluster: LocalCluster, timeout: float = 90.0) -> None:
 # temp dir (its own session folder and logs, as on a separate machine, each with its own log
 # monitor) and over every "private" folder (the job folder the driver sees), so a test finds
 # every place the code still opens the driver's disk from another node.
-_NODE_MAIN = r'''
+_NODE_MAIN = r"""
 import json, sys, time
 from ray._private.node import Node
 from ray._private.parameter import RayParams
@@ -281,7 +324,7 @@ Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False)
 print("node started", flush=True)
 while True:
     time.sleep(3600)
-'''
+"""
 
 
 @dataclass
@@ -304,8 +347,14 @@ class WorkerNode:
                 pass
 
 
-def add_worker_node(cluster: LocalCluster, num_cpus: int = 1, private_dirs: tuple[str, ...] = (),
-                    object_store_mb: int = 256, name: str = "worker", timeout: float = 90.0) -> WorkerNode:
+def add_worker_node(
+    cluster: LocalCluster,
+    num_cpus: int = 1,
+    private_dirs: tuple[str, ...] = (),
+    object_store_mb: int = 256,
+    name: str = "worker",
+    timeout: float = 90.0,
+) -> WorkerNode:
     """Start a worker node of ``cluster`` on 127.0.0.1 in a private mount namespace (root only:
     ``unshare -m``), where Ray's temp dir and each of ``private_dirs`` are empty tmpfs folders.
 
@@ -313,27 +362,47 @@ def add_worker_node(cluster: LocalCluster, num_cpus: int = 1, private_dirs: tupl
         RuntimeError: the node did not join within ``timeout`` seconds (its log is in the message).
     """
     state = Path(cluster.token_path).parent
-    args = {"gcs": cluster.address, "num_cpus": num_cpus, "temp_dir": cluster.temp_dir,
-            "object_store_bytes": object_store_mb << 20, "ports": free_ports(6), "resources": {f"node:{name}": 1}}
-    mounts = " && ".join(f"mkdir -p {shlex.quote(d)} && mount -t tmpfs -o size=256m tmpfs {shlex.quote(d)}"
-                         for d in (cluster.temp_dir, *private_dirs))
-    launch = (
-        f"{mounts} && exec {shlex.quote(sys.executable)} -c {shlex.quote(_NODE_MAIN)} {shlex.quote(json.dumps(args))}"
+    args = {
+        "gcs": cluster.address,
+        "num_cpus": num_cpus,
+        "temp_dir": cluster.temp_dir,
+        "object_store_bytes": object_store_mb << 20,
+        "ports": free_ports(6),
+        "resources": {f"node:{name}": 1},
+    }
+    mounts = " && ".join(
+        f"mkdir -p {shlex.quote(d)} && mount -t tmpfs -o size=256m tmpfs {shlex.quote(d)}"
+        for d in (cluster.temp_dir, *private_dirs)
     )
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": cluster.token_path, **LOOPBACK_ENV,
-           "TF_USE_LEGACY_KERAS": "1", "RAY_ADDRESS": cluster.address,
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    python = shlex.join([sys.executable, "-c", _NODE_MAIN, json.dumps(args)])
+    launch = f"{mounts} && exec {python}"
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": cluster.token_path,
+        **LOOPBACK_ENV,
+        "TF_USE_LEGACY_KERAS": "1",
+        "RAY_ADDRESS": cluster.address,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     log_path = state / f"{name}.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", launch], env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", launch],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     node = WorkerNode(pid=proc.pid, name=name, log=str(log_path))
     deadline = time.time() + timeout
     while "node started" not in log_path.read_text(errors="replace"):
         if proc.poll() is not None or time.time() > deadline:
             node.kill()
-            raise RuntimeError(f"worker node {name} did not start: {log_path.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"worker node {name} did not start: {log_path.read_text(errors='replace')[-2000:]}"
+            )
         time.sleep(0.3)
     cluster.pids = sorted(set(cluster.pids) | node.processes())
     return node

@@ -28,14 +28,14 @@ log = logging.getLogger(__name__)
 class TrainState:
     """The loop's position and record; ``train_state.json`` in a checkpoint."""
 
-    epoch: int = 0                 # epochs completed
-    batch: int = 0                 # batches of epoch ``epoch`` completed (a mid-epoch checkpoint)
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of epoch ``epoch`` completed (a mid-epoch checkpoint)
     best_score: float = -1.0
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     resumes: list[dict] = field(default_factory=list)
-    skipped_steps: int = 0         # float16 loss-scale overflows
-    is_best: bool = False          # the checkpoint's weights are the best so far
+    skipped_steps: int = 0  # float16 loss-scale overflows
+    is_best: bool = False  # the checkpoint's weights are the best so far
     final: bool = False
     steps: int | None = None
 
@@ -116,7 +116,7 @@ class Context:
     world: int
     rows: list
     strategy: Any
-    resume: Any            # a ray.train.Checkpoint or None
+    resume: Any  # a ray.train.Checkpoint or None
     reporter: Reporter
 
 

@@ -30,8 +30,11 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         return tf.where(step < start, warm, decay)
 
     def get_config(self) -> dict:
-        return {"peak": self.peak, "warmup": float(tf.cast(self.warmup, tf.float32).numpy()),
-                "total": float(tf.cast(self.total, tf.float32).numpy())}
+        return {
+            "peak": self.peak,
+            "warmup": float(tf.cast(self.warmup, tf.float32).numpy()),
+            "total": float(tf.cast(self.total, tf.float32).numpy()),
+        }
 
 
 def adamw(model, schedule: WarmupLinearDecay, weight_decay: float, no_decay: Sequence[str], policy: str):

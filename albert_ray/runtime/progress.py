@@ -29,8 +29,9 @@ class RowProgress:
         if enabled and self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=None, unit=" rows", dynamic_ncols=True, file=self.stream, smoothing=0.1,
-                            desc="labeling")
+            self.bar = tqdm(
+                total=None, unit=" rows", dynamic_ncols=True, file=self.stream, smoothing=0.1, desc="labeling"
+            )
 
     def estimated_total(self) -> int | None:
         if self.unit_rows and self.unit_bytes:
@@ -107,8 +108,13 @@ class StepBar:
 
     def _send(self, done: bool = False) -> None:
         self.sent = time.time()
-        print(PROGRESS_MARK + json.dumps({"desc": self.desc, "n": self.n, "total": self.total, "loss": self.loss,
-                                          "done": done}), flush=True)
+        print(
+            PROGRESS_MARK
+            + json.dumps(
+                {"desc": self.desc, "n": self.n, "total": self.total, "loss": self.loss, "done": done}
+            ),
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar == "driver":
@@ -126,11 +132,12 @@ class DriverBars:
         self.stream, self.bars = stream or sys.stderr, {}
 
     def update(self, line: str) -> None:
-        state = json.loads(line[line.index(PROGRESS_MARK) + len(PROGRESS_MARK):])
+        state = json.loads(line[line.index(PROGRESS_MARK) + len(PROGRESS_MARK) :])
         bar = self.bars.get(state["desc"])
         if bar is None:
-            bar = self.bars[state["desc"]] = tqdm(total=state["total"], desc=state["desc"], file=self.stream,
-                                                  dynamic_ncols=True, leave=False)
+            bar = self.bars[state["desc"]] = tqdm(
+                total=state["total"], desc=state["desc"], file=self.stream, dynamic_ncols=True, leave=False
+            )
         if state["loss"] is not None:
             bar.set_description(f"{state['desc']} loss {state['loss']:.4f}", refresh=False)
         bar.update(state["n"] - bar.n)

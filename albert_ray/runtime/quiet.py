@@ -25,40 +25,44 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # "(RayTrainWorker pid=7353) ", "(raylet) ", "(raylet, ip=10.0.3.7) "
 _RAY_PREFIX = re.compile(r"^\((?:(?:[\w.:-]+ )?pid=\d+|raylet)(?:, ip=[\d.]+)?\) ")
 
-NOISE = re.compile("|".join([
-    # TensorFlow / absl start-up
-    r"^WARNING: All log messages before absl::InitializeLog\(\) is called",
-    r"^[IW]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+\.cc:\d+\]",
-    r"^E\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+\.cc:\d+\] .*(cuInit|CUDA|cuda|oneDNN)",
-    r"^To enable the following instructions: .*rebuild TensorFlow",
-    r"^INFO:tensorflow:",                                   # tf.distribute's notes in multi-worker runs
-    r"^(Collective all_reduce|Enabled multi-worker collective ops|Using MirroredStrategy|"
-    r"MultiWorkerMirroredStrategy with cluster_spec|Check health not enabled|Collective batch_all_reduce)",
-    # Ray's C++ logs
-    r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWE] \d+ \d+\] \S+\.cc:\d+:",
-    # Ray Train's controller and workers (our own line per epoch replaces the report repr)
-    r"^Requesting resources: ",
-    r"^Attempting to start training worker group",
-    r"^Started training worker group of size",
-    r"^- \(ip=[^)]*, pid=\d+\) world_rank=",
-    r"^Checkpoint successfully created at: ",
-    r"^Reporting training result \d+: TrainingReport\(",
-    r"^A run snapshot was found in storage folder at: ",  # we say "resumed from checkpoint at epoch N"
-    r"^This snapshot contains a list of checkpoints reported via ",
-    r"^If you meant to start a brand new training job without any information about previous",
-    # the raylet's note of a worker process that died (the driver's own warning names it)
-    r"^A worker died or was killed while executing a task by an unexpected system error\.",
-    # its placement-group cleaner, while the controller is being torn down (Ctrl-C)
-    r"^Failed to query Ray Train Controller actor state\. ",
-    # Ray Data's execution notes and deprecation chatter
-    r"^Starting execution of Dataset ",
-    r"^Execution plan of Dataset ",
-    r"^\[dataset\]: A new progress UI is available",
-    r"^Progress bars disabled\. To enable, set ",
-    r"^.*Dataset \S+ execution finished in ",
-    r"RayDeprecationWarning: ",
-    r"^\s+self\.exclude_resources = exclude_resources$",
-]))
+NOISE = re.compile(
+    "|".join(
+        [
+            # TensorFlow / absl start-up
+            r"^WARNING: All log messages before absl::InitializeLog\(\) is called",
+            r"^[IW]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+\.cc:\d+\]",
+            r"^E\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+\.cc:\d+\] .*(cuInit|CUDA|cuda|oneDNN)",
+            r"^To enable the following instructions: .*rebuild TensorFlow",
+            r"^INFO:tensorflow:",  # tf.distribute's notes in multi-worker runs
+            r"^(Collective all_reduce|Enabled multi-worker collective ops|Using MirroredStrategy|"
+            r"MultiWorkerMirroredStrategy with cluster_spec|Check health not enabled|Collective batch_all_reduce)",
+            # Ray's C++ logs
+            r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWE] \d+ \d+\] \S+\.cc:\d+:",
+            # Ray Train's controller and workers (our own line per epoch replaces the report repr)
+            r"^Requesting resources: ",
+            r"^Attempting to start training worker group",
+            r"^Started training worker group of size",
+            r"^- \(ip=[^)]*, pid=\d+\) world_rank=",
+            r"^Checkpoint successfully created at: ",
+            r"^Reporting training result \d+: TrainingReport\(",
+            r"^A run snapshot was found in storage folder at: ",  # we say "resumed from checkpoint at epoch N"
+            r"^This snapshot contains a list of checkpoints reported via ",
+            r"^If you meant to start a brand new training job without any information about previous",
+            # the raylet's note of a worker process that died (the driver's own warning names it)
+            r"^A worker died or was killed while executing a task by an unexpected system error\.",
+            # its placement-group cleaner, while the controller is being torn down (Ctrl-C)
+            r"^Failed to query Ray Train Controller actor state\. ",
+            # Ray Data's execution notes and deprecation chatter
+            r"^Starting execution of Dataset ",
+            r"^Execution plan of Dataset ",
+            r"^\[dataset\]: A new progress UI is available",
+            r"^Progress bars disabled\. To enable, set ",
+            r"^.*Dataset \S+ execution finished in ",
+            r"RayDeprecationWarning: ",
+            r"^\s+self\.exclude_resources = exclude_resources$",
+        ]
+    )
+)
 
 
 def verbose() -> bool:
@@ -80,7 +84,10 @@ def set_verbose(on: bool) -> None:
 
 # Ray Train 2.60's loggers that print a failed training function's traceback: the worker's, and
 # the controller's with its failure decision (the same traceback again)
-_TRACEBACK_LOGGERS = ("ray.train.v2._internal.util", "ray.train.v2._internal.execution.failure_handling.default")
+_TRACEBACK_LOGGERS = (
+    "ray.train.v2._internal.util",
+    "ray.train.v2._internal.execution.failure_handling.default",
+)
 SETUP_HOOK = "albert_ray.runtime.quiet.hide_user_error_tracebacks"  # runtime_env worker_process_setup_hook
 
 
@@ -94,7 +101,6 @@ def hide_user_error_tracebacks() -> None:
 
 
 def _not_a_user_error(record: logging.LogRecord) -> bool:
-
 
     # the worker logs inside its except block; the controller passes the WorkerGroupError. A
     # lost worker gets the driver's one warning line instead of the controller's dump of it

@@ -86,8 +86,9 @@ class CRF(keras.layers.Layer):
         return -self.log_likelihood(y_pred, y_true)
 
 
-def viterbi_decode(emissions: np.ndarray, transitions: np.ndarray, start: np.ndarray,
-                   end: np.ndarray) -> tuple[list[int], float]:
+def viterbi_decode(
+    emissions: np.ndarray, transitions: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> tuple[list[int], float]:
     """Best tag path for one sequence of emissions ``(T, K)`` and its score."""
     t_len = emissions.shape[0]
     score = start + emissions[0]
@@ -108,7 +109,9 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
     return np.squeeze(m, axis) + np.log(np.exp(x - m).sum(axis=axis))
 
 
-def marginals(emissions: np.ndarray, transitions: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+def marginals(
+    emissions: np.ndarray, transitions: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> np.ndarray:
     """Per-position tag marginals ``p(y_t = k | x)`` ``(T, K)`` by forward-backward (entity scores)."""
     t_len, k = emissions.shape
     alpha = np.zeros((t_len, k))
@@ -123,8 +126,9 @@ def marginals(emissions: np.ndarray, transitions: np.ndarray, start: np.ndarray,
     return np.exp(alpha + beta - log_z)
 
 
-def viterbi_batch(emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray, start: np.ndarray,
-                  end: np.ndarray) -> list[list[int]]:
+def viterbi_batch(
+    emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> list[list[int]]:
     """:func:`viterbi_decode` for a padded batch ``(B, T, K)``, vectorised over the batch (the
     per-row Python loop was the bottleneck of bulk labeling)."""
     b, t_len, k = emissions.shape
@@ -145,8 +149,9 @@ def viterbi_batch(emissions: np.ndarray, lengths: np.ndarray, transitions: np.nd
     return [paths[i, : lengths[i]].tolist() for i in range(b)]
 
 
-def marginals_batch(emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray, start: np.ndarray,
-                    end: np.ndarray) -> np.ndarray:
+def marginals_batch(
+    emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> np.ndarray:
     """:func:`marginals` for a padded batch ``(B, T, K)`` (rows past a sequence's end are junk)."""
     b, t_len, k = emissions.shape
     alpha = np.zeros((b, t_len, k))

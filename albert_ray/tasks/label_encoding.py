@@ -119,8 +119,9 @@ def multi_hot(labels: Iterable[str], vocab: Sequence[str]) -> list[int]:
     return out
 
 
-def stitch_windows(window_spans: Sequence[list[tuple[int, int, str]]],
-                   window_chars: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
+def stitch_windows(
+    window_spans: Sequence[list[tuple[int, int, str]]], window_chars: Sequence[tuple[int, int]]
+) -> list[tuple[int, int, str]]:
     """Merge spans predicted on overlapping windows into one list of non-overlapping spans.
 
     Window ``w`` covers characters ``window_chars[w] = (first, last + 1)``. Every span of every

@@ -90,12 +90,19 @@ class Task:
         raise NotImplementedError
 
     # ---- decoding and reports -----------------------------------------------------------
-    def decode(self, text: str, windows: list[Encoding], outputs: list[np.ndarray], spec: ModelSpec,
-               model) -> dict:
+    def decode(
+        self, text: str, windows: list[Encoding], outputs: list[np.ndarray], spec: ModelSpec, model
+    ) -> dict:
         raise NotImplementedError
 
-    def decode_batch(self, texts: Sequence[str], windows: Sequence[list[Encoding]], outputs: list[np.ndarray],
-                     spec: ModelSpec, model) -> list[dict]:
+    def decode_batch(
+        self,
+        texts: Sequence[str],
+        windows: Sequence[list[Encoding]],
+        outputs: list[np.ndarray],
+        spec: ModelSpec,
+        model,
+    ) -> list[dict]:
         """Decode many texts; ``outputs`` are the model outputs of all windows, text after text."""
         results, k = [], 0
         for text, ws in zip(texts, windows):
@@ -103,7 +110,9 @@ class Task:
             k += len(ws)
         return results
 
-    def report(self, examples: Sequence[Example], predictions: Sequence[dict], spec: ModelSpec) -> tuple[str, dict]:
+    def report(
+        self, examples: Sequence[Example], predictions: Sequence[dict], spec: ModelSpec
+    ) -> tuple[str, dict]:
         raise NotImplementedError
 
     def dev_score(self, report: dict) -> float:
@@ -125,13 +134,15 @@ class Task:
         return []
 
     # ---- bulk labeling output -----------------------------------------------------------
-    counts_key = "label_counts"   # the manifest's name for the counts of :meth:`counted_values`
+    counts_key = "label_counts"  # the manifest's name for the counts of :meth:`counted_values`
 
     def output_fields(self, spec: ModelSpec, include_probs: bool) -> list[pa.Field]:
         """The task's Parquet columns."""
         raise NotImplementedError
 
-    def output_columns(self, results: Sequence[dict], spec: ModelSpec, include_probs: bool) -> dict[str, list]:
+    def output_columns(
+        self, results: Sequence[dict], spec: ModelSpec, include_probs: bool
+    ) -> dict[str, list]:
         """The task's columns for decoded results (same names and order as :meth:`output_fields`)."""
         raise NotImplementedError
 
@@ -159,8 +170,9 @@ class ClassifyTask(Task):
         from tensorflow import keras
 
         x = sentence_vector(spec, sequence, cls)
-        return keras.layers.Dense(len(spec.labels), activation="softmax", name="Head-Softmax",
-                                  dtype="float32")(x)  # float32 probabilities under mixed precision
+        return keras.layers.Dense(
+            len(spec.labels), activation="softmax", name="Head-Softmax", dtype="float32"
+        )(x)  # float32 probabilities under mixed precision
 
     def loss(self, model):
         from tensorflow import keras
@@ -174,14 +186,19 @@ class ClassifyTask(Task):
         try:
             return spec.labels.index(example.label)
         except ValueError:
-            raise ValueError(f"{example.source}: label {example.label!r} is not one of the {len(spec.labels)} "
-                             f"training labels") from None
+            raise ValueError(
+                f"{example.source}: label {example.label!r} is not one of the {len(spec.labels)} "
+                f"training labels"
+            ) from None
 
     def decode(self, text, windows, outputs, spec, model):
         probs = np.mean(np.stack(outputs), axis=0)
         best = int(probs.argmax())
-        return {"label": spec.labels[best], "score": float(probs[best]),
-                "probs": {label: float(p) for label, p in zip(spec.labels, probs)}}
+        return {
+            "label": spec.labels[best],
+            "score": float(probs[best]),
+            "probs": {label: float(p) for label, p in zip(spec.labels, probs)},
+        }
 
     def report(self, examples, predictions, spec):
         return metrics.classification_reports([e.label for e in examples], [p["label"] for p in predictions])
@@ -195,11 +212,18 @@ class ClassifyTask(Task):
 
         text, _, ids, _ = g.windows(spec.body_len, head_only=spec.truncation != "chunks")
         probs = g.per_text_mean(g.forward(ids), text)
-        return {"label": tf.gather(g.m.label_names, tf.argmax(probs, 1)), "score": tf.reduce_max(probs, 1),
-                "probs": probs}
+        return {
+            "label": tf.gather(g.m.label_names, tf.argmax(probs, 1)),
+            "score": tf.reduce_max(probs, 1),
+            "probs": probs,
+        }
 
     def plots(self, folder, examples, predictions, report, spec):
-        return [confusion_plot(folder, [e.label for e in examples], [p["label"] for p in predictions], spec.labels)]
+        return [
+            confusion_plot(
+                folder, [e.label for e in examples], [p["label"] for p in predictions], spec.labels
+            )
+        ]
 
     def output_fields(self, spec, include_probs):
         fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
@@ -222,8 +246,9 @@ class MultiLabelTask(ClassifyTask):
         from tensorflow import keras
 
         x = sentence_vector(spec, sequence, cls)
-        return keras.layers.Dense(len(spec.labels), activation="sigmoid", name="Head-Sigmoid",
-                                  dtype="float32")(x)
+        return keras.layers.Dense(
+            len(spec.labels), activation="sigmoid", name="Head-Sigmoid", dtype="float32"
+        )(x)
 
     def loss(self, model):
         from tensorflow import keras
@@ -261,7 +286,9 @@ class MultiLabelTask(ClassifyTask):
         gold = np.array([multi_hot([x for x in e.labels if x in spec.labels], spec.labels) for e in examples])
         probs = np.array([[p["scores"][label] for label in spec.labels] for p in predictions])
         threshold, f1 = metrics.best_threshold(gold, probs)
-        return dataclasses.replace(spec, threshold=threshold, extra={**spec.extra, "threshold_dev_micro_f1": f1})
+        return dataclasses.replace(
+            spec, threshold=threshold, extra={**spec.extra, "threshold_dev_micro_f1": f1}
+        )
 
     def plots(self, folder, examples, predictions, report, spec):
         return []  # per-label bars only: a confusion matrix needs one label per example
@@ -274,7 +301,9 @@ class MultiLabelTask(ClassifyTask):
         text, _, ids, _ = g.windows(spec.body_len, head_only=spec.truncation != "chunks")
         probs = g.per_text_mean(g.forward(ids), text)
         chosen = probs >= spec.threshold
-        names = tf.ragged.boolean_mask(tf.broadcast_to(g.m.label_names.read_value()[None], tf.shape(probs)), chosen)
+        names = tf.ragged.boolean_mask(
+            tf.broadcast_to(g.m.label_names.read_value()[None], tf.shape(probs)), chosen
+        )
         return {
             "labels": names.to_tensor("", shape=tf.shape(probs)),
             "num_labels": tf.cast(names.row_lengths(), tf.int32),
@@ -294,8 +323,10 @@ class MultiLabelTask(ClassifyTask):
         return fields + ([pa.field("probs", pa.list_(pa.float32()))] if include_probs else [])
 
     def output_columns(self, results, spec, include_probs):
-        cols = {"labels": [r["labels"] for r in results],
-                "scores": [[r["scores"][x] for x in r["labels"]] for r in results]}
+        cols = {
+            "labels": [r["labels"] for r in results],
+            "scores": [[r["scores"][x] for x in r["labels"]] for r in results],
+        }
         if include_probs:
             cols["probs"] = [[r["scores"][x] for x in spec.labels] for r in results]
         return cols
@@ -304,8 +335,15 @@ class MultiLabelTask(ClassifyTask):
         return pa.compute.list_flatten(table.column("labels")).combine_chunks()
 
 
-ENTITY_TYPE = pa.struct([("start", pa.int32()), ("end", pa.int32()), ("label", pa.string()), ("text", pa.string()),
-                         ("score", pa.float32())])
+ENTITY_TYPE = pa.struct(
+    [
+        ("start", pa.int32()),
+        ("end", pa.int32()),
+        ("label", pa.string()),
+        ("text", pa.string()),
+        ("score", pa.float32()),
+    ]
+)
 
 
 class NerTask(Task):
@@ -321,11 +359,14 @@ class NerTask(Task):
 
         x = keras.layers.Dropout(spec.dropout, name="Head-Dropout")(sequence) if spec.dropout else sequence
         if spec.bilstm_units:
-            x = keras.layers.Bidirectional(keras.layers.LSTM(spec.bilstm_units, return_sequences=True),
-                                           name="Head-BiLSTM")(x)
+            x = keras.layers.Bidirectional(
+                keras.layers.LSTM(spec.bilstm_units, return_sequences=True), name="Head-BiLSTM"
+            )(x)
         # float32 emissions: the CRF decodes on differences of these scores (bfloat16 flipped ~1 % of entities)
         x = keras.layers.Dense(self.num_outputs(spec), name="Head-Emissions", dtype="float32")(x)
-        return CRF(self.num_outputs(spec), name="CRF", dtype="float32")(x)  # float32 scores under mixed precision
+        return CRF(self.num_outputs(spec), name="CRF", dtype="float32")(
+            x
+        )  # float32 scores under mixed precision
 
     def head_shapes(self, spec):
         tags = self.num_outputs(spec)
@@ -361,12 +402,18 @@ class NerTask(Task):
         index = {t: i for i, t in enumerate(tags)}
         unknown = {s[2] for s in example.spans or ()} - set(spec.labels)
         if unknown:
-            raise ValueError(f"{example.source}: entity types {sorted(unknown)} are not among the training types")
+            raise ValueError(
+                f"{example.source}: entity types {sorted(unknown)} are not among the training types"
+            )
         char_tags = spans_to_tags(len(example.text), example.spans or (), spec.scheme)
         out = []
         for enc in self.windows(tokenizer, example.text, spec):
-            out.append((enc.token_ids, np.array([index[char_tags[c]] if c >= 0 else 0 for c in enc.char_index],
-                                                dtype=np.int32)))
+            out.append(
+                (
+                    enc.token_ids,
+                    np.array([index[char_tags[c]] if c >= 0 else 0 for c in enc.char_index], dtype=np.int32),
+                )
+            )
         return out
 
     def decode(self, text, windows, outputs, spec, model):
@@ -416,8 +463,20 @@ class NerTask(Task):
                 chars = [c for c in enc.char_index if c >= 0]
                 window_chars.append((chars[0], chars[-1] + 1) if chars else (0, 0))
             spans = stitch_windows(per_window, window_chars)
-            results.append({"entities": [{"start": s, "end": e, "label": label, "text": text[s:e],
-                                          "score": scores.get((s, e, label), 0.0)} for s, e, label in spans]})
+            results.append(
+                {
+                    "entities": [
+                        {
+                            "start": s,
+                            "end": e,
+                            "label": label,
+                            "text": text[s:e],
+                            "score": scores.get((s, e, label), 0.0),
+                        }
+                        for s, e, label in spans
+                    ]
+                }
+            )
         return results
 
     counts_key = "entity_counts"
@@ -429,12 +488,18 @@ class NerTask(Task):
         return {"entities": [r["entities"] for r in results]}
 
     def counted_values(self, table):
-        return pa.compute.struct_field(pa.compute.list_flatten(table.column("entities")), "label").combine_chunks()
+        return pa.compute.struct_field(
+            pa.compute.list_flatten(table.column("entities")), "label"
+        ).combine_chunks()
 
     def report(self, examples, predictions, spec):
         gold = [spans_to_tags(len(e.text), e.spans or (), spec.scheme) for e in examples]
-        pred = [spans_to_tags(len(e.text), [(x["start"], x["end"], x["label"]) for x in p["entities"]], spec.scheme)
-                for e, p in zip(examples, predictions)]
+        pred = [
+            spans_to_tags(
+                len(e.text), [(x["start"], x["end"], x["label"]) for x in p["entities"]], spec.scheme
+            )
+            for e, p in zip(examples, predictions)
+        ]
         return metrics.ner_reports(gold, pred, spec.scheme, strict=bool(spec.extra.get("strict_eval", False)))
 
     def dev_score(self, report):
@@ -451,8 +516,15 @@ class NerTask(Task):
         from albert_ray.tasks.crf_graph import entities
 
         crf = self.crf(g.m._model)
-        return entities(g, crf.transitions, crf.start, crf.end, 2 if spec.scheme == "BIO" else 4,
-                        spec.scheme == "BIOES", spec.window_stride)
+        return entities(
+            g,
+            crf.transitions,
+            crf.start,
+            crf.end,
+            2 if spec.scheme == "BIO" else 4,
+            spec.scheme == "BIOES",
+            spec.window_stride,
+        )
 
     def plots(self, folder, examples, predictions, report, spec):
         return [entity_types_plot(folder, report)]
