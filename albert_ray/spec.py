@@ -84,11 +84,7 @@ class ModelSpec:
         checkpoint 0.4295 without the LayerNorm, 0.5091 with it; from random init 0.4422
         without, 0.4007 with it (hence off there)."""
         m = job.model
-        norm = (
-            m.output_norm
-            if m.output_norm is not None
-            else (encoder.ln_type == "preln" and m.init == "checkpoint")
-        )
+        norm = m.output_norm if m.output_norm is not None else (encoder.ln_type == "preln" and m.pretrained)
         return cls(
             task=job.task,
             labels=tuple(labels),

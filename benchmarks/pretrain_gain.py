@@ -319,6 +319,7 @@ def fine_tune(
         "init": "pretrained" if checkpoint else "random",
         "learning_rate": learning_rate,
         "micro_f1": round(summary["metrics"]["micro avg"]["f1-score"], 4),
+        "dev_score": round(summary["best_dev_score"], 4),
         "seconds": round(time.time() - began),
     }
 
@@ -427,7 +428,7 @@ def gain(
             recipes[name],
         )
         for name in tasks
-        for init in ("random", "pt")
+        for init in args.starts.split(",")
         for lr in rates
     ]
     return {
@@ -442,12 +443,24 @@ def gain(
 
 
 def best_of(rows: list[dict]) -> dict:
-    """Per task, each start's best micro-F1 over the rates, and the pre-trained start's gain."""
+    """Per task, each start's micro-F1 at the rate its dev score chose (the job's dev split, carved
+    from training data; never the evaluated split), that rate, and the pre-trained start's gain."""
     best: dict = {}
     for r in rows:
-        task = best.setdefault(r["task"], {"random": 0.0, "pretrained": 0.0})
-        task[r["init"]] = max(task[r["init"]], r["micro_f1"])
-    return {name: {**b, "gain": round(b["pretrained"] - b["random"], 4)} for name, b in best.items()}
+        task = best.setdefault(r["task"], {})
+        if r["init"] not in task or r.get("dev_score", 0) > task[r["init"]]["dev_score"]:
+            task[r["init"]] = {
+                "dev_score": r.get("dev_score", 0),
+                "micro_f1": r["micro_f1"],
+                "rate": r["learning_rate"],
+            }
+    out = {}
+    for name, starts in best.items():
+        out[name] = {init: b["micro_f1"] for init, b in starts.items()}
+        out[name]["chosen_rates"] = {init: b["rate"] for init, b in starts.items()}
+        if {"random", "pretrained"} <= set(starts):
+            out[name]["gain"] = round(out[name]["pretrained"] - out[name]["random"], 4)
+    return out
 
 
 def print_result(result: dict, tasks: list[str], rates: list[float]) -> None:
@@ -478,14 +491,21 @@ def print_result(result: dict, tasks: list[str], rates: list[float]) -> None:
         )
         for name in tasks:
             for lr in rates:
-                a, b = [
-                    r["micro_f1"]
+                got = {
+                    r["init"]: r["micro_f1"]
                     for r in result["fine_tuning"]
                     if r["task"] == name and r["learning_rate"] == lr
-                ]
-                print(f"{name:<17}{lr:>8g}{a:>12.4f}{b:>12.4f}")
+                }
+                print(
+                    f"{name:<17}{lr:>8g}{got.get('random', float('nan')):>12.4f}"
+                    f"{got.get('pretrained', float('nan')):>12.4f}"
+                )
             b = result["best"][name]
-            print(f"{name:<17}{'best':>8}{b['random']:>12.4f}{b['pretrained']:>12.4f}  gain {b['gain']:+.4f}")
+            print(
+                f"{name:<17}{'on dev':>8}{b.get('random', float('nan')):>12.4f}"
+                f"{b.get('pretrained', float('nan')):>12.4f}  rates {b['chosen_rates']}"
+                + (f"  gain {b['gain']:+.4f}" if "gain" in b else "")
+            )
 
 
 def main() -> None:
@@ -533,6 +553,11 @@ def main() -> None:
         "--learning-rates",
         default=",".join(f"{lr:g}" for lr in LEARNING_RATES),
         help="fine-tuning rates, each start reported at its best (default 0.001,0.004)",
+    )
+    parser.add_argument(
+        "--starts",
+        default="random,pt",
+        help="fine-tuning starts: random and/or pt (the pre-trained folder); default both",
     )
     parser.add_argument("--skip-gain", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")

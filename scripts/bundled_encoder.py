@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -113,8 +114,21 @@ def main() -> None:
         print(json.dumps(pretrain(corpora, workdir, args.minutes), indent=2))
     if args.step in ("pack", "all"):
         from albert_ray.model.bundled import pack
+        from albert_ray.pretrain.config import load_pretrain_config
+        from albert_ray.runtime.hardware import machine_record
 
-        print(json.dumps(pack(workdir / "bundled" / "pretrained", workdir / "corpus.json"), indent=2))
+        cfg = load_pretrain_config(RECIPE, [f"train.max_minutes={args.minutes:g}"], ["unlabelled.txt"])
+        recipe = {
+            "config": RECIPE,
+            "command": " ".join(["python", *sys.argv]),
+            "train": asdict(cfg.train),
+            **machine_record(),
+        }
+        print(
+            json.dumps(
+                pack(workdir / "bundled" / "pretrained", workdir / "corpus.json", recipe=recipe), indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

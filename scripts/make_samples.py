@@ -349,5 +349,136 @@ def main():
     )
 
 
+# ---- the demo's NER data (data/demo_ner.*.bio): the sample's word lists and frames plus many more
+# frames (everyday and news sentences, Latin words, digits, emoji and punctuation around and between
+# entities), more places and organisations, and sentences without entities. Drawn from a generator
+# of its own, so the files above stay as they are.
+DEMO_LOCS = LOCS + [
+    "中国",
+    "香港",
+    "台湾",
+    "福建",
+    "河北",
+    "安徽",
+    "江西",
+    "甘肃",
+    "贵州",
+    "海南",
+    "宁波",
+    "无锡",
+    "济南",
+    "合肥",
+    "福州",
+    "兰州",
+    "拉萨",
+    "韩国",
+    "意大利",
+    "西班牙",
+    "埃及",
+    "新加坡",
+    "非洲",
+    "欧洲",
+    "太湖",
+    "珠江",
+    "黄山",
+    "长城",
+]
+DEMO_ORGS = ORGS + [
+    "交通部",
+    "商务部",
+    "公安部",
+    "南开大学",
+    "武汉大学",
+    "中山大学",
+    "中国银行",
+    "建设银行",
+    "中国移动",
+    "国家统计局",
+    "气象局",
+    "人民法院",
+    "市政府",
+    "作家协会",
+    "中国女排",
+    "博物馆",
+    "省委",
+    "海关总署",
+]
+DEMO_TEMPLATES = NER_TEMPLATES + [
+    "{PER}的女儿今年考上了{ORG}。",
+    "听说{PER}下周要去{LOC}出差。",
+    "{LOC}今天的最高气温是35度。",
+    "{ORG}昨天公布了一季度的数据，{LOC}的增长最快。",
+    "在{LOC}工作的{PER}每天坐地铁上班。",
+    "{PER}：{LOC}的冬天一点也不冷！",
+    "《{LOC}日记》的作者是{PER}。",
+    "{PER}（{ORG}）在会上作了报告。",
+    "{ORG}、{ORG}和{ORG}的代表出席了会议。",
+    "{PER}从{LOC}寄来了一封信。",
+    "这是{PER}第3次来{LOC}。",
+    "{ORG}的新大楼在{LOC}落成。",
+    "{PER}被{ORG}聘为顾问。",
+    "{LOC}队以2比1战胜了{LOC}队。",
+    "{PER}在朋友圈里晒了{LOC}的照片 📷。",
+    "{PER}说他最想去的地方是{LOC}。",
+    "经过10个小时的飞行，{PER}终于到达了{LOC}。",
+    "{ORG}派出了一支医疗队前往{LOC}。",
+    "{PER}和家人在{LOC}过了一个快乐的新年 🎉。",
+    "{ORG}对{PER}的研究给予了高度评价。",
+    "{LOC}、{LOC}等地将出现降温天气。",
+    "{PER}是{LOC}人，今年28岁。",
+    "{ORG}今年招收了1200名新生。",
+    "记者{PER}报道：{LOC}的樱花开了。",
+    "{PER}用 WeChat 给{PER}发了一条消息。",
+    "{ORG} 2024 年的报告显示，{LOC}的空气质量有所改善。",
+    "{PER}在{LOC}参加了 Marathon 比赛，跑出了好成绩 👍。",
+    "周末{PER}带着孩子去了{LOC}的动物园。",
+    "{PER}向{ORG}递交了辞职信。",
+    "{ORG}驻{LOC}记者{PER}发回报道。",
+    "{LOC}的房价又涨了。",
+    "{PER}的演讲赢得了热烈的掌声。",
+    "请把这份文件交给{ORG}的{PER}。",
+    "{PER}、{PER}和{PER}是大学同学。",
+    "昨天的 NBA 比赛非常精彩！",
+    "这个周末天气很好，适合出去走走 😊。",
+    "你吃饭了吗？我刚下班。",
+    "今年的 GDP 增长了5%。",
+    "下午3点开会，请大家准时参加。",
+    "这本书我已经看了两遍，真的很好看。",
+]
+
+
+def demo_ner_sentence(draw: random.Random):
+    template = draw.choice(DEMO_TEMPLATES)
+    words = {
+        "PER": lambda: draw.choice(SURNAMES) + draw.choice(GIVEN),
+        "LOC": lambda: draw.choice(DEMO_LOCS),
+        "ORG": lambda: draw.choice(DEMO_ORGS),
+    }
+    text, spans, i = "", [], 0
+    while i < len(template):
+        if template[i] == "{":
+            j = template.index("}", i)
+            kind = template[i + 1 : j]
+            word = words[kind]()
+            spans.append((len(text), len(text) + len(word), kind))
+            text += word
+            i = j + 1
+        else:
+            text += template[i]
+            i += 1
+    return text, spans
+
+
+def write_demo_ner():
+    draw = random.Random(20261207)
+    ner = [demo_ner_sentence(draw) for _ in range(2000)]
+    for split, part in (("train", ner[:1600]), ("dev", ner[1600:1800]), ("test", ner[1800:])):
+        with open(OUT / f"demo_ner.{split}.jsonl", "w", encoding="utf-8") as f:  # JSONL: texts hold spaces
+            for text, spans in part:
+                ents = [{"start": s, "end": e, "label": k, "text": text[s:e]} for s, e, k in spans]
+                f.write(json.dumps({"text": text, "entities": ents}, ensure_ascii=False) + "\n")
+
+
 if __name__ == "__main__":
     main()
+    write_demo_ner()

@@ -14,6 +14,7 @@ from typing import Any
 
 from albert_ray import paths
 from albert_ray.io.training_files import BAD_RECORD_POLICIES, FORMATS
+from albert_ray.model.bundled import bundled_dir
 from albert_ray.model.encoder_config import checkpoint_folder_files
 from albert_ray.spec import POOLINGS, TRAIN_PRECISIONS, TRUNCATIONS
 from albert_ray.tasks.label_encoding import SCHEMES
@@ -39,7 +40,7 @@ class DataConfig:
 class ModelConfig:
     encoder_config: str = "data/albert_config_sample.json"
     vocab: str = "auto"  # a vocab.txt, or "auto": characters of the training data
-    init: str = "none"  # "none" (random) or "checkpoint"
+    init: str = "bundled"  # bundled (the encoder shipped in albert_ray/model/), none (random) or checkpoint
     checkpoint: str | None = None
     max_len: int = 128
     stride: int | None = None
@@ -49,6 +50,18 @@ class ModelConfig:
     dropout: float = 0.1
     pooling: str = "cls"  # classification sentence vector: cls (reference) | mean
     output_norm: bool | None = None  # LayerNorm on the encoder's output; None: auto (see ModelSpec.from_job)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the encoder starts from pre-trained weights (``bundled`` or ``checkpoint``)."""
+        return self.init != "none"
+
+    def start_checkpoint(self) -> str | None:
+        """The checkpoint the encoder starts from, resolved in this process (the bundled encoder's
+        folder is the one in this process's own install, on whichever node it runs); None: random."""
+        if self.init == "bundled":
+            return str(bundled_dir())
+        return self.checkpoint if self.init == "checkpoint" else None
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,7 @@ class JobConfig:
 _CHOICES = {
     "data.format": FORMATS + ("auto",),
     "data.on_bad_records": BAD_RECORD_POLICIES,
-    "model.init": ("none", "checkpoint"),
+    "model.init": ("bundled", "none", "checkpoint"),
     "model.truncation": TRUNCATIONS,
     "model.pooling": POOLINGS,
     "model.scheme": SCHEMES,
@@ -198,20 +211,28 @@ def _validate(cfg: JobConfig) -> None:
             )
     if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:
         raise JobConfigError("model.checkpoint: required when model.init is 'checkpoint'")
-    if cfg.model.init == "checkpoint" and cfg.model.vocab == "auto":
-        raise JobConfigError("model.vocab: a pretrained checkpoint needs its own vocab.txt, not 'auto'")
+    if cfg.model.pretrained and cfg.model.vocab == "auto":
+        raise JobConfigError(
+            f"model.vocab: a pre-trained start (model.init={cfg.model.init}) needs its own vocab.txt, not 'auto'"
+        )
 
 
 def _checkpoint_defaults(data: dict, overridden: set[str]) -> None:
-    """``model.init: checkpoint`` with a checkpoint directory (a brightmart release folder, or one
-    written by ``albert-ray pretrain``): its own config JSON (when it holds exactly one) and
-    ``vocab.txt`` replace the config file's ``encoder_config`` / ``vocab`` — those describe the
-    random-init model of the bundled configs — unless given as command-line overrides."""
-    model = data.get("model")
-    if not isinstance(model, dict) or model.get("init") != "checkpoint" or not model.get("checkpoint"):
+    """``model.init: bundled`` (the default), or ``checkpoint`` with a checkpoint directory (a
+    brightmart release folder, or one written by ``albert-ray pretrain``): the folder's config JSON
+    (when it holds exactly one) and ``vocab.txt`` replace the config file's ``encoder_config`` /
+    ``vocab`` — those describe a random-init model — unless given as command-line overrides."""
+    model = data.setdefault("model", {})
+    if not isinstance(model, dict):
         return
-
-    config, vocab = checkpoint_folder_files(str(model["checkpoint"]))
+    init = model.get("init", ModelConfig.init)
+    if init == "bundled":
+        folder = str(bundled_dir())
+    elif init == "checkpoint" and model.get("checkpoint"):
+        folder = str(model["checkpoint"])
+    else:
+        return
+    config, vocab = checkpoint_folder_files(folder)
     if "model.encoder_config" not in overridden and config:
         model["encoder_config"] = config
     if "model.vocab" not in overridden and vocab:

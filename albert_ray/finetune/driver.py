@@ -58,13 +58,13 @@ def check_job(job: JobConfig) -> None:
         if path and "://" not in path and not Path(path).is_file():
             raise not_found(f"data.{key}", path)
     encoder, _ = encoder_and_vocab(job)
-    if job.model.init == "checkpoint":
+    if job.model.pretrained:
         from albert_ray.runtime.attach import import_tensorflow
 
         import_tensorflow()
         from albert_ray.model.checkpoint import check_checkpoint
 
-        report = check_checkpoint(encoder, job.model.checkpoint)
+        report = check_checkpoint(encoder, job.model.start_checkpoint())
         log.info(
             "checkpoint %s (%s): %d tensors fit %s",
             report.prefix,

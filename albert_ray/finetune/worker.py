@@ -146,7 +146,7 @@ def build_training(cfg: WorkerConfig, strategy, schedule: Schedule) -> Training:
             model = modeldir.new_model(
                 spec,
                 seed=t.seed,
-                checkpoint=cfg.job.model.checkpoint if cfg.job.model.init == "checkpoint" else None,
+                checkpoint=cfg.job.model.start_checkpoint(),
             )
         optimizer = adamw(
             model,

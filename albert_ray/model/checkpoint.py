@@ -149,7 +149,7 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
     assignments = _matched_weights(model, vmap, shapes, prefix, config)
     for weight, var in assignments:
         try:
-            value = reader.get_tensor(var)
+            value = read_float32(reader, var)
         except (tf.errors.OpError, IndexError, ValueError) as exc:
             raise CheckpointError(
                 f"checkpoint {prefix}: variable {var} cannot be read ({first_line(exc)}); its "
@@ -165,6 +165,14 @@ def load_checkpoint(model: keras.Model, config: EncoderConfig, path: str | Path)
         len(ignored),
     )
     return LoadReport(prefix=prefix, layout=config.layout, assigned=len(assignments), ignored=ignored)
+
+
+def read_float32(reader, name: str) -> np.ndarray:
+    """A checkpoint tensor, float16 / bfloat16 ones (the bundled encoder stores float16) as float32."""
+    value = reader.get_tensor(name)
+    if value.dtype.name in ("float16", "bfloat16"):
+        return value.astype(np.float32)
+    return value
 
 
 def _open(prefix: str, config: EncoderConfig):

@@ -204,14 +204,14 @@ def load_head(model, checkpoint: str) -> bool:
     it lacks one (that head starts new)."""
     import tensorflow as tf
 
-    from albert_ray.model.checkpoint import resolve_checkpoint
+    from albert_ray.model.checkpoint import read_float32, resolve_checkpoint
 
     reader = tf.train.load_checkpoint(resolve_checkpoint(checkpoint))
     names = reader.get_variable_to_shape_map()
     head = head_variables(model)
     for n, var in head.items():
         if n in names:
-            value = reader.get_tensor(n)
+            value = read_float32(reader, n)
             var.assign(value.T if n in _TRANSPOSED else value)
     return all(n in names for n in head)
 
