@@ -305,6 +305,9 @@ def verdicts(rows: list[dict], most: int) -> dict:
     for model in sorted({r["model"] for r in rows}):
         serve_many, ref_many = row(model, "albert-ray", most), row(model, "reference", most)
         serve_one = row(model, "albert-ray", 1)
+        if serve_many["p99_ms"] is None or serve_one["p50_ms"] is None:
+            out[model] = {"answered": False}  # every request failed: nothing to compare
+            continue
         floor = row(model, "in-process", 1)["p50_ms"] + row(model, "HTTP round trip", 1)["p50_ms"]
         out[model] = {
             f"requests_per_second_vs_reference_at_{most}": round(
@@ -335,10 +338,10 @@ def main() -> None:
         f"{'rows/s':>8} {'errors':>6}"
     )
     for r in rows:
+        ms = " ".join("       -" if r[k] is None else f"{r[k]:>8.2f}" for k in ("p50_ms", "p95_ms", "p99_ms"))
         print(
             f"{r['model']:<16} {r['system']:<34} {r['clients']:>7} {r['requests_per_second']:>8.1f} "
-            f"{r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rows_per_second']:>8.1f} "
-            f"{r['errors']:>6}"
+            f"{ms} {r['rows_per_second']:>8.1f} {r['errors']:>6}"
         )
     checks = verdicts(rows, max(args.clients))
     for model, values in checks.items():

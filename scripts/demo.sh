@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a virtual environment and run the main job on the embedded default (a local Ray, the
 # bundled data, no downloads):
-#   1. fine-tune a small NER model on the bundled sample with Ray Train: its report, report.html,
-#      and three sentences labeled;
+#   1. fine-tune the encoder that ships with the project (albert_ray/model/bundled_encoder/) for
+#      NER on the bundled demo data (data/demo_ner.*.jsonl) with Ray Train: its report,
+#      report.html, and three sentences labeled;
 #   2. label the bundled corpus (data/demo_corpus: plain text and JSONL, two bad rows among them)
 #      with Ray Data into Parquet: labeled rows, quarantined rows with their reasons, a summary page;
 #   3. read a few labeled rows back from the Parquet folder.
