@@ -257,22 +257,7 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         schedule = Schedule.of(cfg.job, len(ctx.rows), ctx.world)
     if ctx.rank == 0:
-        log.info(
-            "run %s: task=%s, %d training rows, %d workers (%s shards), per-worker batch %d x %d accumulation, "
-            "global batch %d, %d optimizer steps/epoch, %d epochs, peak lr %.2e, warmup %d steps",
-            cfg.job.name,
-            spec.task,
-            schedule.global_rows,
-            ctx.world,
-            t.shard,
-            t.batch_size,
-            t.grad_accum_steps,
-            t.batch_size * ctx.world * t.grad_accum_steps,
-            schedule.steps_per_epoch,
-            t.epochs,
-            schedule.peak_lr,
-            schedule.warmup,
-        )
+        _log_run(cfg, schedule, ctx.world)
     tr = build_training(cfg, ctx.strategy, schedule)
     state, best = restore(tr, ctx.resume)
     labeler = Labeler(tr.model, spec, cfg.vocab, batch_size=max(32, t.batch_size))
@@ -299,16 +284,7 @@ def train_loop_per_worker(config: dict) -> None:
                 state.best_score,
                 metrics["examples_per_second"],
             )
-        scalars.write(
-            epoch + 1,
-            {
-                "loss/train": metrics["train_loss"],
-                "dev/score": score,
-                "learning_rate": current_learning_rate(tr.optimizer),
-                "loss_scale": metrics.get("loss_scale"),
-                "examples_per_second": metrics["examples_per_second"],
-            },
-        )
+        scalars.write(epoch + 1, _scalars(metrics, score, current_learning_rate(tr.optimizer)))
         state.epoch, state.batch, state.is_best = epoch + 1, 0, improved
         ctx.reporter.report(metrics, checkpoint)
         if state.bad_epochs > t.patience:
@@ -330,6 +306,38 @@ def train_loop_per_worker(config: dict) -> None:
         },
         functools.partial(write_checkpoint, tr=tr, cfg=cfg, spec=spec, state=state),
     )
+
+
+def _log_run(cfg: WorkerConfig, schedule: Schedule, world: int) -> None:
+    t = cfg.job.train
+    log.info(
+        "run %s: task=%s, %d training rows, %d workers (%s shards), per-worker batch %d x %d accumulation, "
+        "global batch %d, %d optimizer steps/epoch, %d epochs, peak lr %.2e, warmup %d steps, %s",
+        cfg.job.name,
+        cfg.spec.task,
+        schedule.global_rows,
+        world,
+        t.shard,
+        t.batch_size,
+        t.grad_accum_steps,
+        t.batch_size * world * t.grad_accum_steps,
+        schedule.steps_per_epoch,
+        t.epochs,
+        schedule.peak_lr,
+        schedule.warmup,
+        cfg.policy,
+    )
+
+
+def _scalars(metrics: dict, score: float, learning_rate: float) -> dict:
+    """One epoch's TensorBoard scalars."""
+    return {
+        "loss/train": metrics["train_loss"],
+        "dev/score": score,
+        "learning_rate": learning_rate,
+        "loss_scale": metrics.get("loss_scale"),
+        "examples_per_second": metrics["examples_per_second"],
+    }
 
 
 def run_epoch(

@@ -116,22 +116,7 @@ def pretrain_loop_per_worker(config: dict) -> None:
     model, optimizer, step, budget = _build_pretraining(w, ctx.strategy, cap)
     state = _restore_pretraining(model, optimizer, w, ctx.resume)
     if ctx.rank == 0:
-        log.info(
-            "pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
-            "%s, %s, MLM softmax over %s",
-            cfg.name,
-            sequences,
-            held_out,
-            ctx.world,
-            t.batch_size,
-            steps_per_epoch,
-            cap,
-            f", {t.max_minutes:g} min" if t.max_minutes else "",
-            w.policy,
-            f"all {len(w.vocab):,} vocabulary ids"
-            if w.output is None
-            else f"the {len(w.output.ids):,} of {len(w.vocab):,} vocabulary ids the corpus holds",
-        )
+        _log_header(w, sequences, held_out, ctx.world, steps_per_epoch, cap)
 
     def checkpoint(folder):
         save_pretrained(
@@ -167,19 +152,43 @@ def pretrain_loop_per_worker(config: dict) -> None:
         state.history.append(metrics)
         state.epoch, state.batch = epoch + 1, 0
         if ctx.rank == 0:
-            order = metrics.get("heldout_order_accuracy")
-            log.info(
-                "epoch %d: loss %.4f, held-out MLM loss %.4f, masked-token accuracy %.4f%s, %.1f sequences/s",
-                epoch + 1,
-                metrics["train_loss"],
-                metrics["heldout_loss"],
-                metrics["heldout_accuracy"],
-                "" if order is None else f", sentence-order accuracy {order:.4f}",
-                metrics["sequences_per_second"],
-            )
+            _log_epoch(epoch, metrics)
         ctx.reporter.report({**metrics, "final": budget.hit or epoch + 1 == t.epochs}, checkpoint)
         if budget.hit:
             break
+
+
+def _log_header(w: PretrainWorker, sequences: int, held_out: int, world: int, steps_per_epoch: int, cap: int):
+    t = w.cfg.train
+    log.info(
+        "pre-training %s: %d sequences (%d held out), %d workers x batch %d, %d steps/epoch, at most %d steps"
+        "%s, %s, MLM softmax over %s",
+        w.cfg.name,
+        sequences,
+        held_out,
+        world,
+        t.batch_size,
+        steps_per_epoch,
+        cap,
+        f", {t.max_minutes:g} min" if t.max_minutes else "",
+        w.policy,
+        f"all {len(w.vocab):,} vocabulary ids"
+        if w.output is None
+        else f"the {len(w.output.ids):,} of {len(w.vocab):,} vocabulary ids the corpus holds",
+    )
+
+
+def _log_epoch(epoch: int, metrics: dict) -> None:
+    order = metrics.get("heldout_order_accuracy")
+    log.info(
+        "epoch %d: loss %.4f, held-out MLM loss %.4f, masked-token accuracy %.4f%s, %.1f sequences/s",
+        epoch + 1,
+        metrics["train_loss"],
+        metrics["heldout_loss"],
+        metrics["heldout_accuracy"],
+        "" if order is None else f", sentence-order accuracy {order:.4f}",
+        metrics["sequences_per_second"],
+    )
 
 
 def _output_vocabulary(rows, w: PretrainWorker, combine) -> OutputVocabulary | None:
