@@ -321,6 +321,7 @@ def test_two_workers_one_per_node_write_the_model_to_the_store_log_once_and_matc
         "train.learning_rate=1e-3",
         "train.lr_scaling=none",
         "model.max_len=64",
+        "train.precision=float32",  # N workers = 1 worker within 1e-4 is float32's; bfloat16 rounds the split sums
     ]
     out = f"s3://{BUCKET}/runs"
     cmd = [
