@@ -467,7 +467,8 @@ def print_result(result: dict, tasks: list[str], rates: list[float]) -> None:
     """The run as tables: corpus, throughput, workers, and micro-F1 per rate and best against best."""
     print(
         f"unlabelled text: {result['unlabelled']['chars']:,} characters "
-        f"({', '.join(f'{k} {v:,}' for k, v in result['unlabelled'].items() if k != 'chars')})"
+        f"({', '.join(f'{k} {v:,}' for k, v in result['unlabelled'].items() if isinstance(v, int) and k != 'chars')}; "
+        f"{', '.join(f'{k} {v}' for k, v in result['unlabelled'].get('sources', {}).items())})"
     )
     for row in result.get("throughput", []):
         print(
@@ -611,9 +612,11 @@ def main() -> None:
             result["workers"] = workers_throughput(corpus, corpora, args.throughput_steps)
         if not args.skip_gain:
             result.update(gain(args, corpus, corpora, tmp, tasks, rates))
-    print_result(result, tasks, rates)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).parent.mkdir(
+        parents=True, exist_ok=True
+    )  # written first: a printing error loses nothing
     Path(args.output).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print_result(result, tasks, rates)
 
 
 if __name__ == "__main__":
