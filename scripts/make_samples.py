@@ -152,21 +152,28 @@ def person():
     return rng.choice(SURNAMES) + rng.choice(GIVEN)
 
 
-def ner_sentence():
-    template = rng.choice(NER_TEMPLATES)
+def fill(template: str, words: dict) -> tuple[str, list]:
+    """A template's ``{KIND}`` slots filled in order by ``words[KIND]()``; the PER / LOC / ORG
+    words are the sentence's entity spans."""
     text, spans, i = "", [], 0
     while i < len(template):
         if template[i] == "{":
             j = template.index("}", i)
             kind = template[i + 1 : j]
-            word = {"PER": person, "LOC": lambda: rng.choice(LOCS), "ORG": lambda: rng.choice(ORGS)}[kind]()
-            spans.append((len(text), len(text) + len(word), kind))
+            word = words[kind]()
+            if kind in ("PER", "LOC", "ORG"):
+                spans.append((len(text), len(text) + len(word), kind))
             text += word
             i = j + 1
         else:
             text += template[i]
             i += 1
     return text, spans
+
+
+def ner_sentence():
+    template = rng.choice(NER_TEMPLATES)
+    return fill(template, {"PER": person, "LOC": lambda: rng.choice(LOCS), "ORG": lambda: rng.choice(ORGS)})
 
 
 def write_bio(path, sentences):
@@ -493,20 +500,7 @@ def demo_ner_sentence(draw: random.Random, open_words: dict):
         "ORG": lambda: draw.choice(DEMO_ORGS),
         **{kind: functools.partial(draw.choice, choices) for kind, choices in open_words.items()},
     }
-    text, spans, i = "", [], 0
-    while i < len(template):
-        if template[i] == "{":
-            j = template.index("}", i)
-            kind = template[i + 1 : j]
-            word = words[kind]()
-            if kind in ("PER", "LOC", "ORG"):
-                spans.append((len(text), len(text) + len(word), kind))
-            text += word
-            i = j + 1
-        else:
-            text += template[i]
-            i += 1
-    return text, spans
+    return fill(template, words)
 
 
 def write_demo_ner():
