@@ -111,6 +111,33 @@ def entities(g, transitions, start, end, prefixes: int, bioes: bool, stride: int
     return _stitch(g, text, chars, w, t, cs, ce, label, score)
 
 
+def _first_free(order, t, cs, ce, n_texts):
+    """The candidates, taken in ``order``, whose characters no earlier taken span of their text holds."""
+    n_chars = tf.reduce_max(tf.concat([ce, [1]], 0))
+    occupied = tf.zeros([n_texts, n_chars], tf.bool)
+
+    def take(i, occupied, taken):
+        j = order[i]
+        span = tf.range(cs[j], ce[j])
+        rows = tf.fill(tf.shape(span), t[j])
+        free = ~tf.reduce_any(tf.gather_nd(occupied, tf.stack([rows, span], 1)))
+        occupied = tf.cond(
+            free,
+            lambda: tf.tensor_scatter_nd_update(
+                occupied, tf.stack([rows, span], 1), tf.ones_like(span, tf.bool)
+            ),
+            lambda: occupied,
+        )
+        return i + 1, occupied, taken.write(i, free)
+
+    _, _, taken = tf.while_loop(
+        lambda i, *_: i < tf.shape(order)[0],
+        take,
+        (0, occupied, tf.TensorArray(tf.bool, size=tf.shape(order)[0], element_shape=[])),
+    )
+    return tf.gather(order, tf.where(taken.stack())[:, 0])
+
+
 def _stitch(g, text, chars, w, t, cs, ce, label, score) -> dict:
     """:func:`albert_ray.tasks.label_encoding.stitch_windows` over every text's candidates, then padding."""
     first_char = tf.reduce_min(tf.where(chars >= 0, chars, tf.int32.max), axis=1)
@@ -140,29 +167,7 @@ def _stitch(g, text, chars, w, t, cs, ce, label, score) -> dict:
         order = tf.gather(
             order, tf.argsort(k, direction="DESCENDING" if descending else "ASCENDING", stable=True)
         )
-    n_chars = tf.reduce_max(tf.concat([ce, [1]], 0))
-    occupied = tf.zeros([tf.shape(g.texts)[0], n_chars], tf.bool)
-
-    def take(i, occupied, taken):
-        j = order[i]
-        span = tf.range(cs[j], ce[j])
-        rows = tf.fill(tf.shape(span), t[j])
-        free = ~tf.reduce_any(tf.gather_nd(occupied, tf.stack([rows, span], 1)))
-        occupied = tf.cond(
-            free,
-            lambda: tf.tensor_scatter_nd_update(
-                occupied, tf.stack([rows, span], 1), tf.ones_like(span, tf.bool)
-            ),
-            lambda: occupied,
-        )
-        return i + 1, occupied, taken.write(i, free)
-
-    _, _, taken = tf.while_loop(
-        lambda i, *_: i < tf.shape(order)[0],
-        take,
-        (0, occupied, tf.TensorArray(tf.bool, size=tf.shape(order)[0], element_shape=[])),
-    )
-    chosen = tf.gather(order, tf.where(taken.stack())[:, 0])
+    chosen = _first_free(order, t, cs, ce, tf.shape(g.texts)[0])
     # a span's score is that of the first window that found it (as the Python decoder's setdefault)
     same = (
         (tf.gather(t, chosen)[:, None] == t[None])
