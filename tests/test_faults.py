@@ -14,6 +14,7 @@ import pytest
 
 from albert_ray.finetune.config import JobConfigError, load_job_config
 from albert_ray.finetune.driver import check_job
+from albert_ray.model.bundled import bundled_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_encoder_checkpoint import random_variables, tiny  # noqa: E402
@@ -72,8 +73,8 @@ def test_out_of_range_values_fail_at_load(override, message):
 def test_file_level_problems_are_found_in_the_driver_before_ray(tmp_path):
     with pytest.raises(ValueError) as err:
         check_job(load_job_config(SAMPLE, ["model.max_len=1000"]))
-    assert str(err.value) == (
-        "model.max_len=1000 exceeds max_position_embeddings=512 of data/albert_config_sample.json"
+    assert str(err.value) == (  # the sample job starts from the bundled encoder: its config is named
+        f"model.max_len=1000 exceeds max_position_embeddings=512 of {bundled_dir() / 'albert_config.json'}"
     )
     # the Ray path: one line, exit 2, in seconds (no Ray started: it would print its own lines)
     rc, lines, seconds = _cli("train", "--config", SAMPLE, f"data.train={tmp_path}/missing.bio")
