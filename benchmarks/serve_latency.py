@@ -1,7 +1,10 @@
 """Online serving side by side, in one run on one machine, for two models (the sample NER model
 and the albert-tiny shape with its head):
 
-(s) ``albert-ray serve``: Ray Serve, texts batched across requests (``@serve.batch``);
+(s) ``albert-ray serve``: Ray Serve, texts batched across requests (``@serve.batch``), through
+    Ray Serve's HTTP proxy (the default) and, from the same server, through the gateway replica's
+    own HTTP port (Ray Serve's direct ingress, ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: one process
+    hop fewer; Ray's own production route to it is the HAProxy ingress);
 (a) the reference projects' design: one text per request, one request at a time, no batching —
     an ``http.server`` app written here around the same ``Labeler`` (what a Flask debug server
     with a global model lock does);
@@ -211,8 +214,15 @@ def measure(name: str, model: str, args, precision: str, work: Path) -> list[dic
     from albert_ray.runtime.localcluster import free_port
 
     sentences, rows = texts(), []
-    port = free_port()
+    port, direct = free_port(), free_port()
     log = work / f"serve-{name}.log"
+    env = {
+        **os.environ,
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",  # the gateway also listens on its own port ...
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(direct),  # ... this one
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(direct + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",  # stop in seconds, not 30
+    }
     serve = subprocess.Popen(
         [
             sys.executable,
@@ -229,21 +239,24 @@ def measure(name: str, model: str, args, precision: str, work: Path) -> list[dic
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
+        env=env,
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz", serve, log)
-        for clients in args.clients:
-            result = asyncio.run(
-                load(
-                    f"http://127.0.0.1:{port}/v1/models/{name}:predict",
-                    lambda t: {"texts": [t]},
-                    clients,
-                    args.seconds,
-                    sentences,
+        wait_ready(f"http://127.0.0.1:{direct}/healthz", serve, log)
+        for system, at in (("albert-ray serve", port), ("albert-ray serve, direct ingress", direct)):
+            for clients in args.clients:
+                result = asyncio.run(
+                    load(
+                        f"http://127.0.0.1:{at}/v1/models/{name}:predict",
+                        lambda t: {"texts": [t]},
+                        clients,
+                        args.seconds,
+                        sentences,
+                    )
                 )
-            )
-            rows.append({"model": name, "system": "albert-ray serve", "clients": clients, **result})
-            print(f"  {rows[-1]}", flush=True)
+                rows.append({"model": name, "system": system, "clients": clients, **result})
+                print(f"  {rows[-1]}", flush=True)
     finally:
         stop(serve)
     port = free_port()
@@ -292,24 +305,28 @@ async def empty_route(url: str, seconds: float) -> dict:
 
 
 def verdicts(rows: list[dict], most: int) -> dict:
-    """The issue's three targets, per model, from this run's rows."""
+    """The issue's three targets, per model and serving path, from this run's rows."""
 
     def row(model: str, system: str, clients: int) -> dict:
         return next(
-            r
-            for r in rows
-            if r["model"] == model and r["system"].startswith(system) and r["clients"] == clients
+            r for r in rows if r["model"] == model and r["system"] == system and r["clients"] == clients
         )
 
     out = {}
-    for model in sorted({r["model"] for r in rows}):
-        serve_many, ref_many = row(model, "albert-ray", most), row(model, "reference", most)
-        serve_one = row(model, "albert-ray", 1)
+    for model, path in sorted(
+        {(r["model"], r["system"]) for r in rows if r["system"].startswith("albert-ray")}
+    ):
+        key = f"{model}, {path}"
+        serve_many, ref_many = row(model, path, most), row(model, "reference (one text per request)", most)
+        serve_one = row(model, path, 1)
         if serve_many["p99_ms"] is None or serve_one["p50_ms"] is None:
-            out[model] = {"answered": False}  # every request failed: nothing to compare
+            out[key] = {"answered": False}  # every request failed: nothing to compare
             continue
-        floor = row(model, "in-process", 1)["p50_ms"] + row(model, "HTTP round trip", 1)["p50_ms"]
-        out[model] = {
+        floor = (
+            row(model, "in-process Labeler", 1)["p50_ms"]
+            + row(model, "HTTP round trip (empty route)", 1)["p50_ms"]
+        )
+        out[key] = {
             f"requests_per_second_vs_reference_at_{most}": round(
                 serve_many["requests_per_second"] / ref_many["requests_per_second"], 2
             ),

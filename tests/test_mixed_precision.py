@@ -151,6 +151,7 @@ def test_mixed_precision_training_scales_the_loss_and_learns(tmp_path):
         "train.epochs=2",
         "data.max_train_examples=256",
         "train.learning_rate=1e-2",
+        "model.init=none",  # a random narrow encoder, not the bundled one
         f"model.encoder_config={narrow_encoder(tmp_path)}",
     ]
     summary = train_in_process(

@@ -111,6 +111,7 @@ def test_mixed_precision_on_two_workers_scales_the_loss_and_updates(tmp_path, lo
         "train.cpus_per_worker=0.5",
         "train.learning_rate=3e-3",
         "train.mixed_precision=true",
+        "model.init=none",  # a random narrow encoder, not the bundled one
         f"model.encoder_config={narrow_encoder(tmp_path)}",
     ]
     two = train(
@@ -248,6 +249,7 @@ def test_xlarge_two_steps_on_two_cpu_workers(corpora, tmp_path, local_ray):
 
     common = [
         f"output_dir={tmp_path}",
+        "model.init=none",  # the xlarge shape from random weights
         f"model.encoder_config={corpora / 'albert_zh' / 'albert_config_xlarge.json'}",
         f"model.vocab={corpora / 'albert_zh' / 'vocab.txt'}",
         "model.max_len=32",
