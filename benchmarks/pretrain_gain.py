@@ -612,9 +612,8 @@ def main() -> None:
             result["workers"] = workers_throughput(corpus, corpora, args.throughput_steps)
         if not args.skip_gain:
             result.update(gain(args, corpus, corpora, tmp, tasks, rates))
-    Path(args.output).parent.mkdir(
-        parents=True, exist_ok=True
-    )  # written first: a printing error loses nothing
+    # written first: a printing error loses nothing
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print_result(result, tasks, rates)
 

@@ -70,6 +70,21 @@ def test_out_of_range_values_fail_at_load(override, message):
     assert str(err.value) == message
 
 
+def test_a_shape_set_on_top_of_the_bundled_start_names_the_way_to_random_weights(tmp_path):
+    config = json.loads((bundled_dir() / "albert_config.json").read_text())
+    config.update(hidden_size=64)
+    (tmp_path / "wide.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError) as err:
+        check_job(load_job_config(SAMPLE, [f"model.encoder_config={tmp_path / 'wide.json'}"]))
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {bundled_dir() / 'model.ckpt'} does not match config ")
+    assert message.endswith(
+        " (the job starts from the bundled encoder, model.init: bundled; "
+        "model.init=none starts this shape from random weights)"
+    )
+    assert "\n" not in message
+
+
 def test_file_level_problems_are_found_in_the_driver_before_ray(tmp_path):
     with pytest.raises(ValueError) as err:
         check_job(load_job_config(SAMPLE, ["model.max_len=1000"]))

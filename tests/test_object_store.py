@@ -12,7 +12,8 @@ from albert_ray.finetune.config import load_job_config
 from albert_ray.finetune.driver import train
 
 BUCKET = "albert-ray"
-SECRET = b"Zq9-s3cr3t"  # moto takes any key; not a word a vocabulary holds (the brightmart one has "secret")
+SECRET = "Zq9-s3cr3t"  # moto takes any key; not a word a vocabulary holds (the brightmart one has "secret")
+CREDENTIALS = f"key:{SECRET}@"
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_checkpoints_in_an_object_store_and_resume_from_it(tmp_path, local_ray, 
 
     # the endpoint and credentials travel in the URI, so the driver, the Train controller and the
     # workers all reach the same store (moto takes any key)
-    uri = f"s3://key:Zq9-s3cr3t@{BUCKET}/runs?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    uri = f"s3://{CREDENTIALS}{BUCKET}/runs?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
     fs.create_dir(BUCKET)
     base = [
@@ -61,13 +62,13 @@ def test_checkpoints_in_an_object_store_and_resume_from_it(tmp_path, local_ray, 
         assert json.loads(f.read())["epoch"] == 2
     # the secret in the URI reaches no file the run wrote: not the model directory, not a checkpoint
     written = [p for p in (tmp_path / "sample_ner").rglob("*") if p.is_file()]
-    assert len(written) > 5 and [p for p in written if SECRET in p.read_bytes()] == []
+    assert len(written) > 5 and [p for p in written if SECRET.encode() in p.read_bytes()] == []
     for path in (p for p in files if p.endswith((".json", ".txt", ".html"))):
         with fs.open_input_stream(path) as f:
-            assert SECRET not in f.read(), path
+            assert SECRET.encode() not in f.read(), path
     assert json.loads((tmp_path / "sample_ner" / "model" / "job.json").read_text())[
         "storage_path"
-    ] == uri.replace("key:Zq9-s3cr3t@", "")
+    ] == uri.replace(CREDENTIALS, "")
 
 
 @pytest.mark.slow
@@ -87,7 +88,7 @@ def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unre
     from albert_ray.label.run import label_corpus
 
     model = small_ner_model
-    uri = f"s3://key:Zq9-s3cr3t@{BUCKET}/in?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    uri = f"s3://{CREDENTIALS}{BUCKET}/in?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
     fs.create_dir(BUCKET)
     for name, text in (
@@ -108,14 +109,14 @@ def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unre
         (f"s3://{BUCKET}/in/b.jsonl", 1),
         (f"s3://{BUCKET}/in/b.jsonl", 2),
     ]
-    assert SECRET.decode() not in (out / "_manifest.json").read_text()
+    assert SECRET not in (out / "_manifest.json").read_text()
 
     # an archived object: listed, but the store refuses its bytes (moto answers InvalidObjectState)
     boto3.client(
         "s3",
         endpoint_url=f"http://{s3_endpoint}",
         aws_access_key_id="key",
-        aws_secret_access_key=SECRET.decode(),
+        aws_secret_access_key=SECRET,
         region_name="us-east-1",
     ).put_object(Bucket=BUCKET, Key="in/cold.txt", Body="冷\n".encode(), StorageClass="GLACIER")
     with pytest.raises(
@@ -127,7 +128,7 @@ def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unre
         rf"operation: ",
         first_line(unwrapped(err.value)),
     )
-    assert SECRET.decode() not in str(err.value)
+    assert SECRET not in str(err.value)
 
 
 @pytest.mark.slow
@@ -146,15 +147,15 @@ def test_pretraining_writes_to_a_uri_and_fine_tuning_starts_from_it_there(tmp_pa
     from albert_ray.pretrain.driver import pretrain
     from albert_ray.spec import ModelSpec
 
-    uri = f"s3://key:Zq9-s3cr3t@{BUCKET}/pre?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    uri = f"s3://{CREDENTIALS}{BUCKET}/pre?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
     fs.create_dir(BUCKET)
     _corpus(tmp_path)
     summary = pretrain(_cfg(tmp_path, "train.epochs=1", f"output_dir={uri}"), in_process=True)
     folder = paths.join(uri, "p", "pretrained")
-    assert summary["pretrained_dir"] == paths.without_credentials(
-        folder
-    ) and SECRET.decode() not in json.dumps(summary)
+    assert summary["pretrained_dir"] == paths.without_credentials(folder) and SECRET not in json.dumps(
+        summary
+    )
     assert sorted(paths.files_under(folder)) == [
         "albert_config.json",
         "checkpoint",

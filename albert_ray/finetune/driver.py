@@ -64,7 +64,15 @@ def check_job(job: JobConfig) -> None:
         import_tensorflow()
         from albert_ray.model.checkpoint import check_checkpoint
 
-        report = check_checkpoint(encoder, job.model.start_checkpoint())
+        try:
+            report = check_checkpoint(encoder, job.model.start_checkpoint())
+        except ValueError as exc:
+            if job.model.init != "bundled":
+                raise
+            raise ValueError(  # the default start, met by a shape the user set: say how to leave it
+                f"{exc} (the job starts from the bundled encoder, model.init: bundled; "
+                "model.init=none starts this shape from random weights)"
+            ) from None
         log.info(
             "checkpoint %s (%s): %d tensors fit %s",
             report.prefix,
