@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
@@ -35,9 +35,9 @@ def not_found(what: str, path: str | Path) -> FileNotFoundError | IsADirectoryEr
     """The error for a file that is not there: ``FileNotFoundError("<what> not found: <path>[
     (relative to the working directory DIR)]")``, or, when ``path`` is a folder,
     ``IsADirectoryError("<what> is a folder, not a file: <path>")``."""
-    if Path(path).is_dir():
+    if not is_uri(path) and Path(path).is_dir():
         return IsADirectoryError(f"{what} is a folder, not a file: {path}{where(path)}")
-    return FileNotFoundError(f"{what} not found: {path}{where(path)}")
+    return FileNotFoundError(f"{what} not found: {shown(path)}{where(path)}")
 
 
 def without_credentials(text: str | Path) -> str:
@@ -48,6 +48,15 @@ def without_credentials(text: str | Path) -> str:
         return text
     parts = urlsplit(text)
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])) if "@" in parts.netloc else text
+
+
+def shown(location: str | Path) -> str:
+    """A location as messages and records name it: a URI without credentials and without its
+    ``?options`` (``s3://bucket/dir/file``); a local path as it is."""
+    if not is_uri(location):
+        return str(location)
+    parts = urlsplit(str(location))
+    return without_credentials(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
 
 
 def scrub(value):
@@ -136,6 +145,37 @@ def cache_root() -> Path:
     """Where folders fetched from URIs are kept on this node: ``$ALBERT_RAY_CACHE`` or
     ``~/.cache/albert_ray``."""
     return Path(os.environ.get("ALBERT_RAY_CACHE") or Path.home() / ".cache" / "albert_ray")
+
+
+def local_file(location: str | Path) -> Path:
+    """A local path holding the file at ``location``: the path itself when local; for a URI, a
+    copy in :func:`cache_root` fetched on this node, again only when the file's size or time
+    changed. Every node that reads the file calls this itself.
+
+    Raises:
+        FileNotFoundError: nothing at the URI. IsADirectoryError: a folder there.
+        OSError: the store refuses to serve it.
+    """
+    if not is_uri(location):
+        return Path(location)
+    fs, path = fs_and_path(str(location))
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"file not found: {shown(location)}")
+    if info.type != pafs.FileType.File:
+        raise IsADirectoryError(f"a folder, not a file: {shown(location)}")
+    key = without_credentials(location)  # the store's options (endpoint) too: another store, another copy
+    folder = cache_root() / "files" / hashlib.sha256(key.encode()).hexdigest()[:20]
+    cached, stamp = folder / PurePosixPath(path).name, folder / ".stamp.json"
+    version = {"size": info.size, "mtime_ns": info.mtime_ns}
+    if cached.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == version:
+        return cached
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".{cached.name}.{os.getpid()}.part"
+    pafs.copy_files(path, str(part), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    os.replace(part, cached)
+    stamp.write_text(json.dumps(version))
+    return cached
 
 
 def local_folder(location: str | Path) -> Path:

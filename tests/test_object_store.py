@@ -73,6 +73,47 @@ def test_checkpoints_in_an_object_store_and_resume_from_it(tmp_path, local_ray, 
 
 @pytest.mark.slow
 @pytest.mark.ci
+def test_fine_tuning_reads_its_data_files_from_an_object_store(tmp_path, local_ray, s3_endpoint):
+    """``data.train`` / ``dev`` / ``test`` at URIs: read in the Ray task that prepares the data
+    (each node copies a file into its own cache); a missing one is one line before Ray starts, a bad
+    record names the URI and its line, and the secret reaches neither."""
+    import pyarrow.fs as pafs
+
+    from albert_ray.errors import first_line, unwrapped
+    from albert_ray.io.training_files import DataError
+
+    uri = f"s3://{CREDENTIALS}{BUCKET}/data?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
+    fs.create_dir(BUCKET)
+    for split in ("train", "dev", "test"):
+        with fs.open_output_stream(f"{BUCKET}/data/ner.{split}.bio") as f:
+            f.write(Path(f"data/ner_sample.{split}.bio").read_bytes())
+    with fs.open_output_stream(f"{BUCKET}/data/bad.bio") as f:
+        f.write("张 B-PER\n伟 I-PER\n在 O O\n".encode())
+    at = {split: uri.replace("/data?", f"/data/ner.{split}.bio?") for split in ("train", "dev", "test")}
+    base = [f"output_dir={tmp_path}", "train.epochs=1", "data.max_train_examples=64", "train.log_every=0"]
+    base += [f"data.{split}={location}" for split, location in at.items()]
+
+    summary = train(load_job_config("jobs/configs/sample_ner.yaml", base))
+    assert (summary["train_examples"], summary["eval_split"], summary["eval_examples"]) == (64, "test", 100)
+    assert SECRET not in json.dumps({k: v for k, v in summary.items() if k != "report_text"})
+
+    missing = at["dev"].replace("ner.dev.bio", "nope.bio")
+    with pytest.raises(FileNotFoundError) as err:
+        train(load_job_config("jobs/configs/sample_ner.yaml", [*base, f"data.dev={missing}"]))
+    assert str(err.value) == f"data.dev not found: s3://{BUCKET}/data/nope.bio"
+    bad = at["train"].replace("ner.train.bio", "bad.bio")
+    with pytest.raises(Exception) as err:
+        train(load_job_config("jobs/configs/sample_ner.yaml", [*base, f"data.train={bad}"]))
+    line = first_line(unwrapped(err.value))
+    assert isinstance(unwrapped(err.value), DataError) and line == (
+        f"s3://{BUCKET}/data/bad.bio:3: "
+        "expected 'char tag', got 3 fields: '在 O O' (set on_bad_records: skip to skip and count such records)"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.ci
 def test_labeling_reads_an_object_store_by_the_inputs_endpoint_and_names_an_unreadable_object(
     tmp_path, local_ray, s3_endpoint, small_ner_model
 ):

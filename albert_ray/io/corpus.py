@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from albert_ray.errors import USER_ERRORS, InputUnreadable, first_line, one_line
-from albert_ray.paths import fs_and_path, where, without_credentials
+from albert_ray.paths import fs_and_path, shown, where, without_credentials
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet")
 RAW_LIMIT = 1000  # characters of an offending line kept in the quarantine
@@ -196,8 +196,8 @@ def file_uris(item: str, root: str, file: str) -> tuple[str, str]:
     parts = urlsplit(item)
     suffix = file[len(root.rstrip("/")) :] if file.startswith(root.rstrip("/")) else "/" + file
     path = parts.path.rstrip("/") + suffix if parts.path else suffix
-    shown = without_credentials(urlunsplit((parts.scheme, parts.netloc, path, "", "")))
-    return shown, urlunsplit(parts._replace(path=path))
+    opened = urlunsplit(parts._replace(path=path))
+    return shown(opened), opened
 
 
 def _readable(path: str) -> str:
@@ -356,9 +356,8 @@ def _decoded(raw: bytes) -> tuple[str | None, str | None]:
 
 def _line_row(line_no: int, raw: bytes, fmt: str, opts: ReadOptions):
     text, reason = _decoded(raw)
-    shown = raw.decode("utf-8", "replace")
     if reason:
-        return line_no, None, None, reason, shown
+        return line_no, None, None, reason, raw.decode("utf-8", "replace")
     if fmt == "text":
         return line_no, None, text, text_problem(text, "text", opts.max_chars), text
     try:

@@ -16,9 +16,9 @@ import csv
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from albert_ray.paths import not_found
+from albert_ray.paths import exists, is_uri, local_file, not_found, shown
 from albert_ray.tasks.label_encoding import tag_error, tags_to_spans
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,28 @@ class ReadResult:
         return f"{len(self.examples)} examples read, {len(self.skipped)} bad records skipped"
 
 
-def detect_format(path: str | Path) -> str:
+class _Source:
+    """A data file as the readers see it: opened from ``local`` (a URI's copy on this node),
+    named as the user gave it (a URI without credentials) in ``file:line`` messages."""
+
+    def __init__(self, location: str | Path):
+        self.name = shown(location)
+        self.local = local_file(location)
+
+    def open(self, **kwargs):
+        return self.local.open(**kwargs)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def detect_format(source: _Source) -> str:
     """Guess the format from the file name and, for JSON lines, the first record."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = PurePosixPath(source.name.split("?", 1)[0]).suffix.lower()
     if suffix == ".csv":
         return "csv"
     if suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
+        with source.open(encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     try:
@@ -81,26 +95,26 @@ def read_examples(
     """Read a data file.
 
     Args:
-        path: the file.
+        path: the file: a local path or a URI (``s3://...``, copied to this node's cache first).
         fmt: one of ``FORMATS`` or ``"auto"``.
         multilabel: CSV labels are ``label_sep``-joined lists.
         scheme: tag scheme of ``bio`` files (``BIO`` or ``BIOES``).
         on_bad_records: ``"error"`` raises on the first malformed record, ``"skip"`` skips and counts.
 
     Raises:
-        FileNotFoundError, DataError, ValueError (bad arguments).
+        FileNotFoundError, DataError, ValueError (bad arguments), OSError (a store that refuses).
     """
-    path = Path(path)
-    if not path.is_file():
+    if not (exists(path) if is_uri(path) else Path(path).is_file()):
         raise not_found("data file", path)
     if on_bad_records not in BAD_RECORD_POLICIES:
         raise ValueError(f"on_bad_records={on_bad_records!r}: must be one of {BAD_RECORD_POLICIES}")
-    fmt = detect_format(path) if fmt == "auto" else fmt
+    source = _Source(path)
+    fmt = detect_format(source) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: must be one of {FORMATS} or 'auto'")
     result = ReadResult()
     reader = {"csv": _read_csv, "bio": _read_bio, "cluener": _read_cluener, "jsonl": _read_jsonl}[fmt]
-    records = reader(path, multilabel=multilabel, scheme=scheme, label_sep=label_sep)
+    records = reader(source, multilabel=multilabel, scheme=scheme, label_sep=label_sep)
     for item in records:
         if isinstance(item, Example):
             result.examples.append(item)
@@ -111,9 +125,9 @@ def read_examples(
         result.skipped.append(item)
     if result.skipped:
         log.warning(
-            "%s: skipped %d bad records, first: %s: %s", path, len(result.skipped), *result.skipped[0]
+            "%s: skipped %d bad records, first: %s: %s", source, len(result.skipped), *result.skipped[0]
         )
-    log.info("%s (%s): %s", path, fmt, result.summary())
+    log.info("%s (%s): %s", source, fmt, result.summary())
     return result
 
 
@@ -121,7 +135,7 @@ def _empty(text: str) -> bool:
     return not text or not text.strip()
 
 
-def _read_csv(path: Path, multilabel: bool, label_sep: str, **_):
+def _read_csv(path: _Source, multilabel: bool, label_sep: str, **_):
     with path.open(encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
         header = next(rows, None)
@@ -147,7 +161,7 @@ def _read_csv(path: Path, multilabel: bool, label_sep: str, **_):
                 yield Example(text=text, source=where, label=label)
 
 
-def _read_bio(path: Path, scheme: str, **_):
+def _read_bio(path: _Source, scheme: str, **_):
     chars, tags, start_line, bad = [], [], None, None
     with path.open(encoding="utf-8") as f:
         for lineno, raw in enumerate(f, 1):
@@ -186,7 +200,7 @@ def _bio_sentence(path, start_line, chars, tags, scheme, bad):
     )
 
 
-def _json_lines(path: Path):
+def _json_lines(path: _Source):
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -221,7 +235,7 @@ def _check_spans(text: str, spans) -> str | None:
     return None
 
 
-def _read_cluener(path: Path, **_):
+def _read_cluener(path: _Source, **_):
     for where, record, error in _json_lines(path):
         if error:
             yield where, error
@@ -247,7 +261,7 @@ def _read_cluener(path: Path, **_):
         yield Example(text=text, source=where, spans=tuple(sorted(spans)))
 
 
-def _read_jsonl(path: Path, **_):
+def _read_jsonl(path: _Source, **_):
     for where, record, error in _json_lines(path):
         if error:
             yield where, error
