@@ -465,7 +465,7 @@ def _serve_command(sub) -> None:
         "--max-queued-requests",
         type=int,
         default=256,
-        help="requests waiting per model; beyond: 503 with Retry-After (default: %(default)s)",
+        help="requests waiting per replica; beyond: 503 with Retry-After (default: %(default)s)",
     )
     p.add_argument(
         "--max-texts", type=int, default=256, help="texts in one request; more: 413 (default: %(default)s)"

@@ -85,7 +85,7 @@ def test_models_are_named_after_their_folder_unless_named():
         ServeConfig(models={"a b": "x"})
 
 
-def test_the_token_file_must_be_private_and_the_gateway_holds_only_its_digest(tmp_path):
+def test_the_token_file_must_be_private_and_the_replicas_hold_only_its_digest(tmp_path):
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     token.chmod(0o644)
@@ -113,8 +113,12 @@ def test_readiness_names_the_models_that_do_not_answer():
         def remote(self):
             return asyncio.sleep(self.seconds, result={})
 
-    assert asyncio.run(not_ready({"ner": Handle(0), "cls": Handle(5)}, timeout_s=0.2)) == ["cls"]
-    assert asyncio.run(not_ready({"ner": Handle(0)}, timeout_s=0.2)) == []
+    def failing():
+        raise RuntimeError("no such application yet")
+
+    handles = {"ner": lambda: Handle(0), "cls": lambda: Handle(5), "new": failing}
+    assert asyncio.run(not_ready(handles, timeout_s=0.2)) == ["cls", "new"]
+    assert asyncio.run(not_ready({"ner": lambda: Handle(0)}, timeout_s=0.2)) == []
 
 
 def test_usage_shows_the_url_the_models_and_a_curl_line():
@@ -299,7 +303,7 @@ def _predicted(model: str, texts: list[str]) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_served_results_equal_predict_for_ner_and_a_classifier_in_one_application(server):
+def test_served_results_equal_predict_for_ner_and_a_classifier_in_one_server(server):
     url, token = server["url"], server["token"]
     status, body, _ = _call(f"{url}/v1/models/ner:predict", {"texts": NER_TEXTS}, token)
     assert status == 200
@@ -360,6 +364,14 @@ def test_bad_requests_get_their_status_and_one_line_and_the_server_keeps_serving
         404,
         {"error": "no model named 'nope'; models: ner, cls"},
     )
+    assert _call(predict, method="GET", token=token)[:2] == (
+        405,
+        {"error": "GET /v1/models/ner:predict: use POST"},
+    )
+    assert _call(f"{predict}/x", {"texts": ["a"]}, token)[:2] == (
+        404,
+        {"error": "no route /v1/models/ner:predict/x; this model answers /v1/models/ner:predict"},
+    )
     status, body, _ = _call(predict, {"texts": ["李明", "长" * 5001]}, token)
     assert status == 200 and body["results"][1] == {
         "text": "长" * 5001,
@@ -405,7 +417,7 @@ def test_a_full_queue_is_503_with_retry_after_and_a_slow_answer_504(small_ner_mo
             "--model",
             f"ner={small_ner_model}",
             "--max-queued-requests",
-            "1",
+            "6",  # a replica holds 1 + 6 requests: 17 of the 24 are refused, the last admitted wait > 2 s
             "--max-batch-size",
             "1",
             "--batch-wait-ms",
@@ -438,12 +450,12 @@ def test_serve_never_binds_beyond_loopback_by_default():
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"
 
 
-def test_the_serve_config_file_and_the_rayservice_deploy_the_same_application(tmp_path):
+def test_the_serve_config_file_and_the_rayservice_deploy_the_same_applications(tmp_path):
     import yaml
     from ray.serve import Application
     from ray.serve.schema import ServeDeploySchema
 
-    from albert_ray.inference.serve import app_builder
+    from albert_ray.inference.serve import index_app_builder, model_app_builder
 
     root = Path(__file__).resolve().parents[1]
     local = yaml.safe_load((root / "cluster/serve_config.yaml").read_text())
@@ -452,19 +464,27 @@ def test_the_serve_config_file_and_the_rayservice_deploy_the_same_application(tm
     for config in (local, remote):
         ServeDeploySchema.model_validate(config)  # what `serve deploy` and KubeRay check
     assert (local["http_options"]["host"], remote["http_options"]["host"]) == ("127.0.0.1", "0.0.0.0")
-    remote_app = remote["applications"][0]
-    assert remote_app["args"].pop("token_file") == "/etc/albert-ray/token"
-    assert remote_app == local["applications"][0]
+    for app in remote["applications"]:  # the same applications, with the token
+        assert app["args"].pop("token_file") == "/etc/albert-ray/token"
+    assert remote["applications"] == local["applications"]
+    index, *models = local["applications"]
+    assert (index["name"], index["route_prefix"], index["args"]["models"]) == (
+        "albert-ray",
+        "/",
+        ["ner", "news"],
+    )
+    assert [(m["name"], m["route_prefix"], m["args"]["name"]) for m in models] == [
+        ("albert-ray-ner", "/v1/models/ner:predict", "ner"),
+        ("albert-ray-news", "/v1/models/news:predict", "news"),
+    ]
     assert service["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
     volume = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["volumes"][0]
     assert volume["secret"]["defaultMode"] == 0o400  # read_token refuses a token others can read
-    # the builder takes the file's args as they are (the models swapped for one on this disk)
-    args = dict(
-        local["applications"][0]["args"],
-        models={"ner": str(root / "tests/data/model_before_mixed_precision")},
-    )
+    # the builders take the file's args as they are (the model swapped for one on this disk)
+    args = dict(models[0]["args"], model=str(root / "tests/data/model_before_mixed_precision"))
     token = tmp_path / "token"
     token.write_text("t")
     token.chmod(0o400)
-    assert isinstance(app_builder(args), Application)
-    assert isinstance(app_builder({**args, "token_file": str(token)}), Application)
+    assert isinstance(model_app_builder(args), Application)
+    assert isinstance(model_app_builder({**args, "token_file": str(token)}), Application)
+    assert isinstance(index_app_builder({**index["args"], "token_file": str(token)}), Application)

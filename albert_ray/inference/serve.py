@@ -1,11 +1,12 @@
-"""Online serving with Ray Serve: ``albert-ray serve`` and an application for ``serve run`` /
+"""Online serving with Ray Serve: ``albert-ray serve``, and applications for ``serve run`` /
 ``serve deploy``.
 
-One application holds a gateway (the HTTP routes, input checks, the optional bearer token) and
-one :class:`ModelServer` deployment per model, each with its own replicas. A replica loads its
-model once and answers with :meth:`ModelServer.predict`, which Ray Serve batches across requests
-(``@serve.batch``): many concurrent one-text requests become a few forward passes, the windows
-inside a batch sorted by length as :class:`~albert_ray.inference.labeler.Labeler` does.
+Each model is an application of its own whose route prefix is its predict route: the model's
+replicas answer HTTP themselves (Ray Serve's proxy hands them the request; with direct ingress
+they listen on ports of their own), with no gateway hop between. A replica loads its model once;
+texts from concurrent requests are batched (``@serve.batch``) into a few forward passes, the
+windows inside a batch sorted by length as :class:`~albert_ray.inference.labeler.Labeler` does.
+One more application at ``/``, the index, answers readiness and the model list.
 
 Routes (JSON; an error is ``{"error": "<one line>"}``):
 
@@ -16,11 +17,12 @@ Routes (JSON; an error is ``{"error": "<one line>"}``):
   checksum, and what each replica has served;
 * ``GET /healthz``: 200 once every model is loaded and warmed, else 503 (never needs the token).
 
-TensorFlow is imported by the model replicas only, never by the gateway or the driver. (No
+TensorFlow is imported by the model replicas only, never by the index or the driver. (No
 ``from __future__ import annotations`` here: FastAPI reads the routes' annotations as objects.)
 """
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -33,7 +35,6 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 
 from albert_ray import modeldir, paths
 from albert_ray.spec import PRECISIONS
@@ -126,7 +127,7 @@ def read_token(path: str) -> str:
 
 
 def token_digest(token: str) -> str:
-    """What the gateway holds of the token: its sha256, never the token itself."""
+    """What the replicas hold of the token: its sha256, never the token itself."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
@@ -219,43 +220,117 @@ def bind_replica_grpc_to_node_address() -> None:
 
 
 # ---- the model replicas ------------------------------------------------------------------------------
+def predict_route(name: str) -> str:
+    """The path a model answers on; also the route prefix of its application."""
+    return f"/v1/models/{name}:predict"
+
+
+def model_app_name(name: str) -> str:
+    return f"{APP_NAME}-{name}"
+
+
+MODEL_DEPLOYMENT = "model"  # each model application's one deployment
+
+
+@functools.cache
+def _model_handle(name: str):
+    """A handle to a model's replicas (its application need not be running yet)."""
+    return serve.get_deployment_handle(MODEL_DEPLOYMENT, model_app_name(name), _check_exists=False)
+
+
+def unauthorized(request: Request, token_sha256: str | None) -> Response | None:
+    """401 for a request without the token (``None`` when it may pass)."""
+    if authorized(request.headers.get("authorization", ""), token_sha256):
+        return None
+    return json_response(
+        {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"},
+        401,
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 class ModelServer:
-    """One model's replica: loaded and warmed once; :meth:`predict` is batched across requests."""
+    """One model's replica, and the HTTP endpoint of its route (its application's route prefix,
+    so a request reaches the replica that runs the model with no hop in between): checks the
+    token and the body, labels the texts batched with other requests' (``@serve.batch``)."""
 
-    def __init__(
-        self,
-        name: str,
-        location: str,
-        precision: str,
-        max_batch_size: int,
-        batch_wait_ms: float,
-        threads: int,
-    ):
+    def __init__(self, name: str, location: str, cfg: ServeConfig, token_sha256: str | None):
         from albert_ray.inference.labeler import Labeler
         from albert_ray.runtime.attach import configure_tf
 
         bind_replica_grpc_to_node_address()
-        configure_tf(threads)
+        configure_tf(max(1, int(cfg.cpus_per_replica)))
         local = modeldir.local_copy(location)
-        self.name, self.max_batch_size = name, max_batch_size
+        self.name, self.route, self.cfg, self.token_sha256 = name, predict_route(name), cfg, token_sha256
         self.checksum = modeldir.checksum({n: (local / n).read_bytes() for n in modeldir.REQUIRED})
-        self.labeler = Labeler.from_dir(local, batch_size=max_batch_size, precision=precision)
-        self._batched.set_max_batch_size(max_batch_size)
-        self._batched.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+        self.labeler = Labeler.from_dir(local, batch_size=cfg.max_batch_size, precision=cfg.precision)
+        self._batched.set_max_batch_size(cfg.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
         self.labeler.predict(["预热 warm-up"])  # traced and run once before the first request
         self.served = {"requests": 0, "texts": 0, "batches": 0, "windows": 0, "forward_passes": 0}
         self.labeler.windows_run = self.labeler.forward_passes = 0
+        self.in_replica = 0  # requests being answered or waiting here
         self._metrics = _replica_metrics(name)
 
+    async def __call__(self, request: Request) -> Response:
+        if request.url.path.rstrip("/") != self.route:
+            return json_response(
+                {"error": f"no route {request.url.path}; this model answers {self.route}"}, 404
+            )
+        if request.method != "POST":
+            return json_response(
+                {"error": f"{request.method} {self.route}: use POST"}, 405, {"Allow": "POST"}
+            )
+        if refused := unauthorized(request, self.token_sha256):
+            return refused
+        if self.in_replica >= self.cfg.max_batch_size + self.cfg.max_queued_requests:
+            return json_response(
+                {"error": f"model {self.name!r} has too many requests queued; retry shortly"},
+                503,
+                {"Retry-After": str(self.cfg.limits.retry_after_s)},
+            )
+        self.in_replica += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_replica -= 1
+
+    async def _answer(self, request: Request) -> Response:
+        limits = self.cfg.limits
+        try:
+            texts = parse_texts(await read_body(request, limits.max_body_bytes), limits)
+            results = await asyncio.wait_for(self.predict(texts), limits.request_timeout_s)
+        except RequestError as exc:
+            return json_response({"error": str(exc)}, exc.status)
+        except TimeoutError:
+            return json_response(
+                {
+                    "error": f"no answer within {limits.request_timeout_s:g} s; send fewer or shorter texts, or retry"
+                },
+                504,
+            )
+        return json_response({"results": results})
+
     async def predict(self, texts: list[str]) -> list[dict]:
-        """Results for one request's texts (batched with other requests' texts)."""
+        """One result per text: texts within ``max_chars`` labeled (batched with other requests'
+        texts), the others an error in their place."""
         self.served["requests"] += 1
-        size = self.max_batch_size  # a request longer than a batch goes in several
-        parts = await asyncio.gather(
-            *(self._batched(texts[i : i + size]) for i in range(0, len(texts), size))
+        limit, size = self.cfg.limits.max_chars, self.cfg.max_batch_size
+        wanted = [text for text in texts if len(text) <= limit]
+        parts = await asyncio.gather(  # a request longer than a batch goes in several
+            *(self._batched(wanted[i : i + size]) for i in range(0, len(wanted), size))
         )
-        return [result for part in parts for result in part]
+        labeled = iter(result for part in parts for result in part)
+        return [
+            {"text": text, **next(labeled)}
+            if len(text) <= limit
+            else {
+                "text": text,
+                "error": f"the text has {len(text)} characters, over max_chars {limit}; split it",
+            }
+            for text in texts
+        ]
 
     @serve.batch(
         max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda items: sum(map(len, items))
@@ -285,6 +360,7 @@ class ModelServer:
         encoder = spec.encoder
         return {
             "name": self.name,
+            "route": f"POST {self.route}",
             "task": spec.task,
             "labels": list(spec.labels),
             "precision": self.labeler.precision,
@@ -325,11 +401,12 @@ def authorized(header: str, token_sha256: str | None) -> bool:
 
 
 async def not_ready(models: dict, timeout_s: float = 2.0) -> list[str]:
-    """The models whose replicas do not answer within ``timeout_s`` (loading, restarting, failed)."""
+    """The models whose replicas do not answer within ``timeout_s`` (loading, restarting, failed,
+    not deployed yet). ``models``: ``{name: a function returning its deployment handle}``."""
 
     async def ready(handle) -> bool:
         try:
-            await asyncio.wait_for(handle.describe.remote(), timeout=timeout_s)
+            await asyncio.wait_for(handle().describe.remote(), timeout=timeout_s)
             return True
         except Exception:  # not ready, whatever the reason
             return False
@@ -338,33 +415,27 @@ async def not_ready(models: dict, timeout_s: float = 2.0) -> list[str]:
     return [name for name, ok in zip(models, answers) if not ok]
 
 
-# ---- the gateway ---------------------------------------------------------------------------------------
+# ---- the index: readiness and the model list -------------------------------------------------------------
 api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # no pages beyond the routes below
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(api)
-class Gateway:
-    """The HTTP routes: checks the token and the body, sends texts to the model's replicas."""
+class Index:
+    """Every route but the models' own: ``/healthz``, ``/v1/models``, ``/v1/models/<name>``, and
+    the predict route of a model that is not there (or not deployed yet)."""
 
-    def __init__(self, names: list[str], limits: Limits, token_sha256: str | None, *models):
+    def __init__(self, names: list[str], token_sha256: str | None):
         bind_replica_grpc_to_node_address()
-        self.models = dict(zip(names, models))
-        self.limits, self.token_sha256 = limits, token_sha256
+        self.models = {name: functools.partial(_model_handle, name) for name in names}
+        self.token_sha256 = token_sha256
 
-    def _refused(self, request: Request) -> Response | None:
-        if authorized(request.headers.get("authorization", ""), self.token_sha256):
-            return None
-        return json_response(
-            {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"},
-            401,
-            {"WWW-Authenticate": "Bearer"},
-        )
-
-    def _model(self, name: str):
-        if name not in self.models:
-            raise RequestError(404, f"no model named {name!r}; models: {', '.join(self.models)}")
-        return self.models[name]
+    def _missing(self, name: str) -> Response:
+        if name in self.models:  # its application is starting, or failed to
+            return json_response(
+                {"error": f"model {name!r} is not serving yet; retry shortly"}, 503, {"Retry-After": "1"}
+            )
+        return json_response({"error": f"no model named {name!r}; models: {', '.join(self.models)}"}, 404)
 
     @api.get("/healthz")
     async def healthz(self) -> Response:
@@ -375,75 +446,59 @@ class Gateway:
 
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> Response:
-        if refused := self._refused(request):
+        if refused := unauthorized(request, self.token_sha256):
             return refused
-        described = await asyncio.gather(*(h.describe.remote() for h in self.models.values()))
+        described = await asyncio.gather(*(handle().describe.remote() for handle in self.models.values()))
         return json_response({"models": list(described)})
 
     @api.get("/v1/models/{name}")
     async def one_model(self, name: str, request: Request) -> Response:
-        if refused := self._refused(request):
+        if refused := unauthorized(request, self.token_sha256):
             return refused
-        try:
-            return json_response(await self._model(name).describe.remote())
-        except RequestError as exc:
-            return json_response({"error": str(exc)}, exc.status)
+        if name not in self.models:
+            return self._missing(name)
+        return json_response(await self.models[name]().describe.remote())
 
     @api.post("/v1/models/{name}:predict")
     async def predict(self, name: str, request: Request) -> Response:
-        if refused := self._refused(request):
-            return refused
-        try:
-            handle = self._model(name)
-            texts = parse_texts(await read_body(request, self.limits.max_body_bytes), self.limits)
-            results = await asyncio.wait_for(self._predict(handle, texts), self.limits.request_timeout_s)
-        except RequestError as exc:
-            return json_response({"error": str(exc)}, exc.status)
-        except BackPressureError:
-            return json_response(
-                {"error": f"model {name!r} has too many requests queued; retry shortly"},
-                503,
-                {"Retry-After": str(self.limits.retry_after_s)},
-            )
-        except TimeoutError:
-            return json_response(
-                {
-                    "error": f"no answer within {self.limits.request_timeout_s:g} s; "
-                    "send fewer or shorter texts, or retry"
-                },
-                504,
-            )
-        return json_response({"results": results})
-
-    async def _predict(self, handle, texts: list[str]) -> list[dict]:
-        """Texts within ``max_chars`` go to the model; the others get an error in their place."""
-        limit = self.limits.max_chars
-        wanted = [i for i, text in enumerate(texts) if len(text) <= limit]
-        labeled = await handle.predict.remote([texts[i] for i in wanted]) if wanted else []
-        results: list[dict] = [
-            {"text": text, "error": f"the text has {len(text)} characters, over max_chars {limit}; split it"}
-            for text in texts
-        ]
-        for i, result in zip(wanted, labeled):
-            results[i] = {"text": texts[i], **result}
-        return results
+        return unauthorized(request, self.token_sha256) or self._missing(name)
 
 
-# ---- the application ------------------------------------------------------------------------------------
-def build_app(cfg: ServeConfig, token_sha256: str | None = None):
-    """The Ray Serve application: the gateway and one deployment per model."""
-    threads = max(1, int(cfg.cpus_per_replica))
-    bound = [
-        ModelServer.options(
-            name=f"model-{name}",
-            num_replicas=cfg.replicas,
-            max_ongoing_requests=2 * cfg.max_batch_size,
-            max_queued_requests=cfg.max_queued_requests,
-            ray_actor_options={"num_cpus": cfg.cpus_per_replica},
-        ).bind(name, _located(location), cfg.precision, cfg.max_batch_size, cfg.batch_wait_ms, threads)
+# ---- the applications -----------------------------------------------------------------------------------
+def model_app(name: str, location: str, cfg: ServeConfig, token_sha256: str | None = None):
+    """One model's application (route prefix :func:`predict_route`): its replicas."""
+    capacity = cfg.max_batch_size + cfg.max_queued_requests  # the replica answers 503 beyond it
+    return ModelServer.options(
+        name=MODEL_DEPLOYMENT,
+        num_replicas=cfg.replicas,
+        max_ongoing_requests=capacity + 32,  # a little more, so that the 503 is the replica's own
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica},
+    ).bind(name, _located(location), cfg, token_sha256)
+
+
+def index_app(names: list[str], token_sha256: str | None = None):
+    """The application at ``/``: readiness and the model list."""
+    return Index.options(name="index").bind(list(names), token_sha256)
+
+
+def applications(cfg: ServeConfig, token_sha256: str | None = None) -> list:
+    """Every application of a server, as ``serve.run_many`` takes them: one per model, and the index."""
+    from ray.serve.api import RunTarget
+
+    quiet = _serve_logging()
+    targets = [
+        RunTarget(
+            model_app(name, location, cfg, token_sha256),
+            name=model_app_name(name),
+            route_prefix=predict_route(name),
+            logging_config=quiet,
+        )
         for name, location in cfg.models.items()
     ]
-    return Gateway.options(name="gateway").bind(list(cfg.models), cfg.limits, token_sha256, *bound)
+    index = RunTarget(
+        index_app(list(cfg.models), token_sha256), name=APP_NAME, route_prefix="/", logging_config=quiet
+    )
+    return [*targets, index]
 
 
 def _located(location: str) -> str:
@@ -451,17 +506,35 @@ def _located(location: str) -> str:
     return location if paths.is_uri(location) else str(Path(location).resolve())
 
 
-def app_builder(args: dict):
-    """For ``serve run`` / ``serve deploy`` (``import_path: albert_ray.inference.serve:app_builder``):
-    ``args`` holds ``models`` (``{name: DIR or URI}``) and any other :class:`ServeConfig` field;
-    ``limits`` as a mapping; ``token_file`` read where the application is built."""
+def model_app_builder(args: dict):
+    """For ``serve run`` / ``serve deploy`` (``import_path:
+    albert_ray.inference.serve:model_app_builder``), one per model: ``args`` holds ``name``,
+    ``model`` (a directory or URI) and any other :class:`ServeConfig` field; ``limits`` as a
+    mapping; ``token_file`` read where the application is built."""
     args = dict(args)
+    name, location = args.pop("name"), args.pop("model")
     limits = Limits(**args.pop("limits", {}))
     args.pop("host", None), args.pop("port", None)  # the config file's http_options own these
-    cfg = ServeConfig(limits=limits, **args)
-    for location in cfg.models.values():
-        modeldir.check(location)
-    return build_app(cfg, token_digest(read_token(cfg.token_file)) if cfg.token_file else None)
+    cfg = ServeConfig(models={name: location}, limits=limits, **args)
+    modeldir.check(location)
+    return model_app(name, location, cfg, _digest(cfg.token_file))
+
+
+def index_app_builder(args: dict):
+    """For ``serve run`` / ``serve deploy`` (``import_path:
+    albert_ray.inference.serve:index_app_builder``, ``route_prefix: /``): ``args`` holds
+    ``models`` (their names) and ``token_file`` if the models have one."""
+    return index_app(list(args["models"]), _digest(args.get("token_file")))
+
+
+def _digest(token_file: str | None) -> str | None:
+    return token_digest(read_token(token_file)) if token_file else None
+
+
+def _serve_logging() -> dict:
+    from albert_ray.runtime.quiet import verbose
+
+    return {"log_level": "DEBUG" if verbose() else "WARNING"}  # Serve's access log only with -v
 
 
 # ---- albert-ray serve ------------------------------------------------------------------------------------
@@ -475,11 +548,10 @@ def serve_models(cfg: ServeConfig, address: str | None = None, block: bool = Tru
         ValueError: a bad token file, or a local model directory a node cannot see.
     """
     from albert_ray.runtime.attach import init_ray, require_visible
-    from albert_ray.runtime.quiet import verbose
 
     for location in cfg.models.values():
         modeldir.check(location)
-    digest = token_digest(read_token(cfg.token_file)) if cfg.token_file else None
+    digest = _digest(cfg.token_file)
     if not address and not os.environ.get("RAY_ADDRESS"):
         require_free_port(cfg.host, cfg.port)
     init_ray(address)
@@ -493,22 +565,29 @@ def serve_models(cfg: ServeConfig, address: str | None = None, block: bool = Tru
             for name in modeldir.REQUIRED
         ],
     )
-    quiet = {"log_level": "DEBUG" if verbose() else "WARNING"}  # Serve's access log only with -v
     serve.start(
-        proxy_location="HeadOnly", http_options={"host": cfg.host, "port": cfg.port}, logging_config=quiet
+        proxy_location="HeadOnly",
+        http_options={"host": cfg.host, "port": cfg.port},
+        logging_config=_serve_logging(),
     )
+    _delete_other_models(cfg)
     try:
-        serve.run(build_app(cfg, digest), name=APP_NAME, route_prefix="/", logging_config=quiet)
+        serve.run_many(applications(cfg, digest))
     except RuntimeError as exc:  # a replica's constructor failed: Serve's text holds the traceback
         raise RuntimeError(f"serve: the application did not start: {_last_error_line(exc)}") from None
-    described = [
-        serve.get_deployment_handle(f"model-{name}", APP_NAME).describe.remote().result(timeout_s=60)
-        for name in cfg.models
-    ]
+    described = [_model_handle(name).describe.remote().result(timeout_s=60) for name in cfg.models]
     print(usage(cfg, described))
     if block:
         _wait_for_ctrl_c()
     return described
+
+
+def _delete_other_models(cfg: ServeConfig) -> None:
+    """A redeploy without a model that the server had: its application goes."""
+    running = serve.status().applications
+    for app in running:
+        if app.startswith(f"{APP_NAME}-") and app not in {model_app_name(n) for n in cfg.models}:
+            serve.delete(app)
 
 
 def require_free_port(host: str, port: int) -> None:
