@@ -1,10 +1,11 @@
 """Online serving side by side, in one run on one machine, for two models (the sample NER model
 and the albert-tiny shape with its head):
 
-(s) ``albert-ray serve``: Ray Serve, texts batched across requests (``@serve.batch``), through
-    Ray Serve's HTTP proxy (the default) and, from the same server, through the gateway replica's
-    own HTTP port (Ray Serve's direct ingress, ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: one process
-    hop fewer; Ray's own production route to it is the HAProxy ingress);
+(s) ``albert-ray serve``: Ray Serve, the model replica answering HTTP itself, texts batched
+    across requests (``@serve.batch``), through Ray Serve's HTTP proxy (the default) and, from
+    the same server, through the model replica's own HTTP port (Ray Serve's direct ingress,
+    ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: no proxy hop; Ray's own production route to it is the
+    HAProxy ingress);
 (a) the reference projects' design: one text per request, one request at a time, no batching —
     an ``http.server`` app written here around the same ``Labeler`` (what a Flask debug server
     with a global model lock does);
@@ -13,7 +14,7 @@ and the albert-tiny shape with its head):
 An asyncio client on 127.0.0.1 keeps 1 and then 32 clients sending single-text requests for
 ``--seconds`` each: requests/s, p50 / p95 / p99 latency and rows/s. All three use the same
 precision (``auto`` resolved on this CPU); (a) and (b) use TensorFlow's default threads, (s) its
-defaults (one replica holding 1 CPU: the proxy and the gateway need the other).
+defaults (one replica holding 1 CPU: the proxy and the client need the other).
 
 Targets (issue #35): with 32 clients (s) serves >= 5x the requests/s of (a), and its p99 is at
 most 2x its own p50 with 1 client; with 1 client its p50 is within 20 % of (b): one Labeler call
@@ -187,6 +188,44 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"{url} not ready: {log.read_text()}")
 
 
+def two_free_ports() -> int:
+    """A port ``p`` with ``p + 1`` free as well."""
+    import socket
+
+    from albert_ray.runtime.localcluster import free_port
+
+    while True:
+        first = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", first + 1))
+                return first
+            except OSError:
+                continue
+
+
+def model_port(name: str, ports: tuple[int, ...]) -> int:
+    """Which of the direct-ingress ports is the model replica's (the other is the index's, whose
+    predict route answers 503): the first to label a text, polled until one does."""
+    import urllib.request
+
+    for _ in range(120):
+        for port in ports:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/models/{name}:predict",
+                data=json.dumps({"texts": ["测试"]}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    if response.status == 200:
+                        return port
+            except OSError:
+                pass
+        time.sleep(1)
+    raise RuntimeError(f"no direct-ingress port of {ports} labels for model {name}")
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGINT)
     try:
@@ -214,13 +253,13 @@ def measure(name: str, model: str, args, precision: str, work: Path) -> list[dic
     from albert_ray.runtime.localcluster import free_port
 
     sentences, rows = texts(), []
-    port, direct = free_port(), free_port()
+    port, direct = free_port(), two_free_ports()
     log = work / f"serve-{name}.log"
     env = {
         **os.environ,
-        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",  # the gateway also listens on its own port ...
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(direct),  # ... this one
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(direct + 1),
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",  # the model replica and the index also listen ...
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(direct),  # ... on these two, one each
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(direct + 2),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",  # stop in seconds, not 30
     }
     serve = subprocess.Popen(
@@ -243,7 +282,7 @@ def measure(name: str, model: str, args, precision: str, work: Path) -> list[dic
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz", serve, log)
-        wait_ready(f"http://127.0.0.1:{direct}/healthz", serve, log)
+        direct = model_port(name, (direct, direct + 1))
         for system, at in (("albert-ray serve", port), ("albert-ray serve, direct ingress", direct)):
             for clients in args.clients:
                 result = asyncio.run(
