@@ -198,6 +198,7 @@ def _cmd_serve(args) -> int:
         batch_wait_ms=args.batch_wait_ms,
         max_queued_requests=args.max_queued_requests,
         token_file=args.token_file,
+        direct_ingress=args.direct_ingress,
         limits=limits,
     )
     serve_models(cfg, address=args.address)
@@ -490,6 +491,12 @@ def _serve_command(sub) -> None:
     )
     p.add_argument(
         "--token-file", help="a file (mode 600) holding a bearer token every route but /healthz requires"
+    )
+    p.add_argument(
+        "--direct-ingress",
+        action="store_true",
+        help="each model replica also answers on a port of its own (Ray Serve's direct ingress, "
+        "printed at start), skipping the proxy; a Ray this command starts only",
     )
     p.add_argument("--address", help="Ray address (default: the job's cluster, else a local Ray)")
     p.set_defaults(func=_cmd_serve)

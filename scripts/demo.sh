@@ -20,6 +20,7 @@ OUT=${ALBERT_RAY_DEMO_OUTPUT:-runs}
   --output "$OUT/demo_labels" --id-field id --include-text
 .venv/bin/python - "$OUT" <<'PY'
 import json
+import os
 import sys
 from collections import Counter
 
@@ -36,8 +37,8 @@ print("\ndemo summary")
 print(f"  model        {out}/demo_ner/model: test entity micro-F1 {f1:.3f} ({metrics['eval_examples']} sentences)")
 print(f"  labels       {manifest['rows_out']} rows labeled into {out}/demo_labels (Parquet), "
       f"{manifest['rows_quarantined']} quarantined, {manifest['rows_per_second']} rows/s")
-for r in bad.sort_values("line").itertuples():
-    print(f"  quarantined  {r.source} line {r.line}: {r.reason}")
+for r in bad.sort_values("line").itertuples():  # label rows name their source absolute: shown from here
+    print(f"  quarantined  {os.path.relpath(r.source)} line {r.line}: {r.reason}")
 print("  most found   " + ", ".join(f"{text}/{label} {n}" for (text, label), n in found.most_common(8)))
 print(f"  pages        {out}/demo_ner/model/report.html, {out}/demo_labels/_summary.html")
 print(f"  read them    .venv/bin/python -c \"import pandas as pd; print(pd.read_parquet('{out}/demo_labels').head())\"")

@@ -5,6 +5,7 @@ answers equal ``albert-ray predict``'s, batched across concurrent requests."""
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,6 +146,13 @@ def test_usage_shows_the_url_the_models_and_a_curl_line():
         in text
     )
     assert "secret" not in text
+    two = ServeConfig(models={"ner": "m"}, replicas=2, direct_ingress=True)
+    direct = {"name": "ner", "task": "ner", "labels": [], "precision": "float32", "checksum": "abc"}
+    direct["direct_url"] = "http://127.0.0.1:30001/v1/models/ner:predict"
+    assert usage(two, [direct]).splitlines()[2] == (
+        "    direct ingress: POST http://127.0.0.1:30001/v1/models/ner:predict "
+        "(one replica's: each has a port of its own)"
+    )
 
 
 def test_a_model_directory_that_fails_the_check_is_one_line_before_ray_starts(tmp_path):
@@ -275,6 +283,7 @@ def server(small_ner_model, small_classify_model, tmp_path_factory):
             str(64 << 10),
             "--max-chars",
             "5000",
+            "--direct-ingress",
         ],
         tmp,
     )
@@ -319,6 +328,15 @@ def test_served_results_equal_predict_for_ner_and_a_classifier_in_one_server(ser
         ("cls", "classify", "float32"),
     ]
     assert body["models"][0]["labels"] == ["LOC", "ORG", "PER"] and len(body["models"][0]["checksum"]) == 16
+    # --direct-ingress: the replica's own port answers the same, token and all, without the proxy
+    direct = body["models"][0]["direct_url"]
+    assert re.fullmatch(r"http://127\.0\.0\.1:3\d{4}/v1/models/ner:predict", direct), direct
+    assert direct in server["log"].read_text()  # printed at start
+    assert _call(direct, {"texts": NER_TEXTS}, token)[:2] == (
+        200,
+        {"results": _predicted(server["ner"], NER_TEXTS)},
+    )
+    assert _call(direct, {"texts": NER_TEXTS})[0] == 401
 
 
 @pytest.mark.slow

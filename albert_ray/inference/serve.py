@@ -71,6 +71,7 @@ class ServeConfig:
     batch_wait_ms: float = 2.0  # how long a replica waits to fill a batch (adds to a lone request)
     max_queued_requests: int = 256  # per model: beyond it, 503 with Retry-After
     token_file: str | None = None
+    direct_ingress: bool = False  # replicas also listen on ports of their own (a Ray started here)
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self):
@@ -373,7 +374,35 @@ class ModelServer:
                 "vocab_size": encoder.vocab_size,
             },
             "served_by_this_replica": dict(self.served),
+            "direct_url": _direct_url(self.route),
         }
+
+
+DIRECT_INGRESS_ENV = {  # Ray Serve 2.60 reads these when its controller and replicas start
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",  # a stopping replica holds its port 2 s, not 30
+}
+
+
+def _direct_url(route: str) -> str | None:
+    """This replica's own HTTP address under direct ingress (read from /proc: Ray Serve does not
+    tell its replicas their port), or ``None``."""
+    if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") != "1":
+        return None
+    from ray.serve._private.constants import (
+        RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT as high,
+    )
+    from ray.serve._private.constants import (
+        RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT as low,
+    )
+
+    from albert_ray.runtime.localcluster import listening_sockets
+
+    found = [(host, port) for _, host, port in listening_sockets([os.getpid()]) if low <= port < high]
+    if not found:
+        return None
+    host, port = found[0]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{route}"
 
 
 def _replica_metrics(name: str) -> tuple:
@@ -554,6 +583,13 @@ def serve_models(cfg: ServeConfig, address: str | None = None, block: bool = Tru
     digest = _digest(cfg.token_file)
     if not address and not os.environ.get("RAY_ADDRESS"):
         require_free_port(cfg.host, cfg.port)
+    if cfg.direct_ingress:
+        if address or os.environ.get("RAY_ADDRESS"):
+            raise ValueError(
+                "--direct-ingress: Ray Serve reads it where the cluster starts; set "
+                "RAY_SERVE_ENABLE_DIRECT_INGRESS=1 in its nodes' environment instead (docs/serving.md)"
+            )
+        os.environ.update(DIRECT_INGRESS_ENV)  # the local Ray started next inherits them
     init_ray(address)
     require_visible(
         "--model",
@@ -627,6 +663,9 @@ def usage(cfg: ServeConfig, described: list[dict]) -> str:
             f"  {d['name']}: {d['task']}, {len(d['labels'])} labels, {d['precision']}, model {d['checksum']} "
             f"({paths.without_credentials(cfg.models[d['name']])})"
         )
+        if d.get("direct_url"):
+            each = " (one replica's: each has a port of its own)" if cfg.replicas > 1 else ""
+            lines.append(f"    direct ingress: POST {d['direct_url']}{each}")
     auth = f' -H "Authorization: Bearer $(cat {cfg.token_file})"' if cfg.token_file else ""
     name = described[0]["name"]
     lines += [
