@@ -459,8 +459,9 @@ def _serve_command(sub) -> None:
     p.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=2.0,
-        help="how long a replica waits to fill a batch (default: %(default)s)",
+        default=5.0,
+        help="how long a replica waits to fill a batch while other requests are in it; a lone "
+        "request never waits (default: %(default)s)",
     )
     p.add_argument(
         "--max-queued-requests",

@@ -68,7 +68,7 @@ class ServeConfig:
     cpus_per_replica: float = 1.0
     precision: str = "auto"
     max_batch_size: int = 32  # texts per batch a replica collects across requests
-    batch_wait_ms: float = 2.0  # how long a replica waits to fill a batch (adds to a lone request)
+    batch_wait_ms: float = 5.0  # how long a replica waits to fill a batch while other requests are in it
     max_queued_requests: int = 256  # per model: beyond it, 503 with Retry-After
     token_file: str | None = None
     direct_ingress: bool = False  # replicas also listen on ports of their own (a Ray started here)
@@ -319,6 +319,8 @@ class ModelServer:
         self.served["requests"] += 1
         limit, size = self.cfg.limits.max_chars, self.cfg.max_batch_size
         wanted = [text for text in texts if len(text) <= limit]
+        # wait to fill a batch only when other requests are here to fill it: a lone one runs at once
+        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000 if self.in_replica > 1 else 0)
         parts = await asyncio.gather(  # a request longer than a batch goes in several
             *(self._batched(wanted[i : i + size]) for i in range(0, len(wanted), size))
         )
