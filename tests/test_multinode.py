@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from albert_ray.runtime.localcluster import add_worker_node, start_local_cluster
+from albert_ray.runtime.localcluster import _alive, add_worker_node, start_local_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="unshare -m needs root")]
 
@@ -94,13 +94,6 @@ def _reload_auth() -> None:
     from ray._private.authentication_test_utils import reset_auth_token_state
 
     reset_auth_token_state()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 @pytest.fixture(scope="module")
