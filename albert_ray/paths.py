@@ -98,6 +98,14 @@ def ray_storage(storage_path: str | None, output_dir: str) -> str:
     return join(output_dir, "ray") if is_uri(output_dir) else str(Path(output_dir, "ray").resolve())
 
 
+def is_file(location: str | Path) -> bool:
+    """Whether a file is at ``location`` (a local path or a URI)."""
+    if not is_uri(location):
+        return Path(location).is_file()
+    fs, path = fs_and_path(str(location))
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
 def exists(location: str | Path) -> bool:
     fs, path = fs_and_path(str(location))
     return fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -55,7 +55,7 @@ def check_job(job: JobConfig) -> None:
     """
     for key in ("train", "dev", "test"):
         path = getattr(job.data, key)
-        if path and not (paths.exists(path) if paths.is_uri(path) else Path(path).is_file()):
+        if path and not paths.is_file(path):
             raise not_found(f"data.{key}", path)
     encoder, _ = encoder_and_vocab(job)
     if job.model.pretrained:

@@ -266,8 +266,7 @@ class ModelServer:
         self.name, self.route, self.cfg, self.token_sha256 = name, predict_route(name), cfg, token_sha256
         self.checksum = modeldir.checksum({n: (local / n).read_bytes() for n in modeldir.REQUIRED})
         self.labeler = Labeler.from_dir(local, batch_size=cfg.max_batch_size, precision=cfg.precision)
-        self._batched.set_max_batch_size(cfg.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
+        self._batched.set_max_batch_size(cfg.max_batch_size)  # the wait is set per request (predict)
         self.labeler.predict(["预热 warm-up"])  # traced and run once before the first request
         self.served = {"requests": 0, "texts": 0, "batches": 0, "windows": 0, "forward_passes": 0}
         self.labeler.windows_run = self.labeler.forward_passes = 0

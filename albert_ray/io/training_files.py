@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from albert_ray.paths import exists, is_uri, local_file, not_found, shown
+from albert_ray.paths import is_file, local_file, not_found, shown
 from albert_ray.tasks.label_encoding import tag_error, tags_to_spans
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class _Source:
 
 def detect_format(source: _Source) -> str:
     """Guess the format from the file name and, for JSON lines, the first record."""
-    suffix = PurePosixPath(source.name.split("?", 1)[0]).suffix.lower()
+    suffix = PurePosixPath(source.name).suffix.lower()
     if suffix == ".csv":
         return "csv"
     if suffix in (".jsonl", ".json"):
@@ -104,7 +104,7 @@ def read_examples(
     Raises:
         FileNotFoundError, DataError, ValueError (bad arguments), OSError (a store that refuses).
     """
-    if not (exists(path) if is_uri(path) else Path(path).is_file()):
+    if not is_file(path):
         raise not_found("data file", path)
     if on_bad_records not in BAD_RECORD_POLICIES:
         raise ValueError(f"on_bad_records={on_bad_records!r}: must be one of {BAD_RECORD_POLICIES}")
